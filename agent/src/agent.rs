@@ -1,0 +1,213 @@
+//! The agent's start-up: one task per concern, one shutdown token, bounded channels between them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use augur_mesh::NodeIdentity;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, ApiState};
+use crate::collect;
+use crate::config::{Config, Sources};
+use crate::history::writer::Ingestor;
+use crate::history::{self, History};
+use crate::logging::LogReload;
+use crate::stats::Stats;
+
+/// What `run` reports when the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("tasks did not stop within the shutdown grace period ({0:?})")]
+    ShutdownTimeout(std::time::Duration),
+}
+
+/// Runs the agent until `shutdown` is cancelled (or SIGTERM/SIGINT arrives); SIGHUP reloads the
+/// configuration from `sources`.
+pub async fn run(
+    cfg: Config,
+    sources: Sources,
+    log_reload: Option<LogReload>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let node_name = cfg.node_name();
+    let data_dir = cfg.data_dir();
+    std::fs::create_dir_all(&data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}; set --data-dir (or data_dir) to a writable folder",
+            data_dir.display()
+        )
+    })?;
+    let identity = NodeIdentity::load_or_create(&data_dir)?;
+    let history = History::open(&data_dir, cfg.history.cache.as_u64(), cfg.history.window)
+        .with_context(|| {
+            format!(
+                "cannot open history in {} (is another augur agent using this data directory?)",
+                data_dir.join(history::DB_FILE).display()
+            )
+        })?;
+    let http_listener = tokio::net::TcpListener::bind(cfg.api.http_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for HTTP; set --http-addr",
+                cfg.api.http_addr
+            )
+        })?;
+    let grpc_listener = tokio::net::TcpListener::bind(cfg.api.grpc_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for gRPC; set --grpc-addr",
+                cfg.api.grpc_addr
+            )
+        })?;
+    let http_addr = http_listener.local_addr()?;
+    let grpc_addr = grpc_listener.local_addr()?;
+
+    let stats = Arc::new(Stats::new());
+    let (tx_config, rx_config) = watch::channel(Arc::new(cfg.clone()));
+    let (tx_writes, rx_writes) = mpsc::channel(cfg.ingest.queue_depth);
+    let ingestor = Ingestor::new(tx_writes, history.clone(), stats.clone(), rx_config.clone());
+    let api_state = ApiState {
+        node_name: node_name.clone(),
+        peer_id: identity.peer_id().to_string(),
+        started,
+        history: history.clone(),
+        ingestor: ingestor.clone(),
+        stats: stats.clone(),
+        config: rx_config.clone(),
+        http_addr,
+        grpc_addr,
+    };
+
+    // The writer stops last: it drains what the others queued.
+    let writer_token = CancellationToken::new();
+    let writer = tokio::spawn(history::writer::run(
+        history.clone(),
+        rx_writes,
+        rx_config.clone(),
+        stats.clone(),
+        writer_token.clone(),
+    ));
+
+    let tasks = TaskTracker::new();
+    if cfg.collect.host {
+        tasks.spawn(collect::host::run(
+            node_name.clone(),
+            ingestor.clone(),
+            rx_config.clone(),
+            shutdown.child_token(),
+        ));
+    }
+    tasks.spawn(collect::logs::run(
+        node_name.clone(),
+        ingestor.clone(),
+        rx_config.clone(),
+        shutdown.child_token(),
+    ));
+    tasks.spawn(collect::scrape::run(
+        ingestor.clone(),
+        rx_config.clone(),
+        shutdown.child_token(),
+    ));
+    let http_token = shutdown.child_token();
+    let http_state = api_state.clone();
+    tasks.spawn(async move {
+        if let Err(e) = api::http::serve(http_listener, http_state, http_token).await {
+            tracing::error!(error = %e, "HTTP API stopped");
+        }
+    });
+    let grpc_token = shutdown.child_token();
+    tasks.spawn(async move {
+        if let Err(e) = api::grpc::serve(grpc_listener, api_state, grpc_token).await {
+            tracing::error!(error = %e, "gRPC API stopped");
+        }
+    });
+    tasks.spawn(signals(
+        sources,
+        cfg.clone(),
+        tx_config,
+        log_reload,
+        stats.clone(),
+        shutdown.clone(),
+    ));
+    tasks.close();
+    drop(ingestor);
+
+    tracing::info!(
+        node_name = %node_name,
+        peer_id = %identity.peer_id(),
+        data_dir = %data_dir.display(),
+        http_addr = %http_addr,
+        grpc_addr = %grpc_addr,
+        "augur agent ready"
+    );
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    let grace = cfg.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
+    let stopped = tokio::time::timeout_at(deadline, tasks.wait()).await;
+    writer_token.cancel();
+    let drained = tokio::time::timeout_at(deadline, writer).await;
+    if stopped.is_err() || drained.is_err() {
+        return Err(AgentError::ShutdownTimeout(grace).into());
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM/SIGINT cancel `shutdown`; SIGHUP re-reads the configuration and applies what can change
+/// without a restart, naming what cannot.
+async fn signals(
+    sources: Sources,
+    mut current: Config,
+    tx_config: watch::Sender<Arc<Config>>,
+    log_reload: Option<LogReload>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = term.recv() => { tracing::info!("SIGTERM"); shutdown.cancel(); return; }
+            _ = int.recv() => { tracing::info!("SIGINT"); shutdown.cancel(); return; }
+            _ = hup.recv() => {
+                match Config::load(&sources) {
+                    Ok(new) => {
+                        let fixed = current.restart_only_changes(&new);
+                        if !fixed.is_empty() {
+                            tracing::warn!(settings = ?fixed, "these settings changed but take effect only after a restart");
+                        }
+                        if let Some(r) = &log_reload
+                            && new.log.level != current.log.level
+                        {
+                            r.set_level(&new.log.level);
+                        }
+                        stats.reload(true);
+                        tracing::info!("configuration reloaded");
+                        current = new.clone();
+                        tx_config.send_replace(Arc::new(new));
+                    }
+                    Err(e) => {
+                        stats.reload(false);
+                        tracing::error!(error = %e, "reload refused; the running configuration is unchanged");
+                    }
+                }
+            }
+        }
+    }
+}

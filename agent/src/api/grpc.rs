@@ -1,0 +1,188 @@
+//! The gRPC API (tonic): telemetry push, status and queries, plus grpc.health.v1 and reflection.
+
+use augur_proto::ResourceId;
+use augur_proto::v1::agent_server::{Agent, AgentServer};
+use augur_proto::v1::telemetry_server::{Telemetry, TelemetryServer};
+use augur_proto::v1::{
+    ListResourcesRequest, ListResourcesResponse, PushSummary, QueryTelemetryRequest,
+    QueryTelemetryResponse, RejectedSample, ResourceInfo, StatusRequest, StatusResponse,
+    TelemetrySample,
+};
+use futures::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::http::{DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT};
+use super::{ApiError, ApiState, PushBatch};
+use crate::ingest::RejectReason;
+use crate::sample::UnixMicros;
+use crate::stats::Source;
+
+/// Samples gathered from a push stream before they are handed to the writer.
+const PUSH_CHUNK: usize = 1_000;
+
+#[derive(Clone, Debug)]
+pub struct GrpcApi {
+    state: ApiState,
+}
+
+#[tonic::async_trait]
+impl Telemetry for GrpcApi {
+    async fn push(
+        &self,
+        request: Request<Streaming<TelemetrySample>>,
+    ) -> Result<Response<PushSummary>, Status> {
+        let mut stream = request.into_inner();
+        let ingestor = &self.state.ingestor;
+        let mut summary = PushSummary::default();
+        let mut index: u64 = 0;
+        let mut batch = PushBatch::new(ingestor, Source::Grpc);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(sample) => batch.proto(index as usize, sample),
+                Err(status) => {
+                    // A message over the size limit, or a broken stream: count it and stop reading.
+                    let reason = if status.code() == tonic::Code::OutOfRange
+                        || status.code() == tonic::Code::ResourceExhausted
+                    {
+                        RejectReason::Oversized
+                    } else {
+                        RejectReason::MalformedJson
+                    };
+                    self.state.stats.rejected(Source::Grpc, reason);
+                    summary.rejected += 1;
+                    summary.errors.push(RejectedSample {
+                        index,
+                        error: format!("{}: {}", reason.as_str(), status.message()),
+                    });
+                    break;
+                }
+            }
+            index += 1;
+            if batch.samples.len() >= PUSH_CHUNK {
+                let full = std::mem::replace(&mut batch, PushBatch::new(ingestor, Source::Grpc));
+                merge(&mut summary, full.commit().await.map_err(Status::from)?);
+            }
+        }
+        merge(&mut summary, batch.commit().await.map_err(Status::from)?);
+        Ok(Response::new(summary))
+    }
+}
+
+fn merge(summary: &mut PushSummary, outcome: super::PushOutcome) {
+    summary.accepted += outcome.accepted as u64;
+    summary.rejected += outcome.rejected as u64;
+    for e in outcome.errors {
+        if summary.errors.len() < super::MAX_REPORTED_ERRORS {
+            summary.errors.push(RejectedSample {
+                index: e.index as u64,
+                error: format!("{}: {}", e.reason, e.error),
+            });
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for GrpcApi {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let s = self.state.status();
+        Ok(Response::new(StatusResponse {
+            node_name: s.node_name,
+            peer_id: s.peer_id,
+            version: s.version.to_owned(),
+            uptime_s: s.uptime_s,
+            resources: s.resources,
+            samples_stored: s.samples_stored,
+            samples_accepted: s.samples_accepted,
+            samples_rejected: s.samples_rejected,
+            history_bytes: s.history_bytes,
+        }))
+    }
+
+    async fn list_resources(
+        &self,
+        _: Request<ListResourcesRequest>,
+    ) -> Result<Response<ListResourcesResponse>, Status> {
+        let resources = self
+            .state
+            .history
+            .resources()
+            .into_iter()
+            .map(|r| ResourceInfo {
+                resource_id: r.resource_id.to_string(),
+                resource_type: r.meta.resource_type.to_string(),
+                first_ts: Some(r.meta.first_ts.to_timestamp()),
+                last_ts: Some(r.meta.last_ts.to_timestamp()),
+                samples: r.meta.samples,
+                latest: r
+                    .latest
+                    .map(|s| s.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(ListResourcesResponse { resources }))
+    }
+
+    async fn query_telemetry(
+        &self,
+        request: Request<QueryTelemetryRequest>,
+    ) -> Result<Response<QueryTelemetryResponse>, Status> {
+        let q = request.into_inner();
+        let id = ResourceId::parse(q.resource_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let until = q.until.as_ref().map_or_else(
+            || UnixMicros(UnixMicros::now().0 + 1),
+            UnixMicros::from_timestamp,
+        );
+        let since = q.since.as_ref().map_or_else(
+            || until.saturating_sub_micros(3_600_000_000),
+            UnixMicros::from_timestamp,
+        );
+        let limit = if q.limit == 0 {
+            DEFAULT_QUERY_LIMIT
+        } else {
+            (q.limit as usize).min(MAX_QUERY_LIMIT)
+        };
+        let history = self.state.history.clone();
+        let qid = id.clone();
+        let result = tokio::task::spawn_blocking(move || history.query(&qid, since, until, limit))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::from(ApiError::NotFound(format!("unknown resource {id}"))))?;
+        Ok(Response::new(QueryTelemetryResponse {
+            samples: result.samples.iter().map(|s| s.to_proto()).collect(),
+            truncated: result.truncated,
+        }))
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves augur.v1, grpc.health.v1 and reflection until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), BoxError> {
+    let max =
+        usize::try_from(state.config.borrow().api.max_grpc_message.as_u64()).unwrap_or(usize::MAX);
+    let api = GrpcApi { state };
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<TelemetryServer<GrpcApi>>()
+        .await;
+    health_reporter.set_serving::<AgentServer<GrpcApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(augur_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(TelemetryServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(AgentServer::new(api).max_decoding_message_size(max))
+        .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,323 @@
+//! The HTTP/JSON API (axum): health, Prometheus metrics, resources, telemetry queries and pushes.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use augur_proto::{ResourceId, TELEMETRY_SCHEMA};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{ApiError, ApiState, PushBatch};
+use crate::history::ResourceSummary;
+use crate::ingest::{RejectReason, parse_body};
+use crate::sample::UnixMicros;
+use crate::stats::{Source, escape_label, gauge_family};
+
+/// Default and largest number of samples one telemetry query returns.
+pub const DEFAULT_QUERY_LIMIT: usize = 10_000;
+pub const MAX_QUERY_LIMIT: usize = 100_000;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+/// Builds the router.
+pub fn router(state: ApiState) -> Router {
+    let max_body =
+        usize::try_from(state.config.borrow().api.max_body.as_u64()).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/resources", get(resources))
+        .route("/v1/resources/{id}", get(resource))
+        .route("/v1/resources/{id}/telemetry", get(telemetry))
+        .route("/v1/telemetry", post(push))
+        .route("/v1/schema/telemetry", get(schema))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint; see the API table in the README".to_owned())
+}
+
+async fn healthz(State(st): State<ApiState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "node_name": st.node_name.as_str(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+async fn status(State(st): State<ApiState>) -> Json<super::Status> {
+    Json(st.status())
+}
+
+async fn schema() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/schema+json")],
+        TELEMETRY_SCHEMA,
+    )
+        .into_response()
+}
+
+async fn metrics(State(st): State<ApiState>) -> Response {
+    let mut extra = String::new();
+    let (resources, samples, bytes) = st.history.totals();
+    gauge_family(
+        &mut extra,
+        "augur_history_resources",
+        "Resources tracked",
+        [(String::new(), resources as f64)],
+    );
+    gauge_family(
+        &mut extra,
+        "augur_history_samples",
+        "Samples stored on disk",
+        [(String::new(), samples as f64)],
+    );
+    gauge_family(
+        &mut extra,
+        "augur_history_bytes",
+        "Logical bytes of stored samples",
+        [(String::new(), bytes as f64)],
+    );
+    gauge_family(
+        &mut extra,
+        "augur_uptime_seconds",
+        "Seconds since the agent started",
+        [(String::new(), st.started.elapsed().as_secs_f64())],
+    );
+    let mut latest = Vec::new();
+    for r in st.history.resources() {
+        if let Some(s) = &r.latest {
+            for (name, v) in &s.metrics {
+                let mut labels = String::new();
+                let _ = write!(
+                    labels,
+                    "resource_id=\"{}\",resource_type=\"{}\",metric=\"{}\"",
+                    escape_label(r.resource_id.as_str()),
+                    escape_label(r.meta.resource_type.as_str()),
+                    escape_label(name)
+                );
+                latest.push((labels, *v));
+            }
+        }
+    }
+    gauge_family(
+        &mut extra,
+        "augur_sample",
+        "Latest value of each metric of each resource",
+        latest,
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.stats.render(&extra),
+    )
+        .into_response()
+}
+
+/// A resource as the HTTP API shows it.
+#[derive(Debug, Serialize)]
+pub struct ResourceView {
+    pub resource_id: String,
+    pub resource_type: String,
+    pub first_ts: String,
+    pub last_ts: String,
+    pub samples: u64,
+    pub bytes: u64,
+    pub latest: Option<serde_json::Value>,
+}
+
+impl From<ResourceSummary> for ResourceView {
+    fn from(r: ResourceSummary) -> Self {
+        Self {
+            resource_id: r.resource_id.to_string(),
+            resource_type: r.meta.resource_type.to_string(),
+            first_ts: r.meta.first_ts.to_rfc3339(),
+            last_ts: r.meta.last_ts.to_rfc3339(),
+            samples: r.meta.samples,
+            bytes: r.meta.bytes,
+            latest: r
+                .latest
+                .and_then(|s| serde_json::to_value(s.to_record()).ok()),
+        }
+    }
+}
+
+async fn resources(State(st): State<ApiState>) -> Json<serde_json::Value> {
+    let list: Vec<ResourceView> = st
+        .history
+        .resources()
+        .into_iter()
+        .map(ResourceView::from)
+        .collect();
+    Json(json!({ "resources": list }))
+}
+
+fn parse_id(id: &str) -> Result<ResourceId, ApiError> {
+    ResourceId::parse(id).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn unknown(id: &ResourceId) -> ApiError {
+    ApiError::NotFound(format!(
+        "unknown resource {id}; GET /v1/resources lists the known ones"
+    ))
+}
+
+async fn resource(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<ResourceView>, ApiError> {
+    let id = parse_id(&id)?;
+    st.history
+        .resource(&id)
+        .map(|r| Json(r.into()))
+        .ok_or_else(|| unknown(&id))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeQuery {
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Parses a time bound: RFC 3339, or a duration meaning that long before now (`90s`, `5m`, `1h`).
+pub fn parse_time(s: &str, now: UnixMicros) -> Result<UnixMicros, String> {
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok(UnixMicros::from_offset(t));
+    }
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(now.saturating_sub_micros(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)));
+    }
+    Err(format!(
+        "{s:?} is neither an RFC 3339 time nor a duration such as 5m"
+    ))
+}
+
+async fn telemetry(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let now = UnixMicros::now();
+    let until = match &q.until {
+        Some(s) => parse_time(s, now).map_err(|e| ApiError::BadRequest(format!("until: {e}")))?,
+        None => UnixMicros(now.0.saturating_add(1)),
+    };
+    let since = match &q.since {
+        Some(s) => parse_time(s, now).map_err(|e| ApiError::BadRequest(format!("since: {e}")))?,
+        None => until.saturating_sub_micros(3_600_000_000),
+    };
+    let limit = q
+        .limit
+        .unwrap_or(DEFAULT_QUERY_LIMIT)
+        .clamp(1, MAX_QUERY_LIMIT);
+    let history = st.history.clone();
+    let qid = id.clone();
+    let result = tokio::task::spawn_blocking(move || history.query(&qid, since, until, limit))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .ok_or_else(|| unknown(&id))?;
+    let records: Vec<_> = result.samples.iter().map(|s| s.to_record()).collect();
+    Ok(Json(json!({
+        "resource_id": id.as_str(),
+        "since": since.to_rfc3339(),
+        "until": until.to_rfc3339(),
+        "records": records,
+        "truncated": result.truncated,
+    })))
+}
+
+async fn push(
+    State(st): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = match body {
+        Ok(b) => b,
+        Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            st.stats.rejected(Source::Http, RejectReason::Oversized);
+            let limit = st.config.borrow().api.max_body.as_u64();
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        Err(rej) => return Err(ApiError::BadRequest(rej.body_text())),
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        st.stats.rejected(Source::Http, RejectReason::Empty);
+        return Err(ApiError::BadRequest(
+            "empty body; send telemetry records as JSON lines or a JSON array".to_owned(),
+        ));
+    }
+    let records = tokio::task::spawn_blocking(move || parse_body(&body))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut batch = PushBatch::new(&st.ingestor, Source::Http);
+    for (i, rec) in records.into_iter().enumerate() {
+        batch.record(i, rec);
+    }
+    let outcome = batch.commit().await?;
+    let code = if outcome.rejected == 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    Ok((code, Json(outcome)).into_response())
+}
+
+/// Serves until `shutdown`, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// How long an HTTP client of the CLI waits for the agent.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_bounds_accept_rfc3339_and_durations() {
+        let now = UnixMicros(10_000_000_000);
+        assert_eq!(
+            parse_time("5m", now),
+            Ok(UnixMicros(10_000_000_000 - 300_000_000))
+        );
+        assert_eq!(
+            parse_time("1970-01-01T00:00:01Z", now),
+            Ok(UnixMicros(1_000_000))
+        );
+        assert!(parse_time("yesterday", now).is_err());
+    }
+}

@@ -1,0 +1,188 @@
+//! The local API: HTTP/JSON (axum) and gRPC (tonic) over the same state. Both answer from the
+//! history and the ingestor; neither owns anything.
+
+pub mod grpc;
+pub mod http;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use augur_proto::NodeName;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::history::History;
+use crate::history::writer::{Ingestor, SubmitError};
+use crate::ingest::{Rejection, validate_proto, validate_record};
+use crate::sample::{Sample, UnixMicros};
+use crate::stats::{Source, Stats};
+
+/// What the API handlers can reach: handles, not the tasks' state.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    pub node_name: NodeName,
+    pub peer_id: String,
+    pub started: Instant,
+    pub history: History,
+    pub ingestor: Ingestor,
+    pub stats: Arc<Stats>,
+    pub config: watch::Receiver<Arc<Config>>,
+    /// The addresses actually bound (a configured port 0 becomes a real port).
+    pub http_addr: std::net::SocketAddr,
+    pub grpc_addr: std::net::SocketAddr,
+}
+
+/// An API failure; one conversion each to an HTTP response and a gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body exceeds {limit} bytes (api.max_body); split it into smaller batches")]
+    PayloadTooLarge { limit: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        if e.is_retryable() {
+            ApiError::Unavailable(e.to_string())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ApiError::NotFound(_) => tonic::Status::not_found(msg),
+            ApiError::BadRequest(_) => tonic::Status::invalid_argument(msg),
+            ApiError::PayloadTooLarge { .. } => tonic::Status::resource_exhausted(msg),
+            ApiError::Unavailable(_) => tonic::Status::unavailable(msg),
+            ApiError::Internal(_) => tonic::Status::internal(msg),
+        }
+    }
+}
+
+/// One refused sample in a push answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct RejectedItem {
+    pub index: usize,
+    pub reason: &'static str,
+    pub error: String,
+}
+
+/// The answer to a push.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PushOutcome {
+    pub accepted: usize,
+    pub rejected: usize,
+    /// The first rejections, at most [`MAX_REPORTED_ERRORS`].
+    pub errors: Vec<RejectedItem>,
+}
+
+pub const MAX_REPORTED_ERRORS: usize = 100;
+
+impl PushOutcome {
+    fn refuse(&mut self, index: usize, r: Rejection) {
+        self.rejected += 1;
+        if self.errors.len() < MAX_REPORTED_ERRORS {
+            self.errors.push(RejectedItem {
+                index,
+                reason: r.reason.as_str(),
+                error: r.message,
+            });
+        }
+    }
+}
+
+/// Validates, admits and collects samples; the caller submits `samples` afterwards.
+#[derive(Debug)]
+pub struct PushBatch<'a> {
+    ingestor: &'a Ingestor,
+    source: Source,
+    now: UnixMicros,
+    limits: crate::ingest::Limits,
+    pub outcome: PushOutcome,
+    pub samples: Vec<Sample>,
+}
+
+impl<'a> PushBatch<'a> {
+    pub fn new(ingestor: &'a Ingestor, source: Source) -> Self {
+        Self {
+            ingestor,
+            source,
+            now: UnixMicros::now(),
+            limits: ingestor.limits(),
+            outcome: PushOutcome::default(),
+            samples: Vec::new(),
+        }
+    }
+
+    fn take(&mut self, index: usize, checked: Result<Sample, Rejection>) {
+        let checked = checked.inspect_err(|r| self.ingestor.reject(self.source, r));
+        match checked.and_then(|s| self.ingestor.admit(self.source, &s).map(|()| s)) {
+            Ok(s) => self.samples.push(s),
+            Err(r) => self.outcome.refuse(index, r),
+        }
+    }
+
+    pub fn record(&mut self, index: usize, rec: Result<augur_proto::TelemetryRecord, Rejection>) {
+        let checked = rec.and_then(|r| validate_record(r, &self.limits, self.now));
+        self.take(index, checked);
+    }
+
+    pub fn proto(&mut self, index: usize, s: augur_proto::v1::TelemetrySample) {
+        let checked = validate_proto(s, &self.limits, self.now);
+        self.take(index, checked);
+    }
+
+    /// Submits what passed and waits until it is durable.
+    pub async fn commit(mut self) -> Result<PushOutcome, ApiError> {
+        let samples = std::mem::take(&mut self.samples);
+        self.outcome.accepted += self.ingestor.submit(self.source, samples).await?;
+        Ok(self.outcome)
+    }
+}
+
+/// The agent's status, shared by `GET /v1/status`, gRPC `Status` and `augur status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub node_name: String,
+    pub peer_id: String,
+    pub version: &'static str,
+    pub uptime_s: u64,
+    pub resources: u64,
+    pub samples_stored: u64,
+    pub samples_accepted: u64,
+    pub samples_rejected: u64,
+    pub history_bytes: u64,
+    pub http_addr: String,
+    pub grpc_addr: String,
+}
+
+impl ApiState {
+    pub fn status(&self) -> Status {
+        let (resources, samples, bytes) = self.history.totals();
+        Status {
+            node_name: self.node_name.to_string(),
+            peer_id: self.peer_id.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_s: self.started.elapsed().as_secs(),
+            resources,
+            samples_stored: samples,
+            samples_accepted: self.stats.accepted_total(),
+            samples_rejected: self.stats.rejected_total(),
+            history_bytes: bytes,
+            http_addr: self.http_addr.to_string(),
+            grpc_addr: self.grpc_addr.to_string(),
+        }
+    }
+}

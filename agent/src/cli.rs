@@ -1,0 +1,245 @@
+//! The `augur` command line: the agent itself and the commands that read a running agent's API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::api::http::CLIENT_TIMEOUT;
+use crate::config::{ApiOverrides, Config, LogFormat, LogOverrides, Overrides, Sources};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "augur",
+    version,
+    about = "Predicts failures on this host and moves work away before they happen"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent (works with no configuration file).
+    Agent(AgentArgs),
+    /// Check a configuration file and print the effective configuration.
+    ValidateConfig {
+        file: PathBuf,
+        /// Print the effective configuration as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a running agent's status.
+    Status(ClientArgs),
+    /// List the resources a running agent tracks.
+    Resources(ClientArgs),
+    /// Show a resource's stored telemetry.
+    Telemetry {
+        /// The resource id (the host's is the node name).
+        resource: String,
+        /// Start: an RFC 3339 time or a duration ago (default 10m).
+        #[arg(long, default_value = "10m")]
+        since: String,
+        /// End: an RFC 3339 time or a duration ago (default now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Most samples to show.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// TOML configuration file (defaults are embedded; see packaging/augur.toml).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub http_addr: Option<SocketAddr>,
+    #[arg(long)]
+    pub grpc_addr: Option<SocketAddr>,
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// human or json.
+    #[arg(long, value_parser = parse_format)]
+    pub log_format: Option<LogFormat>,
+    /// A tracing filter such as info or augur_agent=debug.
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+fn parse_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "human" => Ok(LogFormat::Human),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!("{s:?}: expected human or json")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The agent's HTTP API.
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    pub api: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl AgentArgs {
+    pub fn sources(&self) -> Sources {
+        let api = (self.http_addr.is_some() || self.grpc_addr.is_some()).then_some(ApiOverrides {
+            http_addr: self.http_addr,
+            grpc_addr: self.grpc_addr,
+        });
+        let log = (self.log_format.is_some() || self.log_level.is_some()).then(|| LogOverrides {
+            format: self.log_format,
+            level: self.log_level.clone(),
+        });
+        Sources {
+            file: self.config.clone(),
+            env: None,
+            overrides: Overrides {
+                node_name: self.node_name.clone(),
+                data_dir: self.data_dir.clone(),
+                api,
+                log,
+            },
+        }
+    }
+}
+
+/// Runs a non-agent command.
+pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Agent(_) => bail!("the agent is started by main"),
+        Command::ValidateConfig { file, json } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let cfg = Config::from_toml(&text).with_context(|| {
+                format!("{} is not a valid augur configuration", file.display())
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&cfg)?);
+            } else {
+                println!("{}: ok", file.display());
+                print!("{}", toml::to_string_pretty(&cfg)?);
+            }
+            Ok(())
+        }
+        Command::Status(c) => {
+            let v = get(&c.api, "/v1/status").await?;
+            if c.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if let Some(obj) = v.as_object() {
+                for (k, v) in obj {
+                    println!("{k:<18} {}", plain(v));
+                }
+            }
+            Ok(())
+        }
+        Command::Resources(c) => {
+            let v = get(&c.api, "/v1/resources").await?;
+            if c.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!(
+                "{:<32} {:<12} {:>10} {:<28}",
+                "RESOURCE", "TYPE", "SAMPLES", "LAST"
+            );
+            for r in v["resources"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<32} {:<12} {:>10} {:<28}",
+                    plain(&r["resource_id"]),
+                    plain(&r["resource_type"]),
+                    plain(&r["samples"]),
+                    plain(&r["last_ts"])
+                );
+            }
+            Ok(())
+        }
+        Command::Telemetry {
+            resource,
+            since,
+            until,
+            limit,
+            client,
+        } => {
+            let mut url = reqwest::Url::parse(&client.api)
+                .with_context(|| format!("--api {:?} is not a URL", client.api))?
+                .join(&format!("/v1/resources/{resource}/telemetry"))?;
+            url.query_pairs_mut()
+                .append_pair("since", &since)
+                .append_pair("limit", &limit.to_string());
+            if let Some(u) = &until {
+                url.query_pairs_mut().append_pair("until", u);
+            }
+            let v = fetch(url).await?;
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            for r in v["records"].as_array().into_iter().flatten() {
+                let metrics = r["metrics"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}={}", plain(v)))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default();
+                let event = r
+                    .get("event")
+                    .map(|e| format!(" event={}", plain(e)))
+                    .unwrap_or_default();
+                println!("{} {metrics}{event}", plain(&r["ts"]));
+            }
+            if v["truncated"].as_bool() == Some(true) {
+                eprintln!("(more samples matched; raise --limit or narrow --since/--until)");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+async fn get(api: &str, path: &str) -> anyhow::Result<Value> {
+    let url = reqwest::Url::parse(api)
+        .with_context(|| format!("--api {api:?} is not a URL"))?
+        .join(path)?;
+    fetch(url).await
+}
+
+async fn fetch(url: reqwest::Url) -> anyhow::Result<Value> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(CLIENT_TIMEOUT)
+        .build()?;
+    let resp = client.get(url.clone()).send().await.with_context(|| {
+        format!("cannot reach the augur agent at {url}: is it running (`augur agent`) and is --api right?")
+    })?;
+    let status = resp.status();
+    let body: Value = resp
+        .json()
+        .await
+        .with_context(|| format!("{url} did not answer with JSON"))?;
+    if !status.is_success() {
+        bail!("{url}: {status}: {}", plain(&body["error"]));
+    }
+    Ok(body)
+}

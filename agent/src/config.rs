@@ -1,0 +1,598 @@
+//! The agent's configuration: one serde tree read from embedded defaults, then a TOML file, then
+//! `AUGUR_`-prefixed environment variables, then command-line flags (later wins). Unknown keys are
+//! errors. Doc comments on the fields are the user documentation (see packaging/augur.toml).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use augur_proto::{HOST_RESOURCE_TYPE, NodeName, ResourceId, ResourceType};
+use bytesize::ByteSize;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole agent configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's name: the host resource's id. Default: the host name.
+    pub node_name: Option<NodeName>,
+    /// Where history, models and the node key live. Default: /var/lib/augur as root, else
+    /// $XDG_STATE_HOME/augur (or ~/.local/state/augur).
+    pub data_dir: Option<PathBuf>,
+    pub api: ApiConfig,
+    pub ingest: IngestConfig,
+    pub history: HistoryConfig,
+    pub collect: CollectConfig,
+    /// Per resource type settings; `host` is always present.
+    pub resource_types: BTreeMap<String, ResourceTypeConfig>,
+    /// Log files to tail; matching lines are counted per interval as a metric.
+    pub logs: Vec<LogConfig>,
+    /// Prometheus text endpoints of workloads to scrape.
+    pub scrape: Vec<ScrapeConfig>,
+    pub log: LogOutputConfig,
+    /// How long shutdown may take before the agent gives up waiting for its tasks.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// HTTP/JSON API and Prometheus /metrics.
+    pub http_addr: SocketAddr,
+    /// gRPC API (augur.v1, grpc.health.v1, reflection).
+    pub grpc_addr: SocketAddr,
+    /// Largest HTTP request body; larger ones get 413.
+    pub max_body: ByteSize,
+    /// Largest gRPC message; larger ones get RESOURCE_EXHAUSTED / OUT_OF_RANGE.
+    pub max_grpc_message: ByteSize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Most metrics one sample may carry.
+    pub max_metrics_per_sample: usize,
+    /// Most labels one sample may carry.
+    pub max_labels: usize,
+    /// How far in the future a sample's ts may be.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// Most distinct resources this agent tracks; samples of further resources are refused.
+    pub max_resources: usize,
+    /// Depth of the queue of batches waiting to be written.
+    pub queue_depth: usize,
+    /// How long a push waits for room in a full queue before it gets 503 / UNAVAILABLE.
+    #[serde(with = "humantime_serde")]
+    pub enqueue_timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Samples per resource kept in memory for the models and `latest` queries.
+    pub window: usize,
+    /// Samples older than this are deleted from disk.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Logical size of the stored samples above which the oldest are deleted.
+    pub max_size: ByteSize,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+    /// Page cache of the embedded store.
+    pub cache: ByteSize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectConfig {
+    /// Collect the host's own metrics (sysinfo).
+    pub host: bool,
+    /// Count network traffic of loopback interfaces too.
+    pub include_loopback: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourceTypeConfig {
+    /// Collection interval for resources of this type (host collection, scrapes by default).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// The file to follow; rotation (rename or truncate) is handled.
+    pub path: PathBuf,
+    /// Regular expressions; a line matching any of them is counted.
+    pub patterns: Vec<String>,
+    /// The resource the count belongs to. Default: this node (the host resource).
+    #[serde(default)]
+    pub resource_id: Option<ResourceId>,
+    /// Its resource type. Default: host.
+    #[serde(default)]
+    pub resource_type: Option<ResourceType>,
+    /// Metric name of the count.
+    #[serde(default = "default_log_metric")]
+    pub metric: String,
+}
+
+fn default_log_metric() -> String {
+    "log_errors".to_owned()
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrapeConfig {
+    /// A Prometheus text-format endpoint (http://).
+    pub url: String,
+    pub resource_id: ResourceId,
+    #[serde(default = "default_scrape_type")]
+    pub resource_type: ResourceType,
+    /// Default: the resource type's interval.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Default: the interval, at most 5 s.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Regular expressions on the series name (`name{labels}`); when set only matching series are kept.
+    #[serde(default)]
+    pub include: Vec<String>,
+}
+
+fn default_scrape_type() -> ResourceType {
+    ResourceType::parse("service").expect("'service' is a valid resource type")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogOutputConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. "info" or "augur_agent=debug,info". RUST_LOG overrides it.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_name: None,
+            data_dir: None,
+            api: ApiConfig::default(),
+            ingest: IngestConfig::default(),
+            history: HistoryConfig::default(),
+            collect: CollectConfig::default(),
+            resource_types: BTreeMap::from([(
+                HOST_RESOURCE_TYPE.to_owned(),
+                ResourceTypeConfig::default(),
+            )]),
+            logs: Vec::new(),
+            scrape: Vec::new(),
+            log: LogOutputConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            max_body: ByteSize::mib(4),
+            max_grpc_message: ByteSize::mib(4),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_metrics_per_sample: 256,
+            max_labels: 32,
+            max_clock_skew: Duration::from_secs(300),
+            max_resources: 10_000,
+            queue_depth: 1024,
+            enqueue_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            window: 600,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_size: ByteSize::gib(1),
+            retention_interval: Duration::from_secs(60),
+            cache: ByteSize::mib(8),
+        }
+    }
+}
+
+impl Default for CollectConfig {
+    fn default() -> Self {
+        Self {
+            host: true,
+            include_loopback: false,
+        }
+    }
+}
+
+impl Default for ResourceTypeConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for LogOutputConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Command-line values that override the file and the environment.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiOverrides>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogOverrides>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ApiOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_addr: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LogOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+}
+
+/// Where configuration comes from; tests pass their own environment instead of the process's.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    pub file: Option<PathBuf>,
+    /// `AUGUR_*` variables; `None` reads the process environment.
+    pub env: Option<Vec<(String, String)>>,
+    pub overrides: Overrides,
+}
+
+impl Config {
+    /// Reads defaults, then the file, then the environment, then the overrides, and validates.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = &sources.file {
+            if !file.exists() {
+                return Err(invalid(
+                    "--config",
+                    format!("{} does not exist", file.display()),
+                ));
+            }
+            fig = fig.merge(Toml::file_exact(file));
+        }
+        fig = match &sources.env {
+            None => fig.merge(Env::prefixed("AUGUR_").split("__")),
+            Some(vars) => {
+                let mut toml = String::new();
+                for (k, v) in vars {
+                    if let Some(key) = k.strip_prefix("AUGUR_") {
+                        let key = key.to_ascii_lowercase().replace("__", ".");
+                        toml.push_str(&format!("{key} = {}\n", toml_value(v)));
+                    }
+                }
+                fig.merge(Toml::string(&toml))
+            }
+        };
+        fig = fig.merge(Serialized::defaults(&sources.overrides));
+        let cfg: Config = fig.extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses a TOML text alone (over the defaults), as `augur validate-config` does.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: ranges, regexes, cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, rt) in &self.resource_types {
+            ResourceType::parse(name.as_str())
+                .map_err(|e| invalid(format!("resource_types.{name}"), e.to_string()))?;
+            if rt.interval < Duration::from_millis(100) {
+                return Err(invalid(
+                    format!("resource_types.{name}.interval"),
+                    "must be at least 100ms",
+                ));
+            }
+        }
+        if self.api.http_addr == self.api.grpc_addr {
+            return Err(invalid("api.grpc_addr", "must differ from api.http_addr"));
+        }
+        if self.api.max_body.as_u64() < 1024 {
+            return Err(invalid("api.max_body", "must be at least 1KiB"));
+        }
+        if self.api.max_grpc_message.as_u64() < 1024 {
+            return Err(invalid("api.max_grpc_message", "must be at least 1KiB"));
+        }
+        if self.ingest.max_metrics_per_sample == 0 {
+            return Err(invalid(
+                "ingest.max_metrics_per_sample",
+                "must be at least 1",
+            ));
+        }
+        if self.ingest.max_resources == 0 {
+            return Err(invalid("ingest.max_resources", "must be at least 1"));
+        }
+        if self.ingest.queue_depth == 0 {
+            return Err(invalid("ingest.queue_depth", "must be at least 1"));
+        }
+        if self.history.window < 2 {
+            return Err(invalid("history.window", "must be at least 2 samples"));
+        }
+        if self.history.max_age < Duration::from_secs(60) {
+            return Err(invalid("history.max_age", "must be at least 1m"));
+        }
+        if self.history.max_size.as_u64() < 1024 * 1024 {
+            return Err(invalid("history.max_size", "must be at least 1MiB"));
+        }
+        if self.history.retention_interval < Duration::from_secs(1) {
+            return Err(invalid("history.retention_interval", "must be at least 1s"));
+        }
+        for (i, log) in self.logs.iter().enumerate() {
+            if log.patterns.is_empty() {
+                return Err(invalid(
+                    format!("logs[{i}].patterns"),
+                    "needs at least one pattern",
+                ));
+            }
+            for p in &log.patterns {
+                regex::Regex::new(p)
+                    .map_err(|e| invalid(format!("logs[{i}].patterns"), e.to_string()))?;
+            }
+            crate::ingest::check_metric_name(&log.metric)
+                .map_err(|e| invalid(format!("logs[{i}].metric"), e))?;
+        }
+        for (i, s) in self.scrape.iter().enumerate() {
+            if !s.url.starts_with("http://") {
+                return Err(invalid(
+                    format!("scrape[{i}].url"),
+                    format!("{:?} must start with http://", s.url),
+                ));
+            }
+            reqwest::Url::parse(&s.url)
+                .map_err(|e| invalid(format!("scrape[{i}].url"), e.to_string()))?;
+            for p in &s.include {
+                regex::Regex::new(p)
+                    .map_err(|e| invalid(format!("scrape[{i}].include"), e.to_string()))?;
+            }
+            if let Some(iv) = s.interval
+                && iv < Duration::from_millis(100)
+            {
+                return Err(invalid(
+                    format!("scrape[{i}].interval"),
+                    "must be at least 100ms",
+                ));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The node name, defaulting to the host name.
+    pub fn node_name(&self) -> NodeName {
+        self.node_name.clone().unwrap_or_else(default_node_name)
+    }
+
+    /// The data directory, defaulting by user (see the field's doc).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(default_data_dir)
+    }
+
+    /// Interval of a resource type, falling back to the host's.
+    pub fn interval_of(&self, resource_type: &str) -> Duration {
+        self.resource_types
+            .get(resource_type)
+            .or_else(|| self.resource_types.get(HOST_RESOURCE_TYPE))
+            .map(|rt| rt.interval)
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    /// Names of settings that differ between `self` and `new` and only take effect after a restart.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.node_name != new.node_name {
+            out.push("node_name");
+        }
+        if self.data_dir != new.data_dir {
+            out.push("data_dir");
+        }
+        if self.api != new.api {
+            out.push("api");
+        }
+        if self.history.window != new.history.window {
+            out.push("history.window");
+        }
+        if self.history.cache != new.history.cache {
+            out.push("history.cache");
+        }
+        if self.collect != new.collect {
+            out.push("collect");
+        }
+        if self.log.format != new.log.format {
+            out.push("log.format");
+        }
+        if self.shutdown_grace != new.shutdown_grace {
+            out.push("shutdown_grace");
+        }
+        out
+    }
+}
+
+/// Renders an environment value as TOML: numbers and booleans as such, anything else as a string.
+fn toml_value(v: &str) -> String {
+    if v.parse::<i64>().is_ok() || v.parse::<f64>().is_ok() || v == "true" || v == "false" {
+        v.to_owned()
+    } else {
+        toml::Value::String(v.to_owned()).to_string()
+    }
+}
+
+fn default_node_name() -> NodeName {
+    sysinfo::System::host_name()
+        .ok()
+        .and_then(|h| NodeName::parse(h).ok())
+        .unwrap_or_else(|| NodeName::parse("localhost").expect("'localhost' is a valid node name"))
+}
+
+fn default_data_dir() -> PathBuf {
+    let is_root = std::env::var_os("USER").is_some_and(|u| u == "root")
+        || std::env::var_os("HOME").is_some_and(|h| Path::new(&h) == Path::new("/root"));
+    if is_root {
+        return PathBuf::from("/var/lib/augur");
+    }
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(state).join("augur");
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        return PathBuf::from(home).join(".local/state/augur");
+    }
+    PathBuf::from("augur-data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(env: &[(&str, &str)]) -> Sources {
+        Sources {
+            file: None,
+            env: Some(
+                env.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            overrides: Overrides::default(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_documented_ports() {
+        let cfg = Config::load(&sources(&[])).expect("defaults load");
+        assert_eq!(cfg.api.http_addr.port(), 7070);
+        assert_eq!(cfg.api.grpc_addr.port(), 7071);
+        assert_eq!(cfg.interval_of("host"), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn packaged_config_matches_the_embedded_defaults() {
+        let text = include_str!("../../packaging/augur.toml");
+        let mut cfg = Config::from_toml(text).expect("packaged config is valid");
+        assert_eq!(cfg.data_dir.take(), Some(PathBuf::from("/var/lib/augur")));
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = Config::from_toml("[api]\nhttp_adr = \"127.0.0.1:1\"\n").expect_err("typo");
+        assert!(err.to_string().contains("http_adr"), "{err}");
+    }
+
+    #[test]
+    fn env_then_flags_override_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("augur.toml");
+        std::fs::write(
+            &file,
+            "node_name = \"from-file\"\n[api]\nhttp_addr = \"127.0.0.1:8000\"\n[history]\nmax_age = \"2d\"\n",
+        )
+        .expect("write");
+        let mut src = sources(&[
+            ("AUGUR_NODE_NAME", "from-env"),
+            ("AUGUR_HISTORY__MAX_AGE", "3d"),
+            ("AUGUR_API__GRPC_ADDR", "127.0.0.1:9001"),
+        ]);
+        src.file = Some(file);
+        src.overrides.node_name = Some("from-flag".to_owned());
+        let cfg = Config::load(&src).expect("load");
+        assert_eq!(cfg.node_name().as_str(), "from-flag");
+        assert_eq!(cfg.history.max_age, Duration::from_secs(3 * 86400));
+        assert_eq!(cfg.api.http_addr.port(), 8000);
+        assert_eq!(cfg.api.grpc_addr.port(), 9001);
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let err = Config::from_toml("[[logs]]\npath = \"/x\"\npatterns = [\"(\"]\n")
+            .expect_err("bad regex");
+        assert!(err.to_string().contains("logs[0].patterns"), "{err}");
+        let err = Config::from_toml("[[scrape]]\nurl = \"ftp://x\"\nresource_id = \"a\"\n")
+            .expect_err("bad url");
+        assert!(err.to_string().contains("scrape[0].url"), "{err}");
+        let err = Config::from_toml("[resource_types.host]\ninterval = \"1ms\"\n")
+            .expect_err("tiny interval");
+        assert!(
+            err.to_string().contains("resource_types.host.interval"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn restart_only_changes_are_named() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.api.http_addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        new.history.max_age = Duration::from_secs(3600);
+        assert_eq!(old.restart_only_changes(&new), vec!["api"]);
+    }
+}

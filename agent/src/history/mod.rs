@@ -1,0 +1,700 @@
+//! History: a bounded in-memory window per resource (what the models read) over a durable on-disk
+//! store (redb) with retention by age and size (what training and queries read).
+//!
+//! Storage is redb: pure Rust (no C toolchain, unlike SQLite), ACID with copy-on-write pages, so a
+//! `kill -9` loses nothing that was committed, and MVCC readers that never block the single writer.
+//! Samples are keyed by `(resource_id, ts_micros)`; a second sample of the same resource at the
+//! same microsecond merges into the first, which makes retried pushes idempotent.
+
+pub mod writer;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+
+use augur_proto::{Event, ResourceId, ResourceType};
+use parking_lot::RwLock;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::ingest::{RejectReason, Rejection};
+use crate::sample::{Sample, UnixMicros};
+
+const SAMPLES: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("samples");
+const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
+
+/// File name of the store inside the data directory.
+pub const DB_FILE: &str = "history.redb";
+
+/// A storage failure. The agent keeps running; the request that hit it gets a 500 / INTERNAL.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("history store: {0}")]
+    Db(#[from] redb::Error),
+    #[error("history store holds an undecodable record for {resource}: {reason}")]
+    Corrupt { resource: String, reason: String },
+}
+
+macro_rules! store_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+store_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// What is kept about each resource, on disk and in memory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResourceMeta {
+    pub resource_type: ResourceType,
+    pub first_ts: UnixMicros,
+    pub last_ts: UnixMicros,
+    pub samples: u64,
+    /// Logical bytes of its stored samples (keys and values), used for size retention.
+    pub bytes: u64,
+}
+
+/// The value stored per sample (the key holds resource and time).
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    #[serde(rename = "m", default)]
+    metrics: BTreeMap<String, f64>,
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    event: Option<Event>,
+    #[serde(rename = "l", default, skip_serializing_if = "BTreeMap::is_empty")]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    meta: ResourceMeta,
+    window: VecDeque<Arc<Sample>>,
+}
+
+/// One resource as listed by the API.
+#[derive(Clone, Debug)]
+pub struct ResourceSummary {
+    pub resource_id: ResourceId,
+    pub meta: ResourceMeta,
+    pub latest: Option<Arc<Sample>>,
+}
+
+/// A range query's answer.
+#[derive(Clone, Debug)]
+pub struct QueryResult {
+    pub samples: Vec<Sample>,
+    pub truncated: bool,
+}
+
+/// Outcome of one durable write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    pub written: usize,
+    /// Samples refused at write time because their resource's type changed under a race.
+    pub conflicts: usize,
+}
+
+/// Cloneable handle to the history. Reads may come from any task; writes come only from the
+/// writer task ([`writer::run`]), which redb serialises anyway.
+#[derive(Clone, Debug)]
+pub struct History {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Database,
+    window: usize,
+    state: RwLock<HashMap<ResourceId, Tracked>>,
+}
+
+fn key_len(id: &str) -> u64 {
+    id.len() as u64 + 8
+}
+
+fn decode(resource: &str, bytes: &[u8]) -> Result<Stored, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        resource: resource.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+impl History {
+    /// Opens (or creates) the store and reloads each resource's window from disk.
+    pub fn open(dir: &Path, cache_bytes: u64, window: usize) -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(usize::try_from(cache_bytes).unwrap_or(usize::MAX))
+            .create(dir.join(DB_FILE))?;
+        {
+            let tx = db.begin_write()?;
+            tx.open_table(SAMPLES)?;
+            tx.open_table(RESOURCES)?;
+            tx.commit()?;
+        }
+        let mut state = HashMap::new();
+        {
+            let tx = db.begin_read()?;
+            let resources = tx.open_table(RESOURCES)?;
+            let samples = tx.open_table(SAMPLES)?;
+            for entry in resources.iter()? {
+                let (k, v) = entry?;
+                let id_str = k.value().to_owned();
+                let meta: ResourceMeta =
+                    serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                        resource: id_str.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let Ok(id) = ResourceId::parse(id_str.as_str()) else {
+                    continue;
+                };
+                let mut win = VecDeque::with_capacity(window);
+                for entry in samples
+                    .range((id_str.as_str(), i64::MIN)..=(id_str.as_str(), i64::MAX))?
+                    .rev()
+                    .take(window)
+                {
+                    let (k, v) = entry?;
+                    let stored = decode(&id_str, v.value())?;
+                    win.push_front(Arc::new(Sample {
+                        ts: UnixMicros(k.value().1),
+                        resource_id: id.clone(),
+                        resource_type: meta.resource_type.clone(),
+                        metrics: stored.metrics,
+                        event: stored.event,
+                        labels: stored.labels,
+                    }));
+                }
+                state.insert(id, Tracked { meta, window: win });
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                window,
+                state: RwLock::new(state),
+            }),
+        })
+    }
+
+    /// Checks that a sample fits what is known: a resource keeps its type, and the number of
+    /// resources is bounded.
+    pub fn admit(&self, sample: &Sample, max_resources: usize) -> Result<(), Rejection> {
+        let state = self.inner.state.read();
+        match state.get(&sample.resource_id) {
+            Some(t) if t.meta.resource_type != sample.resource_type => Err(Rejection::new(
+                RejectReason::TypeConflict,
+                format!(
+                    "resource {} is of type {}, not {}; use a new resource_id for a different kind",
+                    sample.resource_id, t.meta.resource_type, sample.resource_type
+                ),
+            )),
+            Some(_) => Ok(()),
+            None if state.len() >= max_resources => Err(Rejection::new(
+                RejectReason::TooManyResources,
+                format!(
+                    "this agent already tracks {} resources (ingest.max_resources); {} is refused",
+                    state.len(),
+                    sample.resource_id
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes samples durably in one transaction (blocking: call from a blocking thread).
+    pub fn write(&self, samples: &[Sample]) -> Result<WriteOutcome, StoreError> {
+        let mut outcome = WriteOutcome::default();
+        let mut touched: HashMap<ResourceId, ResourceMeta> = HashMap::new();
+        let mut merged: Vec<Arc<Sample>> = Vec::with_capacity(samples.len());
+        let tx = self.inner.db.begin_write()?;
+        {
+            let mut table = tx.open_table(SAMPLES)?;
+            let mut resources = tx.open_table(RESOURCES)?;
+            let state = self.inner.state.read();
+            for s in samples {
+                let meta = match touched.get_mut(&s.resource_id) {
+                    Some(m) => m,
+                    None => {
+                        let m = state
+                            .get(&s.resource_id)
+                            .map(|t| t.meta.clone())
+                            .unwrap_or_else(|| ResourceMeta {
+                                resource_type: s.resource_type.clone(),
+                                first_ts: s.ts,
+                                last_ts: s.ts,
+                                samples: 0,
+                                bytes: 0,
+                            });
+                        touched.entry(s.resource_id.clone()).or_insert(m)
+                    }
+                };
+                if meta.resource_type != s.resource_type {
+                    outcome.conflicts += 1;
+                    continue;
+                }
+                let id = s.resource_id.as_str();
+                let mut stored = Stored {
+                    metrics: s.metrics.clone(),
+                    event: s.event,
+                    labels: s.labels.clone(),
+                };
+                let mut value = serde_json::to_vec(&stored).map_err(|e| StoreError::Corrupt {
+                    resource: id.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                let old = table
+                    .insert((id, s.ts.0), value.as_slice())?
+                    .map(|g| g.value().to_vec());
+                if let Some(old) = old {
+                    // Same resource, same microsecond: merge, the newer values winning.
+                    let prev = decode(id, &old)?;
+                    let mut metrics = prev.metrics;
+                    metrics.append(&mut stored.metrics);
+                    let mut labels = prev.labels;
+                    labels.append(&mut stored.labels);
+                    stored = Stored {
+                        metrics,
+                        event: stored.event.or(prev.event),
+                        labels,
+                    };
+                    value = serde_json::to_vec(&stored).map_err(|e| StoreError::Corrupt {
+                        resource: id.to_owned(),
+                        reason: e.to_string(),
+                    })?;
+                    table.insert((id, s.ts.0), value.as_slice())?;
+                    meta.bytes = meta.bytes.saturating_sub(old.len() as u64 + key_len(id));
+                } else {
+                    meta.samples += 1;
+                }
+                meta.bytes += value.len() as u64 + key_len(id);
+                meta.first_ts = meta.first_ts.min(s.ts);
+                meta.last_ts = meta.last_ts.max(s.ts);
+                outcome.written += 1;
+                merged.push(Arc::new(Sample {
+                    ts: s.ts,
+                    resource_id: s.resource_id.clone(),
+                    resource_type: s.resource_type.clone(),
+                    metrics: stored.metrics,
+                    event: stored.event,
+                    labels: stored.labels,
+                }));
+            }
+            drop(state);
+            for (id, meta) in &touched {
+                let bytes = serde_json::to_vec(meta).map_err(|e| StoreError::Corrupt {
+                    resource: id.to_string(),
+                    reason: e.to_string(),
+                })?;
+                resources.insert(id.as_str(), bytes.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        let mut state = self.inner.state.write();
+        for (id, meta) in touched {
+            let t = state.entry(id).or_insert_with(|| Tracked {
+                meta: meta.clone(),
+                window: VecDeque::with_capacity(self.inner.window),
+            });
+            t.meta = meta;
+        }
+        for s in merged {
+            if let Some(t) = state.get_mut(&s.resource_id) {
+                insert_window(&mut t.window, s, self.inner.window);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Samples of one resource with `since <= ts < until`, oldest first, at most `limit`.
+    /// `None` when the resource is unknown.
+    pub fn query(
+        &self,
+        id: &ResourceId,
+        since: UnixMicros,
+        until: UnixMicros,
+        limit: usize,
+    ) -> Result<Option<QueryResult>, StoreError> {
+        let Some(resource_type) = self
+            .inner
+            .state
+            .read()
+            .get(id)
+            .map(|t| t.meta.resource_type.clone())
+        else {
+            return Ok(None);
+        };
+        let tx = self.inner.db.begin_read()?;
+        let table = tx.open_table(SAMPLES)?;
+        let mut samples = Vec::new();
+        let mut truncated = false;
+        if since < until {
+            for entry in table.range((id.as_str(), since.0)..(id.as_str(), until.0))? {
+                if samples.len() == limit {
+                    truncated = true;
+                    break;
+                }
+                let (k, v) = entry?;
+                let stored = decode(id.as_str(), v.value())?;
+                samples.push(Sample {
+                    ts: UnixMicros(k.value().1),
+                    resource_id: id.clone(),
+                    resource_type: resource_type.clone(),
+                    metrics: stored.metrics,
+                    event: stored.event,
+                    labels: stored.labels,
+                });
+            }
+        }
+        Ok(Some(QueryResult { samples, truncated }))
+    }
+
+    /// Deletes samples older than `now - max_age`, then the oldest samples while the stored bytes
+    /// exceed `max_bytes`. Returns how many samples were deleted (blocking).
+    pub fn apply_retention(
+        &self,
+        now: UnixMicros,
+        max_age: std::time::Duration,
+        max_bytes: u64,
+    ) -> Result<u64, StoreError> {
+        let age_cutoff =
+            now.saturating_sub_micros(i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX));
+        let mut deleted = self.delete_before(age_cutoff)?;
+        // Size: assume each resource's bytes spread evenly over its time span and find the cutoff
+        // that frees the excess plus 10 % head-room; repeat in case the estimate was short.
+        for _ in 0..4 {
+            let (total, spans) = {
+                let state = self.inner.state.read();
+                let total: u64 = state.values().map(|t| t.meta.bytes).sum();
+                let spans: Vec<(i64, i64, u64)> = state
+                    .values()
+                    .map(|t| (t.meta.first_ts.0, t.meta.last_ts.0, t.meta.bytes))
+                    .collect();
+                (total, spans)
+            };
+            if total <= max_bytes {
+                break;
+            }
+            let target = total - max_bytes + max_bytes / 10;
+            let freed_by = |cut: i64| -> u64 {
+                spans
+                    .iter()
+                    .map(|&(first, last, bytes)| {
+                        if cut <= first {
+                            0
+                        } else if cut > last {
+                            bytes
+                        } else {
+                            let frac = (cut - first) as f64 / ((last - first).max(1)) as f64;
+                            (bytes as f64 * frac) as u64
+                        }
+                    })
+                    .sum()
+            };
+            let (mut lo, mut hi) = (
+                spans.iter().map(|s| s.0).min().unwrap_or(0),
+                spans
+                    .iter()
+                    .map(|s| s.1)
+                    .max()
+                    .unwrap_or(0)
+                    .saturating_add(1),
+            );
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if freed_by(mid) >= target {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            deleted += self.delete_before(UnixMicros(lo))?;
+        }
+        Ok(deleted)
+    }
+
+    fn delete_before(&self, cutoff: UnixMicros) -> Result<u64, StoreError> {
+        let victims: Vec<(ResourceId, ResourceMeta)> = self
+            .inner
+            .state
+            .read()
+            .iter()
+            .filter(|(_, t)| t.meta.first_ts < cutoff)
+            .map(|(id, t)| (id.clone(), t.meta.clone()))
+            .collect();
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let mut updated: Vec<(ResourceId, Option<ResourceMeta>)> = Vec::new();
+        let mut deleted = 0u64;
+        let tx = self.inner.db.begin_write()?;
+        {
+            let mut table = tx.open_table(SAMPLES)?;
+            let mut resources = tx.open_table(RESOURCES)?;
+            for (id, mut meta) in victims {
+                let key = id.as_str();
+                let (mut n, mut bytes) = (0u64, 0u64);
+                table.retain_in((key, i64::MIN)..(key, cutoff.0), |_, v| {
+                    n += 1;
+                    bytes += v.len() as u64 + key_len(key);
+                    false
+                })?;
+                let first = table
+                    .range((key, cutoff.0)..=(key, i64::MAX))?
+                    .next()
+                    .transpose()?
+                    .map(|(k, _)| k.value().1);
+                deleted += n;
+                meta.samples = meta.samples.saturating_sub(n);
+                meta.bytes = meta.bytes.saturating_sub(bytes);
+                match first {
+                    Some(first) => {
+                        meta.first_ts = UnixMicros(first);
+                        let encoded =
+                            serde_json::to_vec(&meta).map_err(|e| StoreError::Corrupt {
+                                resource: key.to_owned(),
+                                reason: e.to_string(),
+                            })?;
+                        resources.insert(key, encoded.as_slice())?;
+                        updated.push((id, Some(meta)));
+                    }
+                    None => {
+                        resources.remove(key)?;
+                        updated.push((id, None));
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        let mut state = self.inner.state.write();
+        for (id, meta) in updated {
+            match meta {
+                Some(meta) => {
+                    if let Some(t) = state.get_mut(&id) {
+                        t.meta = meta;
+                        t.window.retain(|s| s.ts >= cutoff);
+                    }
+                }
+                None => {
+                    state.remove(&id);
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Every resource with its metadata and latest sample, sorted by id.
+    pub fn resources(&self) -> Vec<ResourceSummary> {
+        let state = self.inner.state.read();
+        let mut out: Vec<ResourceSummary> = state
+            .iter()
+            .map(|(id, t)| ResourceSummary {
+                resource_id: id.clone(),
+                meta: t.meta.clone(),
+                latest: t.window.back().cloned(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.resource_id.cmp(&b.resource_id));
+        out
+    }
+
+    /// One resource's summary.
+    pub fn resource(&self, id: &ResourceId) -> Option<ResourceSummary> {
+        self.inner.state.read().get(id).map(|t| ResourceSummary {
+            resource_id: id.clone(),
+            meta: t.meta.clone(),
+            latest: t.window.back().cloned(),
+        })
+    }
+
+    /// The in-memory window of one resource, oldest first.
+    pub fn window(&self, id: &ResourceId) -> Vec<Arc<Sample>> {
+        self.inner
+            .state
+            .read()
+            .get(id)
+            .map(|t| t.window.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// (resources, samples, logical bytes) stored.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        let state = self.inner.state.read();
+        let samples = state.values().map(|t| t.meta.samples).sum();
+        let bytes = state.values().map(|t| t.meta.bytes).sum();
+        (state.len() as u64, samples, bytes)
+    }
+
+    /// Samples stored on disk, counted from the table itself (for tests and checks).
+    pub fn count_on_disk(&self) -> Result<u64, StoreError> {
+        let tx = self.inner.db.begin_read()?;
+        Ok(tx.open_table(SAMPLES)?.len()?)
+    }
+}
+
+/// Inserts in time order (samples usually arrive in order, so this is a push) and bounds the window.
+fn insert_window(window: &mut VecDeque<Arc<Sample>>, s: Arc<Sample>, cap: usize) {
+    match window.back() {
+        Some(last) if last.ts > s.ts => {
+            let pos = window.partition_point(|x| x.ts < s.ts);
+            if window.get(pos).is_some_and(|x| x.ts == s.ts) {
+                window[pos] = s;
+            } else {
+                window.insert(pos, s);
+            }
+        }
+        Some(last) if last.ts == s.ts => {
+            let n = window.len();
+            window[n - 1] = s;
+        }
+        _ => window.push_back(s),
+    }
+    while window.len() > cap {
+        window.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn sample(id: &str, ts: i64, v: f64) -> Sample {
+        Sample {
+            ts: UnixMicros(ts),
+            resource_id: ResourceId::parse(id).expect("id"),
+            resource_type: ResourceType::parse("service").expect("type"),
+            metrics: BTreeMap::from([("x".to_owned(), v)]),
+            event: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn written_samples_survive_reopen_with_their_window() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let h = History::open(dir.path(), 1 << 20, 3).expect("open");
+            let batch: Vec<Sample> = (0..5)
+                .map(|i| sample("a", i * 1_000_000, i as f64))
+                .collect();
+            assert_eq!(h.write(&batch).expect("write").written, 5);
+        }
+        let h = History::open(dir.path(), 1 << 20, 3).expect("reopen");
+        let id = ResourceId::parse("a").expect("id");
+        let win = h.window(&id);
+        assert_eq!(
+            win.iter().map(|s| s.ts.0).collect::<Vec<_>>(),
+            vec![2_000_000, 3_000_000, 4_000_000]
+        );
+        let q = h
+            .query(&id, UnixMicros(1_000_000), UnixMicros(4_000_000), 100)
+            .expect("query")
+            .expect("known");
+        assert_eq!(q.samples.len(), 3);
+        assert!(!q.truncated);
+        let q = h
+            .query(&id, UnixMicros(0), UnixMicros(i64::MAX), 2)
+            .expect("query")
+            .expect("known");
+        assert!(q.truncated);
+        assert_eq!(h.totals().1, 5);
+        assert_eq!(h.count_on_disk().expect("count"), 5);
+        let unknown = ResourceId::parse("nope").expect("id");
+        assert!(
+            h.query(&unknown, UnixMicros(0), UnixMicros(1), 1)
+                .expect("query")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn same_timestamp_merges_instead_of_duplicating() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = History::open(dir.path(), 1 << 20, 10).expect("open");
+        let mut a = sample("a", 5, 1.0);
+        h.write(std::slice::from_ref(&a)).expect("write");
+        a.metrics = BTreeMap::from([("y".to_owned(), 2.0)]);
+        h.write(&[a]).expect("write again");
+        let id = ResourceId::parse("a").expect("id");
+        let r = h.resource(&id).expect("known");
+        assert_eq!(r.meta.samples, 1);
+        let latest = r.latest.expect("latest");
+        assert_eq!(latest.metrics.len(), 2);
+        assert_eq!(h.count_on_disk().expect("count"), 1);
+    }
+
+    #[test]
+    fn admission_keeps_types_and_bounds_resources() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = History::open(dir.path(), 1 << 20, 10).expect("open");
+        h.write(&[sample("a", 1, 1.0)]).expect("write");
+        let mut other = sample("a", 2, 1.0);
+        other.resource_type = ResourceType::parse("host").expect("type");
+        assert_eq!(
+            h.admit(&other, 10).expect_err("conflict").reason,
+            RejectReason::TypeConflict
+        );
+        assert_eq!(
+            h.admit(&sample("b", 1, 1.0), 1).expect_err("full").reason,
+            RejectReason::TooManyResources
+        );
+        assert!(h.admit(&sample("a", 3, 1.0), 1).is_ok());
+    }
+
+    #[test]
+    fn retention_by_age_and_by_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = History::open(dir.path(), 1 << 20, 10).expect("open");
+        let sec = 1_000_000;
+        let batch: Vec<Sample> = (0..1000)
+            .flat_map(|i| [sample("a", i * sec, 1.0), sample("b", i * sec, 2.0)])
+            .collect();
+        h.write(&batch).expect("write");
+        // Age: keep the last 100 s at now = 999 s.
+        let deleted = h
+            .apply_retention(UnixMicros(999 * sec), Duration::from_secs(100), u64::MAX)
+            .expect("age");
+        assert_eq!(deleted, 2 * 899);
+        assert_eq!(h.count_on_disk().expect("count"), 2 * 101);
+        // Size: squeeze to half of what is left.
+        let (_, _, bytes) = h.totals();
+        h.apply_retention(
+            UnixMicros(999 * sec),
+            Duration::from_secs(100_000),
+            bytes / 2,
+        )
+        .expect("size");
+        let (_, samples, after) = h.totals();
+        assert!(after <= bytes / 2, "{after} > {}", bytes / 2);
+        assert_eq!(samples, h.count_on_disk().expect("count"));
+        // The newest survive.
+        let id = ResourceId::parse("a").expect("id");
+        assert_eq!(
+            h.resource(&id).expect("a").meta.last_ts,
+            UnixMicros(999 * sec)
+        );
+        // Everything past the age goes, and the resource with it.
+        h.apply_retention(UnixMicros(5000 * sec), Duration::from_secs(60), u64::MAX)
+            .expect("all");
+        assert_eq!(h.totals(), (0, 0, 0));
+    }
+
+    #[test]
+    fn window_orders_late_samples() {
+        let mut w = VecDeque::new();
+        for ts in [1, 3, 2, 3, 0] {
+            insert_window(&mut w, Arc::new(sample("a", ts, ts as f64)), 3);
+        }
+        assert_eq!(w.iter().map(|s| s.ts.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+}

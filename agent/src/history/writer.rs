@@ -1,0 +1,255 @@
+//! The one task that writes history: it gathers queued batches into a single transaction (group
+//! commit), answers each submitter once its samples are durable, and runs retention on a timer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{History, StoreError};
+use crate::config::Config;
+use crate::ingest::{Limits, RejectReason, Rejection};
+use crate::sample::{Sample, UnixMicros};
+use crate::stats::{Source, Stats};
+
+/// Most samples gathered into one transaction.
+const MAX_GROUP_SAMPLES: usize = 100_000;
+
+/// A batch to make durable. `done` hears how many samples were written, once they are on disk.
+#[derive(Debug)]
+pub struct WriteRequest {
+    pub source: Source,
+    pub samples: Vec<Sample>,
+    pub done: Option<oneshot::Sender<Result<usize, Arc<StoreError>>>>,
+}
+
+/// Why a submission did not become durable.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the write queue stayed full for {0:?}; the agent is overloaded, retry later")]
+    Overloaded(Duration),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+}
+
+impl SubmitError {
+    /// Whether the same request may succeed if sent again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SubmitError::Overloaded(_) | SubmitError::ShuttingDown)
+    }
+}
+
+/// The handle every source uses to validate and submit samples.
+#[derive(Clone, Debug)]
+pub struct Ingestor {
+    tx: mpsc::Sender<WriteRequest>,
+    history: History,
+    stats: Arc<Stats>,
+    config: watch::Receiver<Arc<Config>>,
+}
+
+impl Ingestor {
+    pub fn new(
+        tx: mpsc::Sender<WriteRequest>,
+        history: History,
+        stats: Arc<Stats>,
+        config: watch::Receiver<Arc<Config>>,
+    ) -> Self {
+        Self {
+            tx,
+            history,
+            stats,
+            config,
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits::from_config(&self.config.borrow())
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Counts a refusal.
+    pub fn reject(&self, source: Source, rejection: &Rejection) {
+        self.stats.rejected(source, rejection.reason);
+        tracing::debug!(source = source.as_str(), %rejection, "sample refused");
+    }
+
+    /// Checks a validated sample against the registry (type, capacity); counts a refusal.
+    pub fn admit(&self, source: Source, sample: &Sample) -> Result<(), Rejection> {
+        let max = self.config.borrow().ingest.max_resources;
+        self.history
+            .admit(sample, max)
+            .inspect_err(|r| self.reject(source, r))
+    }
+
+    /// Queues samples and waits until they are durable.
+    pub async fn submit(&self, source: Source, samples: Vec<Sample>) -> Result<usize, SubmitError> {
+        if samples.is_empty() {
+            return Ok(0);
+        }
+        let n = samples.len();
+        let (done, rx_done) = oneshot::channel();
+        let timeout = self.config.borrow().ingest.enqueue_timeout;
+        let req = WriteRequest {
+            source,
+            samples,
+            done: Some(done),
+        };
+        match self.tx.send_timeout(req, timeout).await {
+            Ok(()) => {}
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                for _ in 0..n {
+                    self.stats.rejected(source, RejectReason::Overloaded);
+                }
+                return Err(SubmitError::Overloaded(timeout));
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(SubmitError::ShuttingDown),
+        }
+        match rx_done.await {
+            Ok(Ok(written)) => Ok(written),
+            Ok(Err(e)) => Err(SubmitError::Store(e)),
+            Err(_) => Err(SubmitError::ShuttingDown),
+        }
+    }
+
+    /// Queues samples without waiting for them (collectors); a full queue drops them and counts.
+    pub fn submit_nowait(&self, source: Source, samples: Vec<Sample>) {
+        let n = samples.len();
+        if n == 0 {
+            return;
+        }
+        let req = WriteRequest {
+            source,
+            samples,
+            done: None,
+        };
+        if self.tx.try_send(req).is_err() {
+            for _ in 0..n {
+                self.stats.rejected(source, RejectReason::Overloaded);
+            }
+            tracing::warn!(
+                source = source.as_str(),
+                samples = n,
+                "write queue full; samples dropped"
+            );
+        }
+    }
+}
+
+/// Runs until `shutdown`, then writes everything still queued and returns.
+pub async fn run(
+    history: History,
+    mut rx_writes: mpsc::Receiver<WriteRequest>,
+    config: watch::Receiver<Arc<Config>>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) {
+    let mut retention = tokio::time::interval(config.borrow().history.retention_interval);
+    retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            req = rx_writes.recv() => {
+                let Some(first) = req else { break };
+                let mut group = vec![first];
+                let mut n = group[0].samples.len();
+                while n < MAX_GROUP_SAMPLES {
+                    match rx_writes.try_recv() {
+                        Ok(r) => {
+                            n += r.samples.len();
+                            group.push(r);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                commit(&history, group, &stats).await;
+            }
+            _ = retention.tick() => {
+                let cfg = config.borrow().clone();
+                let h = history.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    h.apply_retention(UnixMicros::now(), cfg.history.max_age, cfg.history.max_size.as_u64())
+                })
+                .await;
+                match result {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => {
+                        stats.retention_deleted.inc_by(n);
+                        tracing::debug!(deleted = n, "retention");
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "retention failed; will retry"),
+                    Err(e) => tracing::error!(error = %e, "retention task panicked"),
+                }
+                let want = config.borrow().history.retention_interval;
+                if retention.period() != want {
+                    retention = tokio::time::interval(want);
+                    retention.reset();
+                }
+            }
+        }
+    }
+    // Drain: everything accepted into the queue is written before the agent exits.
+    rx_writes.close();
+    let mut rest = Vec::new();
+    while let Some(r) = rx_writes.recv().await {
+        rest.push(r);
+    }
+    if !rest.is_empty() {
+        commit(&history, rest, &stats).await;
+    }
+    tracing::debug!("history writer stopped");
+}
+
+async fn commit(history: &History, group: Vec<WriteRequest>, stats: &Stats) {
+    let mut samples = Vec::with_capacity(group.iter().map(|r| r.samples.len()).sum());
+    let mut replies = Vec::with_capacity(group.len());
+    for r in group {
+        replies.push((r.source, r.samples.len(), r.done));
+        samples.extend(r.samples);
+    }
+    let h = history.clone();
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || h.write(&samples))
+        .await
+        .unwrap_or_else(|e| {
+            Err(StoreError::Corrupt {
+                resource: String::new(),
+                reason: format!("writer panicked: {e}"),
+            })
+        });
+    stats
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(outcome) => {
+            if outcome.conflicts > 0 {
+                tracing::warn!(
+                    conflicts = outcome.conflicts,
+                    "samples refused at write: resource type changed"
+                );
+            }
+            for (source, n, done) in replies {
+                stats.accepted(source, n as u64);
+                if let Some(done) = done {
+                    let _ = done.send(Ok(n));
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "history write failed");
+            let e = Arc::new(e);
+            for (_, _, done) in replies {
+                if let Some(done) = done {
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}

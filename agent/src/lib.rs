@@ -1,0 +1,13 @@
+//! The augur agent: collects this host's telemetry and its workloads', keeps a durable history,
+//! serves the local API, and (as the models and the mesh land) predicts failures and moves work.
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod collect;
+pub mod config;
+pub mod history;
+pub mod ingest;
+pub mod logging;
+pub mod sample;
+pub mod stats;

@@ -1,0 +1,279 @@
+//! The agent's own counters, exposed on `GET /metrics` in OpenMetrics text. Each event is counted
+//! where it happens; nothing here decides anything.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::ingest::RejectReason;
+
+/// Where a sample came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    Host,
+    Log,
+    Scrape,
+    Http,
+    Grpc,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Host => "host",
+            Source::Log => "log",
+            Source::Scrape => "scrape",
+            Source::Http => "http",
+            Source::Grpc => "grpc",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectLabels {
+    source: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabels {
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// All counters of one agent.
+#[derive(Debug)]
+pub struct Stats {
+    registry: Registry,
+    accepted: Family<SourceLabels, Counter>,
+    rejected: Family<RejectLabels, Counter>,
+    accepted_total: AtomicU64,
+    rejected_total: AtomicU64,
+    pub commit_seconds: Histogram,
+    pub retention_deleted: Counter,
+    collect_errors: Family<NameLabels, Counter>,
+    log_lines_matched: Family<NameLabels, Counter>,
+    scrape_errors: Family<NameLabels, Counter>,
+    reloads: Family<OutcomeLabels, Counter>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stats {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("augur");
+        let accepted = Family::<SourceLabels, Counter>::default();
+        let rejected = Family::<RejectLabels, Counter>::default();
+        let commit_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        let retention_deleted = Counter::default();
+        let collect_errors = Family::<NameLabels, Counter>::default();
+        let log_lines_matched = Family::<NameLabels, Counter>::default();
+        let scrape_errors = Family::<NameLabels, Counter>::default();
+        let reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "samples_accepted",
+            "Samples written to durable history, by source",
+            accepted.clone(),
+        );
+        registry.register(
+            "samples_rejected",
+            "Samples refused, by source and reason",
+            rejected.clone(),
+        );
+        registry.register(
+            "history_commit_seconds",
+            "Time to make one batch durable",
+            commit_seconds.clone(),
+        );
+        registry.register(
+            "history_retention_deleted",
+            "Samples deleted by retention (age or size)",
+            retention_deleted.clone(),
+        );
+        registry.register(
+            "collect_errors",
+            "Collector errors, by collector",
+            collect_errors.clone(),
+        );
+        registry.register(
+            "log_lines_matched",
+            "Log lines matching an error pattern, by file",
+            log_lines_matched.clone(),
+        );
+        registry.register(
+            "scrape_errors",
+            "Failed scrapes, by target URL",
+            scrape_errors.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads on SIGHUP, by outcome",
+            reloads.clone(),
+        );
+        Self {
+            registry,
+            accepted,
+            rejected,
+            accepted_total: AtomicU64::new(0),
+            rejected_total: AtomicU64::new(0),
+            commit_seconds,
+            retention_deleted,
+            collect_errors,
+            log_lines_matched,
+            scrape_errors,
+            reloads,
+        }
+    }
+
+    pub fn accepted(&self, source: Source, n: u64) {
+        self.accepted
+            .get_or_create(&SourceLabels {
+                source: source.as_str(),
+            })
+            .inc_by(n);
+        self.accepted_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self, source: Source, reason: RejectReason) {
+        self.rejected
+            .get_or_create(&RejectLabels {
+                source: source.as_str(),
+                reason: reason.as_str(),
+            })
+            .inc();
+        self.rejected_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn accepted_total(&self) -> u64 {
+        self.accepted_total.load(Ordering::Relaxed)
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected_total.load(Ordering::Relaxed)
+    }
+
+    pub fn collect_error(&self, collector: &str) {
+        self.collect_errors
+            .get_or_create(&NameLabels {
+                name: collector.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn log_lines_matched(&self, path: &str, n: u64) {
+        self.log_lines_matched
+            .get_or_create(&NameLabels {
+                name: path.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn scrape_error(&self, url: &str) {
+        self.scrape_errors
+            .get_or_create(&NameLabels {
+                name: url.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&OutcomeLabels {
+                outcome: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+
+    /// Renders the registry plus `extra` lines (gauges computed at scrape time) as OpenMetrics text.
+    pub fn render(&self, extra: &str) -> String {
+        let mut out = String::with_capacity(4096 + extra.len());
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        if let Some(stripped) = out.strip_suffix("# EOF\n") {
+            out.truncate(stripped.len());
+        }
+        out.push_str(extra);
+        out.push_str("# EOF\n");
+        out
+    }
+}
+
+/// Escapes a label value for the text exposition format.
+pub fn escape_label(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// Appends one gauge family (`# TYPE`, `# HELP`, then samples) to `out`.
+pub fn gauge_family<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, f64)> + 'a,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_are_counted_by_source_and_reason() {
+        let s = Stats::new();
+        s.rejected(Source::Http, RejectReason::NonFinite);
+        s.rejected(Source::Http, RejectReason::NonFinite);
+        s.accepted(Source::Grpc, 5);
+        let text = s.render("");
+        assert!(
+            text.contains(r#"augur_samples_rejected_total{source="http",reason="non_finite"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"augur_samples_accepted_total{source="grpc"} 5"#),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(s.rejected_total(), 2);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
