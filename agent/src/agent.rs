@@ -127,7 +127,10 @@ pub async fn run(
             tracing::error!(error = %e, "gRPC API stopped");
         }
     });
+    // Handlers are installed before "ready" is logged, so no signal can find the default action.
+    let handlers = Signals::install().context("cannot install signal handlers")?;
     tasks.spawn(signals(
+        handlers,
         sources,
         cfg.clone(),
         tx_config,
@@ -161,9 +164,31 @@ pub async fn run(
     Ok(())
 }
 
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// SIGTERM/SIGINT cancel `shutdown`; SIGHUP re-reads the configuration and applies what can change
 /// without a restart, naming what cannot.
 async fn signals(
+    Signals {
+        mut term,
+        mut int,
+        mut hup,
+    }: Signals,
     sources: Sources,
     mut current: Config,
     tx_config: watch::Sender<Arc<Config>>,
@@ -171,15 +196,6 @@ async fn signals(
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
-        return;
-    };
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,

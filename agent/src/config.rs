@@ -355,7 +355,7 @@ impl Config {
                 ));
             }
         }
-        if self.api.http_addr == self.api.grpc_addr {
+        if self.api.http_addr == self.api.grpc_addr && self.api.http_addr.port() != 0 {
             return Err(invalid("api.grpc_addr", "must differ from api.http_addr"));
         }
         if self.api.max_body.as_u64() < 1024 {

@@ -1,1 +1,310 @@
-//! placeholder
+//! The harness shared by augur's cross-crate suites and benchmark drivers: start real `augur agent`
+//! processes on loopback (ports chosen by the kernel), read their JSON logs as events, signal them,
+//! and talk to their HTTP and gRPC APIs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// Longest a harness step waits for a process before the test fails.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Path of the `augur` binary: `$AUGUR_BIN`, else the one built beside the running test binary
+/// (built first with cargo if missing).
+pub fn augur_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("AUGUR_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> or target/<profile>/<bin>
+    let mut dir = exe
+        .parent()
+        .context("test binary has no folder")?
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("augur");
+    if !bin.exists() {
+        let release = dir.ends_with("release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "-p", "augur-agent", "--bin", "augur"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .context("running cargo build for the augur binary")?;
+        if !status.success() || !bin.exists() {
+            bail!("cannot find or build {}; set AUGUR_BIN", bin.display());
+        }
+    }
+    Ok(bin)
+}
+
+/// How to start an agent.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// Data directory; a fresh temporary one when `None`.
+    pub data_dir: Option<PathBuf>,
+    /// Configuration file text; empty means no file (embedded defaults).
+    pub config: String,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
+    pub node_name: Option<String>,
+    /// Fixed addresses (e.g. to restart on the same ports); kernel-chosen when `None`.
+    pub http_addr: Option<SocketAddr>,
+    pub grpc_addr: Option<SocketAddr>,
+}
+
+/// A running `augur agent` process.
+#[derive(Debug)]
+pub struct AgentProcess {
+    child: Child,
+    pub pid: u32,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub data_dir: PathBuf,
+    pub config_file: PathBuf,
+    logs: mpsc::UnboundedReceiver<Value>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl AgentProcess {
+    /// Starts an agent and waits for its "ready" log line.
+    pub async fn start(opts: AgentOptions) -> anyhow::Result<Self> {
+        let (temp, data_dir) = match &opts.data_dir {
+            Some(d) => (None, d.clone()),
+            None => {
+                let t = tempfile::tempdir()?;
+                let d = t.path().join("data");
+                (Some(t), d)
+            }
+        };
+        std::fs::create_dir_all(&data_dir)?;
+        let config_file = data_dir.with_extension("toml");
+        let mut cmd = Command::new(augur_bin()?);
+        cmd.arg("agent");
+        if !opts.config.is_empty() {
+            // No configuration at all runs on the embedded defaults.
+            std::fs::write(&config_file, &opts.config)?;
+            cmd.arg("--config").arg(&config_file);
+        }
+        cmd.arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--http-addr")
+            .arg(
+                opts.http_addr
+                    .map_or("127.0.0.1:0".to_owned(), |a| a.to_string()),
+            )
+            .arg("--grpc-addr")
+            .arg(
+                opts.grpc_addr
+                    .map_or("127.0.0.1:0".to_owned(), |a| a.to_string()),
+            )
+            .args(["--log-format", "json", "--log-level", "info"])
+            .args(&opts.args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AUGUR_") && k != "AUGUR_BIN" {
+                cmd.env_remove(k);
+            }
+        }
+        if let Some(n) = &opts.node_name {
+            cmd.arg("--node-name").arg(n);
+        }
+        let mut child = cmd.spawn().context("spawning augur agent")?;
+        let pid = child.id().context("child has no pid")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (tx, logs) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut agent = AgentProcess {
+            child,
+            pid,
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            config_file,
+            logs,
+            _temp: temp,
+        };
+        let ready = agent.wait_log("augur agent ready").await?;
+        agent.http = field_addr(&ready, "http_addr")?;
+        agent.grpc = field_addr(&ready, "grpc_addr")?;
+        Ok(agent)
+    }
+
+    /// Waits for a log line whose message contains `needle`; fails if the process exits first.
+    pub async fn wait_log(&mut self, needle: &str) -> anyhow::Result<Value> {
+        let fut = async {
+            while let Some(v) = self.logs.recv().await {
+                let msg = v
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or_else(|| v.as_str().unwrap_or(""));
+                if msg.contains(needle) {
+                    return Ok(v);
+                }
+            }
+            Err(anyhow!("agent exited before logging {needle:?}"))
+        };
+        tokio::time::timeout(STEP_TIMEOUT, fut)
+            .await
+            .map_err(|_| anyhow!("no log line {needle:?} within {STEP_TIMEOUT:?}"))?
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid)?);
+        nix::sys::signal::kill(pid, sig)?;
+        Ok(())
+    }
+
+    /// SIGKILL, then wait for the process to be gone.
+    pub async fn kill9(mut self) -> anyhow::Result<PathBuf> {
+        self.signal(nix::sys::signal::Signal::SIGKILL)?;
+        self.child.wait().await?;
+        Ok(self.data_dir.clone())
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub async fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        self.signal(nix::sys::signal::Signal::SIGTERM)?;
+        Ok(tokio::time::timeout(STEP_TIMEOUT, self.child.wait()).await??)
+    }
+
+    /// Keeps the temporary folder alive past this process (for restarts on the same data).
+    pub fn take_temp(&mut self) -> Option<tempfile::TempDir> {
+        self._temp.take()
+    }
+}
+
+fn field_addr(v: &Value, name: &str) -> anyhow::Result<SocketAddr> {
+    v.get(name)
+        .and_then(Value::as_str)
+        .with_context(|| format!("ready line lacks {name}: {v}"))?
+        .parse()
+        .with_context(|| format!("ready line {name} is not an address"))
+}
+
+/// An HTTP client that never goes through a proxy.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(STEP_TIMEOUT)
+        .build()
+        .expect("a plain HTTP client builds")
+}
+
+/// Polls `check` until it returns `Some`, every 50 ms, for at most [`STEP_TIMEOUT`]. For waiting on
+/// another process's state where there is no event to await.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Builds a JSON-lines body of `n` samples for `resource` starting at `start_us` (1 ms apart).
+pub fn json_lines(resource: &str, start_us: i64, n: usize) -> String {
+    let mut body = String::with_capacity(n * 120);
+    for i in 0..n {
+        let ts = rfc3339(start_us + i as i64 * 1_000);
+        body.push_str(&format!(
+            "{{\"ts\":\"{ts}\",\"resource_id\":\"{resource}\",\"resource_type\":\"service\",\"metrics\":{{\"queue_len\":{i},\"latency_ms\":{}}}}}\n",
+            (i % 100) as f64 * 0.5
+        ));
+    }
+    body
+}
+
+/// RFC 3339 of a Unix-microsecond time.
+pub fn rfc3339(us: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .expect("in range")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("formats")
+}
+
+/// Now in Unix microseconds.
+pub fn now_us() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_micros(),
+    )
+    .expect("fits")
+}
+
+/// Reads a process's CPU time (user+system, seconds) and RSS (bytes) from /proc.
+pub fn proc_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("odd /proc stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("VmRSS")?
+        .parse()?;
+    Ok(((utime + stime) / ticks, rss_kb * 1024))
+}
+
+/// Peak RSS (VmHWM) of a process in bytes.
+pub fn proc_peak_rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("VmHWM")?
+        .parse()?;
+    Ok(kb * 1024)
+}
+
+/// Writes a file (convenience for config fragments in tests).
+pub fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}

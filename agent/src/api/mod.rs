@@ -112,6 +112,8 @@ pub struct PushBatch<'a> {
     limits: crate::ingest::Limits,
     pub outcome: PushOutcome,
     pub samples: Vec<Sample>,
+    /// Types of resources first seen in this batch: a batch cannot give one resource two types.
+    types: std::collections::HashMap<augur_proto::ResourceId, augur_proto::ResourceType>,
 }
 
 impl<'a> PushBatch<'a> {
@@ -123,13 +125,30 @@ impl<'a> PushBatch<'a> {
             limits: ingestor.limits(),
             outcome: PushOutcome::default(),
             samples: Vec::new(),
+            types: std::collections::HashMap::new(),
         }
     }
 
     fn take(&mut self, index: usize, checked: Result<Sample, Rejection>) {
-        let checked = checked.inspect_err(|r| self.ingestor.reject(self.source, r));
+        let checked = checked
+            .and_then(|s| match self.types.get(&s.resource_id) {
+                Some(t) if *t != s.resource_type => Err(Rejection::new(
+                    crate::ingest::RejectReason::TypeConflict,
+                    format!(
+                        "resource {} is of type {t} earlier in this batch, not {}",
+                        s.resource_id, s.resource_type
+                    ),
+                )),
+                _ => Ok(s),
+            })
+            .inspect_err(|r| self.ingestor.reject(self.source, r));
         match checked.and_then(|s| self.ingestor.admit(self.source, &s).map(|()| s)) {
-            Ok(s) => self.samples.push(s),
+            Ok(s) => {
+                self.types
+                    .entry(s.resource_id.clone())
+                    .or_insert_with(|| s.resource_type.clone());
+                self.samples.push(s);
+            }
             Err(r) => self.outcome.refuse(index, r),
         }
     }

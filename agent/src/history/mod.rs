@@ -96,11 +96,12 @@ pub struct QueryResult {
 }
 
 /// Outcome of one durable write.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteOutcome {
     pub written: usize,
-    /// Samples refused at write time because their resource's type changed under a race.
-    pub conflicts: usize,
+    /// Indices of samples refused at write time because two concurrent pushes gave one new
+    /// resource different types (admission checks each push on its own).
+    pub conflicted: Vec<usize>,
 }
 
 /// Cloneable handle to the history. Reads may come from any task; writes come only from the
@@ -220,7 +221,7 @@ impl History {
             let mut table = tx.open_table(SAMPLES)?;
             let mut resources = tx.open_table(RESOURCES)?;
             let state = self.inner.state.read();
-            for s in samples {
+            for (index, s) in samples.iter().enumerate() {
                 let meta = match touched.get_mut(&s.resource_id) {
                     Some(m) => m,
                     None => {
@@ -238,7 +239,7 @@ impl History {
                     }
                 };
                 if meta.resource_type != s.resource_type {
-                    outcome.conflicts += 1;
+                    outcome.conflicted.push(index);
                     continue;
                 }
                 let id = s.resource_id.as_str();

@@ -229,16 +229,18 @@ async fn commit(history: &History, group: Vec<WriteRequest>, stats: &Stats) {
         .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(outcome) => {
-            if outcome.conflicts > 0 {
-                tracing::warn!(
-                    conflicts = outcome.conflicts,
-                    "samples refused at write: resource type changed"
-                );
-            }
+            let mut conflicted = outcome.conflicted.iter().peekable();
+            let mut offset = 0;
             for (source, n, done) in replies {
-                stats.accepted(source, n as u64);
+                let mut lost = 0;
+                while conflicted.next_if(|&&i| i < offset + n).is_some() {
+                    lost += 1;
+                    stats.rejected(source, RejectReason::TypeConflict);
+                }
+                offset += n;
+                stats.accepted(source, (n - lost) as u64);
                 if let Some(done) = done {
-                    let _ = done.send(Ok(n));
+                    let _ = done.send(Ok(n - lost));
                 }
             }
         }
