@@ -19,6 +19,8 @@ use crate::stats::Source;
 
 /// Samples gathered from a push stream before they are handed to the writer.
 const PUSH_CHUNK: usize = 1_000;
+/// Longest a pushed sample waits in a partial chunk.
+const PUSH_FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 
 #[derive(Clone, Debug)]
 pub struct GrpcApi {
@@ -36,7 +38,26 @@ impl Telemetry for GrpcApi {
         let mut summary = PushSummary::default();
         let mut index: u64 = 0;
         let mut batch = PushBatch::new(ingestor, Source::Grpc);
-        while let Some(item) = stream.next().await {
+        // A long-lived stream is flushed every PUSH_FLUSH_AFTER too, so a slow sender's samples
+        // become durable (and visible) without waiting for a full chunk or the end of the stream.
+        let mut flush_at: Option<tokio::time::Instant> = None;
+        loop {
+            let item = match flush_at {
+                None => stream.next().await,
+                Some(at) => tokio::select! {
+                    item = stream.next() => item,
+                    () = tokio::time::sleep_until(at) => {
+                        let due = std::mem::replace(&mut batch, PushBatch::new(ingestor, Source::Grpc));
+                        merge(&mut summary, due.commit().await.map_err(Status::from)?);
+                        flush_at = None;
+                        continue;
+                    }
+                },
+            };
+            let Some(item) = item else { break };
+            if flush_at.is_none() {
+                flush_at = Some(tokio::time::Instant::now() + PUSH_FLUSH_AFTER);
+            }
             match item {
                 Ok(sample) => batch.proto(index as usize, sample),
                 Err(status) => {
@@ -61,6 +82,7 @@ impl Telemetry for GrpcApi {
             if batch.samples.len() >= PUSH_CHUNK {
                 let full = std::mem::replace(&mut batch, PushBatch::new(ingestor, Source::Grpc));
                 merge(&mut summary, full.commit().await.map_err(Status::from)?);
+                flush_at = None;
             }
         }
         merge(&mut summary, batch.commit().await.map_err(Status::from)?);

@@ -163,3 +163,47 @@ async fn push_query_health_and_reflection_over_grpc() {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_stream_is_durable_before_it_ends() {
+    let agent = AgentProcess::start(AgentOptions {
+        config: "[collect]\nhost = false\n".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("agent starts");
+    let mut client = TelemetryClient::connect(agent.grpc_url())
+        .await
+        .expect("connects");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let push = tokio::spawn(async move { client.push(tokio_stream_from(rx)).await });
+    tx.send(sample("slow-1", now_us(), &[("rps", 1.0)]))
+        .await
+        .expect("send");
+    // The stream stays open; the sample must still become visible.
+    augur_tests::eventually("the first sample of an open stream", || async {
+        let v: serde_json::Value = augur_tests::http()
+            .get(agent.url("/v1/resources/slow-1"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["samples"] == 1).then_some(())
+    })
+    .await
+    .expect("flushed while open");
+    tx.send(sample("slow-1", now_us() + 1, &[("rps", 2.0)]))
+        .await
+        .expect("send");
+    drop(tx);
+    let summary = push.await.expect("task").expect("push").into_inner();
+    assert_eq!(summary.accepted, 2);
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<TelemetrySample>,
+) -> impl futures::Stream<Item = TelemetrySample> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
