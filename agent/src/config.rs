@@ -10,7 +10,7 @@ use std::time::Duration;
 use augur_proto::{HOST_RESOURCE_TYPE, NodeName, ResourceId, ResourceType};
 use bytesize::ByteSize;
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 /// Why a configuration was refused.
@@ -314,19 +314,12 @@ impl Config {
             }
             fig = fig.merge(Toml::file_exact(file));
         }
-        fig = match &sources.env {
-            None => fig.merge(Env::prefixed("AUGUR_").split("__")),
-            Some(vars) => {
-                let mut toml = String::new();
-                for (k, v) in vars {
-                    if let Some(key) = k.strip_prefix("AUGUR_") {
-                        let key = key.to_ascii_lowercase().replace("__", ".");
-                        toml.push_str(&format!("{key} = {}\n", toml_value(v)));
-                    }
-                }
-                fig.merge(Toml::string(&toml))
-            }
+        // One code path for the process environment and the one tests pass in.
+        let vars: Vec<(String, String)> = match &sources.env {
+            Some(vars) => vars.clone(),
+            None => std::env::vars().filter(|(k, _)| k.starts_with("AUGUR_")).collect(),
         };
+        fig = fig.merge(Toml::string(&env_toml(&vars)?));
         fig = fig.merge(Serialized::defaults(&sources.overrides));
         let cfg: Config = fig.extract().map_err(Box::new)?;
         cfg.validate()?;
@@ -479,13 +472,31 @@ impl Config {
     }
 }
 
-/// Renders an environment value as TOML: numbers and booleans as such, anything else as a string.
-fn toml_value(v: &str) -> String {
-    if v.parse::<i64>().is_ok() || v.parse::<f64>().is_ok() || v == "true" || v == "false" {
-        v.to_owned()
-    } else {
-        toml::Value::String(v.to_owned()).to_string()
+/// Turns `AUGUR_*` variables into TOML: `AUGUR_API__HTTP_ADDR=x` becomes `api.http_addr = "x"`.
+/// A value that is valid TOML on its own (number, boolean, array, quoted string) is taken as such;
+/// anything else is a string.
+fn env_toml(vars: &[(String, String)]) -> Result<String, ConfigError> {
+    let mut toml = String::new();
+    for (k, v) in vars {
+        let Some(key) = k.strip_prefix("AUGUR_") else {
+            continue;
+        };
+        let key = key.to_ascii_lowercase().replace("__", ".");
+        if key.is_empty()
+            || !key
+                .split('.')
+                .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            return Err(invalid(k.clone(), "is not a configuration key (AUGUR_SECTION__KEY)"));
+        }
+        let value = if toml::from_str::<toml::Table>(&format!("v = {v}")).is_ok() {
+            v.clone()
+        } else {
+            toml::Value::String(v.clone()).to_string()
+        };
+        toml.push_str(&format!("{key} = {value}\n"));
     }
+    Ok(toml)
 }
 
 fn default_node_name() -> NodeName {
@@ -561,6 +572,7 @@ mod tests {
             ("AUGUR_NODE_NAME", "from-env"),
             ("AUGUR_HISTORY__MAX_AGE", "3d"),
             ("AUGUR_API__GRPC_ADDR", "127.0.0.1:9001"),
+            ("AUGUR_SCRAPE", r#"[{url = "http://127.0.0.1:1/m", resource_id = "x"}]"#),
         ]);
         src.file = Some(file);
         src.overrides.node_name = Some("from-flag".to_owned());
@@ -569,6 +581,15 @@ mod tests {
         assert_eq!(cfg.history.max_age, Duration::from_secs(3 * 86400));
         assert_eq!(cfg.api.http_addr.port(), 8000);
         assert_eq!(cfg.api.grpc_addr.port(), 9001);
+        assert_eq!(cfg.scrape.len(), 1);
+    }
+
+    #[test]
+    fn unknown_environment_keys_are_errors() {
+        let err = Config::load(&sources(&[("AUGUR_HISTORY__MAX_AGEE", "1d")])).expect_err("typo");
+        assert!(err.to_string().contains("max_agee"), "{err}");
+        let err = Config::load(&sources(&[("AUGUR_A-B", "1")])).expect_err("bad key");
+        assert!(err.to_string().contains("AUGUR_A-B"), "{err}");
     }
 
     #[test]

@@ -118,7 +118,8 @@ impl AgentProcess {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         for (k, _) in std::env::vars() {
-            if k.starts_with("AUGUR_") && k != "AUGUR_BIN" {
+            // The agent reads every AUGUR_ variable as configuration (AUGUR_BIN included).
+            if k.starts_with("AUGUR_") {
                 cmd.env_remove(k);
             }
         }
@@ -157,6 +158,7 @@ impl AgentProcess {
     /// Waits for a log line whose message contains `needle`; fails if the process exits first.
     pub async fn wait_log(&mut self, needle: &str) -> anyhow::Result<Value> {
         let fut = async {
+            let mut recent: Vec<String> = Vec::new();
             while let Some(v) = self.logs.recv().await {
                 let msg = v
                     .get("message")
@@ -165,8 +167,15 @@ impl AgentProcess {
                 if msg.contains(needle) {
                     return Ok(v);
                 }
+                if recent.len() == 20 {
+                    recent.remove(0);
+                }
+                recent.push(v.to_string());
             }
-            Err(anyhow!("agent exited before logging {needle:?}"))
+            Err(anyhow!(
+                "agent exited before logging {needle:?}; its last lines:\n{}",
+                recent.join("\n")
+            ))
         };
         tokio::time::timeout(STEP_TIMEOUT, fut)
             .await

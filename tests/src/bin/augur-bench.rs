@@ -100,9 +100,9 @@ async fn main() -> anyhow::Result<()> {
                     println!(
                         "{:<6} {:>10} {:>8} {:>8} {:>10.2} {:>14.0}",
                         r["transport"].as_str().unwrap_or(""),
-                        r["samples"],
-                        r["batch"],
-                        r["clients"],
+                        r["samples"].as_u64().unwrap_or(0),
+                        r["batch"].as_u64().unwrap_or(0),
+                        r["clients"].as_u64().unwrap_or(0),
                         r["seconds"].as_f64().unwrap_or(0.0),
                         r["samples_per_sec"].as_f64().unwrap_or(0.0)
                     );
