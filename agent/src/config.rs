@@ -317,7 +317,9 @@ impl Config {
         // One code path for the process environment and the one tests pass in.
         let vars: Vec<(String, String)> = match &sources.env {
             Some(vars) => vars.clone(),
-            None => std::env::vars().filter(|(k, _)| k.starts_with("AUGUR_")).collect(),
+            None => std::env::vars()
+                .filter(|(k, _)| k.starts_with("AUGUR_"))
+                .collect(),
         };
         fig = fig.merge(Toml::string(&env_toml(&vars)?));
         fig = fig.merge(Serialized::defaults(&sources.overrides));
@@ -483,11 +485,14 @@ fn env_toml(vars: &[(String, String)]) -> Result<String, ConfigError> {
         };
         let key = key.to_ascii_lowercase().replace("__", ".");
         if key.is_empty()
-            || !key
-                .split('.')
-                .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            || !key.split('.').all(|part| {
+                !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
         {
-            return Err(invalid(k.clone(), "is not a configuration key (AUGUR_SECTION__KEY)"));
+            return Err(invalid(
+                k.clone(),
+                "is not a configuration key (AUGUR_SECTION__KEY)",
+            ));
         }
         let value = if toml::from_str::<toml::Table>(&format!("v = {v}")).is_ok() {
             v.clone()
@@ -572,7 +577,10 @@ mod tests {
             ("AUGUR_NODE_NAME", "from-env"),
             ("AUGUR_HISTORY__MAX_AGE", "3d"),
             ("AUGUR_API__GRPC_ADDR", "127.0.0.1:9001"),
-            ("AUGUR_SCRAPE", r#"[{url = "http://127.0.0.1:1/m", resource_id = "x"}]"#),
+            (
+                "AUGUR_SCRAPE",
+                r#"[{url = "http://127.0.0.1:1/m", resource_id = "x"}]"#,
+            ),
         ]);
         src.file = Some(file);
         src.overrides.node_name = Some("from-flag".to_owned());
