@@ -1,6 +1,7 @@
 //! augur's local models: forecasting, anomaly scoring and calibration on burn's pure-Rust CPU
-//! backend (flex). Knows nothing of the network. The forecasting and anomaly models arrive with the
-//! predictive-engine work; today this crate pins the backend every model runs on.
+//! backend (flex), and their offline evaluation. Knows nothing of the network.
+
+pub mod eval;
 
 use burn::tensor::Device;
 
