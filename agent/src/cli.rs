@@ -36,6 +36,9 @@ pub enum Command {
     Status(ClientArgs),
     /// List the resources a running agent tracks.
     Resources(ClientArgs),
+    /// Evaluate augur's detectors and baselines on public labelled data.
+    #[command(subcommand)]
+    Eval(EvalCommand),
     /// Show a resource's stored telemetry.
     Telemetry {
         /// The resource id (the host's is the node name).
@@ -51,6 +54,22 @@ pub enum Command {
         limit: usize,
         #[command(flatten)]
         client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// The Numenta Anomaly Benchmark: every detector, NAB's scoring rules, thresholds tuned per profile.
+    Nab {
+        /// The NAB folder (with data/, labels/, and optionally results/ and config/).
+        #[arg(long, env = "NAB_DATA")]
+        data: PathBuf,
+        /// Seed of the detectors' randomness.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -120,6 +139,9 @@ impl AgentArgs {
 pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Agent(_) => bail!("the agent is started by main"),
+        Command::Eval(EvalCommand::Nab { data, seed, json }) => {
+            tokio::task::spawn_blocking(move || crate::eval::nab(&data, seed, json)).await?
+        }
         Command::ValidateConfig { file, json } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;

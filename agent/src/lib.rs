@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod collect;
 pub mod config;
+pub mod eval;
 pub mod history;
 pub mod ingest;
 pub mod logging;

@@ -1,7 +1,9 @@
 //! augur's local models: forecasting, anomaly scoring and calibration on burn's pure-Rust CPU
 //! backend (flex), and their offline evaluation. Knows nothing of the network.
 
+pub mod anomaly;
 pub mod eval;
+pub mod forecast;
 
 use burn::tensor::Device;
 

@@ -2,4 +2,5 @@
 //! and labels, plus loaders for the public data sets (read from a path the caller gives; the data
 //! sets are not part of augur).
 
+pub mod detectors;
 pub mod nab;

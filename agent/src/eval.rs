@@ -1,0 +1,183 @@
+//! `augur eval`: runs augur's detectors and the baselines over public labelled data in one go and
+//! scores them with the data set's own rules. The data sets are not part of augur: give their path.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use augur_models::eval::detectors::DetectorKind;
+use augur_models::eval::nab::{self, CorpusScore, LabelledFile, Profile};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} files ({elapsed})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+/// Scores every detector on NAB with per-profile optimised thresholds (as NAB tunes its detectors),
+/// re-scores Numenta HTM's published per-row scores as a check of the scorer, and lists the published
+/// results beside them.
+pub fn nab(root: &Path, seed: u64, as_json: bool) -> anyhow::Result<()> {
+    let corpus =
+        nab::load_corpus(root).with_context(|| format!("reading NAB from {}", root.display()))?;
+    let files: Vec<LabelledFile> = corpus.iter().map(|s| s.file.clone()).collect();
+    let mut rows: Vec<Value> = Vec::new();
+
+    // The scorer, checked against a published result in the same run.
+    if let Ok(htm) = nab::load_published_scores(root, "numenta", &corpus) {
+        let mut scores = serde_json::Map::new();
+        for p in Profile::ALL {
+            let t = nab::published_threshold(root, "numenta", p)?;
+            scores.insert(
+                p.name().to_owned(),
+                json!(nab::score_corpus(&files, &htm, t, p).score),
+            );
+        }
+        rows.push(
+            json!({"detector": "numenta HTM (published scores, re-scored here)", "scores": scores}),
+        );
+    }
+
+    for kind in DetectorKind::ALL {
+        let pb = progress(corpus.len() as u64, kind.name());
+        let started = std::time::Instant::now();
+        let per_file: Vec<Vec<f64>> = std::thread::scope(|s| {
+            let chunks: Vec<_> = corpus
+                .chunks(corpus.len().div_ceil(2).max(1))
+                .map(|chunk| {
+                    let pb = pb.clone();
+                    s.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|series| {
+                                let out = kind.run(&series.values, seed);
+                                pb.inc(1);
+                                out
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            chunks
+                .into_iter()
+                .flat_map(|h| h.join().expect("detector thread panicked"))
+                .collect()
+        });
+        pb.finish_and_clear();
+        let secs = started.elapsed().as_secs_f64();
+        let mut scores = serde_json::Map::new();
+        let mut thresholds = serde_json::Map::new();
+        for p in Profile::ALL {
+            let r: CorpusScore = nab::optimise_threshold(&files, &per_file, p);
+            scores.insert(p.name().to_owned(), json!(r.score));
+            thresholds.insert(p.name().to_owned(), json!(r.threshold));
+        }
+        let rows_scored: usize = corpus.iter().map(|s| s.values.len()).sum();
+        rows.push(json!({
+            "detector": kind.name(),
+            "scores": scores,
+            "thresholds": thresholds,
+            "seconds": secs,
+            "rows_per_sec": rows_scored as f64 / secs,
+        }));
+    }
+
+    let published = std::fs::read_to_string(root.join("results/final_results.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    if let Some(Value::Object(p)) = &published {
+        for name in ["ARTime", "numenta", "windowedGaussian", "randomCutForest"] {
+            if let Some(v) = p.get(name) {
+                rows.push(json!({"detector": format!("{name} (published)"), "scores": v}));
+            }
+        }
+    }
+
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"benchmark": "NAB", "seed": seed, "results": rows})
+            )?
+        );
+        return Ok(());
+    }
+    println!(
+        "NAB ({} files, {} windows), normalised scores (0 = detect nothing, 100 = perfect)",
+        files.len(),
+        files.iter().map(|f| f.windows.len()).sum::<usize>()
+    );
+    println!(
+        "{:<50} {:>9} {:>9} {:>9}",
+        "detector", "standard", "low FP", "low FN"
+    );
+    for r in &rows {
+        let s = &r["scores"];
+        let get = |k: &str| s[k].as_f64().map_or("-".to_owned(), |v| format!("{v:.2}"));
+        println!(
+            "{:<50} {:>9} {:>9} {:>9}",
+            r["detector"].as_str().unwrap_or(""),
+            get("standard"),
+            get("reward_low_FP_rate"),
+            get("reward_low_FN_rate")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A two-file corpus in NAB's layout, with a level shift inside each labelled window.
+    fn tiny_nab(dir: &Path) {
+        std::fs::create_dir_all(dir.join("data/demo")).expect("mkdir");
+        std::fs::create_dir_all(dir.join("labels")).expect("mkdir");
+        let mut windows = serde_json::Map::new();
+        for (name, shift_at) in [("a.csv", 700), ("b.csv", 900)] {
+            let mut csv = String::from("timestamp,value\n");
+            for i in 0..1200 {
+                let v = if i >= shift_at { 80.0 } else { 50.0 } + ((i * 7919) % 13) as f64 * 0.1;
+                csv.push_str(&format!(
+                    "2020-01-{:02} {:02}:{:02}:00,{v}\n",
+                    1 + i / 1440,
+                    (i / 60) % 24,
+                    i % 60
+                ));
+            }
+            std::fs::write(dir.join("data/demo").join(name), csv).expect("write");
+            let ts = |i: usize| {
+                format!(
+                    "2020-01-{:02} {:02}:{:02}:00.000000",
+                    1 + i / 1440,
+                    (i / 60) % 24,
+                    i % 60
+                )
+            };
+            windows.insert(
+                format!("demo/{name}"),
+                json!([[ts(shift_at - 30), ts(shift_at + 30)]]),
+            );
+        }
+        std::fs::write(
+            dir.join("labels/combined_windows.json"),
+            Value::Object(windows).to_string(),
+        )
+        .expect("write");
+    }
+
+    #[test]
+    fn runs_every_detector_on_a_nab_shaped_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        tiny_nab(dir.path());
+        nab(dir.path(), 7, true).expect("evaluation runs");
+        let corpus = nab::load_corpus(dir.path()).expect("loads");
+        assert_eq!(corpus[0].file.windows, vec![(670, 730)]);
+    }
+}

@@ -1,0 +1,310 @@
+//! Isolation Forest (Liu, Ting and Zhou, 2008), written here: small, seeded, allocation-light, and
+//! with a streaming wrapper that refits on a sliding window. Anomalies are isolated by few random
+//! axis-aligned splits, so a short average path means a high score.
+
+use std::collections::VecDeque;
+
+use super::StreamingDetector;
+
+/// SplitMix64: a small seeded generator, so results are identical across platforms and versions.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+}
+
+/// Average path length of an unsuccessful search in a binary search tree of `n` points.
+fn c(n: usize) -> f64 {
+    match n {
+        0 | 1 => 0.0,
+        2 => 1.0,
+        _ => {
+            let n = n as f64;
+            2.0 * ((n - 1.0).ln() + 0.577_215_664_901_532_9) - 2.0 * (n - 1.0) / n
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Node {
+    Leaf {
+        size: u32,
+    },
+    Split {
+        feature: u16,
+        threshold: f64,
+        left: u32,
+        right: u32,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Tree {
+    nodes: Vec<Node>,
+}
+
+impl Tree {
+    fn build(
+        data: &[Vec<f64>],
+        idx: &mut [usize],
+        depth_limit: usize,
+        rng: &mut SplitMix64,
+    ) -> Self {
+        let mut tree = Tree {
+            nodes: Vec::with_capacity(2 * idx.len()),
+        };
+        tree.grow(data, idx, 0, depth_limit, rng);
+        tree
+    }
+
+    fn grow(
+        &mut self,
+        data: &[Vec<f64>],
+        idx: &mut [usize],
+        depth: usize,
+        limit: usize,
+        rng: &mut SplitMix64,
+    ) -> u32 {
+        let me = self.nodes.len() as u32;
+        self.nodes.push(Node::Leaf {
+            size: idx.len() as u32,
+        });
+        if idx.len() <= 1 || depth >= limit {
+            return me;
+        }
+        let dims = data[idx[0]].len();
+        // Try a few features for one with spread; a constant block stays a leaf.
+        for _ in 0..dims.max(1) * 2 {
+            let f = rng.below(dims);
+            let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+            for &i in idx.iter() {
+                lo = lo.min(data[i][f]);
+                hi = hi.max(data[i][f]);
+            }
+            if hi <= lo {
+                continue;
+            }
+            let threshold = lo + rng.next_f64() * (hi - lo);
+            let mut split = 0;
+            for k in 0..idx.len() {
+                if data[idx[k]][f] < threshold {
+                    idx.swap(k, split);
+                    split += 1;
+                }
+            }
+            if split == 0 || split == idx.len() {
+                continue;
+            }
+            let (l, r) = idx.split_at_mut(split);
+            let left = self.grow(data, l, depth + 1, limit, rng);
+            let right = self.grow(data, r, depth + 1, limit, rng);
+            self.nodes[me as usize] = Node::Split {
+                feature: f as u16,
+                threshold,
+                left,
+                right,
+            };
+            return me;
+        }
+        me
+    }
+
+    fn path_length(&self, x: &[f64]) -> f64 {
+        let mut node = 0usize;
+        let mut depth = 0.0;
+        loop {
+            match self.nodes[node] {
+                Node::Leaf { size } => return depth + c(size as usize),
+                Node::Split {
+                    feature,
+                    threshold,
+                    left,
+                    right,
+                } => {
+                    node = if x[feature as usize] < threshold {
+                        left
+                    } else {
+                        right
+                    } as usize;
+                    depth += 1.0;
+                }
+            }
+        }
+    }
+}
+
+/// A fitted forest.
+#[derive(Clone, Debug)]
+pub struct IsolationForest {
+    trees: Vec<Tree>,
+    norm: f64,
+}
+
+impl IsolationForest {
+    /// Fits `n_trees` trees on sub-samples of `sample_size` rows of `data` (rows of equal length).
+    pub fn fit(data: &[Vec<f64>], n_trees: usize, sample_size: usize, seed: u64) -> Self {
+        let mut rng = SplitMix64::new(seed);
+        let psi = sample_size.min(data.len()).max(1);
+        let limit = (psi as f64).log2().ceil() as usize;
+        let mut trees = Vec::with_capacity(n_trees);
+        let mut idx: Vec<usize> = (0..data.len()).collect();
+        for _ in 0..n_trees {
+            // Partial Fisher-Yates for a sample without replacement.
+            for k in 0..psi {
+                let j = k + rng.below(idx.len() - k);
+                idx.swap(k, j);
+            }
+            let mut sample: Vec<usize> = idx[..psi].to_vec();
+            trees.push(Tree::build(data, &mut sample, limit, &mut rng));
+        }
+        Self {
+            trees,
+            norm: c(psi).max(1e-9),
+        }
+    }
+
+    /// Anomaly score in (0, 1]: about 0.5 or less for usual points, near 1 for isolated ones.
+    pub fn score(&self, x: &[f64]) -> f64 {
+        if self.trees.is_empty() {
+            return 0.0;
+        }
+        let mean =
+            self.trees.iter().map(|t| t.path_length(x)).sum::<f64>() / self.trees.len() as f64;
+        2f64.powf(-mean / self.norm)
+    }
+}
+
+/// An Isolation Forest over a univariate stream: each value becomes a small feature vector (value,
+/// change, distance from a slow average), and the forest is refitted on a sliding window.
+#[derive(Clone, Debug)]
+pub struct StreamingIsolationForest {
+    window: VecDeque<Vec<f64>>,
+    capacity: usize,
+    refit_every: usize,
+    min_fit: usize,
+    n_trees: usize,
+    sample_size: usize,
+    since_fit: usize,
+    forest: Option<IsolationForest>,
+    prev: Option<f64>,
+    slow: Option<f64>,
+    seed: u64,
+    fits: u64,
+}
+
+impl StreamingIsolationForest {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            window: VecDeque::new(),
+            capacity: 2048,
+            refit_every: 256,
+            min_fit: 128,
+            n_trees: 100,
+            sample_size: 256,
+            since_fit: 0,
+            forest: None,
+            prev: None,
+            slow: None,
+            seed,
+            fits: 0,
+        }
+    }
+
+    fn features(&mut self, x: f64) -> Vec<f64> {
+        let d = self.prev.map_or(0.0, |p| x - p);
+        let slow = self.slow.unwrap_or(x);
+        let f = vec![x, d, x - slow];
+        self.prev = Some(x);
+        self.slow = Some(0.98 * slow + 0.02 * x);
+        f
+    }
+}
+
+impl StreamingDetector for StreamingIsolationForest {
+    fn score(&mut self, x: f64) -> f64 {
+        let f = self.features(x);
+        let s = self.forest.as_ref().map_or(0.0, |forest| forest.score(&f));
+        self.window.push_back(f);
+        if self.window.len() > self.capacity {
+            self.window.pop_front();
+        }
+        self.since_fit += 1;
+        if self.window.len() >= self.min_fit
+            && (self.forest.is_none() || self.since_fit >= self.refit_every)
+        {
+            let data: Vec<Vec<f64>> = self.window.iter().cloned().collect();
+            self.fits += 1;
+            self.forest = Some(IsolationForest::fit(
+                &data,
+                self.n_trees,
+                self.sample_size,
+                self.seed ^ self.fits,
+            ));
+            self.since_fit = 0;
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isolated_points_score_higher_than_the_crowd() {
+        let mut rng = SplitMix64::new(1);
+        let mut data: Vec<Vec<f64>> = (0..500)
+            .map(|_| vec![rng.next_f64(), rng.next_f64()])
+            .collect();
+        data.push(vec![5.0, 5.0]);
+        let forest = IsolationForest::fit(&data, 100, 256, 42);
+        let outlier = forest.score(&[5.0, 5.0]);
+        let inlier = forest.score(&[0.5, 0.5]);
+        assert!(outlier > 0.7, "{outlier}");
+        assert!(inlier < 0.5, "{inlier}");
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_forest() {
+        let mut rng = SplitMix64::new(3);
+        let data: Vec<Vec<f64>> = (0..300).map(|_| vec![rng.next_f64()]).collect();
+        let a = IsolationForest::fit(&data, 20, 64, 9).score(&[0.9]);
+        let b = IsolationForest::fit(&data, 20, 64, 9).score(&[0.9]);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn streaming_flags_a_spike() {
+        let mut d = StreamingIsolationForest::new(5);
+        let mut rng = SplitMix64::new(8);
+        let mut usual = 0.0;
+        for i in 0..1000 {
+            let s = d.score(10.0 + rng.next_f64());
+            if i > 900 {
+                usual = f64::max(usual, s);
+            }
+        }
+        let spike = d.score(40.0);
+        assert!(spike > usual, "spike {spike} vs usual max {usual}");
+    }
+}

@@ -1,0 +1,125 @@
+//! Holt's linear exponential smoothing (level + trend), the cheap statistical forecaster: it serves
+//! during cold start and is the baseline any learned forecaster must beat. The one-step residual
+//! variance is tracked with the same smoothing, and the h-step variance grows as for a local linear
+//! trend model.
+
+use super::Forecast;
+
+/// Online Holt smoother for one metric.
+#[derive(Clone, Debug)]
+pub struct Holt {
+    alpha: f64,
+    beta: f64,
+    /// Smoothing of the squared one-step error.
+    gamma: f64,
+    level: f64,
+    trend: f64,
+    variance: f64,
+    seen: u64,
+}
+
+impl Holt {
+    /// `alpha` smooths the level, `beta` the trend (both in (0, 1]).
+    pub fn new(alpha: f64, beta: f64) -> Self {
+        Self {
+            alpha: alpha.clamp(1e-4, 1.0),
+            beta: beta.clamp(1e-4, 1.0),
+            gamma: 0.02,
+            level: 0.0,
+            trend: 0.0,
+            variance: 0.0,
+            seen: 0,
+        }
+    }
+
+    /// Samples seen so far.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// The forecast for the next sample, before it is seen (None until two samples were seen).
+    pub fn one_step(&self) -> Option<Forecast> {
+        self.forecast(1)
+    }
+
+    /// The forecast `steps` samples ahead.
+    pub fn forecast(&self, steps: u32) -> Option<Forecast> {
+        if self.seen < 2 {
+            return None;
+        }
+        let h = f64::from(steps.max(1));
+        let mean = self.level + h * self.trend;
+        // Var of the h-step error of a local linear trend: sigma^2 (1 + sum_{j<h} (alpha (1 + j beta))^2).
+        let mut growth = 1.0;
+        for j in 1..steps.max(1) {
+            let c = self.alpha * (1.0 + f64::from(j) * self.beta);
+            growth += c * c;
+        }
+        Some(Forecast {
+            mean,
+            variance: self.variance.max(1e-12) * growth,
+        })
+    }
+
+    /// Takes a sample; returns the one-step residual it made (None during warm-up).
+    pub fn update(&mut self, x: f64) -> Option<f64> {
+        self.seen += 1;
+        match self.seen {
+            1 => {
+                self.level = x;
+                None
+            }
+            2 => {
+                self.trend = x - self.level;
+                self.level = x;
+                None
+            }
+            _ => {
+                let predicted = self.level + self.trend;
+                let residual = x - predicted;
+                let prev_level = self.level;
+                self.level = self.alpha * x + (1.0 - self.alpha) * predicted;
+                self.trend = self.beta * (self.level - prev_level) + (1.0 - self.beta) * self.trend;
+                let g = if self.seen < 50 {
+                    1.0 / (self.seen as f64 - 2.0)
+                } else {
+                    self.gamma
+                };
+                self.variance = (1.0 - g) * self.variance + g * residual * residual;
+                Some(residual)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_a_linear_trend_exactly() {
+        let mut h = Holt::new(0.5, 0.3);
+        for t in 0..100 {
+            h.update(3.0 + 0.5 * f64::from(t));
+        }
+        let f = h.forecast(10).expect("warm");
+        assert!((f.mean - (3.0 + 0.5 * 109.0)).abs() < 1e-6, "{f:?}");
+        assert!(f.variance < 1e-6);
+    }
+
+    #[test]
+    fn uncertainty_grows_with_the_horizon_and_the_noise() {
+        let mut h = Holt::new(0.3, 0.05);
+        let mut rng = 1u64;
+        for _ in 0..500 {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let noise = ((rng >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 2.0;
+            h.update(10.0 + noise);
+        }
+        let f1 = h.forecast(1).expect("warm");
+        let f30 = h.forecast(30).expect("warm");
+        assert!((f1.mean - 10.0).abs() < 1.0);
+        assert!(f1.variance > 0.1 && f1.variance < 1.0, "{f1:?}");
+        assert!(f30.variance > f1.variance);
+    }
+}
