@@ -36,6 +36,16 @@ pub enum Command {
     Status(ClientArgs),
     /// List the resources a running agent tracks.
     Resources(ClientArgs),
+    /// Run the prediction engine over a telemetry file (JSON lines), writing one prediction per sample.
+    Replay {
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Evaluate augur's detectors and baselines on public labelled data.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -139,6 +149,29 @@ impl AgentArgs {
 pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Agent(_) => bail!("the agent is started by main"),
+        Command::Replay {
+            input,
+            output,
+            json,
+        } => {
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let s = tokio::task::spawn_blocking(move || {
+                crate::replay::replay(&input, &output, progress)
+            })
+            .await??;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"samples": s.samples, "predictions": s.predictions, "rejected": s.rejected, "resources": s.resources})
+                );
+            } else {
+                println!(
+                    "{} samples, {} predictions, {} rejected, {} resources",
+                    s.samples, s.predictions, s.rejected, s.resources
+                );
+            }
+            Ok(())
+        }
         Command::Eval(EvalCommand::Nab { data, seed, json }) => {
             tokio::task::spawn_blocking(move || crate::eval::nab(&data, seed, json)).await?
         }

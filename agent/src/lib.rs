@@ -10,5 +10,6 @@ pub mod eval;
 pub mod history;
 pub mod ingest;
 pub mod logging;
+pub mod replay;
 pub mod sample;
 pub mod stats;

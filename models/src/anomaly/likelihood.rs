@@ -20,6 +20,9 @@ pub struct AnomalyLikelihood {
     std: f64,
     seen: usize,
     last_tail: f64,
+    /// Running sums of `history`, so a refresh costs O(1) rather than O(history).
+    sum: f64,
+    sum_sq: f64,
 }
 
 /// Smallest standard deviation of the averaged raw scores (HTM's floor), so a very steady history
@@ -47,6 +50,8 @@ impl AnomalyLikelihood {
             std: 1.0,
             seen: 0,
             last_tail: 1.0,
+            sum: 0.0,
+            sum_sq: 0.0,
         }
     }
 
@@ -59,19 +64,24 @@ impl AnomalyLikelihood {
         }
         let avg = self.short.iter().sum::<f64>() / self.short.len() as f64;
         self.history.push_back(avg);
-        if self.history.len() > self.history_len {
-            self.history.pop_front();
+        self.sum += avg;
+        self.sum_sq += avg * avg;
+        if self.history.len() > self.history_len
+            && let Some(old) = self.history.pop_front()
+        {
+            self.sum -= old;
+            self.sum_sq -= old * old;
+        }
+        if self.seen.is_multiple_of(self.history_len) {
+            // Re-sum now and then so rounding never accumulates.
+            self.sum = self.history.iter().sum();
+            self.sum_sq = self.history.iter().map(|v| v * v).sum();
         }
         self.since_refresh += 1;
         if self.since_refresh >= self.refresh_every || self.seen <= self.learning {
             let n = self.history.len() as f64;
-            self.mean = self.history.iter().sum::<f64>() / n;
-            let var = self
-                .history
-                .iter()
-                .map(|v| (v - self.mean).powi(2))
-                .sum::<f64>()
-                / n;
+            self.mean = self.sum / n;
+            let var = (self.sum_sq / n - self.mean * self.mean).max(0.0);
             self.std = var.sqrt().max(MIN_STD);
             self.since_refresh = 0;
         }

@@ -50,11 +50,10 @@ impl Holt {
         let h = f64::from(steps.max(1));
         let mean = self.level + h * self.trend;
         // Var of the h-step error of a local linear trend: sigma^2 (1 + sum_{j<h} (alpha (1 + j beta))^2).
-        let mut growth = 1.0;
-        for j in 1..steps.max(1) {
-            let c = self.alpha * (1.0 + f64::from(j) * self.beta);
-            growth += c * c;
-        }
+        // Closed form of the sum over j = 1..h-1 of (1 + j beta)^2.
+        let n = h - 1.0;
+        let sum = n + self.beta * n * h + self.beta * self.beta * n * h * (2.0 * h - 1.0) / 6.0;
+        let growth = 1.0 + self.alpha * self.alpha * sum;
         Some(Forecast {
             mean,
             variance: self.variance.max(1e-12) * growth,
@@ -105,6 +104,28 @@ mod tests {
         let f = h.forecast(10).expect("warm");
         assert!((f.mean - (3.0 + 0.5 * 109.0)).abs() < 1e-6, "{f:?}");
         assert!(f.variance < 1e-6);
+    }
+
+    #[test]
+    fn closed_form_variance_matches_the_sum() {
+        let mut h = Holt::new(0.3, 0.05);
+        for t in 0..100 {
+            h.update(f64::from(t % 7));
+        }
+        let sigma2 = h.forecast(1).expect("warm").variance;
+        for steps in [1u32, 2, 10, 300] {
+            let mut growth = 1.0;
+            for j in 1..steps {
+                let c = 0.3 * (1.0 + f64::from(j) * 0.05);
+                growth += c * c;
+            }
+            let got = h.forecast(steps).expect("warm").variance;
+            assert!(
+                (got - sigma2 * growth).abs() <= 1e-9 * got.max(1.0),
+                "{steps}: {got} vs {}",
+                sigma2 * growth
+            );
+        }
     }
 
     #[test]
