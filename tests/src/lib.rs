@@ -186,6 +186,16 @@ impl AgentProcess {
         format!("http://{}{path}", self.http)
     }
 
+    /// GETs a path of the HTTP API and parses the JSON answer, whatever the status.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(http().get(self.url(path)).send().await?.json().await?)
+    }
+
+    /// GETs a path of the HTTP API as text (e.g. `/metrics`).
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        Ok(http().get(self.url(path)).send().await?.text().await?)
+    }
+
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc)
     }

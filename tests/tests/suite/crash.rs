@@ -17,16 +17,12 @@ async fn resource(agent: &AgentProcess, id: &str) -> Option<Value> {
 }
 
 async fn count(agent: &AgentProcess, id: &str) -> u64 {
-    let v: Value = http()
-        .get(agent.url(&format!(
+    let v: Value = agent
+        .get_json(&format!(
             "/v1/resources/{id}/telemetry?since=1h&limit=100000"
-        )))
-        .send()
+        ))
         .await
-        .expect("query")
-        .json()
-        .await
-        .expect("json");
+        .expect("GET");
     v["records"].as_array().map_or(0, |r| r.len() as u64)
 }
 
@@ -99,16 +95,12 @@ async fn kill_9_loses_nothing_acknowledged() {
     let after_samples = host_after["samples"].as_u64().expect("samples");
     assert!(after_samples >= host_before["samples"].as_u64().expect("samples"));
     // The sample shown as latest before the kill is still there.
-    let v: Value = http()
-        .get(again.url(&format!(
+    let v: Value = again
+        .get_json(&format!(
             "/v1/resources/crash-host/telemetry?since={before_last}&limit=1"
-        )))
-        .send()
+        ))
         .await
-        .expect("query")
-        .json()
-        .await
-        .expect("json");
+        .expect("GET");
     assert_eq!(v["records"][0]["ts"].as_str(), Some(before_last), "{v}");
     // And the restarted agent keeps collecting.
     eventually("collection resumes", || async {

@@ -182,14 +182,7 @@ async fn a_slow_stream_is_durable_before_it_ends() {
         .expect("send");
     // The stream stays open; the sample must still become visible.
     augur_tests::eventually("the first sample of an open stream", || async {
-        let v: serde_json::Value = augur_tests::http()
-            .get(agent.url("/v1/resources/slow-1"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let v: serde_json::Value = agent.get_json("/v1/resources/slow-1").await.ok()?;
         (v["samples"] == 1).then_some(())
     })
     .await

@@ -15,14 +15,7 @@ async fn post(agent: &AgentProcess, body: impl Into<reqwest::Body>) -> (u16, Val
 }
 
 async fn metrics(agent: &AgentProcess) -> String {
-    http()
-        .get(agent.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
+    agent.get_text("/metrics").await.expect("GET")
 }
 
 fn counter(text: &str, series: &str) -> f64 {
@@ -130,25 +123,17 @@ async fn good_and_bad_telemetry_over_http() {
     }
 
     // What was accepted can be read back, in order, with the failure event.
-    let v: Value = http()
-        .get(agent.url("/v1/resources/web-1/telemetry?since=5m&limit=10"))
-        .send()
+    let v: Value = agent
+        .get_json("/v1/resources/web-1/telemetry?since=5m&limit=10")
         .await
-        .expect("query")
-        .json()
-        .await
-        .expect("json");
+        .expect("GET");
     assert_eq!(v["records"].as_array().expect("records").len(), 10);
     assert_eq!(v["truncated"], true);
     assert_eq!(v["records"][3]["metrics"]["queue_len"], 3.0);
-    let v: Value = http()
-        .get(agent.url("/v1/resources/web-2/telemetry"))
-        .send()
+    let v: Value = agent
+        .get_json("/v1/resources/web-2/telemetry")
         .await
-        .expect("query")
-        .json()
-        .await
-        .expect("json");
+        .expect("GET");
     // Both had no ts, so both were stamped with the push's receive time and merged into one sample.
     let records = v["records"].as_array().expect("records");
     assert_eq!(records.len(), 1, "{v}");
@@ -156,14 +141,7 @@ async fn good_and_bad_telemetry_over_http() {
     assert_eq!(records[0]["metrics"]["rps"], 10.5);
 
     // Resources and unknown ones.
-    let v: Value = http()
-        .get(agent.url("/v1/resources"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let v: Value = agent.get_json("/v1/resources").await.expect("GET");
     let ids: Vec<&str> = v["resources"]
         .as_array()
         .expect("list")
@@ -185,22 +163,8 @@ async fn good_and_bad_telemetry_over_http() {
     assert_eq!(resp.status().as_u16(), 400);
 
     // The agent is still healthy after all of that.
-    let v: Value = http()
-        .get(agent.url("/healthz"))
-        .send()
-        .await
-        .expect("health")
-        .json()
-        .await
-        .expect("json");
+    let v: Value = agent.get_json("/healthz").await.expect("GET");
     assert_eq!(v["status"], "ok");
-    let schema: Value = http()
-        .get(agent.url("/v1/schema/telemetry"))
-        .send()
-        .await
-        .expect("schema")
-        .json()
-        .await
-        .expect("json");
+    let schema: Value = agent.get_json("/v1/schema/telemetry").await.expect("GET");
     assert_eq!(schema["title"], "augur telemetry record");
 }

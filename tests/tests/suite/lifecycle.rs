@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use augur_tests::{AgentOptions, AgentProcess, augur_bin, eventually, http};
+use augur_tests::{AgentOptions, AgentProcess, augur_bin, eventually};
 use serde_json::Value;
 
 fn cli(agent: &AgentProcess, args: &[&str]) -> (bool, String, String) {
@@ -29,14 +29,7 @@ async fn defaults_cli_and_clean_shutdown() {
     .await
     .expect("agent starts without a config file");
     eventually("a host sample", || async {
-        let v: Value = http()
-            .get(agent.url("/v1/resources"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let v: Value = agent.get_json("/v1/resources").await.ok()?;
         (v["resources"][0]["resource_id"] == "cli-host").then_some(())
     })
     .await
@@ -124,14 +117,7 @@ async fn sighup_reloads_what_it_can_and_names_the_rest() {
         "{warn}"
     );
 
-    let metrics = http()
-        .get(agent.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = agent.get_text("/metrics").await.expect("GET");
     assert!(
         metrics.contains("augur_config_reloads_total{outcome=\"ok\"} 2"),
         "{metrics}"

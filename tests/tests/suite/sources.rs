@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use augur_tests::{AgentOptions, AgentProcess, eventually, http};
+use augur_tests::{AgentOptions, AgentProcess, eventually};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -65,14 +65,7 @@ async fn scrapes_prometheus_and_counts_log_errors() {
     scrapes.recv().await.expect("scraped");
     scrapes.recv().await.expect("scraped again");
     let latest = eventually("the scraped sample", || async {
-        let v: Value = http()
-            .get(agent.url("/v1/resources/exporter-1"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let v: Value = agent.get_json("/v1/resources/exporter-1").await.ok()?;
         v.get("latest").cloned().filter(|l| !l.is_null())
     })
     .await
@@ -90,12 +83,8 @@ async fn scrapes_prometheus_and_counts_log_errors() {
             .expect("append");
     }
     let total = eventually("three counted error lines", || async {
-        let v: Value = http()
-            .get(agent.url("/v1/resources/app-1/telemetry?since=5m"))
-            .send()
-            .await
-            .ok()?
-            .json()
+        let v: Value = agent
+            .get_json("/v1/resources/app-1/telemetry?since=5m")
             .await
             .ok()?;
         let sum: f64 = v["records"]
@@ -113,14 +102,7 @@ async fn scrapes_prometheus_and_counts_log_errors() {
     );
 
     let metrics = eventually("scrape errors and bad lines counted", || async {
-        let text = http()
-            .get(agent.url("/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = agent.get_text("/metrics").await.ok()?;
         (text.contains("augur_scrape_errors_total{name=\"http://127.0.0.1:9/metrics\"}")
             && text.contains(
                 "augur_samples_rejected_total{source=\"scrape\",reason=\"malformed_json\"}",
