@@ -15,6 +15,10 @@ use crate::config::{Config, Sources};
 use crate::history::writer::Ingestor;
 use crate::history::{self, History};
 use crate::logging::LogReload;
+use crate::predict::{self, Predictions};
+
+/// Batches of committed samples waiting for the prediction stage.
+const PREDICT_QUEUE: usize = 64;
 use crate::stats::Stats;
 
 /// What `run` reports when the agent stopped.
@@ -71,6 +75,8 @@ pub async fn run(
     let stats = Arc::new(Stats::new());
     let (tx_config, rx_config) = watch::channel(Arc::new(cfg.clone()));
     let (tx_writes, rx_writes) = mpsc::channel(cfg.ingest.queue_depth);
+    let (tx_committed, rx_committed) = mpsc::channel(PREDICT_QUEUE);
+    let predictions = Predictions::default();
     let ingestor = Ingestor::new(tx_writes, history.clone(), stats.clone(), rx_config.clone());
     let api_state = ApiState {
         node_name: node_name.clone(),
@@ -82,13 +88,21 @@ pub async fn run(
         config: rx_config.clone(),
         http_addr,
         grpc_addr,
+        predictions: predictions.clone(),
     };
 
     // The writer stops last: it drains what the others queued.
     let writer_token = CancellationToken::new();
+    let predictor = predict::spawn(
+        history.clone(),
+        rx_committed,
+        rx_config.clone(),
+        predictions,
+    );
     let writer = tokio::spawn(history::writer::run(
         history.clone(),
         rx_writes,
+        tx_committed,
         rx_config.clone(),
         stats.clone(),
         writer_token.clone(),
@@ -157,7 +171,8 @@ pub async fn run(
     let stopped = tokio::time::timeout_at(deadline, tasks.wait()).await;
     writer_token.cancel();
     let drained = tokio::time::timeout_at(deadline, writer).await;
-    if stopped.is_err() || drained.is_err() {
+    let predicted = tokio::time::timeout_at(deadline, predictor).await;
+    if stopped.is_err() || drained.is_err() || predicted.is_err() {
         return Err(AgentError::ShutdownTimeout(grace).into());
     }
     tracing::info!("stopped");

@@ -49,6 +49,13 @@ pub enum Command {
     /// Evaluate augur's detectors and baselines on public labelled data.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Show a resource's latest failure prediction.
+    Predict {
+        /// The resource id.
+        resource: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show a resource's stored telemetry.
     Telemetry {
         /// The resource id (the host's is the node name).
@@ -198,6 +205,48 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                     println!("{k:<18} {}", plain(v));
                 }
             }
+            Ok(())
+        }
+        Command::Predict { resource, client } => {
+            let mut url = reqwest::Url::parse(&client.api)
+                .with_context(|| format!("--api {:?} is not a URL", client.api))?
+                .join("/predict_failure")?;
+            url.query_pairs_mut().append_pair("resource_id", &resource);
+            let v = fetch(url).await?;
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let p = v["failure_probability"].as_f64().unwrap_or(0.0);
+            let verdict = if v["above_threshold"].as_bool() == Some(true) {
+                "PREDICTED TO FAIL"
+            } else {
+                "ok"
+            };
+            println!("{}  {verdict}", plain(&v["resource_id"]));
+            println!(
+                "  failure probability  {:.3} within {} s (threshold {})",
+                p,
+                plain(&v["horizon_s"]),
+                plain(&v["threshold"])
+            );
+            if let Some(eta) = v["eta_s"].as_f64() {
+                println!("  expected in          {eta:.0} s");
+            }
+            println!(
+                "  anomaly score        {:.3}",
+                v["anomaly_score"].as_f64().unwrap_or(0.0)
+            );
+            let drivers: Vec<String> = v["drivers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(plain)
+                .collect();
+            if !drivers.is_empty() {
+                println!("  drivers              {}", drivers.join(", "));
+            }
+            println!("  at {} by {}", plain(&v["ts"]), plain(&v["model_version"]));
             Ok(())
         }
         Command::Resources(c) => {

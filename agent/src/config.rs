@@ -118,6 +118,14 @@ pub struct ResourceTypeConfig {
     /// Collection interval for resources of this type (host collection, scrapes by default).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// How far ahead the failure probability looks.
+    #[serde(with = "humantime_serde")]
+    pub horizon: Duration,
+    /// Failure probability at or above which a resource counts as predicted to fail.
+    pub threshold: f64,
+    /// Critical limits: a metric (or every metric starting with `prefix`) past `value` in
+    /// `direction` ("above" or "below") is a failure.
+    pub limits: Vec<augur_models::engine::Limit>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -250,6 +258,9 @@ impl Default for ResourceTypeConfig {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(1),
+            horizon: Duration::from_secs(300),
+            threshold: 0.75,
+            limits: augur_models::engine::default_limits(),
         }
     }
 }
@@ -349,6 +360,26 @@ impl Config {
                     "must be at least 100ms",
                 ));
             }
+            if rt.horizon < Duration::from_secs(1) {
+                return Err(invalid(
+                    format!("resource_types.{name}.horizon"),
+                    "must be at least 1s",
+                ));
+            }
+            if !(rt.threshold > 0.0 && rt.threshold < 1.0) {
+                return Err(invalid(
+                    format!("resource_types.{name}.threshold"),
+                    "must lie strictly between 0 and 1",
+                ));
+            }
+            for l in &rt.limits {
+                if l.prefix.is_empty() || !l.value.is_finite() {
+                    return Err(invalid(
+                        format!("resource_types.{name}.limits"),
+                        format!("{l:?} needs a metric prefix and a finite value"),
+                    ));
+                }
+            }
         }
         if self.api.http_addr == self.api.grpc_addr && self.api.http_addr.port() != 0 {
             return Err(invalid("api.grpc_addr", "must differ from api.http_addr"));
@@ -441,6 +472,14 @@ impl Config {
             .or_else(|| self.resource_types.get(HOST_RESOURCE_TYPE))
             .map(|rt| rt.interval)
             .unwrap_or(Duration::from_secs(1))
+    }
+
+    /// Settings of a resource type: configured, or the defaults.
+    pub fn type_config(&self, resource_type: &str) -> ResourceTypeConfig {
+        self.resource_types
+            .get(resource_type)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Names of settings that differ between `self` and `new` and only take effect after a restart.

@@ -65,6 +65,7 @@ pub struct Stats {
     rejected_total: AtomicU64,
     pub commit_seconds: Histogram,
     pub retention_deleted: Counter,
+    pub predict_dropped: Counter,
     collect_errors: Family<NameLabels, Counter>,
     log_lines_matched: Family<NameLabels, Counter>,
     scrape_errors: Family<NameLabels, Counter>,
@@ -84,6 +85,7 @@ impl Stats {
         let rejected = Family::<RejectLabels, Counter>::default();
         let commit_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         let retention_deleted = Counter::default();
+        let predict_dropped = Counter::default();
         let collect_errors = Family::<NameLabels, Counter>::default();
         let log_lines_matched = Family::<NameLabels, Counter>::default();
         let scrape_errors = Family::<NameLabels, Counter>::default();
@@ -107,6 +109,11 @@ impl Stats {
             "history_retention_deleted",
             "Samples deleted by retention (age or size)",
             retention_deleted.clone(),
+        );
+        registry.register(
+            "predict_dropped",
+            "Committed samples the prediction stage could not keep up with",
+            predict_dropped.clone(),
         );
         registry.register(
             "collect_errors",
@@ -136,6 +143,7 @@ impl Stats {
             rejected_total: AtomicU64::new(0),
             commit_seconds,
             retention_deleted,
+            predict_dropped,
             collect_errors,
             log_lines_matched,
             scrape_errors,

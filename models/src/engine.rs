@@ -26,6 +26,7 @@ pub enum Direction {
 
 /// A critical limit of one metric (or of every metric whose name starts with `prefix`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Limit {
     pub prefix: String,
     pub value: f64,
@@ -111,6 +112,11 @@ impl ResourceEngine {
             last_ts_s: None,
             interval_s: 1.0,
         }
+    }
+
+    /// Changes the settings; the learned state is kept.
+    pub fn reconfigure(&mut self, config: EngineConfig) {
+        self.config = config;
     }
 
     fn limit_of(&self, name: &str) -> Option<&Limit> {

@@ -4,9 +4,9 @@ use augur_proto::ResourceId;
 use augur_proto::v1::agent_server::{Agent, AgentServer};
 use augur_proto::v1::telemetry_server::{Telemetry, TelemetryServer};
 use augur_proto::v1::{
-    ListResourcesRequest, ListResourcesResponse, PushSummary, QueryTelemetryRequest,
-    QueryTelemetryResponse, RejectedSample, ResourceInfo, StatusRequest, StatusResponse,
-    TelemetrySample,
+    ListResourcesRequest, ListResourcesResponse, PredictFailureRequest, Prediction, PushSummary,
+    QueryTelemetryRequest, QueryTelemetryResponse, RejectedSample, ResourceInfo, StatusRequest,
+    StatusResponse, TelemetrySample,
 };
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -118,6 +118,14 @@ impl Agent for GrpcApi {
             samples_rejected: s.samples_rejected,
             history_bytes: s.history_bytes,
         }))
+    }
+
+    async fn predict_failure(
+        &self,
+        request: Request<PredictFailureRequest>,
+    ) -> Result<Response<Prediction>, Status> {
+        let view = self.state.prediction(&request.into_inner().resource_id)?;
+        Ok(Response::new(view.to_proto()))
     }
 
     async fn list_resources(

@@ -49,6 +49,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/resources/{id}", get(resource))
         .route("/v1/resources/{id}/telemetry", get(telemetry))
         .route("/v1/telemetry", post(push))
+        .route("/predict_failure", get(predict_get).post(predict_post))
+        .route("/v1/predictions", get(predictions))
         .route("/v1/schema/telemetry", get(schema))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
@@ -252,6 +254,42 @@ async fn telemetry(
         "records": records,
         "truncated": result.truncated,
     })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictRequest {
+    resource_id: String,
+}
+
+async fn predict_get(
+    State(st): State<ApiState>,
+    q: Result<Query<PredictRequest>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<crate::predict::PredictionView>, ApiError> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{}; use /predict_failure?resource_id=ID",
+            e.body_text()
+        ))
+    })?;
+    st.prediction(&q.resource_id).map(Json)
+}
+
+async fn predict_post(
+    State(st): State<ApiState>,
+    body: Result<Json<PredictRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<crate::predict::PredictionView>, ApiError> {
+    let Json(q) = body.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{}; send {{\"resource_id\": \"...\"}}",
+            e.body_text()
+        ))
+    })?;
+    st.prediction(&q.resource_id).map(Json)
+}
+
+async fn predictions(State(st): State<ApiState>) -> Json<serde_json::Value> {
+    Json(json!({ "predictions": st.predictions.all() }))
 }
 
 async fn push(

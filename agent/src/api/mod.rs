@@ -31,6 +31,7 @@ pub struct ApiState {
     /// The addresses actually bound (a configured port 0 becomes a real port).
     pub http_addr: std::net::SocketAddr,
     pub grpc_addr: std::net::SocketAddr,
+    pub predictions: crate::predict::Predictions,
 }
 
 /// An API failure; one conversion each to an HTTP response and a gRPC status.
@@ -188,6 +189,24 @@ pub struct Status {
 }
 
 impl ApiState {
+    /// The latest prediction of a resource; an unknown resource, or one without any prediction yet,
+    /// is NotFound (never a zero probability).
+    pub fn prediction(&self, id: &str) -> Result<crate::predict::PredictionView, ApiError> {
+        let id =
+            augur_proto::ResourceId::parse(id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        self.predictions.get(&id).ok_or_else(|| {
+            if self.history.resource(&id).is_some() {
+                ApiError::NotFound(format!(
+                    "no prediction for {id} yet; it comes with its next sample"
+                ))
+            } else {
+                ApiError::NotFound(format!(
+                    "unknown resource {id}; GET /v1/resources lists the known ones"
+                ))
+            }
+        })
+    }
+
     pub fn status(&self) -> Status {
         let (resources, samples, bytes) = self.history.totals();
         Status {

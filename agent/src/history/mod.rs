@@ -96,12 +96,14 @@ pub struct QueryResult {
 }
 
 /// Outcome of one durable write.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct WriteOutcome {
     pub written: usize,
     /// Indices of samples refused at write time because two concurrent pushes gave one new
     /// resource different types (admission checks each push on its own).
     pub conflicted: Vec<usize>,
+    /// The samples as committed (merged with what was already stored at the same time).
+    pub committed: Vec<Arc<Sample>>,
 }
 
 /// Cloneable handle to the history. Reads may come from any task; writes come only from the
@@ -307,11 +309,12 @@ impl History {
             });
             t.meta = meta;
         }
-        for s in merged {
+        for s in &merged {
             if let Some(t) = state.get_mut(&s.resource_id) {
-                insert_window(&mut t.window, s, self.inner.window);
+                insert_window(&mut t.window, s.clone(), self.inner.window);
             }
         }
+        outcome.committed = merged;
         Ok(outcome)
     }
 

@@ -146,6 +146,7 @@ impl Ingestor {
 pub async fn run(
     history: History,
     mut rx_writes: mpsc::Receiver<WriteRequest>,
+    tx_committed: mpsc::Sender<Vec<Arc<Sample>>>,
     config: watch::Receiver<Arc<Config>>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
@@ -169,7 +170,7 @@ pub async fn run(
                         Err(_) => break,
                     }
                 }
-                commit(&history, group, &stats).await;
+                commit(&history, group, &tx_committed, &stats).await;
             }
             _ = retention.tick() => {
                 let cfg = config.borrow().clone();
@@ -202,12 +203,17 @@ pub async fn run(
         rest.push(r);
     }
     if !rest.is_empty() {
-        commit(&history, rest, &stats).await;
+        commit(&history, rest, &tx_committed, &stats).await;
     }
     tracing::debug!("history writer stopped");
 }
 
-async fn commit(history: &History, group: Vec<WriteRequest>, stats: &Stats) {
+async fn commit(
+    history: &History,
+    group: Vec<WriteRequest>,
+    tx_committed: &mpsc::Sender<Vec<Arc<Sample>>>,
+    stats: &Stats,
+) {
     let mut samples = Vec::with_capacity(group.iter().map(|r| r.samples.len()).sum());
     let mut replies = Vec::with_capacity(group.len());
     for r in group {
@@ -228,7 +234,14 @@ async fn commit(history: &History, group: Vec<WriteRequest>, stats: &Stats) {
         .commit_seconds
         .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok(outcome) => {
+        Ok(mut outcome) => {
+            // Predictions follow the committed samples; a stage that falls behind loses samples
+            // (counted) rather than slowing ingestion.
+            let committed = std::mem::take(&mut outcome.committed);
+            let n_committed = committed.len() as u64;
+            if !committed.is_empty() && tx_committed.try_send(committed).is_err() {
+                stats.predict_dropped.inc_by(n_committed);
+            }
             let mut conflicted = outcome.conflicted.iter().peekable();
             let mut offset = 0;
             for (source, n, done) in replies {

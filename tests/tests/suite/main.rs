@@ -5,4 +5,5 @@ mod crash;
 mod grpc;
 mod http;
 mod lifecycle;
+mod predict;
 mod sources;

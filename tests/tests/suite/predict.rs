@@ -1,0 +1,157 @@
+//! Live failure predictions: what is pushed is predicted on, over HTTP, gRPC and the CLI, and a
+//! restarted agent predicts again from its stored history.
+
+use augur_proto::v1::PredictFailureRequest;
+use augur_proto::v1::agent_client::AgentClient;
+use augur_tests::{AgentOptions, AgentProcess, augur_bin, eventually, http, now_us, rfc3339};
+use serde_json::Value;
+
+/// A memory leak on db-1 (0.5 rising 0.001 a second, 0.95 reached at t = 450 s) pushed up to
+/// t = 400 s, and a steady web-1, all 1 s apart and ending now.
+fn leak_and_steady() -> String {
+    let start = now_us() - 401 * 1_000_000;
+    let mut body = String::new();
+    for t in 0..=400i64 {
+        let ts = rfc3339(start + t * 1_000_000);
+        body.push_str(&format!(
+            "{{\"ts\":\"{ts}\",\"resource_id\":\"db-1\",\"resource_type\":\"service\",\"metrics\":{{\"mem_used_ratio\":{:.4},\"queue_len\":3}}}}\n",
+            0.5 + 0.001 * t as f64
+        ));
+        body.push_str(&format!(
+            "{{\"ts\":\"{ts}\",\"resource_id\":\"web-1\",\"resource_type\":\"service\",\"metrics\":{{\"mem_used_ratio\":{},\"queue_len\":3}}}}\n",
+            if t % 2 == 0 { 0.41 } else { 0.39 }
+        ));
+    }
+    body
+}
+
+async fn prediction(agent: &AgentProcess, id: &str) -> Option<Value> {
+    let v = agent
+        .get_json(&format!("/predict_failure?resource_id={id}"))
+        .await
+        .ok()?;
+    v.get("failure_probability").is_some().then_some(v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_leak_is_predicted_and_survives_a_restart() {
+    let config = "[collect]\nhost = false\n".to_owned();
+    let mut agent = AgentProcess::start(AgentOptions {
+        config: config.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("agent starts");
+    let temp = agent.take_temp();
+    let resp = http()
+        .post(agent.url("/v1/telemetry"))
+        .body(leak_and_steady())
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(resp.status().as_u16(), 200);
+
+    let db = eventually("db-1's prediction at t = 400 s", || async {
+        let v = prediction(&agent, "db-1").await?;
+        (v["ts"].as_str()? >= rfc3339(now_us() - 2_000_000).as_str()).then_some(v)
+    })
+    .await
+    .expect("prediction");
+    assert!(
+        db["failure_probability"].as_f64().expect("p") >= 0.75,
+        "{db}"
+    );
+    assert_eq!(db["above_threshold"], true);
+    assert_eq!(db["drivers"][0], "mem_used_ratio");
+    let eta = db["eta_s"].as_f64().expect("an ETA");
+    assert!(
+        (10.0..=120.0).contains(&eta),
+        "eta {eta} for a crossing 50 s away"
+    );
+    assert_eq!(db["horizon_s"], 300.0);
+
+    let web = prediction(&agent, "web-1").await.expect("web-1 predicted");
+    assert!(
+        web["failure_probability"].as_f64().expect("p") < 0.05,
+        "{web}"
+    );
+    assert_eq!(web["above_threshold"], false);
+
+    // Unknown resources are 404, not a zero probability; POST works too.
+    let resp = http()
+        .get(agent.url("/predict_failure?resource_id=nope"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status().as_u16(), 404);
+    let resp = http()
+        .get(agent.url("/predict_failure"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status().as_u16(), 400);
+    let resp = http()
+        .post(agent.url("/predict_failure"))
+        .json(&serde_json::json!({"resource_id": "db-1"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    let all = agent.get_json("/v1/predictions").await.expect("list");
+    assert_eq!(
+        all["predictions"][0]["resource_id"], "db-1",
+        "riskiest first"
+    );
+
+    // gRPC.
+    let mut client = AgentClient::connect(agent.grpc_url())
+        .await
+        .expect("connects");
+    let p = client
+        .predict_failure(PredictFailureRequest {
+            resource_id: "db-1".into(),
+        })
+        .await
+        .expect("predicts")
+        .into_inner();
+    assert!(p.above_threshold && p.failure_probability >= 0.75, "{p:?}");
+    assert_eq!(
+        p.drivers.first().map(String::as_str),
+        Some("mem_used_ratio")
+    );
+    let missing = client
+        .predict_failure(PredictFailureRequest {
+            resource_id: "nope".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    // CLI.
+    let out = std::process::Command::new(augur_bin().expect("binary"))
+        .args(["predict", "db-1", "--json", "--api", &agent.url("")])
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["resource_id"], "db-1");
+
+    // A restart predicts again from stored history, before any new sample.
+    let data_dir = agent.data_dir.clone();
+    assert!(agent.terminate().await.expect("stops").success());
+    let again = AgentProcess::start(AgentOptions {
+        data_dir: Some(data_dir),
+        config,
+        ..Default::default()
+    })
+    .await
+    .expect("restarts");
+    let warm = eventually("a prediction after restart", || prediction(&again, "db-1"))
+        .await
+        .expect("warm start");
+    assert!(
+        warm["failure_probability"].as_f64().expect("p") >= 0.75,
+        "{warm}"
+    );
+    drop(temp);
+}
