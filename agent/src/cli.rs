@@ -76,6 +76,20 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
+    /// The failure-injection replay: seeded synthetic failures and benign look-alikes, augur against
+    /// a static threshold and predict_linear.
+    Failures {
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Resources per scenario (8 scenarios).
+        #[arg(long, default_value_t = 12)]
+        per_scenario: usize,
+        /// Length of each trace in seconds (failing ones end at the failure).
+        #[arg(long, default_value_t = 5400)]
+        seconds: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// The Numenta Anomaly Benchmark: every detector, NAB's scoring rules, thresholds tuned per profile.
     Nab {
         /// The NAB folder (with data/, labels/, and optionally results/ and config/).
@@ -178,6 +192,17 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+        Command::Eval(EvalCommand::Failures {
+            seed,
+            per_scenario,
+            seconds,
+            json,
+        }) => {
+            tokio::task::spawn_blocking(move || {
+                crate::eval::failures(seed, per_scenario, seconds, json)
+            })
+            .await?
         }
         Command::Eval(EvalCommand::Nab { data, seed, json }) => {
             tokio::task::spawn_blocking(move || crate::eval::nab(&data, seed, json)).await?

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::anomaly::ensemble::surprise;
 use crate::anomaly::{AnomalyLikelihood, normal_tail};
 use crate::forecast::Holt;
+use crate::forecast::empirical::EmpiricalErrors;
 
 /// Which side of a limit is failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,14 +83,15 @@ pub struct Prediction {
 }
 
 /// Samples a metric needs before its forecast is trusted for a failure probability.
-pub const WARM_UP: u64 = 30;
+pub const WARM_UP: u64 = 60;
 
 /// The version string of this engine's models.
-pub const MODEL_VERSION: &str = "holt-likelihood-v1-uncalibrated";
+pub const MODEL_VERSION: &str = "holt-empirical-likelihood-v2-uncalibrated";
 
 #[derive(Clone, Debug)]
 struct MetricState {
     holt: Holt,
+    errors: EmpiricalErrors,
     likelihood: AnomalyLikelihood,
     anomaly: f64,
 }
@@ -145,20 +147,27 @@ impl ResourceEngine {
                 .entry(name.clone())
                 .or_insert_with(|| MetricState {
                     holt: Holt::new(0.3, 0.01),
+                    errors: EmpiricalErrors::default(),
                     likelihood: AnomalyLikelihood::new(8640, 3, 60),
                     anomaly: 0.0,
                 });
+            st.errors.observe(x);
             let raw = st.holt.one_step().map_or(0.0, |f| {
                 let z = (x - f.mean).abs() / f.variance.sqrt().max(1e-9);
                 surprise(2.0 * normal_tail(z))
             });
             st.holt.update(x);
+            // Forecasts made before the smoother has settled would teach the error model spreads
+            // that no longer apply (they raised false alarms right after warm-up).
+            let holt = &st.holt;
+            if holt.seen() >= WARM_UP {
+                st.errors.remember(|h| holt.forecast(h).map(|f| f.mean));
+            }
             st.anomaly = st.likelihood.update(raw);
         }
 
         let steps_total = (self.config.horizon_s / self.interval_s.max(1e-3)).max(1.0);
         let points = self.config.horizon_points.max(1);
-        let mut survive = 1.0;
         let mut risks: Vec<(f64, &str, Option<f64>)> = Vec::new();
         for (name, st) in &self.metrics {
             let Some(limit) = self.limit_of(name) else {
@@ -173,7 +182,11 @@ impl ResourceEngine {
                 let Some(f) = st.holt.forecast(steps as u32) else {
                     break;
                 };
-                let sd = f.variance.sqrt().max(1e-9);
+                // The spread this forecaster has actually shown on this metric at this horizon.
+                let Some(variance) = st.errors.variance(steps) else {
+                    break;
+                };
+                let sd = variance.sqrt().max(1e-9);
                 let p = match limit.direction {
                     Direction::Above => normal_tail((limit.value - f.mean) / sd),
                     Direction::Below => normal_tail((f.mean - limit.value) / sd),
@@ -183,7 +196,6 @@ impl ResourceEngine {
                 }
                 p_max = p_max.max(p);
             }
-            survive *= 1.0 - p_max;
             risks.push((p_max, name.as_str(), eta));
         }
         risks.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -204,7 +216,9 @@ impl ResourceEngine {
             drivers.push(name.clone());
         }
         Prediction {
-            failure_probability: (1.0 - survive).clamp(0.0, 1.0),
+            // The riskiest metric's probability. Treating metrics as independent risks (1 - prod(1 - p))
+            // let several individually small, uncalibrated probabilities add up to an alarm.
+            failure_probability: risks.first().map_or(0.0, |r| r.0).clamp(0.0, 1.0),
             anomaly_score: anomaly,
             horizon_s: self.config.horizon_s,
             eta_s: risks.iter().filter_map(|r| r.2).reduce(f64::min),

@@ -3,4 +3,5 @@
 //! sets are not part of augur).
 
 pub mod detectors;
+pub mod failures;
 pub mod nab;

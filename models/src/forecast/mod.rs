@@ -1,6 +1,7 @@
 //! Forecasters: each predicts a metric's next values with an uncertainty, online (one update per
 //! sample, using only data up to that sample).
 
+pub mod empirical;
 pub mod holt;
 
 pub use holt::Holt;
