@@ -76,6 +76,16 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
+    /// The Server Machine Dataset: every detector, composite F1 without point adjustment.
+    Smd {
+        /// The SMD folder (with train/, test/, test_label/).
+        #[arg(long, env = "SMD_DATA")]
+        data: PathBuf,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// The failure-injection replay: seeded synthetic failures and benign look-alikes, augur against
     /// a static threshold and predict_linear.
     Failures {
@@ -203,6 +213,9 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 crate::eval::failures(seed, per_scenario, seconds, json)
             })
             .await?
+        }
+        Command::Eval(EvalCommand::Smd { data, seed, json }) => {
+            tokio::task::spawn_blocking(move || crate::eval::smd(&data, seed, json)).await?
         }
         Command::Eval(EvalCommand::Nab { data, seed, json }) => {
             tokio::task::spawn_blocking(move || crate::eval::nab(&data, seed, json)).await?

@@ -238,6 +238,80 @@ pub fn failures(
     Ok(())
 }
 
+/// SMD: every detector over every machine's test half (after its train half), composite F1 at the
+/// best single threshold for all machines (the same oracle threshold choice for every detector).
+pub fn smd(root: &Path, seed: u64, as_json: bool) -> anyhow::Result<()> {
+    use augur_models::eval::smd::{self, SmdDetector};
+    let machines =
+        smd::load(root).with_context(|| format!("reading SMD from {}", root.display()))?;
+    let mut rows = Vec::new();
+    for det in SmdDetector::ALL {
+        let pb = progress(machines.len() as u64, det.name());
+        let started = std::time::Instant::now();
+        let parts: Vec<(Vec<f64>, Vec<bool>)> = std::thread::scope(|s| {
+            let chunks: Vec<_> = machines
+                .chunks(machines.len().div_ceil(2).max(1))
+                .map(|chunk| {
+                    let pb = pb.clone();
+                    s.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|m| {
+                                let scores = det.score(m, seed);
+                                pb.inc(1);
+                                (scores, m.labels.clone())
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            chunks
+                .into_iter()
+                .flat_map(|h| h.join().expect("detector thread panicked"))
+                .collect()
+        });
+        pb.finish_and_clear();
+        let best = smd::best_composite_f1(&parts);
+        rows.push(json!({
+            "detector": det.name(),
+            "composite_f1": best.f1,
+            "point_precision": best.point_precision,
+            "event_recall": best.event_recall,
+            "threshold": best.threshold,
+            "seconds": started.elapsed().as_secs_f64(),
+        }));
+    }
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"benchmark": "SMD", "machines": machines.len(), "seed": seed, "results": rows})
+            )?
+        );
+        return Ok(());
+    }
+    let test_rows: usize = machines.iter().map(|m| m.test.len()).sum();
+    println!(
+        "SMD ({} machines, {test_rows} test rows): composite F1 (point-wise precision, event-wise recall, no point adjustment), best single threshold",
+        machines.len()
+    );
+    println!(
+        "{:<40} {:>9} {:>10} {:>9} {:>10}",
+        "detector", "F1_c", "precision", "recall", "threshold"
+    );
+    for r in &rows {
+        println!(
+            "{:<40} {:>9.3} {:>10.3} {:>9.3} {:>10.4}",
+            r["detector"].as_str().unwrap_or(""),
+            r["composite_f1"].as_f64().unwrap_or(0.0),
+            r["point_precision"].as_f64().unwrap_or(0.0),
+            r["event_recall"].as_f64().unwrap_or(0.0),
+            r["threshold"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

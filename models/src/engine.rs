@@ -12,8 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::anomaly::ensemble::surprise;
-use crate::anomaly::{AnomalyLikelihood, normal_tail};
+use crate::anomaly::{MetricScorer, normal_tail};
 use crate::forecast::Holt;
 use crate::forecast::empirical::EmpiricalErrors;
 
@@ -86,13 +85,12 @@ pub struct Prediction {
 pub const WARM_UP: u64 = 60;
 
 /// The version string of this engine's models.
-pub const MODEL_VERSION: &str = "holt-empirical-likelihood-v2-uncalibrated";
+pub const MODEL_VERSION: &str = "holt-empirical-level-likelihood-v3-uncalibrated";
 
 #[derive(Clone, Debug)]
 struct MetricState {
-    holt: Holt,
+    scorer: MetricScorer,
     errors: EmpiricalErrors,
-    likelihood: AnomalyLikelihood,
     anomaly: f64,
 }
 
@@ -146,24 +144,22 @@ impl ResourceEngine {
                 .metrics
                 .entry(name.clone())
                 .or_insert_with(|| MetricState {
-                    holt: Holt::new(0.3, 0.01),
+                    scorer: MetricScorer::new(
+                        Holt::new(0.3, 0.01),
+                        crate::anomaly::scorer::DEFAULT_RAW,
+                        60,
+                    ),
                     errors: EmpiricalErrors::default(),
-                    likelihood: AnomalyLikelihood::new(8640, 3, 60),
                     anomaly: 0.0,
                 });
             st.errors.observe(x);
-            let raw = st.holt.one_step().map_or(0.0, |f| {
-                let z = (x - f.mean).abs() / f.variance.sqrt().max(1e-9);
-                surprise(2.0 * normal_tail(z))
-            });
-            st.holt.update(x);
+            st.anomaly = st.scorer.update(x);
             // Forecasts made before the smoother has settled would teach the error model spreads
             // that no longer apply (they raised false alarms right after warm-up).
-            let holt = &st.holt;
+            let holt = &st.scorer.holt;
             if holt.seen() >= WARM_UP {
                 st.errors.remember(|h| holt.forecast(h).map(|f| f.mean));
             }
-            st.anomaly = st.likelihood.update(raw);
         }
 
         let steps_total = (self.config.horizon_s / self.interval_s.max(1e-3)).max(1.0);
@@ -179,7 +175,7 @@ impl ResourceEngine {
                 let steps = (steps_total * f64::from(k) / f64::from(points))
                     .ceil()
                     .max(1.0);
-                let Some(f) = st.holt.forecast(steps as u32) else {
+                let Some(f) = st.scorer.holt.forecast(steps as u32) else {
                     break;
                 };
                 // The spread this forecaster has actually shown on this metric at this horizon.

@@ -1,15 +1,15 @@
 //! Anomaly detectors. Each is online: `score(x)` returns the anomaly score of `x` given only what
 //! came before it, then learns from `x`.
 
-pub mod ensemble;
 pub mod gaussian;
 pub mod iforest;
 pub mod likelihood;
+pub mod scorer;
 
-pub use ensemble::{Combine, Ensemble};
 pub use gaussian::WindowedGaussian;
 pub use iforest::{IsolationForest, StreamingIsolationForest};
 pub use likelihood::AnomalyLikelihood;
+pub use scorer::{MetricScorer, RawScore};
 
 /// A detector over one univariate series.
 pub trait StreamingDetector {

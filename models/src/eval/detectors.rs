@@ -1,16 +1,14 @@
 //! The detectors compared in evaluations, by name, so every evaluation runs the same set in one go.
 
-use crate::anomaly::{
-    Combine, Ensemble, StreamingDetector, StreamingIsolationForest, WindowedGaussian,
-};
+use crate::anomaly::{MetricScorer, StreamingDetector, StreamingIsolationForest, WindowedGaussian};
+use crate::forecast::Holt;
 
 /// A detector evaluated on univariate series.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DetectorKind {
-    /// augur's anomaly path today: Holt forecast-residual surprise, then the likelihood step.
+    /// augur's per-metric anomaly score (`MetricScorer` with the engine's settings: the surprise of
+    /// the value against the metric's long-run level, then the anomaly likelihood).
     Augur,
-    /// The same with the Isolation Forest's raw score combined by max before the likelihood step.
-    AugurWithForest,
     /// NAB's windowed Gaussian baseline (window 6400, step 100).
     WindowedGaussian,
     /// The streaming Isolation Forest alone, raw scores.
@@ -18,9 +16,8 @@ pub enum DetectorKind {
 }
 
 impl DetectorKind {
-    pub const ALL: [DetectorKind; 4] = [
+    pub const ALL: [DetectorKind; 3] = [
         DetectorKind::Augur,
-        DetectorKind::AugurWithForest,
         DetectorKind::WindowedGaussian,
         DetectorKind::IsolationForest,
     ];
@@ -28,7 +25,6 @@ impl DetectorKind {
     pub fn name(self) -> &'static str {
         match self {
             DetectorKind::Augur => "augur",
-            DetectorKind::AugurWithForest => "augur_with_forest",
             DetectorKind::WindowedGaussian => "windowed_gaussian",
             DetectorKind::IsolationForest => "isolation_forest",
         }
@@ -37,8 +33,11 @@ impl DetectorKind {
     /// A fresh detector (seeded).
     pub fn build(self, seed: u64) -> Box<dyn StreamingDetector + Send> {
         match self {
-            DetectorKind::Augur => Box::new(Ensemble::new(seed, Combine::ResidualOnly)),
-            DetectorKind::AugurWithForest => Box::new(Ensemble::new(seed, Combine::Max)),
+            DetectorKind::Augur => Box::new(MetricScorer::new(
+                Holt::new(0.5, 0.01),
+                crate::anomaly::scorer::DEFAULT_RAW,
+                300,
+            )),
             DetectorKind::WindowedGaussian => Box::new(WindowedGaussian::new(6400, 100)),
             DetectorKind::IsolationForest => Box::new(StreamingIsolationForest::new(seed)),
         }

@@ -5,3 +5,4 @@
 pub mod detectors;
 pub mod failures;
 pub mod nab;
+pub mod smd;
