@@ -139,13 +139,34 @@ pub fn failures(
     seconds: usize,
     as_json: bool,
 ) -> anyhow::Result<()> {
+    use augur_models::calibration::{Platt, brier};
     use augur_models::eval::failures::{
-        self, Alarmer, EngineAlarm, PredictLinear, StaticThreshold,
+        self, Alarmer, CalibratedEngineAlarm, EngineAlarm, PredictLinear, StaticThreshold,
     };
     let traces = failures::generate(seed, per_scenario, seconds);
     let samples: usize = traces.iter().map(|t| t.samples.len()).sum();
     let horizon_s = 300.0;
+    // Calibration is fitted on other traces (another seed) and judged on these.
+    let fit_seed = seed.wrapping_add(1000);
+    let platt = Platt::fit(&failures::calibration_examples(
+        &failures::generate(fit_seed, per_scenario, seconds),
+        horizon_s,
+        5,
+    ));
+    let judged = failures::calibration_examples(&traces, horizon_s, 5);
+    let brier_raw = brier(&judged.iter().map(|&(r, _, y)| (r, y)).collect::<Vec<_>>());
+    let brier_cal = brier(
+        &judged
+            .iter()
+            .map(|&(r, a, y)| (platt.apply(r, a), y))
+            .collect::<Vec<_>>(),
+    );
     let alarmers: Vec<Box<dyn Alarmer + Sync>> = vec![
+        Box::new(CalibratedEngineAlarm {
+            platt: platt.clone(),
+            threshold: 0.75,
+            horizon_s,
+        }),
         Box::new(EngineAlarm {
             threshold: 0.75,
             horizon_s,
@@ -190,7 +211,10 @@ pub fn failures(
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({"seed": seed, "samples": samples, "horizon_s": horizon_s, "results": rows})
+                &json!({"seed": seed, "samples": samples, "horizon_s": horizon_s, "results": rows,
+                    "calibration": {"fitted_on_seed": fit_seed, "weights": platt.w, "examples": platt.examples,
+                        "positives": platt.positives, "brier_raw": brier_raw, "brier_calibrated": brier_cal,
+                        "judged_examples": judged.len()}})
             )?
         );
         return Ok(());
@@ -215,13 +239,17 @@ pub fn failures(
             o.false_alarms_per_resource_hour
         );
     }
+    println!(
+        "calibration fitted on seed {fit_seed} ({} examples, {} failing): Brier score on these traces {brier_raw:.4} raw, {brier_cal:.4} calibrated",
+        platt.examples, platt.positives
+    );
     println!();
     println!(
         "{:<26} {}",
         "scenario",
         outcomes
             .iter()
-            .map(|o| format!("{:>24}", o.detector.split(' ').next().unwrap_or("")))
+            .map(|o| format!("{:>24}", o.detector.chars().take(22).collect::<String>()))
             .collect::<String>()
     );
     let names: Vec<String> = outcomes[0].by_scenario.keys().cloned().collect();

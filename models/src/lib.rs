@@ -2,6 +2,7 @@
 //! backend (flex), and their offline evaluation. Knows nothing of the network.
 
 pub mod anomaly;
+pub mod calibration;
 pub mod engine;
 pub mod eval;
 pub mod forecast;

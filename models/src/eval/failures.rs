@@ -215,6 +215,65 @@ impl Alarmer for EngineAlarm {
     }
 }
 
+/// augur's engine with its probability calibrated ([`crate::calibration::Platt`]).
+#[derive(Debug, Clone)]
+pub struct CalibratedEngineAlarm {
+    pub platt: crate::calibration::Platt,
+    pub threshold: f64,
+    pub horizon_s: f64,
+}
+
+impl Alarmer for CalibratedEngineAlarm {
+    fn name(&self) -> &'static str {
+        "augur (calibrated)"
+    }
+
+    fn alarms(&self, samples: &[BTreeMap<String, f64>]) -> Vec<bool> {
+        let mut e = ResourceEngine::new(EngineConfig {
+            horizon_s: self.horizon_s,
+            limits: limits(),
+            ..EngineConfig::default()
+        });
+        samples
+            .iter()
+            .enumerate()
+            .map(|(t, m)| {
+                let p = e.observe(t as f64, m);
+                self.platt.apply(p.failure_probability, p.anomaly_score) >= self.threshold
+            })
+            .collect()
+    }
+}
+
+/// The engine's raw evidence on every `every`-th sample of the traces, labelled by whether the
+/// trace failed within the horizon (windows running past a trace's end are left out).
+pub fn calibration_examples(
+    traces: &[Trace],
+    horizon_s: f64,
+    every: usize,
+) -> Vec<(f64, f64, bool)> {
+    let mut out = Vec::new();
+    for tr in traces {
+        let mut e = ResourceEngine::new(EngineConfig {
+            horizon_s,
+            limits: limits(),
+            ..EngineConfig::default()
+        });
+        let ts: Vec<f64> = (0..tr.samples.len()).map(|t| t as f64).collect();
+        let failures: Vec<f64> = tr.failure_at.map(|f| f as f64).into_iter().collect();
+        let labels = crate::calibration::label_windows(&ts, &failures, &[], horizon_s);
+        for (t, m) in tr.samples.iter().enumerate() {
+            let p = e.observe(t as f64, m);
+            if t % every.max(1) == 0
+                && let Some(y) = labels[t]
+            {
+                out.push((p.failure_probability, p.anomaly_score, y));
+            }
+        }
+    }
+    out
+}
+
 /// A static alert: any limited metric past `fraction` of its limit.
 #[derive(Debug, Clone)]
 pub struct StaticThreshold {
