@@ -76,6 +76,22 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
+    /// Forecasting on NAB's series: the burn MLP against Holt.
+    Forecast {
+        /// The NAB folder.
+        #[arg(long, env = "NAB_DATA")]
+        data: PathBuf,
+        /// Samples ahead.
+        #[arg(long, default_value_t = 10)]
+        horizon: usize,
+        /// Training epochs over each file's first half.
+        #[arg(long, default_value_t = 20)]
+        epochs: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// The Server Machine Dataset: every detector, composite F1 without point adjustment.
     Smd {
         /// The SMD folder (with train/, test/, test_label/).
@@ -211,6 +227,18 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
         }) => {
             tokio::task::spawn_blocking(move || {
                 crate::eval::failures(seed, per_scenario, seconds, json)
+            })
+            .await?
+        }
+        Command::Eval(EvalCommand::Forecast {
+            data,
+            horizon,
+            epochs,
+            seed,
+            json,
+        }) => {
+            tokio::task::spawn_blocking(move || {
+                crate::eval::forecast(&data, horizon, epochs, seed, json)
             })
             .await?
         }

@@ -340,6 +340,139 @@ pub fn smd(root: &Path, seed: u64, as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One file's forecasting result: (name, MLP MSE / variance, Holt MSE / variance, MLP NLL, Holt NLL).
+type FileForecast = (String, f64, f64, f64, f64);
+
+/// Forecasting on NAB's series: the burn MLP against Holt, both predicting `horizon` samples ahead
+/// on the second half of every file, the MLP trained on the first half.
+pub fn forecast(
+    root: &Path,
+    horizon: usize,
+    epochs: usize,
+    seed: u64,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    use augur_models::forecast::Holt;
+    use augur_models::forecast::mlp::{MlpConfig, MlpForecaster};
+    let corpus =
+        nab::load_corpus(root).with_context(|| format!("reading NAB from {}", root.display()))?;
+    let pb = progress(corpus.len() as u64, "forecasting");
+    let started = std::time::Instant::now();
+    let config = MlpConfig {
+        horizon,
+        epochs,
+        seed,
+        ..MlpConfig::default()
+    };
+    let per_file: Vec<FileForecast> = std::thread::scope(|s| {
+        let chunks: Vec<_> = corpus
+            .chunks(corpus.len().div_ceil(2).max(1))
+            .map(|chunk| {
+                let (pb, config) = (pb.clone(), config.clone());
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .filter_map(|series| {
+                            let v = &series.values;
+                            let split = v.len() / 2;
+                            let model = MlpForecaster::train(&[&v[..split]], config.clone())?;
+                            let mut holt = Holt::new(0.3, 0.01);
+                            for &x in &v[..split] {
+                                holt.update(x);
+                            }
+                            let ts: Vec<usize> = (split..v.len().saturating_sub(horizon)).collect();
+                            let windows: Vec<&[f64]> = ts.iter().map(|&t| &v[..t]).collect();
+                            let mlp = model.forecast_batch(&windows);
+                            let (mut e_mlp, mut e_holt, mut nll_mlp, mut nll_holt) =
+                                (0.0, 0.0, 0.0, 0.0);
+                            let mut n = 0.0;
+                            let mut k = 0;
+                            for t in split..v.len() {
+                                if t + horizon <= v.len() && k < ts.len() && ts[k] == t {
+                                    let truth = v[t + horizon - 1];
+                                    if let (Some(m), Some(h)) =
+                                        (mlp[k], holt.forecast(horizon as u32))
+                                    {
+                                        e_mlp += (m.mean - truth).powi(2);
+                                        e_holt += (h.mean - truth).powi(2);
+                                        let nll = |f: augur_models::forecast::Forecast| {
+                                            let var = f.variance.max(1e-12);
+                                            0.5 * (var.ln() + (truth - f.mean).powi(2) / var)
+                                        };
+                                        nll_mlp += nll(m);
+                                        nll_holt += nll(h);
+                                        n += 1.0;
+                                    }
+                                    k += 1;
+                                }
+                                holt.update(v[t]);
+                            }
+                            pb.inc(1);
+                            let rest = &v[split..];
+                            let mean = rest.iter().sum::<f64>() / rest.len() as f64;
+                            let var = (rest.iter().map(|x| (x - mean).powi(2)).sum::<f64>()
+                                / rest.len() as f64)
+                                .max(1e-12);
+                            (n > 0.0).then(|| {
+                                (
+                                    series.file.name.clone(),
+                                    e_mlp / n / var,
+                                    e_holt / n / var,
+                                    nll_mlp / n,
+                                    nll_holt / n,
+                                )
+                            })
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        chunks
+            .into_iter()
+            .flat_map(|h| h.join().expect("forecast thread panicked"))
+            .collect()
+    });
+    pb.finish_and_clear();
+    let files = per_file.len() as f64;
+    let mean = |f: &dyn Fn(&FileForecast) -> f64| per_file.iter().map(f).sum::<f64>() / files;
+    let mlp_mse = mean(&|r| r.1);
+    let holt_mse = mean(&|r| r.2);
+    let mut ratios: Vec<f64> = per_file.iter().map(|r| r.1 / r.2.max(1e-12)).collect();
+    ratios.sort_by(f64::total_cmp);
+    let median_ratio = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
+    let wins = per_file.iter().filter(|r| r.1 < r.2).count();
+    let nll_mlp = mean(&|r| r.3);
+    let nll_holt = mean(&|r| r.4);
+    let secs = started.elapsed().as_secs_f64();
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "benchmark": "NAB forecasting", "horizon": horizon, "epochs": epochs, "seed": seed,
+                "files": per_file.len(), "mlp_normalised_mse": mlp_mse, "holt_normalised_mse": holt_mse,
+                "median_mse_ratio_mlp_over_holt": median_ratio, "files_mlp_better": wins,
+                "mlp_mean_nll": nll_mlp, "holt_mean_nll": nll_holt, "seconds": secs,
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "NAB forecasting, {horizon} samples ahead, second half of each of {} files (MLP trained on the first half)",
+        per_file.len()
+    );
+    println!(
+        "{:<10} {:>22} {:>14}",
+        "model", "MSE / series variance", "Gaussian NLL"
+    );
+    println!("{:<10} {:>22.4} {:>14.3}", "burn MLP", mlp_mse, nll_mlp);
+    println!("{:<10} {:>22.4} {:>14.3}", "Holt", holt_mse, nll_holt);
+    println!(
+        "MLP better on {wins} of {} files; median MSE ratio MLP/Holt {median_ratio:.3}; {secs:.1} s",
+        per_file.len()
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ use std::hint::black_box;
 use augur_models::anomaly::IsolationForest;
 use augur_models::anomaly::iforest::SplitMix64;
 use augur_models::engine::{EngineConfig, ResourceEngine};
+use augur_models::forecast::mlp::{MlpConfig, MlpForecaster};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// A host-like sample: the host collector's 17 metrics.
@@ -74,6 +75,39 @@ fn tick(c: &mut Criterion) {
     });
     c.bench_function("isolation_forest_fit_100x256", |b| {
         b.iter(|| black_box(IsolationForest::fit(&data, 100, 256, 7)))
+    });
+
+    let series: Vec<f64> = (0..2_000)
+        .map(|t| (t as f64 * 0.1).sin() + 0.1 * rng.next_f64())
+        .collect();
+    let mlp = MlpForecaster::train(
+        &[&series],
+        MlpConfig {
+            epochs: 2,
+            ..MlpConfig::default()
+        },
+    )
+    .expect("trains");
+    let window = &series[series.len() - 32..];
+    c.bench_function("mlp_forecast_batch_1", |b| {
+        b.iter(|| black_box(mlp.forecast(black_box(window))))
+    });
+    let windows: Vec<&[f64]> = (0..64)
+        .map(|k| &series[series.len() - 32 - k..series.len() - k])
+        .collect();
+    c.bench_function("mlp_forecast_batch_64", |b| {
+        b.iter(|| black_box(mlp.forecast_batch(black_box(&windows))))
+    });
+    c.bench_function("mlp_train_2000_points_1_epoch", |b| {
+        b.iter(|| {
+            black_box(MlpForecaster::train(
+                &[&series],
+                MlpConfig {
+                    epochs: 1,
+                    ..MlpConfig::default()
+                },
+            ))
+        })
     });
 }
 

@@ -3,6 +3,7 @@
 
 pub mod empirical;
 pub mod holt;
+pub mod mlp;
 
 pub use holt::Holt;
 

@@ -1,0 +1,256 @@
+//! The neural forecaster: a small MLP on burn (flex CPU backend) that reads the last `window` values
+//! of a metric and predicts the value `horizon` samples ahead as a Gaussian (mean and log-variance),
+//! trained with the Gaussian negative log-likelihood. Inputs and target are scaled per window
+//! (relative to the last value, in units of the window's spread), so one model serves every metric of
+//! a resource type whatever its units.
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::Forecast;
+
+#[derive(Module, Debug)]
+pub struct MlpNet {
+    l1: Linear,
+    l2: Linear,
+    out: Linear,
+}
+
+impl MlpNet {
+    fn new(window: usize, hidden: usize, device: &Device) -> Self {
+        Self {
+            l1: LinearConfig::new(window, hidden).init(device),
+            l2: LinearConfig::new(hidden, hidden).init(device),
+            out: LinearConfig::new(hidden, 2).init(device),
+        }
+    }
+
+    /// `[batch, window]` to `[batch, 2]` (mean, log-variance), both in window units.
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let h = relu(self.l1.forward(x));
+        let h = relu(self.l2.forward(h));
+        self.out.forward(h)
+    }
+}
+
+/// Training settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlpConfig {
+    pub window: usize,
+    pub horizon: usize,
+    pub hidden: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub learning_rate: f64,
+    pub seed: u64,
+}
+
+impl Default for MlpConfig {
+    fn default() -> Self {
+        Self {
+            window: 32,
+            horizon: 10,
+            hidden: 32,
+            epochs: 8,
+            batch: 128,
+            learning_rate: 2e-3,
+            seed: 7,
+        }
+    }
+}
+
+/// Scales a window: (x - last) / spread, and returns (inputs, last, spread). The spread is the
+/// window's standard deviation, floored at `floor` (a fraction of the training series' spread) so a
+/// flat window does not turn the next small step into an enormous normalised error.
+fn scale(window: &[f64], floor: f64) -> (Vec<f32>, f64, f64) {
+    let n = window.len() as f64;
+    let last = window[window.len() - 1];
+    let mean = window.iter().sum::<f64>() / n;
+    let sd = (window.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let spread = sd.max(floor).max(1e-9 * (last.abs() + 1.0));
+    (
+        window
+            .iter()
+            .map(|v| ((v - last) / spread) as f32)
+            .collect(),
+        last,
+        spread,
+    )
+}
+
+/// A trained forecaster (on the plain, non-autodiff device).
+#[derive(Debug)]
+pub struct MlpForecaster {
+    net: MlpNet,
+    config: MlpConfig,
+    device: Device,
+    /// Smallest spread a window is scaled by (see `scale`).
+    floor: f64,
+    /// Mean training loss of the last epoch.
+    pub final_loss: f64,
+}
+
+/// Share of the training series' standard deviation below which a window's spread is not trusted.
+const FLOOR_SHARE: f64 = 0.05;
+
+impl MlpForecaster {
+    /// Trains on every window of `series` (one or more metrics' histories, each a separate series).
+    /// Returns None when the series are too short for a single example.
+    pub fn train(series: &[&[f64]], config: MlpConfig) -> Option<Self> {
+        let (w, h) = (config.window, config.horizon);
+        let mut sds: Vec<f64> = series
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let n = s.len() as f64;
+                let m = s.iter().sum::<f64>() / n;
+                (s.iter().map(|v| (v - m).powi(2)).sum::<f64>() / n).sqrt()
+            })
+            .collect();
+        sds.sort_by(f64::total_cmp);
+        let floor = FLOOR_SHARE * sds.get(sds.len() / 2).copied().unwrap_or(0.0);
+        let mut xs: Vec<f32> = Vec::new();
+        let mut ys: Vec<f32> = Vec::new();
+        for s in series {
+            if s.len() < w + h {
+                continue;
+            }
+            for t in w..=s.len() - h {
+                let (x, last, spread) = scale(&s[t - w..t], floor);
+                let y = ((s[t + h - 1] - last) / spread).clamp(-50.0, 50.0) as f32;
+                xs.extend(x.into_iter().map(|v| v.clamp(-50.0, 50.0)));
+                ys.push(y);
+            }
+        }
+        let n = ys.len();
+        if n == 0 {
+            return None;
+        }
+        let plain = crate::cpu_device();
+        plain.seed(config.seed);
+        let device = plain.clone().autodiff();
+        let mut net = MlpNet::new(w, config.hidden, &device);
+        let mut optim = AdamConfig::new().init();
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut rng = crate::anomaly::iforest::SplitMix64::new(config.seed);
+        let mut final_loss = f64::NAN;
+        for _ in 0..config.epochs {
+            for k in (1..n).rev() {
+                order.swap(k, rng.below(k + 1));
+            }
+            let (mut sum, mut batches) = (0.0, 0usize);
+            for chunk in order.chunks(config.batch) {
+                let b = chunk.len();
+                let mut bx = Vec::with_capacity(b * w);
+                let mut by = Vec::with_capacity(b);
+                for &i in chunk {
+                    bx.extend_from_slice(&xs[i * w..(i + 1) * w]);
+                    by.push(ys[i]);
+                }
+                let x = Tensor::<2>::from_data(TensorData::new(bx, [b, w]), &device);
+                let y = Tensor::<2>::from_data(TensorData::new(by, [b, 1]), &device);
+                let out = net.forward(x);
+                let mu = out.clone().slice([0..b, 0..1]);
+                let logvar = out.slice([0..b, 1..2]).clamp(-10.0, 10.0);
+                let err = y - mu;
+                let loss = (logvar.clone() + err.clone() * err / logvar.exp()).mean() * 0.5;
+                sum += f64::from(loss.clone().into_scalar::<f32>());
+                batches += 1;
+                let grads = GradientsParams::from_grads(loss.backward(), &net);
+                net = optim.step(config.learning_rate, net, grads);
+            }
+            final_loss = sum / batches.max(1) as f64;
+        }
+        Some(Self {
+            net: net.valid(),
+            config,
+            device: plain,
+            floor,
+            final_loss,
+        })
+    }
+
+    /// Forecasts `horizon` samples after the end of `recent` (at least `window` values).
+    pub fn forecast(&self, recent: &[f64]) -> Option<Forecast> {
+        self.forecast_batch(&[recent]).pop().flatten()
+    }
+
+    /// Forecasts for many windows in one forward pass (replay and evaluation batch this way).
+    pub fn forecast_batch(&self, recents: &[&[f64]]) -> Vec<Option<Forecast>> {
+        let w = self.config.window;
+        let mut rows = Vec::new();
+        let mut meta = Vec::new();
+        let mut index = Vec::with_capacity(recents.len());
+        for r in recents {
+            if r.len() < w {
+                index.push(None);
+                continue;
+            }
+            let (x, last, spread) = scale(&r[r.len() - w..], self.floor);
+            rows.extend(x.into_iter().map(|v| v.clamp(-50.0, 50.0)));
+            index.push(Some(meta.len()));
+            meta.push((last, spread));
+        }
+        if meta.is_empty() {
+            return index.into_iter().map(|_| None).collect();
+        }
+        let x = Tensor::<2>::from_data(TensorData::new(rows, [meta.len(), w]), &self.device);
+        let out = self.net.forward(x).into_data();
+        let values: Vec<f32> = out.try_to_vec::<f32>().unwrap_or_default();
+        index
+            .into_iter()
+            .map(|i| {
+                let i = i?;
+                let (last, spread) = meta[i];
+                let mu = f64::from(*values.get(2 * i)?).clamp(-50.0, 50.0);
+                let logvar = f64::from(*values.get(2 * i + 1)?).clamp(-10.0, 10.0);
+                Some(Forecast {
+                    mean: last + mu * spread,
+                    variance: logvar.exp() * spread * spread,
+                })
+            })
+            .collect()
+    }
+
+    pub fn config(&self) -> &MlpConfig {
+        &self.config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learns_a_sine_better_than_standing_still() {
+        let series: Vec<f64> = (0..1200)
+            .map(|t| (f64::from(t) * 0.2).sin() * 10.0 + 50.0)
+            .collect();
+        let config = MlpConfig {
+            epochs: 6,
+            ..MlpConfig::default()
+        };
+        let model = MlpForecaster::train(&[&series[..1000]], config).expect("trains");
+        assert!(model.final_loss.is_finite());
+        let (mut model_err, mut naive_err) = (0.0, 0.0);
+        for t in 1000..1180 {
+            let f = model.forecast(&series[t - 32..t]).expect("forecast");
+            let truth = series[t + 9];
+            model_err += (f.mean - truth).powi(2);
+            naive_err += (series[t - 1] - truth).powi(2);
+            assert!(f.variance.is_finite() && f.variance > 0.0);
+        }
+        assert!(
+            model_err < 0.5 * naive_err,
+            "model {model_err} vs last value {naive_err}"
+        );
+    }
+
+    #[test]
+    fn short_series_give_no_model() {
+        assert!(MlpForecaster::train(&[&[1.0, 2.0]], MlpConfig::default()).is_none());
+    }
+}
