@@ -98,6 +98,7 @@ pub async fn run(
         rx_committed,
         rx_config.clone(),
         predictions,
+        Some(data_dir.join(predict::SNAPSHOT_FILE)),
     );
     let writer = tokio::spawn(history::writer::run(
         history.clone(),

@@ -3,12 +3,14 @@
 //! API. Engines run on one blocking thread; on start they are warmed up from the history's windows.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use augur_models::engine::{EngineConfig, Prediction, ResourceEngine};
 use augur_proto::{ResourceId, ResourceType};
 use parking_lot::RwLock;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
@@ -92,6 +94,114 @@ struct Stage {
     predictions: Predictions,
 }
 
+/// File of the saved engine state, inside the data directory.
+pub const SNAPSHOT_FILE: &str = "models/engines.cbor";
+/// How often the engines' state is saved while running (and always on shutdown).
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(300);
+
+/// The engines' learned state and the latest predictions, as saved.
+#[derive(Debug, Serialize, Deserialize)]
+struct Snapshot {
+    model_version: String,
+    saved_at_us: i64,
+    resources: Vec<SavedResource>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedResource {
+    resource_id: ResourceId,
+    resource_type: ResourceType,
+    engine: ResourceEngine,
+    latest_ts_us: i64,
+    latest: Prediction,
+    threshold: f64,
+}
+
+impl Stage {
+    fn snapshot(&self) -> Snapshot {
+        let latest = self.predictions.latest.read();
+        let resources = self
+            .engines
+            .iter()
+            .filter_map(|(id, engine)| {
+                let view = latest.get(id)?;
+                Some(SavedResource {
+                    resource_id: id.clone(),
+                    resource_type: view.resource_type.clone(),
+                    engine: engine.clone(),
+                    latest_ts_us: view.ts.0,
+                    latest: view.prediction.clone(),
+                    threshold: view.threshold,
+                })
+            })
+            .collect();
+        Snapshot {
+            model_version: augur_models::engine::MODEL_VERSION.to_owned(),
+            saved_at_us: UnixMicros::now().0,
+            resources,
+        }
+    }
+
+    /// Writes the snapshot atomically (temporary file, fsync, rename).
+    fn save(&self, path: &Path) -> std::io::Result<usize> {
+        let snap = self.snapshot();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("cbor.tmp");
+        let file = std::fs::File::create(&tmp)?;
+        let mut w = std::io::BufWriter::new(file);
+        ciborium::into_writer(&snap, &mut w).map_err(std::io::Error::other)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(snap.resources.len())
+    }
+
+    /// Restores engines and latest predictions saved by the same model version. A missing file is
+    /// a fresh start; an unreadable one, or one from another version, is set aside and logged.
+    fn restore(&mut self, path: &Path) -> usize {
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read saved models; starting from history");
+                return 0;
+            }
+        };
+        let snap: Snapshot = match ciborium::from_reader(std::io::BufReader::new(file)) {
+            Ok(s) => s,
+            Err(e) => {
+                let aside = path.with_extension("cbor.unreadable");
+                let _ = std::fs::rename(path, &aside);
+                tracing::warn!(path = %path.display(), moved_to = %aside.display(), error = %e, "saved models unreadable; starting from history");
+                return 0;
+            }
+        };
+        if snap.model_version != augur_models::engine::MODEL_VERSION {
+            tracing::info!(saved = %snap.model_version, running = augur_models::engine::MODEL_VERSION, "saved models are from another model version; starting from history");
+            return 0;
+        }
+        let n = snap.resources.len();
+        let mut latest = self.predictions.latest.write();
+        for r in snap.resources {
+            latest.insert(
+                r.resource_id.clone(),
+                PredictionView {
+                    ts: UnixMicros(r.latest_ts_us),
+                    resource_id: r.resource_id.clone(),
+                    resource_type: r.resource_type,
+                    above_threshold: r.latest.failure_probability >= r.threshold,
+                    prediction: r.latest,
+                    threshold: r.threshold,
+                },
+            );
+            self.engines.insert(r.resource_id, r.engine);
+        }
+        n
+    }
+}
+
 impl Stage {
     fn observe(&mut self, samples: &[Arc<Sample>]) {
         if self.config.has_changed().unwrap_or(false) {
@@ -131,13 +241,16 @@ impl Stage {
     }
 }
 
-/// Runs the stage on a blocking thread until the writer drops its sender. Warms every engine from
-/// the history's in-memory windows first, so a restart does not start cold.
+/// Runs the stage on a blocking thread until the writer drops its sender. On start it restores the
+/// engines saved in `snapshot` (if any, and of this model version), then feeds each engine the
+/// samples of the history's window it has not seen, so a restart resumes rather than starting cold.
+/// It saves the engines every few minutes and when it stops.
 pub fn spawn(
     history: History,
     rx_committed: mpsc::Receiver<Vec<Arc<Sample>>>,
     config: watch::Receiver<Arc<Config>>,
     predictions: Predictions,
+    snapshot: Option<PathBuf>,
 ) -> tokio::task::JoinHandle<()> {
     let mut rx = rx_committed;
     tokio::task::spawn_blocking(move || {
@@ -146,13 +259,129 @@ pub fn spawn(
             config,
             predictions,
         };
-        for r in history.resources() {
-            let window = history.window(&r.resource_id);
-            stage.observe(&window);
+        if let Some(path) = &snapshot {
+            let restored = stage.restore(path);
+            if restored > 0 {
+                tracing::info!(
+                    resources = restored,
+                    "prediction engines restored from saved models"
+                );
+            }
         }
+        for r in history.resources() {
+            let seen = stage
+                .engines
+                .get(&r.resource_id)
+                .and_then(ResourceEngine::last_ts_s);
+            let unseen: Vec<Arc<Sample>> = history
+                .window(&r.resource_id)
+                .into_iter()
+                .filter(|s| seen.is_none_or(|t| s.ts.0 as f64 / 1e6 > t))
+                .collect();
+            stage.observe(&unseen);
+        }
+        let mut last_save = Instant::now();
+        let save = |stage: &Stage| {
+            if let Some(path) = &snapshot {
+                match stage.save(path) {
+                    Ok(n) => tracing::debug!(resources = n, "prediction engines saved"),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot save prediction engines")
+                    }
+                }
+            }
+        };
         while let Some(batch) = rx.blocking_recv() {
             stage.observe(&batch);
+            if last_save.elapsed() >= SNAPSHOT_EVERY {
+                save(&stage);
+                last_save = Instant::now();
+            }
         }
+        save(&stage);
         tracing::debug!("prediction stage stopped");
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn sample(t: i64, mem: f64) -> Arc<Sample> {
+        Arc::new(Sample {
+            ts: UnixMicros(1_700_000_000_000_000 + t * 1_000_000),
+            resource_id: ResourceId::parse("db-1").expect("id"),
+            resource_type: ResourceType::parse("service").expect("type"),
+            metrics: BTreeMap::from([("mem_used_ratio".to_owned(), mem)]),
+            event: None,
+            labels: BTreeMap::new(),
+        })
+    }
+
+    fn stage() -> Stage {
+        let (_tx, rx) = watch::channel(Arc::new(Config::default()));
+        Stage {
+            engines: HashMap::new(),
+            config: rx,
+            predictions: Predictions::default(),
+        }
+    }
+
+    #[test]
+    fn a_saved_stage_resumes_exactly_where_it_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(SNAPSHOT_FILE);
+        let first: Vec<Arc<Sample>> = (0..2_000)
+            .map(|t| sample(t, 0.5 + 0.0001 * t as f64))
+            .collect();
+        let rest: Vec<Arc<Sample>> = (2_000..2_100)
+            .map(|t| sample(t, 0.5 + 0.0001 * t as f64))
+            .collect();
+        let mut continuous = stage();
+        continuous.observe(&first);
+        continuous.save(&path).expect("saves");
+        continuous.observe(&rest);
+        let mut resumed = stage();
+        assert_eq!(resumed.restore(&path), 1);
+        let id = ResourceId::parse("db-1").expect("id");
+        assert!(
+            resumed.predictions.get(&id).is_some(),
+            "latest prediction restored"
+        );
+        resumed.observe(&rest);
+        let (a, b) = (
+            continuous.predictions.get(&id).expect("a"),
+            resumed.predictions.get(&id).expect("b"),
+        );
+        assert_eq!(a.prediction, b.prediction);
+        // A stage warmed from the last 600 samples only does not get the same state.
+        let mut cold = stage();
+        cold.observe(&first[first.len() - 600..]);
+        cold.observe(&rest);
+        assert_ne!(
+            cold.predictions.get(&id).expect("c").prediction,
+            a.prediction
+        );
+    }
+
+    #[test]
+    fn unreadable_or_foreign_snapshots_are_set_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("engines.cbor");
+        std::fs::write(&path, b"not cbor").expect("write");
+        assert_eq!(stage().restore(&path), 0);
+        assert!(!path.exists() && path.with_extension("cbor.unreadable").exists());
+        let foreign = Snapshot {
+            model_version: "some-other-version".into(),
+            saved_at_us: 0,
+            resources: Vec::new(),
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&foreign, &mut bytes).expect("encodes");
+        std::fs::write(&path, bytes).expect("write");
+        assert_eq!(stage().restore(&path), 0);
+        assert_eq!(stage().restore(&dir.path().join("missing.cbor")), 0);
+    }
 }

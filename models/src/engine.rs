@@ -49,7 +49,7 @@ pub fn default_limits() -> Vec<Limit> {
 }
 
 /// Settings of the engine for one resource type.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EngineConfig {
     /// How far ahead the failure probability looks.
     pub horizon_s: f64,
@@ -87,15 +87,16 @@ pub const WARM_UP: u64 = 60;
 /// The version string of this engine's models.
 pub const MODEL_VERSION: &str = "holt-empirical-level-likelihood-v3-uncalibrated";
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct MetricState {
     scorer: MetricScorer,
     errors: EmpiricalErrors,
     anomaly: f64,
 }
 
-/// Online engine of one resource.
-#[derive(Clone, Debug)]
+/// Online engine of one resource. Serialisable, so the agent can save its learned state and resume
+/// from it after a restart.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ResourceEngine {
     config: EngineConfig,
     metrics: BTreeMap<String, MetricState>,
@@ -112,6 +113,11 @@ impl ResourceEngine {
             last_ts_s: None,
             interval_s: 1.0,
         }
+    }
+
+    /// Time (seconds) of the last sample seen.
+    pub fn last_ts_s(&self) -> Option<f64> {
+        self.last_ts_s
     }
 
     /// Changes the settings; the learned state is kept.

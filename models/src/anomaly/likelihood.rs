@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 use super::normal_tail;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AnomalyLikelihood {
     history: VecDeque<f64>,
     history_len: usize,

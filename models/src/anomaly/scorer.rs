@@ -6,7 +6,7 @@ use super::{AnomalyLikelihood, normal_tail};
 use crate::forecast::Holt;
 
 /// Which raw surprise feeds the likelihood.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RawScore {
     /// The one-step forecast residual.
     Residual,
@@ -17,7 +17,7 @@ pub enum RawScore {
 }
 
 /// Exponentially weighted mean and variance.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct EwStats {
     mean: f64,
     var: f64,
@@ -64,7 +64,7 @@ const SHORT: usize = 2;
 pub const DEFAULT_RAW: RawScore = RawScore::Level;
 
 /// The anomaly state of one metric.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MetricScorer {
     pub holt: Holt,
     level: EwStats,

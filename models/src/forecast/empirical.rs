@@ -14,7 +14,7 @@ pub const MIN_ERRORS: u64 = 60;
 /// Weight of a new squared error once warm (about the last 200 errors).
 const DECAY: f64 = 0.005;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct EmpiricalErrors {
     /// Per horizon, (due sample index, forecast mean), in due order (one queue per horizon keeps
     /// every push and pop O(1)).

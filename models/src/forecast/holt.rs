@@ -6,7 +6,7 @@
 use super::Forecast;
 
 /// Online Holt smoother for one metric.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Holt {
     alpha: f64,
     beta: f64,

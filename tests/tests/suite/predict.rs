@@ -139,13 +139,21 @@ async fn a_pushed_leak_is_predicted_and_survives_a_restart() {
     // A restart predicts again from stored history, before any new sample.
     let data_dir = agent.data_dir.clone();
     assert!(agent.terminate().await.expect("stops").success());
-    let again = AgentProcess::start(AgentOptions {
+    assert!(
+        data_dir.join("models/engines.cbor").exists(),
+        "engines saved on shutdown"
+    );
+    let mut again = AgentProcess::start(AgentOptions {
         data_dir: Some(data_dir),
         config,
         ..Default::default()
     })
     .await
     .expect("restarts");
+    again
+        .wait_log("prediction engines restored")
+        .await
+        .expect("restored from the saved models");
     let warm = eventually("a prediction after restart", || prediction(&again, "db-1"))
         .await
         .expect("warm start");
