@@ -20,6 +20,34 @@ fn progress(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// Maps `f` over `items` on two threads (this machine's cores), keeping the order and ticking `pb`
+/// once per item.
+fn par_map<T: Sync, R: Send>(items: &[T], pb: &ProgressBar, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(items.len().div_ceil(2).max(1))
+            .map(|chunk| {
+                let pb = pb.clone();
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|item| {
+                            let r = f(item);
+                            pb.inc(1);
+                            r
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("evaluation thread panicked"))
+            .collect()
+    })
+}
+
 /// Scores every detector on NAB with per-profile optimised thresholds (as NAB tunes its detectors),
 /// re-scores Numenta HTM's published per-row scores as a check of the scorer, and lists the published
 /// results beside them.
@@ -47,28 +75,8 @@ pub fn nab(root: &Path, seed: u64, as_json: bool) -> anyhow::Result<()> {
     for kind in DetectorKind::ALL {
         let pb = progress(corpus.len() as u64, kind.name());
         let started = std::time::Instant::now();
-        let per_file: Vec<Vec<f64>> = std::thread::scope(|s| {
-            let chunks: Vec<_> = corpus
-                .chunks(corpus.len().div_ceil(2).max(1))
-                .map(|chunk| {
-                    let pb = pb.clone();
-                    s.spawn(move || {
-                        chunk
-                            .iter()
-                            .map(|series| {
-                                let out = kind.run(&series.values, seed);
-                                pb.inc(1);
-                                out
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            chunks
-                .into_iter()
-                .flat_map(|h| h.join().expect("detector thread panicked"))
-                .collect()
-        });
+        let per_file: Vec<Vec<f64>> =
+            par_map(&corpus, &pb, |series| kind.run(&series.values, seed));
         pb.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
         let mut scores = serde_json::Map::new();
@@ -141,7 +149,7 @@ pub fn failures(
 ) -> anyhow::Result<()> {
     use augur_models::calibration::{Platt, brier};
     use augur_models::eval::failures::{
-        self, Alarmer, CalibratedEngineAlarm, EngineAlarm, PredictLinear, StaticThreshold,
+        self, Alarmer, EngineAlarm, PredictLinear, StaticThreshold,
     };
     let traces = failures::generate(seed, per_scenario, seconds);
     let samples: usize = traces.iter().map(|t| t.samples.len()).sum();
@@ -162,14 +170,15 @@ pub fn failures(
             .collect::<Vec<_>>(),
     );
     let alarmers: Vec<Box<dyn Alarmer + Sync>> = vec![
-        Box::new(CalibratedEngineAlarm {
-            platt: platt.clone(),
+        Box::new(EngineAlarm {
             threshold: 0.75,
             horizon_s,
+            calibration: Some(platt.clone()),
         }),
         Box::new(EngineAlarm {
             threshold: 0.75,
             horizon_s,
+            calibration: None,
         }),
         Box::new(StaticThreshold { fraction: 0.9 }),
         Box::new(PredictLinear {
@@ -276,28 +285,8 @@ pub fn smd(root: &Path, seed: u64, as_json: bool) -> anyhow::Result<()> {
     for det in SmdDetector::ALL {
         let pb = progress(machines.len() as u64, det.name());
         let started = std::time::Instant::now();
-        let parts: Vec<(Vec<f64>, Vec<bool>)> = std::thread::scope(|s| {
-            let chunks: Vec<_> = machines
-                .chunks(machines.len().div_ceil(2).max(1))
-                .map(|chunk| {
-                    let pb = pb.clone();
-                    s.spawn(move || {
-                        chunk
-                            .iter()
-                            .map(|m| {
-                                let scores = det.score(m, seed);
-                                pb.inc(1);
-                                (scores, m.labels.clone())
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            chunks
-                .into_iter()
-                .flat_map(|h| h.join().expect("detector thread panicked"))
-                .collect()
-        });
+        let parts: Vec<(Vec<f64>, Vec<bool>)> =
+            par_map(&machines, &pb, |m| (det.score(m, seed), m.labels.clone()));
         pb.finish_and_clear();
         let best = smd::best_composite_f1(&parts);
         rows.push(json!({
@@ -343,6 +332,61 @@ pub fn smd(root: &Path, seed: u64, as_json: bool) -> anyhow::Result<()> {
 /// One file's forecasting result: (name, MLP MSE / variance, Holt MSE / variance, MLP NLL, Holt NLL).
 type FileForecast = (String, f64, f64, f64, f64);
 
+/// One file of `augur eval forecast`: the MLP trained on the first half, both models scored on the
+/// second half. None when the file is too short.
+fn forecast_file(
+    series: &nab::NabSeries,
+    config: &augur_models::forecast::mlp::MlpConfig,
+    horizon: usize,
+) -> Option<FileForecast> {
+    use augur_models::forecast::Holt;
+    use augur_models::forecast::mlp::MlpForecaster;
+    let config = config.clone();
+    let v = &series.values;
+    let split = v.len() / 2;
+    let model = MlpForecaster::train(&[&v[..split]], config.clone())?;
+    let mut holt = Holt::new(0.3, 0.01);
+    for &x in &v[..split] {
+        holt.update(x);
+    }
+    let ts: Vec<usize> = (split..v.len().saturating_sub(horizon)).collect();
+    let windows: Vec<&[f64]> = ts.iter().map(|&t| &v[..t]).collect();
+    let mlp = model.forecast_batch(&windows);
+    let (mut e_mlp, mut e_holt, mut nll_mlp, mut nll_holt) = (0.0, 0.0, 0.0, 0.0);
+    let mut n = 0.0;
+    let mut k = 0;
+    for t in split..v.len() {
+        if t + horizon <= v.len() && k < ts.len() && ts[k] == t {
+            let truth = v[t + horizon - 1];
+            if let (Some(m), Some(h)) = (mlp[k], holt.forecast(horizon as u32)) {
+                e_mlp += (m.mean - truth).powi(2);
+                e_holt += (h.mean - truth).powi(2);
+                let nll = |f: augur_models::forecast::Forecast| {
+                    let var = f.variance.max(1e-12);
+                    0.5 * (var.ln() + (truth - f.mean).powi(2) / var)
+                };
+                nll_mlp += nll(m);
+                nll_holt += nll(h);
+                n += 1.0;
+            }
+            k += 1;
+        }
+        holt.update(v[t]);
+    }
+    let rest = &v[split..];
+    let mean = rest.iter().sum::<f64>() / rest.len() as f64;
+    let var = (rest.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / rest.len() as f64).max(1e-12);
+    (n > 0.0).then(|| {
+        (
+            series.file.name.clone(),
+            e_mlp / n / var,
+            e_holt / n / var,
+            nll_mlp / n,
+            nll_holt / n,
+        )
+    })
+}
+
 /// Forecasting on NAB's series: the burn MLP against Holt, both predicting `horizon` samples ahead
 /// on the second half of every file, the MLP trained on the first half.
 pub fn forecast(
@@ -352,8 +396,7 @@ pub fn forecast(
     seed: u64,
     as_json: bool,
 ) -> anyhow::Result<()> {
-    use augur_models::forecast::Holt;
-    use augur_models::forecast::mlp::{MlpConfig, MlpForecaster};
+    use augur_models::forecast::mlp::MlpConfig;
     let corpus =
         nab::load_corpus(root).with_context(|| format!("reading NAB from {}", root.display()))?;
     let pb = progress(corpus.len() as u64, "forecasting");
@@ -364,74 +407,12 @@ pub fn forecast(
         seed,
         ..MlpConfig::default()
     };
-    let per_file: Vec<FileForecast> = std::thread::scope(|s| {
-        let chunks: Vec<_> = corpus
-            .chunks(corpus.len().div_ceil(2).max(1))
-            .map(|chunk| {
-                let (pb, config) = (pb.clone(), config.clone());
-                s.spawn(move || {
-                    chunk
-                        .iter()
-                        .filter_map(|series| {
-                            let v = &series.values;
-                            let split = v.len() / 2;
-                            let model = MlpForecaster::train(&[&v[..split]], config.clone())?;
-                            let mut holt = Holt::new(0.3, 0.01);
-                            for &x in &v[..split] {
-                                holt.update(x);
-                            }
-                            let ts: Vec<usize> = (split..v.len().saturating_sub(horizon)).collect();
-                            let windows: Vec<&[f64]> = ts.iter().map(|&t| &v[..t]).collect();
-                            let mlp = model.forecast_batch(&windows);
-                            let (mut e_mlp, mut e_holt, mut nll_mlp, mut nll_holt) =
-                                (0.0, 0.0, 0.0, 0.0);
-                            let mut n = 0.0;
-                            let mut k = 0;
-                            for t in split..v.len() {
-                                if t + horizon <= v.len() && k < ts.len() && ts[k] == t {
-                                    let truth = v[t + horizon - 1];
-                                    if let (Some(m), Some(h)) =
-                                        (mlp[k], holt.forecast(horizon as u32))
-                                    {
-                                        e_mlp += (m.mean - truth).powi(2);
-                                        e_holt += (h.mean - truth).powi(2);
-                                        let nll = |f: augur_models::forecast::Forecast| {
-                                            let var = f.variance.max(1e-12);
-                                            0.5 * (var.ln() + (truth - f.mean).powi(2) / var)
-                                        };
-                                        nll_mlp += nll(m);
-                                        nll_holt += nll(h);
-                                        n += 1.0;
-                                    }
-                                    k += 1;
-                                }
-                                holt.update(v[t]);
-                            }
-                            pb.inc(1);
-                            let rest = &v[split..];
-                            let mean = rest.iter().sum::<f64>() / rest.len() as f64;
-                            let var = (rest.iter().map(|x| (x - mean).powi(2)).sum::<f64>()
-                                / rest.len() as f64)
-                                .max(1e-12);
-                            (n > 0.0).then(|| {
-                                (
-                                    series.file.name.clone(),
-                                    e_mlp / n / var,
-                                    e_holt / n / var,
-                                    nll_mlp / n,
-                                    nll_holt / n,
-                                )
-                            })
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        chunks
-            .into_iter()
-            .flat_map(|h| h.join().expect("forecast thread panicked"))
-            .collect()
-    });
+    let per_file: Vec<FileForecast> = par_map(&corpus, &pb, |series| {
+        forecast_file(series, &config, horizon)
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     pb.finish_and_clear();
     let files = per_file.len() as f64;
     let mean = |f: &dyn Fn(&FileForecast) -> f64| per_file.iter().map(f).sum::<f64>() / files;

@@ -189,57 +189,44 @@ pub trait Alarmer {
     fn alarms(&self, samples: &[BTreeMap<String, f64>]) -> Vec<bool>;
 }
 
-/// augur's engine with its failure threshold.
+/// augur's engine with its failure threshold, optionally with its probability calibrated
+/// ([`crate::calibration::Platt`]).
 #[derive(Debug, Clone)]
 pub struct EngineAlarm {
     pub threshold: f64,
     pub horizon_s: f64,
+    pub calibration: Option<crate::calibration::Platt>,
+}
+
+fn replay_engine(horizon_s: f64) -> ResourceEngine {
+    ResourceEngine::new(EngineConfig {
+        horizon_s,
+        limits: limits(),
+        ..EngineConfig::default()
+    })
 }
 
 impl Alarmer for EngineAlarm {
     fn name(&self) -> &'static str {
-        "augur"
+        if self.calibration.is_some() {
+            "augur (calibrated)"
+        } else {
+            "augur"
+        }
     }
 
     fn alarms(&self, samples: &[BTreeMap<String, f64>]) -> Vec<bool> {
-        let mut e = ResourceEngine::new(EngineConfig {
-            horizon_s: self.horizon_s,
-            limits: limits(),
-            ..EngineConfig::default()
-        });
-        samples
-            .iter()
-            .enumerate()
-            .map(|(t, m)| e.observe(t as f64, m).failure_probability >= self.threshold)
-            .collect()
-    }
-}
-
-/// augur's engine with its probability calibrated ([`crate::calibration::Platt`]).
-#[derive(Debug, Clone)]
-pub struct CalibratedEngineAlarm {
-    pub platt: crate::calibration::Platt,
-    pub threshold: f64,
-    pub horizon_s: f64,
-}
-
-impl Alarmer for CalibratedEngineAlarm {
-    fn name(&self) -> &'static str {
-        "augur (calibrated)"
-    }
-
-    fn alarms(&self, samples: &[BTreeMap<String, f64>]) -> Vec<bool> {
-        let mut e = ResourceEngine::new(EngineConfig {
-            horizon_s: self.horizon_s,
-            limits: limits(),
-            ..EngineConfig::default()
-        });
+        let mut e = replay_engine(self.horizon_s);
         samples
             .iter()
             .enumerate()
             .map(|(t, m)| {
                 let p = e.observe(t as f64, m);
-                self.platt.apply(p.failure_probability, p.anomaly_score) >= self.threshold
+                let probability = match &self.calibration {
+                    Some(platt) => platt.apply(p.failure_probability, p.anomaly_score),
+                    None => p.failure_probability,
+                };
+                probability >= self.threshold
             })
             .collect()
     }
@@ -254,11 +241,7 @@ pub fn calibration_examples(
 ) -> Vec<(f64, f64, bool)> {
     let mut out = Vec::new();
     for tr in traces {
-        let mut e = ResourceEngine::new(EngineConfig {
-            horizon_s,
-            limits: limits(),
-            ..EngineConfig::default()
-        });
+        let mut e = replay_engine(horizon_s);
         let ts: Vec<f64> = (0..tr.samples.len()).map(|t| t as f64).collect();
         let failures: Vec<f64> = tr.failure_at.map(|f| f as f64).into_iter().collect();
         let labels = crate::calibration::label_windows(&ts, &failures, &[], horizon_s);
