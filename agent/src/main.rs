@@ -6,7 +6,26 @@ use tokio_util::sync::CancellationToken;
 use augur_agent::cli::{Cli, Command};
 use augur_agent::config::Config;
 
+/// `augur ... | head` closes stdout early; that ends the command quietly, as it does for other
+/// Unix tools, instead of a panic report (Rust ignores SIGPIPE, so the write fails instead).
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> std::process::ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

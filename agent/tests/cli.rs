@@ -70,3 +70,32 @@ fn agent_refuses_an_unwritable_data_dir() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--data-dir"), "{err}");
 }
+
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    use std::io::Read;
+    let mut child = augur()
+        .args([
+            "eval",
+            "failures",
+            "--per-scenario",
+            "1",
+            "--seconds",
+            "600",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    drop(child.stdout.take());
+    let status = child.wait().expect("exits");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("reads");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(matches!(status.code(), Some(0) | Some(141)), "{status:?}");
+}
