@@ -180,6 +180,11 @@ pub fn failures(
             horizon_s,
             calibration: None,
         }),
+        Box::new(EngineAlarm {
+            threshold: 0.5,
+            horizon_s,
+            calibration: None,
+        }),
         Box::new(StaticThreshold { fraction: 0.9 }),
         Box::new(PredictLinear {
             window: 300,

@@ -208,10 +208,10 @@ fn replay_engine(horizon_s: f64) -> ResourceEngine {
 
 impl Alarmer for EngineAlarm {
     fn name(&self) -> &'static str {
-        if self.calibration.is_some() {
-            "augur (calibrated)"
-        } else {
-            "augur"
+        match (self.calibration.is_some(), self.threshold >= 0.75) {
+            (true, _) => "augur (calibrated)",
+            (false, true) => "augur",
+            (false, false) => "augur (threshold 0.5)",
         }
     }
 
