@@ -8,7 +8,7 @@
 //! that detecting nothing scores 0 and detecting every window at its first row scores 100.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A profile's costs (NAB `config/profiles.json`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -315,23 +315,9 @@ pub fn optimise_threshold(
 }
 
 /// Why the NAB corpus could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum NabError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {reason}")]
-    Format { path: PathBuf, reason: String },
-}
-
-fn read(path: &Path) -> Result<String, NabError> {
-    std::fs::read_to_string(path).map_err(|source| NabError::Io {
-        path: path.to_owned(),
-        source,
-    })
-}
+/// Why the data could not be read (shared by every evaluation).
+pub use super::DataError as NabError;
+use super::read;
 
 /// One NAB data file: its values and labels.
 #[derive(Clone, Debug)]
@@ -471,6 +457,8 @@ pub fn published_threshold(root: &Path, detector: &str, profile: Profile) -> Res
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     fn file(rows: usize, windows: Vec<(usize, usize)>) -> LabelledFile {

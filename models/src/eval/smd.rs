@@ -4,7 +4,7 @@
 //! whole event for one lucky point and makes random scores look strong).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::anomaly::{IsolationForest, StreamingDetector, WindowedGaussian};
 use crate::engine::{EngineConfig, ResourceEngine};
@@ -60,23 +60,9 @@ pub struct Machine {
     pub labels: Vec<bool>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SmdError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {reason}")]
-    Format { path: PathBuf, reason: String },
-}
-
-fn read(path: &Path) -> Result<String, SmdError> {
-    std::fs::read_to_string(path).map_err(|source| SmdError::Io {
-        path: path.to_owned(),
-        source,
-    })
-}
+/// Why the data could not be read (shared by every evaluation).
+pub use super::DataError as SmdError;
+use super::read;
 
 fn rows(path: &Path) -> Result<Vec<Vec<f64>>, SmdError> {
     read(path)?
@@ -296,6 +282,8 @@ impl SmdDetector {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     #[test]
