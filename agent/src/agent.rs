@@ -77,6 +77,14 @@ pub async fn run(
     let (tx_writes, rx_writes) = mpsc::channel(cfg.ingest.queue_depth);
     let (tx_committed, rx_committed) = mpsc::channel(PREDICT_QUEUE);
     let predictions = Predictions::default();
+    let models = crate::models::ModelStore::open(&data_dir);
+    let (trainer, trainer_thread) = crate::models::spawn_trainer(
+        history.clone(),
+        models.clone(),
+        rx_config.clone(),
+        stats.clone(),
+    )
+    .context("cannot start the model trainer thread")?;
     let ingestor = Ingestor::new(tx_writes, history.clone(), stats.clone(), rx_config.clone());
     let api_state = ApiState {
         node_name: node_name.clone(),
@@ -89,6 +97,8 @@ pub async fn run(
         http_addr,
         grpc_addr,
         predictions: predictions.clone(),
+        models: models.clone(),
+        trainer: Some(trainer),
     };
 
     // The writer stops last: it drains what the others queued.
@@ -98,6 +108,7 @@ pub async fn run(
         rx_committed,
         rx_config.clone(),
         predictions,
+        models,
         Some(data_dir.join(predict::SNAPSHOT_FILE)),
     );
     let writer = tokio::spawn(history::writer::run(
@@ -174,6 +185,16 @@ pub async fn run(
     let drained = tokio::time::timeout_at(deadline, writer).await;
     let predicted = tokio::time::timeout_at(deadline, predictor).await;
     if stopped.is_err() || drained.is_err() || predicted.is_err() {
+        return Err(AgentError::ShutdownTimeout(grace).into());
+    }
+    // Every trainer handle was in the API state, dropped with the API tasks: the thread ends after
+    // the training it may be running.
+    let trained = tokio::time::timeout_at(
+        deadline,
+        tokio::task::spawn_blocking(move || trainer_thread.join()),
+    )
+    .await;
+    if trained.is_err() {
         return Err(AgentError::ShutdownTimeout(grace).into());
     }
     tracing::info!("stopped");

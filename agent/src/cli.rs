@@ -42,6 +42,13 @@ pub enum Command {
         input: PathBuf,
         #[arg(long)]
         output: PathBuf,
+        /// Retrain the models every this much of the data's time, like the agent (from the samples
+        /// before that point only).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        retrain_every: std::time::Duration,
+        /// Use the online statistical models only (no trained models).
+        #[arg(long)]
+        no_train: bool,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -53,6 +60,13 @@ pub enum Command {
     Predict {
         /// The resource id.
         resource: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the trained models of each resource type (`models train` trains them now).
+    Models {
+        #[command(subcommand)]
+        action: Option<ModelsAction>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -72,6 +86,12 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsAction {
+    /// Train every resource type's models now, from the durable history.
+    Train,
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,10 +182,10 @@ fn parse_format(s: &str) -> Result<LogFormat, String> {
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     /// The agent's HTTP API.
-    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    #[arg(long, default_value = "http://127.0.0.1:7070", global = true)]
     pub api: String,
     /// Print JSON instead of text.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 }
 
@@ -199,22 +219,25 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
         Command::Replay {
             input,
             output,
+            retrain_every,
+            no_train,
             json,
         } => {
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let options = crate::replay::ReplayOptions {
+                retrain_every: (!no_train).then_some(retrain_every),
+                ..Default::default()
+            };
             let s = tokio::task::spawn_blocking(move || {
-                crate::replay::replay(&input, &output, progress)
+                crate::replay::replay_with(&input, &output, progress, &options)
             })
             .await??;
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"samples": s.samples, "predictions": s.predictions, "rejected": s.rejected, "resources": s.resources})
-                );
+                println!("{}", serde_json::to_string(&s)?);
             } else {
                 println!(
-                    "{} samples, {} predictions, {} rejected, {} resources",
-                    s.samples, s.predictions, s.rejected, s.resources
+                    "{} samples, {} predictions, {} rejected, {} resources, {} trainings",
+                    s.samples, s.predictions, s.rejected, s.resources, s.trainings
                 );
             }
             Ok(())
@@ -315,6 +338,95 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             println!("  at {} by {}", plain(&v["ts"]), plain(&v["model_version"]));
             Ok(())
         }
+        Command::Models { action, client } => {
+            let v = match action {
+                None => get(&client.api, "/v1/models").await?,
+                Some(ModelsAction::Train) => {
+                    let url = reqwest::Url::parse(&client.api)
+                        .with_context(|| format!("--api {:?} is not a URL", client.api))?
+                        .join("/v1/models/train")?;
+                    let spinner = crate::cli::spinner("training models");
+                    let v = send(reqwest::Method::POST, url, TRAIN_TIMEOUT).await;
+                    spinner.finish_and_clear();
+                    v?
+                }
+            };
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            if let Some(outcomes) = v["outcomes"].as_array() {
+                for o in outcomes {
+                    match o["trained"].as_object() {
+                        Some(m) => println!(
+                            "{:<16} trained v{} on {} samples in {} ms",
+                            plain(&o["resource_type"]),
+                            plain(&m["version"]),
+                            plain(&m["rows"]),
+                            plain(&m["train_ms"])
+                        ),
+                        None => println!(
+                            "{:<16} not trained: {}",
+                            plain(&o["resource_type"]),
+                            plain(&o["skipped"])
+                        ),
+                    }
+                }
+                if outcomes.is_empty() {
+                    println!(
+                        "no resource type to train (no history yet, or every type is statistical)"
+                    );
+                }
+                return Ok(());
+            }
+            println!(
+                "{:<16} {:>7} {:>8} {:>9} {:<24} {:<22}",
+                "TYPE",
+                "VERSION",
+                "SAMPLES",
+                "TRAIN_MS",
+                "MLP (MSE vs HOLT)",
+                "CALIBRATION (BRIER)"
+            );
+            for m in v["models"].as_array().into_iter().flatten() {
+                let mlp = match m["mlp"].as_object() {
+                    Some(r) => format!(
+                        "{:.3} vs {:.3}{}",
+                        r["mse_mlp"].as_f64().unwrap_or(f64::NAN),
+                        r["mse_holt"].as_f64().unwrap_or(f64::NAN),
+                        if r["preferred"].as_bool() == Some(true) {
+                            " used"
+                        } else {
+                            ""
+                        }
+                    ),
+                    None => "none".to_owned(),
+                };
+                let cal = match m["calibration"].as_object() {
+                    Some(c) => format!(
+                        "{:.4} vs {:.4}{}",
+                        c["brier_calibrated"].as_f64().unwrap_or(f64::NAN),
+                        c["brier_raw"].as_f64().unwrap_or(f64::NAN),
+                        if c["used"].as_bool() == Some(true) {
+                            " used"
+                        } else {
+                            ""
+                        }
+                    ),
+                    None => "no failures seen".to_owned(),
+                };
+                println!(
+                    "{:<16} {:>7} {:>8} {:>9} {:<24} {:<22}",
+                    plain(&m["resource_type"]),
+                    plain(&m["version"]),
+                    plain(&m["rows"]),
+                    plain(&m["train_ms"]),
+                    mlp,
+                    cal
+                );
+            }
+            Ok(())
+        }
         Command::Resources(c) => {
             let v = get(&c.api, "/v1/resources").await?;
             if c.json {
@@ -395,12 +507,35 @@ async fn get(api: &str, path: &str) -> anyhow::Result<Value> {
     fetch(url).await
 }
 
+/// How long `augur models train` waits for the agent's answer.
+const TRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A spinner on stderr when it is a terminal (hidden otherwise).
+pub fn spinner(msg: &'static str) -> indicatif::ProgressBar {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.set_message(msg);
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
+}
+
 async fn fetch(url: reqwest::Url) -> anyhow::Result<Value> {
+    send(reqwest::Method::GET, url, CLIENT_TIMEOUT).await
+}
+
+async fn send(
+    method: reqwest::Method,
+    url: reqwest::Url,
+    timeout: std::time::Duration,
+) -> anyhow::Result<Value> {
     let client = reqwest::Client::builder()
         .no_proxy()
-        .timeout(CLIENT_TIMEOUT)
+        .timeout(timeout)
         .build()?;
-    let resp = client.get(url.clone()).send().await.with_context(|| {
+    let resp = client.request(method, url.clone()).send().await.with_context(|| {
         format!("cannot reach the augur agent at {url}: is it running (`augur agent`) and is --api right?")
     })?;
     let status = resp.status();

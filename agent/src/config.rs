@@ -49,6 +49,7 @@ pub struct Config {
     /// Prometheus text endpoints of workloads to scrape.
     pub scrape: Vec<ScrapeConfig>,
     pub log: LogOutputConfig,
+    pub models: ModelsConfig,
     /// How long shutdown may take before the agent gives up waiting for its tasks.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -103,6 +104,36 @@ pub struct HistoryConfig {
     pub cache: ByteSize,
 }
 
+/// Background training of the per-type models (MLP forecaster, Isolation Forest, calibration).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Train models in the background; off, every type runs on its online statistical models.
+    pub train: bool,
+    /// How often each resource type's models are retrained (the first training runs once a type
+    /// has enough history).
+    #[serde(with = "humantime_serde")]
+    pub retrain_interval: Duration,
+    /// How far back a training reads the durable history.
+    #[serde(with = "humantime_serde")]
+    pub training_window: Duration,
+    /// Newest samples (over all resources of a type) one training uses, at most: bounds its CPU.
+    pub max_training_samples: usize,
+    /// Model versions kept on disk per type.
+    pub keep_versions: usize,
+}
+
+/// Which models a resource type uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelChoice {
+    /// The online statistical models, plus the type's trained models once there are some.
+    Auto,
+    /// The online statistical models only (Holt, measured errors, level likelihood); nothing is
+    /// trained for the type.
+    Statistical,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectConfig {
@@ -115,6 +146,9 @@ pub struct CollectConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResourceTypeConfig {
+    /// Models: "auto" (online statistical models, plus trained ones when available) or
+    /// "statistical" (online models only).
+    pub model: ModelChoice,
     /// Collection interval for resources of this type (host collection, scrapes by default).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -204,6 +238,7 @@ impl Default for Config {
             logs: Vec::new(),
             scrape: Vec::new(),
             log: LogOutputConfig::default(),
+            models: ModelsConfig::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -245,6 +280,18 @@ impl Default for HistoryConfig {
     }
 }
 
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            train: true,
+            retrain_interval: Duration::from_secs(3600),
+            training_window: Duration::from_secs(24 * 3600),
+            max_training_samples: 20_000,
+            keep_versions: 3,
+        }
+    }
+}
+
 impl Default for CollectConfig {
     fn default() -> Self {
         Self {
@@ -257,6 +304,7 @@ impl Default for CollectConfig {
 impl Default for ResourceTypeConfig {
     fn default() -> Self {
         Self {
+            model: ModelChoice::Auto,
             interval: Duration::from_secs(1),
             horizon: Duration::from_secs(300),
             threshold: 0.75,
@@ -410,6 +458,21 @@ impl Config {
         }
         if self.history.max_size.as_u64() < 1024 * 1024 {
             return Err(invalid("history.max_size", "must be at least 1MiB"));
+        }
+        if self.models.retrain_interval < Duration::from_secs(60) {
+            return Err(invalid("models.retrain_interval", "must be at least 1m"));
+        }
+        if self.models.training_window < Duration::from_secs(60) {
+            return Err(invalid("models.training_window", "must be at least 1m"));
+        }
+        if self.models.max_training_samples < 1000 {
+            return Err(invalid(
+                "models.max_training_samples",
+                "must be at least 1000",
+            ));
+        }
+        if self.models.keep_versions == 0 {
+            return Err(invalid("models.keep_versions", "must be at least 1"));
         }
         if self.history.retention_interval < Duration::from_secs(1) {
             return Err(invalid("history.retention_interval", "must be at least 1s"));

@@ -169,21 +169,51 @@ pub fn failures(
             .map(|&(r, a, y)| (platt.apply(r, a), y))
             .collect::<Vec<_>>(),
     );
+    // The trained models: fitted, as the agent's trainer would, on the history of other resources
+    // (the other seed's traces, failures labelled), then used on these.
+    let train_started = std::time::Instant::now();
+    let trained = augur_models::trained::train(
+        "host",
+        &failures::as_history(&failures::generate(fit_seed, per_scenario, seconds)),
+        1,
+        &augur_models::engine::EngineConfig {
+            horizon_s,
+            limits: failures::limits(),
+            ..Default::default()
+        },
+        &augur_models::trained::TrainConfig {
+            max_rows: usize::MAX,
+            seed,
+            ..Default::default()
+        },
+    )?;
+    let train_s = train_started.elapsed().as_secs_f64();
+    let trained_meta = trained.meta.clone();
+    let trained = std::sync::Arc::new(trained);
     let alarmers: Vec<Box<dyn Alarmer + Sync>> = vec![
         Box::new(EngineAlarm {
             threshold: 0.75,
             horizon_s,
+            calibration: None,
+            models: Some(trained),
+        }),
+        Box::new(EngineAlarm {
+            threshold: 0.75,
+            horizon_s,
             calibration: Some(platt.clone()),
+            models: None,
         }),
         Box::new(EngineAlarm {
             threshold: 0.75,
             horizon_s,
             calibration: None,
+            models: None,
         }),
         Box::new(EngineAlarm {
             threshold: 0.5,
             horizon_s,
             calibration: None,
+            models: None,
         }),
         Box::new(StaticThreshold { fraction: 0.9 }),
         Box::new(PredictLinear {
@@ -228,7 +258,8 @@ pub fn failures(
                 &json!({"seed": seed, "samples": samples, "horizon_s": horizon_s, "results": rows,
                     "calibration": {"fitted_on_seed": fit_seed, "weights": platt.w, "examples": platt.examples,
                         "positives": platt.positives, "brier_raw": brier_raw, "brier_calibrated": brier_cal,
-                        "judged_examples": judged.len()}})
+                        "judged_examples": judged.len()},
+                    "trained_models": {"train_seconds": train_s, "meta": trained_meta}})
             )?
         );
         return Ok(());
@@ -256,6 +287,28 @@ pub fn failures(
     println!(
         "calibration fitted on seed {fit_seed} ({} examples, {} failing): Brier score on these traces {brier_raw:.4} raw, {brier_cal:.4} calibrated",
         platt.examples, platt.positives
+    );
+    println!(
+        "trained models (seed {fit_seed}'s history, {} samples, {train_s:.1} s): MLP {}, calibration {}",
+        trained_meta.rows,
+        trained_meta
+            .mlp
+            .as_ref()
+            .map_or("none".to_owned(), |m| format!(
+                "MSE {:.3} vs Holt {:.3}{}",
+                m.mse_mlp,
+                m.mse_holt,
+                if m.preferred { ", used" } else { ", not used" }
+            )),
+        trained_meta
+            .calibration
+            .as_ref()
+            .map_or("none".to_owned(), |c| format!(
+                "Brier {:.4} vs raw {:.4} on held-out history{}",
+                c.brier_calibrated,
+                c.brier_raw,
+                if c.used { ", used" } else { ", not used" }
+            ))
     );
     println!();
     println!(

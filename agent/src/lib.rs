@@ -10,6 +10,7 @@ pub mod eval;
 pub mod history;
 pub mod ingest;
 pub mod logging;
+pub mod models;
 pub mod predict;
 pub mod replay;
 pub mod sample;

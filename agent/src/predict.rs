@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::history::History;
+use crate::models::{ModelStore, uses_trained};
 use crate::sample::{Sample, UnixMicros};
 
 /// The latest prediction of one resource, as the API shows it.
@@ -88,10 +89,24 @@ fn engine_config(cfg: &Config, resource_type: &str) -> (EngineConfig, f64) {
     )
 }
 
+/// The trained models an engine of `resource_type` uses under `cfg`.
+fn trained(
+    models: &ModelStore,
+    cfg: &Config,
+    resource_type: &ResourceType,
+) -> Option<Arc<augur_models::trained::TrainedModels>> {
+    uses_trained(cfg, resource_type)
+        .then(|| models.get(resource_type.as_str()))
+        .flatten()
+}
+
 struct Stage {
     engines: HashMap<ResourceId, ResourceEngine>,
     config: watch::Receiver<Arc<Config>>,
     predictions: Predictions,
+    models: ModelStore,
+    /// The store generation the engines' models were last set from.
+    models_seen: u64,
 }
 
 /// File of the saved engine state, inside the data directory.
@@ -204,14 +219,18 @@ impl Stage {
 
 impl Stage {
     fn observe(&mut self, samples: &[Arc<Sample>]) {
-        if self.config.has_changed().unwrap_or(false) {
+        let config_changed = self.config.has_changed().unwrap_or(false);
+        let generation = self.models.generation();
+        if config_changed || generation != self.models_seen {
             let cfg = self.config.borrow_and_update().clone();
             let latest = self.predictions.latest.read();
             for (id, engine) in &mut self.engines {
                 if let Some(view) = latest.get(id) {
                     engine.reconfigure(engine_config(&cfg, view.resource_type.as_str()).0);
+                    engine.set_models(trained(&self.models, &cfg, &view.resource_type));
                 }
             }
+            self.models_seen = generation;
         }
         let cfg = self.config.borrow().clone();
         let mut updates = Vec::with_capacity(samples.len());
@@ -220,10 +239,15 @@ impl Stage {
                 continue;
             }
             let (engine_cfg, threshold) = engine_config(&cfg, s.resource_type.as_str());
+            let trained = trained(&self.models, &cfg, &s.resource_type);
             let engine = self
                 .engines
                 .entry(s.resource_id.clone())
-                .or_insert_with(|| ResourceEngine::new(engine_cfg));
+                .or_insert_with(|| {
+                    let mut e = ResourceEngine::new(engine_cfg);
+                    e.set_models(trained);
+                    e
+                });
             let prediction = engine.observe(s.ts.0 as f64 / 1e6, &s.metrics);
             updates.push(PredictionView {
                 ts: s.ts,
@@ -250,6 +274,7 @@ pub fn spawn(
     rx_committed: mpsc::Receiver<Vec<Arc<Sample>>>,
     config: watch::Receiver<Arc<Config>>,
     predictions: Predictions,
+    models: ModelStore,
     snapshot: Option<PathBuf>,
 ) -> tokio::task::JoinHandle<()> {
     let mut rx = rx_committed;
@@ -258,6 +283,8 @@ pub fn spawn(
             engines: HashMap::new(),
             config,
             predictions,
+            models,
+            models_seen: u64::MAX,
         };
         if let Some(path) = &snapshot {
             let restored = stage.restore(path);
@@ -326,6 +353,8 @@ mod tests {
             engines: HashMap::new(),
             config: rx,
             predictions: Predictions::default(),
+            models: ModelStore::in_memory(),
+            models_seen: u64::MAX,
         }
     }
 

@@ -5,10 +5,13 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use augur_models::engine::{EngineConfig, ResourceEngine};
+use augur_models::trained::{ResourceHistory, TrainConfig, TrainedModels};
+use augur_proto::Event;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -25,16 +28,82 @@ pub struct PredictionRecord<'a> {
 }
 
 /// What a replay did.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ReplaySummary {
     pub samples: u64,
     pub predictions: u64,
     pub rejected: u64,
     pub resources: usize,
+    /// Model trainings run during the replay (at the agent's cadence, in the data's time).
+    pub trainings: u64,
 }
 
-/// Replays `input` (telemetry JSON lines) into `output` (prediction JSON lines).
+/// How a replay trains models: like the agent, every `retrain_every` of the data's time, from the
+/// history seen so far (never from later samples).
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    /// None: no trained models, the online statistical models only.
+    pub retrain_every: Option<Duration>,
+    pub train: TrainConfig,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        let agent = crate::config::Config::default();
+        Self {
+            retrain_every: Some(agent.models.retrain_interval),
+            train: crate::models::train_config(&agent),
+        }
+    }
+}
+
+/// First training attempt after a type's first sample, and the retry delay while history is short
+/// (the agent's trainer checks as often).
+const FIRST_ATTEMPT_S: f64 = 600.0;
+
+/// The training state of one resource type during a replay.
+#[derive(Default)]
+struct TypeTraining {
+    histories: HashMap<String, ResourceHistory>,
+    models: Option<Arc<TrainedModels>>,
+    next_attempt_s: Option<f64>,
+    version: u64,
+}
+
+impl TypeTraining {
+    /// Keeps each resource's newest `cap` samples (trimmed in chunks, so pushing stays O(1)).
+    fn remember(&mut self, id: &str, sample: &crate::sample::Sample, cap: usize) {
+        let h = self.histories.entry(id.to_owned()).or_default();
+        let t = sample.ts.0 as f64 / 1e6;
+        match sample.event {
+            Some(Event::Failure) => h.failures.push(t),
+            Some(Event::Migration) => h.migrations.push(t),
+            None => {}
+        }
+        if !sample.metrics.is_empty() {
+            h.push(t, sample.metrics.clone());
+        }
+        if h.len() > 2 * cap {
+            let cut = h.len() - cap;
+            h.ts.drain(..cut);
+            h.metrics.drain(..cut);
+        }
+    }
+}
+
+/// Replays `input` (telemetry JSON lines) into `output` (prediction JSON lines) with the agent's
+/// default training cadence.
 pub fn replay(input: &Path, output: &Path, show_progress: bool) -> anyhow::Result<ReplaySummary> {
+    replay_with(input, output, show_progress, &ReplayOptions::default())
+}
+
+/// Replays with the given training options.
+pub fn replay_with(
+    input: &Path,
+    output: &Path,
+    show_progress: bool,
+    options: &ReplayOptions,
+) -> anyhow::Result<ReplaySummary> {
     let file =
         std::fs::File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -60,7 +129,8 @@ pub fn replay(input: &Path, output: &Path, show_progress: bool) -> anyhow::Resul
     } else {
         ProgressBar::hidden()
     };
-    let mut engines: HashMap<String, ResourceEngine> = HashMap::new();
+    let mut engines: HashMap<String, (String, ResourceEngine)> = HashMap::new();
+    let mut types: HashMap<String, TypeTraining> = HashMap::new();
     let mut summary = ReplaySummary::default();
     for (n, line) in reader.lines().enumerate() {
         let line = line.with_context(|| format!("reading {} line {}", input.display(), n + 1))?;
@@ -75,7 +145,6 @@ pub fn replay(input: &Path, output: &Path, show_progress: bool) -> anyhow::Resul
                 validate_record(rec, &limits, UnixMicros(i64::MAX / 2)).map_err(|r| r.to_string())
             });
         let sample = match sample {
-            Ok(s) if s.metrics.is_empty() => continue,
             Ok(s) => s,
             Err(e) => {
                 summary.rejected += 1;
@@ -85,10 +154,56 @@ pub fn replay(input: &Path, output: &Path, show_progress: bool) -> anyhow::Resul
                 continue;
             }
         };
-        let engine = engines
+        let t = sample.ts.0 as f64 / 1e6;
+        let rtype = sample.resource_type.to_string();
+        if let Some(every) = options.retrain_every {
+            let training = types.entry(rtype.clone()).or_default();
+            training.remember(sample.resource_id.as_str(), &sample, options.train.max_rows);
+            let due = *training.next_attempt_s.get_or_insert(t + FIRST_ATTEMPT_S);
+            if t >= due {
+                let data: Vec<ResourceHistory> = {
+                    let mut ids: Vec<&String> = training.histories.keys().collect();
+                    ids.sort();
+                    ids.into_iter()
+                        .map(|id| training.histories[id].clone())
+                        .collect()
+                };
+                match augur_models::trained::train(
+                    &rtype,
+                    &data,
+                    training.version + 1,
+                    &EngineConfig::default(),
+                    &options.train,
+                ) {
+                    Ok(m) => {
+                        training.version += 1;
+                        training.models = Some(Arc::new(m));
+                        training.next_attempt_s = Some(t + every.as_secs_f64());
+                        summary.trainings += 1;
+                        for (ty, e) in engines.values_mut() {
+                            if *ty == rtype {
+                                e.set_models(training.models.clone());
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        training.next_attempt_s =
+                            Some(t + every.as_secs_f64().min(FIRST_ATTEMPT_S));
+                    }
+                }
+            }
+        }
+        if sample.metrics.is_empty() {
+            continue;
+        }
+        let (_, engine) = engines
             .entry(sample.resource_id.to_string())
-            .or_insert_with(|| ResourceEngine::new(EngineConfig::default()));
-        let prediction = engine.observe(sample.ts.0 as f64 / 1e6, &sample.metrics);
+            .or_insert_with(|| {
+                let mut e = ResourceEngine::new(EngineConfig::default());
+                e.set_models(types.get(&rtype).and_then(|tt| tt.models.clone()));
+                (rtype.clone(), e)
+            });
+        let prediction = engine.observe(t, &sample.metrics);
         let record = PredictionRecord {
             ts: sample.ts.to_rfc3339(),
             resource_id: sample.resource_id.as_str(),
@@ -133,7 +248,8 @@ mod tests {
                 samples: 901,
                 predictions: 900,
                 rejected: 1,
-                resources: 2
+                resources: 2,
+                trainings: 0,
             }
         );
         let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
@@ -163,6 +279,53 @@ mod tests {
         // Deterministic: the same input gives the same output.
         let again = dir.path().join("again.jsonl");
         replay(&input, &again, false).expect("replays");
+        assert_eq!(
+            std::fs::read(&output).expect("read"),
+            std::fs::read(&again).expect("read")
+        );
+    }
+
+    #[test]
+    fn a_long_replay_trains_models_from_the_past_only_and_stays_deterministic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let input = dir.path().join("in.jsonl");
+        let mut text = String::new();
+        for t in 0..1_500i64 {
+            let ts = UnixMicros(1_700_000_000_000_000 + t * 1_000_000).to_rfc3339();
+            let cpu = 50.0 + 10.0 * (t as f64 * 0.1).sin();
+            text.push_str(&format!(
+                "{{\"ts\":\"{ts}\",\"resource_id\":\"db-1\",\"resource_type\":\"service\",\"metrics\":{{\"cpu\":{cpu},\"mem_used_ratio\":0.5}}}}\n"
+            ));
+        }
+        std::fs::write(&input, text).expect("write");
+        let options = ReplayOptions {
+            retrain_every: Some(Duration::from_secs(600)),
+            train: TrainConfig {
+                mlp: augur_models::forecast::mlp::MlpConfig {
+                    epochs: 1,
+                    ..Default::default()
+                },
+                forest_trees: 10,
+                max_mlp_examples: 500,
+                ..TrainConfig::default()
+            },
+        };
+        let output = dir.path().join("out.jsonl");
+        let s = replay_with(&input, &output, false, &options).expect("replays");
+        // Trained at t = 600 s and t = 1200 s of the data.
+        assert_eq!(s.trainings, 2);
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
+            .expect("read")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        let version = |i: usize| lines[i]["model_version"].as_str().map(str::to_owned);
+        let engine = augur_models::engine::MODEL_VERSION;
+        assert_eq!(version(599).as_deref(), Some(engine));
+        assert_eq!(version(600), Some(format!("{engine}+service.v1")));
+        assert_eq!(version(1_499), Some(format!("{engine}+service.v2")));
+        let again = dir.path().join("again.jsonl");
+        replay_with(&input, &again, false, &options).expect("replays");
         assert_eq!(
             std::fs::read(&output).expect("read"),
             std::fs::read(&again).expect("read")

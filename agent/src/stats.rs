@@ -70,6 +70,14 @@ pub struct Stats {
     log_lines_matched: Family<NameLabels, Counter>,
     scrape_errors: Family<NameLabels, Counter>,
     reloads: Family<OutcomeLabels, Counter>,
+    trainings: Family<TrainingLabels, Counter>,
+    training_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrainingLabels {
+    resource_type: String,
+    outcome: &'static str,
 }
 
 impl Default for Stats {
@@ -90,6 +98,18 @@ impl Stats {
         let log_lines_matched = Family::<NameLabels, Counter>::default();
         let scrape_errors = Family::<NameLabels, Counter>::default();
         let reloads = Family::<OutcomeLabels, Counter>::default();
+        let trainings = Family::<TrainingLabels, Counter>::default();
+        let training_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "model_trainings",
+            "Background model trainings, by resource type and outcome (trained or skipped)",
+            trainings.clone(),
+        );
+        registry.register(
+            "model_training_seconds",
+            "Wall time spent training models (one thread)",
+            training_seconds.clone(),
+        );
         registry.register(
             "samples_accepted",
             "Samples written to durable history, by source",
@@ -148,7 +168,19 @@ impl Stats {
             log_lines_matched,
             scrape_errors,
             reloads,
+            trainings,
+            training_seconds,
         }
+    }
+
+    pub fn training(&self, resource_type: &str, trained: bool, took: std::time::Duration) {
+        self.trainings
+            .get_or_create(&TrainingLabels {
+                resource_type: resource_type.to_owned(),
+                outcome: if trained { "trained" } else { "skipped" },
+            })
+            .inc();
+        self.training_seconds.inc_by(took.as_secs_f64());
     }
 
     pub fn accepted(&self, source: Source, n: u64) {

@@ -10,6 +10,9 @@ use augur_models::anomaly::IsolationForest;
 use augur_models::anomaly::iforest::SplitMix64;
 use augur_models::engine::{EngineConfig, ResourceEngine};
 use augur_models::forecast::mlp::{MlpConfig, MlpForecaster};
+use std::sync::Arc;
+
+use augur_models::trained::{CalibrationReport, ResourceHistory, TrainConfig, train};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// A host-like sample: the host collector's 17 metrics.
@@ -111,5 +114,80 @@ fn tick(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, tick);
+/// A host's history as the trainer reads it: `n` samples of the 17 host metrics, one failure.
+fn host_history(n: usize, rng: &mut SplitMix64) -> ResourceHistory {
+    let mut h = ResourceHistory::default();
+    for t in 0..n {
+        let mut m = host_sample(t % 3_000, rng);
+        // Some structure for the MLP to learn.
+        if let Some(v) = m.get_mut("cpu_util") {
+            *v += 0.2 * (t as f64 * 0.05).sin();
+        }
+        h.push(t as f64, m);
+    }
+    h.failures.push(n as f64 * 0.8);
+    h
+}
+
+fn all_models(c: &mut Criterion) {
+    let mut rng = SplitMix64::new(2);
+    let config = EngineConfig::default();
+    let history = host_history(20_000, &mut rng);
+    let mut group = c.benchmark_group("training");
+    group.sample_size(10);
+    // The default cadence's worst case: every hour, the newest 20,000 samples (max_training_samples)
+    // of a host's 17 metrics, a failure among them so calibration runs too.
+    group.bench_function("train_host_20000_samples_17_metrics", |b| {
+        b.iter(|| {
+            black_box(
+                train(
+                    "host",
+                    std::slice::from_ref(&history),
+                    1,
+                    &config,
+                    &TrainConfig::default(),
+                )
+                .expect("trains"),
+            )
+        })
+    });
+    group.finish();
+
+    let mut models =
+        train("host", &[history], 1, &config, &TrainConfig::default()).expect("trains");
+    // Every model on, whatever this data made of them: the MLP's forecast in the failure
+    // probability, and a calibration.
+    if let Some(r) = models.meta.mlp.as_mut() {
+        r.preferred = true;
+    }
+    models.calibration = Some(augur_models::calibration::Platt::default());
+    models.meta.calibration = Some(CalibrationReport {
+        examples: 0,
+        positives: 0,
+        excluded_by_migration: 0,
+        brier_raw: 1.0,
+        brier_calibrated: 0.0,
+        used: true,
+    });
+    let models = Arc::new(models);
+    let mut engine = ResourceEngine::new(config);
+    engine.set_models(Some(models));
+    let mut t = 0;
+    while t < 1_000 {
+        engine.observe(t as f64, &host_sample(t, &mut rng));
+        t += 1;
+    }
+    let samples: Vec<BTreeMap<String, f64>> =
+        (0..4096).map(|k| host_sample(t + k, &mut rng)).collect();
+    let mut k = 0;
+    c.bench_function("engine_observe_host_17_metrics_all_models", |b| {
+        b.iter(|| {
+            let p = engine.observe((t + k) as f64, &samples[k % samples.len()]);
+            k += 1;
+            black_box(p)
+        })
+    });
+}
+
+criterion_group!(benches, tick, all_models);
 criterion_main!(benches);

@@ -6,6 +6,7 @@ pub mod calibration;
 pub mod engine;
 pub mod eval;
 pub mod forecast;
+pub mod trained;
 
 use burn::tensor::Device;
 

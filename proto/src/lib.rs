@@ -128,12 +128,16 @@ pub const HOST_RESOURCE_TYPE: &str = "host";
 pub enum Event {
     /// The resource failed at `ts`: a label for the failure models.
     Failure,
+    /// Work was moved off the resource at `ts` (by augur or an operator). A failure it prevented
+    /// is not evidence of health: prediction windows that reach it are not training labels.
+    Migration,
 }
 
 impl Event {
     pub fn as_str(self) -> &'static str {
         match self {
             Event::Failure => "failure",
+            Event::Migration => "migration",
         }
     }
 
@@ -142,8 +146,9 @@ impl Event {
         match s {
             "" => Ok(None),
             "failure" => Ok(Some(Event::Failure)),
+            "migration" => Ok(Some(Event::Migration)),
             other => Err(format!(
-                "unknown event {other:?}; the known event is \"failure\""
+                "unknown event {other:?}; the known events are \"failure\" and \"migration\""
             )),
         }
     }

@@ -51,6 +51,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/telemetry", post(push))
         .route("/predict_failure", get(predict_get).post(predict_post))
         .route("/v1/predictions", get(predictions))
+        .route("/v1/models", get(models))
+        .route("/v1/models/train", post(train_models))
         .route("/v1/schema/telemetry", get(schema))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
@@ -290,6 +292,23 @@ async fn predict_post(
 
 async fn predictions(State(st): State<ApiState>) -> Json<serde_json::Value> {
     Json(json!({ "predictions": st.predictions.all() }))
+}
+
+async fn models(State(st): State<ApiState>) -> Json<serde_json::Value> {
+    Json(json!({ "engine": augur_models::engine::MODEL_VERSION, "models": st.models.all() }))
+}
+
+/// Trains every resource type's models now (in the trainer thread) and answers what happened.
+async fn train_models(State(st): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let trainer = st.trainer.as_ref().ok_or_else(|| {
+        ApiError::Unavailable("this agent runs without a model trainer".to_owned())
+    })?;
+    let outcomes = trainer.train_now().await.ok_or_else(|| {
+        ApiError::Unavailable(
+            "the trainer is busy with earlier requests or stopped; try again shortly".to_owned(),
+        )
+    })?;
+    Ok(Json(json!({ "outcomes": outcomes })))
 }
 
 async fn push(

@@ -32,6 +32,9 @@ pub struct ApiState {
     pub http_addr: std::net::SocketAddr,
     pub grpc_addr: std::net::SocketAddr,
     pub predictions: crate::predict::Predictions,
+    pub models: crate::models::ModelStore,
+    /// The background trainer; None when the agent runs without one.
+    pub trainer: Option<crate::models::Trainer>,
 }
 
 /// An API failure; one conversion each to an HTTP response and a gRPC status.

@@ -361,6 +361,48 @@ impl History {
         Ok(Some(QueryResult { samples, truncated }))
     }
 
+    /// The newest `limit` samples of one resource with `ts >= since`, oldest first (the trainer's
+    /// read: bounded memory whatever the history holds). `None` when the resource is unknown.
+    pub fn query_newest(
+        &self,
+        id: &ResourceId,
+        since: UnixMicros,
+        limit: usize,
+    ) -> Result<Option<Vec<Sample>>, StoreError> {
+        let Some(resource_type) = self
+            .inner
+            .state
+            .read()
+            .get(id)
+            .map(|t| t.meta.resource_type.clone())
+        else {
+            return Ok(None);
+        };
+        let tx = self.inner.db.begin_read()?;
+        let table = tx.open_table(SAMPLES)?;
+        let mut samples = Vec::new();
+        for entry in table
+            .range((id.as_str(), since.0)..=(id.as_str(), i64::MAX))?
+            .rev()
+        {
+            if samples.len() == limit {
+                break;
+            }
+            let (k, v) = entry?;
+            let stored = decode(id.as_str(), v.value())?;
+            samples.push(Sample {
+                ts: UnixMicros(k.value().1),
+                resource_id: id.clone(),
+                resource_type: resource_type.clone(),
+                metrics: stored.metrics,
+                event: stored.event,
+                labels: stored.labels,
+            });
+        }
+        samples.reverse();
+        Ok(Some(samples))
+    }
+
     /// Deletes samples older than `now - max_age`, then the oldest samples while the stored bytes
     /// exceed `max_bytes`. Returns how many samples were deleted (blocking).
     pub fn apply_retention(

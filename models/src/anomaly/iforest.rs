@@ -45,7 +45,7 @@ fn c(n: usize) -> f64 {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 enum Node {
     Leaf {
         size: u32,
@@ -58,7 +58,7 @@ enum Node {
     },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Tree {
     nodes: Vec<Node>,
 }
@@ -154,7 +154,7 @@ impl Tree {
 }
 
 /// A fitted forest.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct IsolationForest {
     trees: Vec<Tree>,
     norm: f64,

@@ -1,7 +1,12 @@
 //! The detectors compared in evaluations, by name, so every evaluation runs the same set in one go.
 
 use crate::anomaly::{MetricScorer, StreamingDetector, StreamingIsolationForest, WindowedGaussian};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::engine::{EngineConfig, ResourceEngine};
 use crate::forecast::Holt;
+use crate::trained::{ResourceHistory, TrainConfig, train};
 
 /// A detector evaluated on univariate series.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -9,6 +14,9 @@ pub enum DetectorKind {
     /// augur's per-metric anomaly score (`MetricScorer` with the engine's settings: the surprise of
     /// the value against the metric's long-run level, then the anomaly likelihood).
     Augur,
+    /// augur's engine on the series (metric "value"), with models trained on the probationary
+    /// period (NAB's first 15 %), as the agent's trainer trains them from history.
+    AugurTrained,
     /// NAB's windowed Gaussian baseline (window 6400, step 100).
     WindowedGaussian,
     /// The streaming Isolation Forest alone, raw scores.
@@ -16,8 +24,9 @@ pub enum DetectorKind {
 }
 
 impl DetectorKind {
-    pub const ALL: [DetectorKind; 3] = [
+    pub const ALL: [DetectorKind; 4] = [
         DetectorKind::Augur,
+        DetectorKind::AugurTrained,
         DetectorKind::WindowedGaussian,
         DetectorKind::IsolationForest,
     ];
@@ -25,14 +34,29 @@ impl DetectorKind {
     pub fn name(self) -> &'static str {
         match self {
             DetectorKind::Augur => "augur",
+            DetectorKind::AugurTrained => "augur (engine, trained on probation)",
             DetectorKind::WindowedGaussian => "windowed_gaussian",
             DetectorKind::IsolationForest => "isolation_forest",
         }
     }
 
-    /// A fresh detector (seeded).
+    /// A fresh detector (seeded). `AugurTrained` trains after `train_at` values.
     pub fn build(self, seed: u64) -> Box<dyn StreamingDetector + Send> {
+        self.build_training_at(seed, usize::MAX)
+    }
+
+    fn build_training_at(self, seed: u64, train_at: usize) -> Box<dyn StreamingDetector + Send> {
         match self {
+            DetectorKind::AugurTrained => Box::new(EngineDetector {
+                engine: ResourceEngine::new(EngineConfig {
+                    limits: Vec::new(),
+                    ..EngineConfig::default()
+                }),
+                history: ResourceHistory::default(),
+                train_at,
+                seed,
+                seen: 0,
+            }),
             DetectorKind::Augur => Box::new(MetricScorer::new(
                 Holt::new(0.5, 0.01),
                 crate::anomaly::scorer::DEFAULT_RAW,
@@ -43,9 +67,49 @@ impl DetectorKind {
         }
     }
 
-    /// Scores a whole series online (each score uses only the values before it).
+    /// Scores a whole series online (each score uses only the values before it). Training, where
+    /// a detector trains, happens at the end of NAB's probationary period (15 % of the series).
     pub fn run(self, values: &[f64], seed: u64) -> Vec<f64> {
-        let mut d = self.build(seed);
+        let mut d = self.build_training_at(seed, (values.len() as f64 * 0.15) as usize);
         values.iter().map(|&v| d.score(v)).collect()
+    }
+}
+
+/// The engine on one univariate series, trained once after `train_at` values.
+struct EngineDetector {
+    engine: ResourceEngine,
+    history: ResourceHistory,
+    train_at: usize,
+    seed: u64,
+    seen: usize,
+}
+
+impl StreamingDetector for EngineDetector {
+    fn score(&mut self, x: f64) -> f64 {
+        let t = self.seen as f64;
+        self.seen += 1;
+        let m = BTreeMap::from([("value".to_owned(), x)]);
+        let s = self.engine.observe(t, &m).anomaly_score;
+        if self.history.len() < self.train_at {
+            self.history.push(t, m);
+            if self.history.len() == self.train_at {
+                let cfg = TrainConfig {
+                    seed: self.seed,
+                    min_rows: 100,
+                    ..TrainConfig::default()
+                };
+                let models = train(
+                    "nab",
+                    std::slice::from_ref(&self.history),
+                    1,
+                    &EngineConfig::default(),
+                    &cfg,
+                );
+                self.engine.set_models(models.ok().map(Arc::new));
+                self.history = ResourceHistory::default();
+                self.train_at = 0;
+            }
+        }
+        s
     }
 }

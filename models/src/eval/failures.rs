@@ -196,6 +196,23 @@ pub struct EngineAlarm {
     pub threshold: f64,
     pub horizon_s: f64,
     pub calibration: Option<crate::calibration::Platt>,
+    /// Trained models the engine uses (MLP, forest, and their calibration when it helped).
+    pub models: Option<std::sync::Arc<crate::trained::TrainedModels>>,
+}
+
+/// The traces as training history: one resource each, its failure labelled.
+pub fn as_history(traces: &[Trace]) -> Vec<crate::trained::ResourceHistory> {
+    traces
+        .iter()
+        .map(|tr| {
+            let mut h = crate::trained::ResourceHistory::default();
+            for (t, m) in tr.samples.iter().enumerate() {
+                h.push(t as f64, m.clone());
+            }
+            h.failures = tr.failure_at.map(|f| f as f64).into_iter().collect();
+            h
+        })
+        .collect()
 }
 
 fn replay_engine(horizon_s: f64) -> ResourceEngine {
@@ -209,6 +226,7 @@ fn replay_engine(horizon_s: f64) -> ResourceEngine {
 impl Alarmer for EngineAlarm {
     fn name(&self) -> &'static str {
         match (self.calibration.is_some(), self.threshold >= 0.75) {
+            _ if self.models.is_some() => "augur (trained models)",
             (true, _) => "augur (calibrated)",
             (false, true) => "augur",
             (false, false) => "augur (threshold 0.5)",
@@ -217,6 +235,7 @@ impl Alarmer for EngineAlarm {
 
     fn alarms(&self, samples: &[BTreeMap<String, f64>]) -> Vec<bool> {
         let mut e = replay_engine(self.horizon_s);
+        e.set_models(self.models.clone());
         samples
             .iter()
             .enumerate()

@@ -212,6 +212,9 @@ pub fn best_composite_f1(parts: &[(Vec<f64>, Vec<bool>)]) -> CompositeF1 {
 pub enum SmdDetector {
     /// augur's engine (every metric's anomaly likelihood; the resource's anomaly score).
     Augur,
+    /// augur's engine with models trained on the train half (burn MLP residuals, Isolation Forest),
+    /// as the agent's trainer would train them from history.
+    AugurTrained,
     /// NAB's windowed Gaussian per metric, the largest score over metrics.
     WindowedGaussian,
     /// An Isolation Forest fitted on the train half, scoring each test row's 38 metrics.
@@ -219,15 +222,17 @@ pub enum SmdDetector {
 }
 
 impl SmdDetector {
-    pub const ALL: [SmdDetector; 3] = [
+    pub const ALL: [SmdDetector; 4] = [
         SmdDetector::Augur,
+        SmdDetector::AugurTrained,
         SmdDetector::WindowedGaussian,
         SmdDetector::IsolationForest,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            SmdDetector::Augur => "augur",
+            SmdDetector::Augur => "augur (online models only)",
+            SmdDetector::AugurTrained => "augur (with trained models)",
             SmdDetector::WindowedGaussian => "windowed_gaussian (max over metrics)",
             SmdDetector::IsolationForest => "isolation_forest (fit on train)",
         }
@@ -237,25 +242,42 @@ impl SmdDetector {
     /// the train half and the test rows up to it.
     pub fn score(self, m: &Machine, seed: u64) -> Vec<f64> {
         match self {
-            SmdDetector::Augur => {
-                let mut e = ResourceEngine::new(EngineConfig {
+            SmdDetector::Augur | SmdDetector::AugurTrained => {
+                let config = EngineConfig {
                     limits: Vec::new(),
                     ..EngineConfig::default()
-                });
-                let mut t = 0.0;
-                let mut step = |row: &Vec<f64>| {
-                    let metrics: BTreeMap<String, f64> = METRICS
+                };
+                let mut e = ResourceEngine::new(config.clone());
+                let row_metrics = |row: &Vec<f64>| -> BTreeMap<String, f64> {
+                    METRICS
                         .iter()
                         .zip(row)
                         .map(|(k, v)| ((*k).to_owned(), *v))
-                        .collect();
-                    t += 60.0;
-                    e.observe(t, &metrics).anomaly_score
+                        .collect()
                 };
+                let mut t = 0.0;
+                let mut history = crate::trained::ResourceHistory::default();
                 for row in &m.train {
-                    step(row);
+                    t += 60.0;
+                    let metrics = row_metrics(row);
+                    e.observe(t, &metrics);
+                    history.push(t, metrics);
                 }
-                m.test.iter().map(step).collect()
+                if self == SmdDetector::AugurTrained {
+                    let cfg = crate::trained::TrainConfig {
+                        seed,
+                        ..Default::default()
+                    };
+                    let models = crate::trained::train("smd", &[history], 1, &config, &cfg).ok();
+                    e.set_models(models.map(std::sync::Arc::new));
+                }
+                m.test
+                    .iter()
+                    .map(|row| {
+                        t += 60.0;
+                        e.observe(t, &row_metrics(row)).anomaly_score
+                    })
+                    .collect()
             }
             SmdDetector::WindowedGaussian => {
                 let mut ds: Vec<WindowedGaussian> = (0..METRICS.len())

@@ -4,7 +4,7 @@
 //! (relative to the last value, in units of the window's spread), so one model serves every metric of
 //! a resource type whatever its units.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::relu;
@@ -20,11 +20,31 @@ pub struct MlpNet {
 }
 
 impl MlpNet {
-    fn new(window: usize, hidden: usize, device: &Device) -> Self {
+    /// Initialises like burn's default (uniform in +-sqrt(1 / inputs)) but from augur's own seeded
+    /// generator: burn's device generator is shared by every thread, so concurrent trainings would
+    /// draw from it in an order that changes from run to run.
+    fn new(window: usize, hidden: usize, device: &Device, seed: u64) -> Self {
+        let mut rng = crate::anomaly::iforest::SplitMix64::new(seed);
+        let mut layer = |inputs: usize, outputs: usize| {
+            let k = (1.0 / inputs as f64).sqrt();
+            let mut draw = |n: usize| -> Vec<f32> {
+                (0..n)
+                    .map(|_| ((2.0 * rng.next_f64() - 1.0) * k) as f32)
+                    .collect()
+            };
+            let w = LayerWeights {
+                inputs,
+                outputs,
+                weight: draw(inputs * outputs),
+                bias: draw(outputs),
+            };
+            linear_from(&w, device)
+                .unwrap_or_else(|_| LinearConfig::new(inputs, outputs).init(device))
+        };
         Self {
-            l1: LinearConfig::new(window, hidden).init(device),
-            l2: LinearConfig::new(hidden, hidden).init(device),
-            out: LinearConfig::new(hidden, 2).init(device),
+            l1: layer(window, hidden),
+            l2: layer(hidden, hidden),
+            out: layer(hidden, 2),
         }
     }
 
@@ -37,7 +57,7 @@ impl MlpNet {
 }
 
 /// Training settings.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MlpConfig {
     pub window: usize,
     pub horizon: usize,
@@ -81,8 +101,14 @@ fn scale(window: &[f64], floor: f64) -> (Vec<f32>, f64, f64) {
     )
 }
 
-/// A trained forecaster (on the plain, non-autodiff device).
-#[derive(Debug)]
+/// The spread a window is scaled by (its standard deviation, floored).
+pub fn window_spread(window: &[f64], floor: f64) -> f64 {
+    scale(window, floor).2
+}
+
+/// A trained forecaster (on the plain, non-autodiff device). Saved and loaded as [`MlpWeights`].
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "MlpWeights", into = "MlpWeights")]
 pub struct MlpForecaster {
     net: MlpNet,
     config: MlpConfig,
@@ -100,6 +126,12 @@ impl MlpForecaster {
     /// Trains on every window of `series` (one or more metrics' histories, each a separate series).
     /// Returns None when the series are too short for a single example.
     pub fn train(series: &[&[f64]], config: MlpConfig) -> Option<Self> {
+        Self::train_strided(series, config, 1)
+    }
+
+    /// Like [`train`](Self::train) on every `stride`-th window only, which bounds the cost of
+    /// training on a long history.
+    pub fn train_strided(series: &[&[f64]], config: MlpConfig, stride: usize) -> Option<Self> {
         let (w, h) = (config.window, config.horizon);
         let mut sds: Vec<f64> = series
             .iter()
@@ -118,7 +150,7 @@ impl MlpForecaster {
             if s.len() < w + h {
                 continue;
             }
-            for t in w..=s.len() - h {
+            for t in (w..=s.len() - h).step_by(stride.max(1)) {
                 let (x, last, spread) = scale(&s[t - w..t], floor);
                 let y = ((s[t + h - 1] - last) / spread).clamp(-50.0, 50.0) as f32;
                 xs.extend(x.into_iter().map(|v| v.clamp(-50.0, 50.0)));
@@ -130,9 +162,8 @@ impl MlpForecaster {
             return None;
         }
         let plain = crate::cpu_device();
-        plain.seed(config.seed);
         let device = plain.clone().autodiff();
-        let mut net = MlpNet::new(w, config.hidden, &device);
+        let mut net = MlpNet::new(w, config.hidden, &device, config.seed);
         let mut optim = AdamConfig::new().init();
         let mut order: Vec<usize> = (0..n).collect();
         let mut rng = crate::anomaly::iforest::SplitMix64::new(config.seed);
@@ -218,6 +249,116 @@ impl MlpForecaster {
     pub fn config(&self) -> &MlpConfig {
         &self.config
     }
+
+    /// The smallest spread a window is scaled by.
+    pub fn floor(&self) -> f64 {
+        self.floor
+    }
+}
+
+/// One dense layer's parameters: `weight` is `[inputs, outputs]` row-major.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LayerWeights {
+    pub inputs: usize,
+    pub outputs: usize,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// The saved form of an [`MlpForecaster`]: plain numbers, independent of burn's record formats, so
+/// a model file outlives a burn upgrade.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MlpWeights {
+    pub config: MlpConfig,
+    pub floor: f64,
+    pub final_loss: f64,
+    pub layers: Vec<LayerWeights>,
+}
+
+fn layer_weights(l: &Linear) -> LayerWeights {
+    let w = l.weight.val();
+    let [inputs, outputs] = w.dims();
+    LayerWeights {
+        inputs,
+        outputs,
+        weight: w.into_data().try_to_vec::<f32>().unwrap_or_default(),
+        bias: l
+            .bias
+            .as_ref()
+            .map(|b| b.val().into_data().try_to_vec::<f32>().unwrap_or_default())
+            .unwrap_or_default(),
+    }
+}
+
+fn linear_from(l: &LayerWeights, device: &Device) -> Result<Linear, String> {
+    if l.weight.len() != l.inputs * l.outputs || l.bias.len() != l.outputs {
+        return Err(format!(
+            "a {}x{} layer needs {} weights and {} biases, found {} and {}",
+            l.inputs,
+            l.outputs,
+            l.inputs * l.outputs,
+            l.outputs,
+            l.weight.len(),
+            l.bias.len()
+        ));
+    }
+    let weight = Tensor::<2>::from_data(
+        TensorData::new(l.weight.clone(), [l.inputs, l.outputs]),
+        device,
+    );
+    let bias = Tensor::<1>::from_data(TensorData::new(l.bias.clone(), [l.outputs]), device);
+    Ok(Linear {
+        weight: Param::from_tensor(weight),
+        bias: Some(Param::from_tensor(bias)),
+    })
+}
+
+impl From<MlpForecaster> for MlpWeights {
+    fn from(m: MlpForecaster) -> Self {
+        Self {
+            layers: vec![
+                layer_weights(&m.net.l1),
+                layer_weights(&m.net.l2),
+                layer_weights(&m.net.out),
+            ],
+            config: m.config,
+            floor: m.floor,
+            final_loss: m.final_loss,
+        }
+    }
+}
+
+impl TryFrom<MlpWeights> for MlpForecaster {
+    type Error = String;
+
+    fn try_from(w: MlpWeights) -> Result<Self, String> {
+        let [l1, l2, out] = w.layers.as_slice() else {
+            return Err(format!("expected 3 layers, found {}", w.layers.len()));
+        };
+        let shapes = [
+            (l1.inputs, l1.outputs),
+            (l2.inputs, l2.outputs),
+            (out.inputs, out.outputs),
+        ];
+        let (win, hid) = (w.config.window, w.config.hidden);
+        if shapes != [(win, hid), (hid, hid), (hid, 2)] {
+            return Err(format!(
+                "layer shapes {shapes:?} do not fit window {win} and hidden {hid}"
+            ));
+        }
+        let device = crate::cpu_device();
+        Ok(Self {
+            net: MlpNet {
+                l1: linear_from(l1, &device)?,
+                l2: linear_from(l2, &device)?,
+                out: linear_from(out, &device)?,
+            },
+            config: w.config,
+            device,
+            floor: w.floor,
+            final_loss: w.final_loss,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -247,6 +388,25 @@ mod tests {
             model_err < 0.5 * naive_err,
             "model {model_err} vs last value {naive_err}"
         );
+    }
+
+    #[test]
+    fn a_saved_model_forecasts_exactly_like_the_original() {
+        let series: Vec<f64> = (0..200).map(|t| f64::from(t % 17)).collect();
+        let config = MlpConfig {
+            epochs: 1,
+            ..MlpConfig::default()
+        };
+        let model = MlpForecaster::train(&[&series], config).expect("trains");
+        let weights = MlpWeights::from(model.clone());
+        let loaded = MlpForecaster::try_from(weights.clone()).expect("loads");
+        assert_eq!(
+            model.forecast(&series[..40]),
+            loaded.forecast(&series[..40])
+        );
+        let mut broken = weights;
+        broken.layers[1].bias.pop();
+        assert!(MlpForecaster::try_from(broken).is_err());
     }
 
     #[test]

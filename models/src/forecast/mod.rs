@@ -8,7 +8,7 @@ pub mod mlp;
 pub use holt::Holt;
 
 /// A forecast of one metric `steps` samples ahead: a Gaussian mean and variance.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Forecast {
     pub mean: f64,
     pub variance: f64,

@@ -163,3 +163,99 @@ async fn a_pushed_leak_is_predicted_and_survives_a_restart() {
     );
     drop(temp);
 }
+
+/// A sine on cpu and a steady memory ratio for `n` seconds ending `end_us`.
+fn sine(resource: &str, end_us: i64, n: i64) -> String {
+    let start = end_us - n * 1_000_000;
+    (0..n)
+        .map(|t| {
+            format!(
+                "{{\"ts\":\"{}\",\"resource_id\":\"{resource}\",\"resource_type\":\"service\",\"metrics\":{{\"cpu\":{:.3},\"mem_used_ratio\":0.5}}}}\n",
+                rfc3339(start + t * 1_000_000),
+                50.0 + 10.0 * (t as f64 * 0.1).sin()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_train_on_request_are_used_and_reload_after_a_restart() {
+    let config = "[collect]\nhost = false\n".to_owned();
+    let mut agent = AgentProcess::start(AgentOptions {
+        config: config.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("agent starts");
+    let temp = agent.take_temp();
+    let now = now_us();
+    let resp = http()
+        .post(agent.url("/v1/telemetry"))
+        .body(sine("db-1", now - 10_000_000, 900))
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(resp.status().as_u16(), 200);
+    let listed = agent.get_json("/v1/models").await.expect("models");
+    assert_eq!(
+        listed["models"],
+        serde_json::json!([]),
+        "none before training"
+    );
+
+    // The CLI asks the agent to train now and reports the outcome.
+    let out = std::process::Command::new(augur_bin().expect("binary"))
+        .args(["models", "train", "--json", "--api", &agent.url("")])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let outcome = &v["outcomes"][0];
+    assert_eq!(outcome["resource_type"], "service");
+    assert_eq!(outcome["trained"]["version"], 1, "{v}");
+    assert_eq!(outcome["trained"]["rows"], 900);
+    assert!(outcome["trained"]["mlp"]["validation_windows"].as_u64() > Some(0));
+    let listed = agent.get_json("/v1/models").await.expect("models");
+    assert_eq!(listed["models"][0]["version"], 1);
+    assert!(agent.data_dir.join("models/service/v000001.cbor").exists());
+    assert!(agent.data_dir.join("models/service/v000001.json").exists());
+
+    // The next sample is predicted with them.
+    let resp = http()
+        .post(agent.url("/v1/telemetry"))
+        .body(sine("db-1", now_us(), 1))
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(resp.status().as_u16(), 200);
+    let engine = listed["engine"]
+        .as_str()
+        .expect("engine version")
+        .to_owned();
+    let labelled = format!("{engine}+service.v1");
+    eventually("a prediction by the trained models", || async {
+        let v = prediction(&agent, "db-1").await?;
+        (v["model_version"] == labelled.as_str()).then_some(())
+    })
+    .await
+    .expect("trained models in use");
+
+    // A restart loads them from disk.
+    let data_dir = agent.data_dir.clone();
+    assert!(agent.terminate().await.expect("stops").success());
+    let again = AgentProcess::start(AgentOptions {
+        data_dir: Some(data_dir),
+        config,
+        ..Default::default()
+    })
+    .await
+    .expect("restarts");
+    let listed = again.get_json("/v1/models").await.expect("models");
+    assert_eq!(listed["models"][0]["version"], 1);
+    assert_eq!(listed["engine"], engine.as_str());
+    drop(temp);
+}

@@ -1,0 +1,421 @@
+//! Trained models on disk and their background training.
+//!
+//! Layout: `<data_dir>/models/<resource_type>/v000042.cbor`, one file per version holding the
+//! models and their metadata (written atomically: temporary file, fsync, rename), and beside it
+//! `v000042.json` with the metadata alone, for people. On start the newest readable version made
+//! for this engine is loaded per type; unreadable files are set aside, never deleted.
+//!
+//! The trainer runs on its own thread, off the async runtime: every `models.retrain_interval` it
+//! reads each type's durable history (at most `models.training_window` back, at most
+//! `models.max_training_samples` samples), trains, saves a new version and installs it; the
+//! prediction stage picks it up at its next batch. `POST /v1/models/train` asks for a training now.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use augur_models::engine::{EngineConfig, MODEL_VERSION};
+use augur_models::trained::{ModelMeta, ResourceHistory, TrainConfig, TrainError, TrainedModels};
+use augur_proto::{Event, ResourceType};
+use parking_lot::RwLock;
+use tokio::sync::{oneshot, watch};
+
+use crate::config::{Config, ModelChoice};
+use crate::history::History;
+use crate::sample::UnixMicros;
+use crate::stats::Stats;
+
+/// Folder of the model files, inside the data directory.
+pub const MODELS_DIR: &str = "models";
+
+/// The installed models of every resource type.
+#[derive(Clone, Debug, Default)]
+pub struct ModelStore {
+    dir: Option<PathBuf>,
+    current: Arc<RwLock<HashMap<String, Arc<TrainedModels>>>>,
+    /// Bumped on every install, so readers notice a change cheaply.
+    generation: Arc<AtomicU64>,
+}
+
+fn version_of(path: &Path) -> Option<u64> {
+    let stem = path.file_stem()?.to_str()?;
+    if path.extension()? != "cbor" {
+        return None;
+    }
+    stem.strip_prefix('v')?.parse().ok()
+}
+
+/// Model files of one type folder, newest first.
+fn versions(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter_map(|p| Some((version_of(&p)?, p)))
+        .collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.0));
+    v
+}
+
+impl ModelStore {
+    /// A store without files (tests, replay).
+    pub fn in_memory() -> Self {
+        Self::default()
+    }
+
+    /// Opens `<data_dir>/models` and loads the newest usable version of each type.
+    pub fn open(data_dir: &Path) -> Self {
+        let dir = data_dir.join(MODELS_DIR);
+        let store = Self {
+            dir: Some(dir.clone()),
+            ..Self::default()
+        };
+        let types = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir());
+        for t in types {
+            let type_dir = t.path();
+            for (_, path) in versions(&type_dir) {
+                match load(&path) {
+                    Ok(m) if m.meta.engine == MODEL_VERSION => {
+                        tracing::info!(resource_type = %m.meta.resource_type, version = m.meta.version, "trained models loaded");
+                        store.put(m);
+                        break;
+                    }
+                    Ok(m) => {
+                        tracing::info!(path = %path.display(), engine = %m.meta.engine, "models of another engine version; not used");
+                    }
+                    Err(e) => {
+                        let aside = path.with_extension("cbor.unreadable");
+                        let _ = std::fs::rename(&path, &aside);
+                        tracing::warn!(path = %path.display(), moved_to = %aside.display(), error = %e, "model file unreadable; set aside");
+                    }
+                }
+            }
+        }
+        store
+    }
+
+    fn put(&self, m: TrainedModels) {
+        self.current
+            .write()
+            .insert(m.meta.resource_type.clone(), Arc::new(m));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn get(&self, resource_type: &str) -> Option<Arc<TrainedModels>> {
+        self.current.read().get(resource_type).cloned()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Metadata of every installed type's models, by type.
+    pub fn all(&self) -> Vec<ModelMeta> {
+        let mut v: Vec<ModelMeta> = self
+            .current
+            .read()
+            .values()
+            .map(|m| m.meta.clone())
+            .collect();
+        v.sort_by(|a, b| a.resource_type.cmp(&b.resource_type));
+        v
+    }
+
+    /// The next version number of a type (one past the newest on disk or installed).
+    pub fn next_version(&self, resource_type: &str) -> u64 {
+        let installed = self.get(resource_type).map_or(0, |m| m.meta.version);
+        let on_disk = self
+            .dir
+            .as_ref()
+            .and_then(|d| versions(&d.join(resource_type)).first().map(|v| v.0))
+            .unwrap_or(0);
+        installed.max(on_disk) + 1
+    }
+
+    /// Saves the models as a new version (keeping the newest `keep`) and installs them.
+    pub fn install(&self, models: TrainedModels, keep: usize) -> std::io::Result<()> {
+        if let Some(dir) = &self.dir {
+            let type_dir = dir.join(&models.meta.resource_type);
+            std::fs::create_dir_all(&type_dir)?;
+            let name = format!("v{:06}", models.meta.version);
+            let path = type_dir.join(format!("{name}.cbor"));
+            let tmp = type_dir.join(format!("{name}.cbor.tmp"));
+            let file = std::fs::File::create(&tmp)?;
+            let mut w = std::io::BufWriter::new(file);
+            ciborium::into_writer(&models, &mut w).map_err(std::io::Error::other)?;
+            let file = w.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            let meta = serde_json::to_vec_pretty(&models.meta).map_err(std::io::Error::other)?;
+            std::fs::write(type_dir.join(format!("{name}.json")), meta)?;
+            for (_, old) in versions(&type_dir).into_iter().skip(keep.max(1)) {
+                let _ = std::fs::remove_file(old.with_extension("json"));
+                let _ = std::fs::remove_file(&old);
+            }
+        }
+        self.put(models);
+        Ok(())
+    }
+}
+
+fn load(path: &Path) -> Result<TrainedModels, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    ciborium::from_reader(std::io::BufReader::new(file)).map_err(|e| e.to_string())
+}
+
+/// The training settings the agent's configuration implies.
+pub fn train_config(cfg: &Config) -> TrainConfig {
+    TrainConfig {
+        max_rows: cfg.models.max_training_samples,
+        ..TrainConfig::default()
+    }
+}
+
+/// Reads the durable history of every resource of `resource_type` since `since`.
+/// Reads at most the newest `max_per_resource` samples of each resource of `resource_type` since
+/// `since`.
+pub fn read_history(
+    history: &History,
+    resource_type: &str,
+    since: UnixMicros,
+    max_per_resource: usize,
+) -> anyhow::Result<Vec<ResourceHistory>> {
+    let mut out = Vec::new();
+    for r in history.resources() {
+        if r.meta.resource_type.as_str() != resource_type {
+            continue;
+        }
+        let Some(samples) = history.query_newest(&r.resource_id, since, max_per_resource)? else {
+            continue;
+        };
+        let mut h = ResourceHistory::default();
+        for s in samples {
+            let t = s.ts.0 as f64 / 1e6;
+            match s.event {
+                Some(Event::Failure) => h.failures.push(t),
+                Some(Event::Migration) => h.migrations.push(t),
+                None => {}
+            }
+            if !s.metrics.is_empty() {
+                h.push(t, s.metrics);
+            }
+        }
+        if !h.is_empty() {
+            out.push(h);
+        }
+    }
+    Ok(out)
+}
+
+/// Result of training one type.
+#[derive(Debug, serde::Serialize)]
+pub struct TrainOutcome {
+    pub resource_type: String,
+    /// The new models' metadata, when a training succeeded.
+    pub trained: Option<ModelMeta>,
+    /// Why not, otherwise.
+    pub skipped: Option<String>,
+}
+
+/// Trains and installs the models of one type now.
+pub fn train_type(
+    history: &History,
+    store: &ModelStore,
+    cfg: &Config,
+    resource_type: &str,
+) -> TrainOutcome {
+    let outcome = |trained, skipped| TrainOutcome {
+        resource_type: resource_type.to_owned(),
+        trained,
+        skipped,
+    };
+    let since = UnixMicros(
+        UnixMicros::now().0 - cfg.models.training_window.as_micros().min(i64::MAX as u128) as i64,
+    );
+    // No resource can contribute more than the whole training set.
+    let data = match read_history(
+        history,
+        resource_type,
+        since,
+        cfg.models.max_training_samples,
+    ) {
+        Ok(d) => d,
+        Err(e) => return outcome(None, Some(format!("cannot read history: {e}"))),
+    };
+    let rt = cfg.type_config(resource_type);
+    let engine = EngineConfig {
+        horizon_s: rt.horizon.as_secs_f64(),
+        limits: rt.limits,
+        ..EngineConfig::default()
+    };
+    let version = store.next_version(resource_type);
+    match augur_models::trained::train(resource_type, &data, version, &engine, &train_config(cfg)) {
+        Ok(models) => {
+            let meta = models.meta.clone();
+            match store.install(models, cfg.models.keep_versions) {
+                Ok(()) => outcome(Some(meta), None),
+                Err(e) => outcome(None, Some(format!("cannot save models: {e}"))),
+            }
+        }
+        Err(e @ TrainError::TooLittleHistory { .. }) => outcome(None, Some(e.to_string())),
+    }
+}
+
+/// A request to train every type now; the reply lists what happened.
+pub type TrainRequest = oneshot::Sender<Vec<TrainOutcome>>;
+
+/// Handle on the trainer thread.
+#[derive(Clone, Debug)]
+pub struct Trainer {
+    tx: std::sync::mpsc::SyncSender<TrainRequest>,
+}
+
+impl Trainer {
+    /// Asks for a training of every type now and waits for its outcome.
+    pub async fn train_now(&self) -> Option<Vec<TrainOutcome>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.try_send(tx).ok()?;
+        rx.await.ok()
+    }
+}
+
+/// Types with history that train under `cfg`.
+fn trainable_types(history: &History, cfg: &Config) -> Vec<String> {
+    let mut types: Vec<String> = history
+        .resources()
+        .into_iter()
+        .map(|r| r.meta.resource_type.to_string())
+        .filter(|t| cfg.type_config(t).model == ModelChoice::Auto)
+        .collect();
+    types.sort();
+    types.dedup();
+    types
+}
+
+/// Starts the trainer thread. It stops when every [`Trainer`] handle is dropped.
+pub fn spawn_trainer(
+    history: History,
+    store: ModelStore,
+    config: watch::Receiver<Arc<Config>>,
+    stats: Arc<Stats>,
+) -> std::io::Result<(Trainer, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<TrainRequest>(4);
+    let handle = std::thread::Builder::new()
+        .name("augur-trainer".into())
+        .spawn(move || {
+            let mut last: HashMap<String, Instant> = HashMap::new();
+            // Types whose installed models came from disk count as trained at start.
+            for m in store.all() {
+                last.insert(m.resource_type, Instant::now());
+            }
+            // Check soon after start, then at least every 10 minutes for types that became due.
+            let mut wait = Duration::from_secs(60);
+            loop {
+                let request = match rx.recv_timeout(wait) {
+                    Ok(reply) => Some(reply),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                };
+                let cfg = config.borrow().clone();
+                wait = cfg.models.retrain_interval.min(Duration::from_secs(600));
+                let mut outcomes = Vec::new();
+                for t in trainable_types(&history, &cfg) {
+                    let due = last
+                        .get(&t)
+                        .is_none_or(|at| at.elapsed() >= cfg.models.retrain_interval);
+                    if request.is_none() && (!cfg.models.train || !due) {
+                        continue;
+                    }
+                    let started = Instant::now();
+                    let o = train_type(&history, &store, &cfg, &t);
+                    stats.training(&t, o.trained.is_some(), started.elapsed());
+                    match (&o.trained, &o.skipped) {
+                        (Some(m), _) => {
+                            last.insert(t.clone(), Instant::now());
+                            tracing::info!(resource_type = %t, version = m.version, rows = m.rows, train_ms = m.train_ms,
+                                mlp_preferred = m.mlp.as_ref().is_some_and(|r| r.preferred),
+                                calibrated = m.calibration.as_ref().is_some_and(|c| c.used), "models trained");
+                        }
+                        (None, Some(why)) => {
+                            tracing::debug!(resource_type = %t, reason = %why, "models not trained")
+                        }
+                        (None, None) => {}
+                    }
+                    outcomes.push(o);
+                }
+                if let Some(reply) = request {
+                    let _ = reply.send(outcomes);
+                }
+            }
+        })?;
+    Ok((Trainer { tx }, handle))
+}
+
+/// Whether `resource_type` uses trained models under `cfg`.
+pub fn uses_trained(cfg: &Config, resource_type: &ResourceType) -> bool {
+    cfg.type_config(resource_type.as_str()).model == ModelChoice::Auto
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::sample::Sample;
+    use augur_proto::ResourceId;
+
+    fn samples(n: i64, start: UnixMicros) -> Vec<Sample> {
+        (0..n)
+            .map(|t| Sample {
+                ts: UnixMicros(start.0 + t * 1_000_000),
+                resource_id: ResourceId::parse("db-1").expect("id"),
+                resource_type: ResourceType::parse("service").expect("type"),
+                metrics: BTreeMap::from([
+                    ("cpu".to_owned(), 50.0 + (t as f64 * 0.1).sin() * 10.0),
+                    ("mem_used_ratio".to_owned(), 0.5),
+                ]),
+                event: (t == n - 10).then_some(Event::Migration),
+                labels: BTreeMap::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn trains_saves_versions_and_reloads_the_newest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let history = History::open(dir.path(), 1 << 20, 100).expect("history");
+        let start = UnixMicros(UnixMicros::now().0 - 2_000 * 1_000_000);
+        history.write(&samples(1_500, start)).expect("write");
+        let mut cfg = Config::default();
+        cfg.models.keep_versions = 2;
+        let store = ModelStore::open(dir.path());
+        for expected in 1..=3 {
+            let o = train_type(&history, &store, &cfg, "service");
+            let meta = o
+                .trained
+                .unwrap_or_else(|| panic!("trained: {:?}", o.skipped));
+            assert_eq!(meta.version, expected);
+            assert_eq!(meta.rows, 1_500);
+        }
+        let type_dir = dir.path().join(MODELS_DIR).join("service");
+        let kept: Vec<u64> = versions(&type_dir).into_iter().map(|v| v.0).collect();
+        assert_eq!(kept, vec![3, 2], "only the newest two versions are kept");
+        assert!(type_dir.join("v000003.json").exists());
+        // A corrupt newest file is set aside and the previous version is used.
+        std::fs::write(type_dir.join("v000004.cbor"), b"garbage").expect("write");
+        let reopened = ModelStore::open(dir.path());
+        assert_eq!(reopened.get("service").map(|m| m.meta.version), Some(3));
+        assert!(type_dir.join("v000004.cbor.unreadable").exists());
+        assert_eq!(reopened.next_version("service"), 4);
+        // Nothing to train on for a type without history.
+        let none = train_type(&history, &store, &cfg, "queue");
+        assert!(none.trained.is_none() && none.skipped.is_some());
+    }
+}

@@ -1,0 +1,621 @@
+//! Trained models of one resource type, and the training that makes them from history.
+//!
+//! The engine's online parts (Holt, the empirical errors, the level likelihood) learn every sample
+//! and need no training. These models are fitted in batches, on the history of every resource of a
+//! type, in the background:
+//! - the burn MLP forecaster: scores forecast residuals (the burn-based anomaly detector) and, where
+//!   it beat Holt on held-out history, adds its forecast to the failure probability;
+//! - an Isolation Forest over the resource's standardised metric vector (multivariate anomalies that
+//!   no single metric shows);
+//! - Platt calibration of the failure probability on observed failures, used only when it scores a
+//!   lower Brier score than the raw probability on the later part of the history it did not see.
+//!
+//! Training is deterministic for a given history and seed, and bounded: at most
+//! [`TrainConfig::max_rows`] samples, a fixed number of epochs and trees.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::anomaly::iforest::IsolationForest;
+use crate::calibration::{Platt, brier, label_windows};
+use crate::engine::{EngineConfig, MODEL_VERSION, ResourceEngine};
+use crate::forecast::Holt;
+use crate::forecast::mlp::{MlpConfig, MlpForecaster};
+
+/// The history of one resource, as training reads it.
+#[derive(Clone, Debug, Default)]
+pub struct ResourceHistory {
+    /// Sample times, seconds, ascending.
+    pub ts: Vec<f64>,
+    pub metrics: Vec<BTreeMap<String, f64>>,
+    /// Times of observed failures.
+    pub failures: Vec<f64>,
+    /// Times work was moved off the resource: windows reaching them are not labels.
+    pub migrations: Vec<f64>,
+}
+
+impl ResourceHistory {
+    pub fn push(&mut self, ts: f64, metrics: BTreeMap<String, f64>) {
+        self.ts.push(ts);
+        self.metrics.push(metrics);
+    }
+
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+}
+
+/// Training settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Newest samples (over all resources of the type) used in one training.
+    pub max_rows: usize,
+    /// Fewest samples worth training on.
+    pub min_rows: usize,
+    pub mlp: MlpConfig,
+    /// Windows the MLP is trained on, at most (spread evenly over the history).
+    pub max_mlp_examples: usize,
+    pub forest_trees: usize,
+    pub forest_sample: usize,
+    /// Metrics the forest reads, at most (the first in name order).
+    pub max_forest_metrics: usize,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: 20_000,
+            min_rows: 300,
+            mlp: MlpConfig {
+                epochs: 4,
+                ..MlpConfig::default()
+            },
+            max_mlp_examples: 8_000,
+            forest_trees: 100,
+            forest_sample: 256,
+            max_forest_metrics: 32,
+            seed: 7,
+        }
+    }
+}
+
+/// An Isolation Forest over a resource's metric vector: each metric's value and its change since
+/// the previous sample, standardised per metric (so a jump inside the usual range still isolates).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FeatureForest {
+    pub metrics: Vec<String>,
+    mean: Vec<f64>,
+    sd: Vec<f64>,
+    /// Standard deviation of each metric's change between samples.
+    dsd: Vec<f64>,
+    forest: IsolationForest,
+}
+
+impl FeatureForest {
+    fn row(&self, m: &BTreeMap<String, f64>, prev: Option<&BTreeMap<String, f64>>) -> Vec<f64> {
+        let n = self.metrics.len();
+        let mut row = vec![0.0; 2 * n];
+        for (i, name) in self.metrics.iter().enumerate() {
+            // A missing metric sits at its usual level, unchanged.
+            if let Some(v) = m.get(name) {
+                row[i] = ((v - self.mean[i]) / self.sd[i]).clamp(-1e6, 1e6);
+                if let Some(p) = prev.and_then(|p| p.get(name)) {
+                    row[n + i] = ((v - p) / self.dsd[i]).clamp(-1e6, 1e6);
+                }
+            }
+        }
+        row
+    }
+
+    /// Score in (0, 1]: about 0.5 or less for usual samples. `prev` is the sample before.
+    pub fn score(&self, m: &BTreeMap<String, f64>, prev: Option<&BTreeMap<String, f64>>) -> f64 {
+        self.forest.score(&self.row(m, prev))
+    }
+}
+
+/// What a training did, saved with the models and shown by `augur models`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    pub resource_type: String,
+    pub version: u64,
+    /// The engine these models were trained for.
+    pub engine: String,
+    /// Time of the newest training sample, seconds since the epoch.
+    pub data_until_s: f64,
+    pub resources: usize,
+    pub rows: usize,
+    pub train_ms: u64,
+    pub mlp: Option<MlpReport>,
+    pub forest_metrics: usize,
+    pub calibration: Option<CalibrationReport>,
+}
+
+/// The MLP against Holt on the last fifth of each series, at the MLP's horizon (mean squared error
+/// in units of each window's spread, so metrics of any scale weigh alike).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MlpReport {
+    pub examples: usize,
+    pub final_loss: f64,
+    pub validation_windows: usize,
+    pub mse_mlp: f64,
+    pub mse_holt: f64,
+    /// Whether the failure probability uses the MLP's forecast (it beat Holt).
+    pub preferred: bool,
+}
+
+/// The calibration against the raw probability on the later 30 % of labelled predictions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationReport {
+    pub examples: usize,
+    pub positives: usize,
+    /// Predictions left unlabelled because their window reached a migration.
+    pub excluded_by_migration: usize,
+    pub brier_raw: f64,
+    pub brier_calibrated: f64,
+    /// Whether the engine applies it (only when it lowered the Brier score).
+    pub used: bool,
+}
+
+/// The trained models of one resource type.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainedModels {
+    pub meta: ModelMeta,
+    pub mlp: Option<MlpForecaster>,
+    pub forest: Option<FeatureForest>,
+    pub calibration: Option<Platt>,
+}
+
+impl TrainedModels {
+    /// The version string predictions made with these models carry.
+    pub fn version_label(&self) -> String {
+        format!(
+            "{}+{}.v{}",
+            MODEL_VERSION, self.meta.resource_type, self.meta.version
+        )
+    }
+
+    pub fn mlp_preferred(&self) -> bool {
+        self.meta.mlp.as_ref().is_some_and(|r| r.preferred)
+    }
+
+    pub fn calibration_used(&self) -> Option<&Platt> {
+        let used = self.meta.calibration.as_ref().is_some_and(|c| c.used);
+        self.calibration.as_ref().filter(|_| used)
+    }
+}
+
+/// Why no models came out of a training.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TrainError {
+    #[error("{rows} samples of history; training needs at least {min}")]
+    TooLittleHistory { rows: usize, min: usize },
+}
+
+/// Keeps the newest `max_rows` samples over all resources (each resource's newest part).
+fn newest(data: &[ResourceHistory], max_rows: usize) -> Vec<ResourceHistory> {
+    let total: usize = data.iter().map(ResourceHistory::len).sum();
+    let share = max_rows as f64 / total as f64;
+    data.iter()
+        .map(|r| {
+            let keep = ((r.len() as f64 * share).ceil() as usize).min(r.len());
+            let from = r.len() - keep;
+            ResourceHistory {
+                ts: r.ts[from..].to_vec(),
+                metrics: r.metrics[from..].to_vec(),
+                failures: r.failures.clone(),
+                migrations: r.migrations.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Each metric's series per resource (values in time order, gaps skipped).
+fn series(data: &[ResourceHistory]) -> BTreeMap<String, Vec<Vec<f64>>> {
+    let mut out: BTreeMap<String, Vec<Vec<f64>>> = BTreeMap::new();
+    for r in data {
+        let mut per: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for m in &r.metrics {
+            for (k, v) in m {
+                if v.is_finite() {
+                    per.entry(k.as_str()).or_default().push(*v);
+                }
+            }
+        }
+        for (k, v) in per {
+            out.entry(k.to_owned()).or_default().push(v);
+        }
+    }
+    out
+}
+
+fn train_mlp(
+    all: &BTreeMap<String, Vec<Vec<f64>>>,
+    cfg: &TrainConfig,
+) -> Option<(MlpForecaster, MlpReport)> {
+    let (w, h) = (cfg.mlp.window, cfg.mlp.horizon);
+    // Train on the first four fifths of every series; validate on the rest.
+    let mut train: Vec<&[f64]> = Vec::new();
+    let mut valid: Vec<&[f64]> = Vec::new();
+    for s in all.values().flatten() {
+        if s.len() < 2 * (w + h) {
+            continue;
+        }
+        let cut = s.len() * 4 / 5;
+        train.push(&s[..cut]);
+        // The validation part starts a window early so its first forecast has inputs.
+        valid.push(&s[cut.saturating_sub(w)..]);
+    }
+    let windows: usize = train.iter().map(|s| s.len() + 1 - w - h).sum();
+    if windows == 0 {
+        return None;
+    }
+    // Bounded cost: thin the training windows evenly rather than dropping whole series.
+    let stride = windows.div_ceil(cfg.max_mlp_examples.max(1)).max(1);
+    let model = MlpForecaster::train_strided(&train, cfg.mlp.clone(), stride)?;
+    let (mut mse_mlp, mut mse_holt, mut n) = (0.0, 0.0, 0usize);
+    for s in &valid {
+        let mut holt = Holt::new(0.3, 0.01);
+        for &v in &s[..w] {
+            holt.update(v);
+        }
+        let mut t = w;
+        while t + h <= s.len() {
+            let window = &s[t - w..t];
+            let truth = s[t + h - 1];
+            let spread = crate::forecast::mlp::window_spread(window, model.floor());
+            if let (Some(f), Some(hf)) = (model.forecast(window), holt.forecast(h as u32)) {
+                mse_mlp += ((f.mean - truth) / spread).powi(2);
+                mse_holt += ((hf.mean - truth) / spread).powi(2);
+                n += 1;
+            }
+            // Every fourth window is enough to compare, and keeps validation cheap.
+            for &v in &s[t..(t + 4).min(s.len())] {
+                holt.update(v);
+            }
+            t += 4;
+        }
+    }
+    let n_f = n.max(1) as f64;
+    let report = MlpReport {
+        examples: windows.div_ceil(stride),
+        final_loss: model.final_loss,
+        validation_windows: n,
+        mse_mlp: mse_mlp / n_f,
+        mse_holt: mse_holt / n_f,
+        preferred: n >= 50 && mse_mlp < mse_holt,
+    };
+    Some((model, report))
+}
+
+fn train_forest(data: &[ResourceHistory], cfg: &TrainConfig) -> Option<FeatureForest> {
+    let mut names: Vec<String> = data
+        .iter()
+        .flat_map(|r| r.metrics.iter().flat_map(|m| m.keys().cloned()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    names.truncate(cfg.max_forest_metrics);
+    if names.is_empty() {
+        return None;
+    }
+    let k = names.len();
+    let (mut sum, mut sq, mut count) = (vec![0.0; k], vec![0.0; k], vec![0usize; k]);
+    let (mut dsq, mut dcount) = (vec![0.0; k], vec![0usize; k]);
+    for r in data {
+        let mut prev: Option<&BTreeMap<String, f64>> = None;
+        for m in &r.metrics {
+            for (i, name) in names.iter().enumerate() {
+                if let Some(v) = m.get(name).filter(|v| v.is_finite()) {
+                    sum[i] += v;
+                    sq[i] += v * v;
+                    count[i] += 1;
+                    if let Some(p) = prev.and_then(|p| p.get(name)).filter(|p| p.is_finite()) {
+                        dsq[i] += (v - p).powi(2);
+                        dcount[i] += 1;
+                    }
+                }
+            }
+            prev = Some(m);
+        }
+    }
+    let mean: Vec<f64> = (0..k).map(|i| sum[i] / count[i].max(1) as f64).collect();
+    let floor = |i: usize| 1e-6 * (mean[i].abs() + 1.0);
+    let sd: Vec<f64> = (0..k)
+        .map(|i| {
+            let var = sq[i] / count[i].max(1) as f64 - mean[i] * mean[i];
+            var.max(0.0).sqrt().max(floor(i))
+        })
+        .collect();
+    let dsd: Vec<f64> = (0..k)
+        .map(|i| (dsq[i] / dcount[i].max(1) as f64).sqrt().max(floor(i)))
+        .collect();
+    let mut ff = FeatureForest {
+        metrics: names,
+        mean,
+        sd,
+        dsd,
+        forest: IsolationForest::fit(&[], 0, 1, cfg.seed),
+    };
+    let mut rows: Vec<Vec<f64>> = Vec::new();
+    for r in data {
+        let mut prev = None;
+        for m in &r.metrics {
+            rows.push(ff.row(m, prev));
+            prev = Some(m);
+        }
+    }
+    ff.forest = IsolationForest::fit(&rows, cfg.forest_trees, cfg.forest_sample, cfg.seed);
+    Some(ff)
+}
+
+/// Replays the engine (with the new MLP and forest, without calibration) over the history and
+/// fits Platt on the earlier 70 % of labelled predictions, scoring it on the rest.
+fn train_calibration(
+    data: &[ResourceHistory],
+    engine: &EngineConfig,
+    partial: &Arc<TrainedModels>,
+) -> Option<(Platt, CalibrationReport)> {
+    if data.iter().all(|r| r.failures.is_empty()) {
+        return None;
+    }
+    let mut examples: Vec<(f64, f64, f64, bool)> = Vec::new();
+    let mut excluded = 0;
+    for r in data {
+        let mut e = ResourceEngine::new(engine.clone());
+        e.set_models(Some(partial.clone()));
+        let preds: Vec<(f64, f64)> =
+            r.ts.iter()
+                .zip(&r.metrics)
+                .map(|(&t, m)| {
+                    let p = e.observe_raw(t, m);
+                    (p.0, p.1)
+                })
+                .collect();
+        let labels = label_windows(&r.ts, &r.failures, &[], engine.horizon_s);
+        let guarded = label_windows(&r.ts, &r.failures, &r.migrations, engine.horizon_s);
+        for (i, (label, plain)) in guarded.iter().zip(&labels).enumerate() {
+            match label {
+                Some(y) => examples.push((r.ts[i], preds[i].0, preds[i].1, *y)),
+                None if plain.is_some() => excluded += 1,
+                None => {}
+            }
+        }
+    }
+    examples.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let cut = examples.len() * 7 / 10;
+    let fit: Vec<(f64, f64, bool)> = examples[..cut].iter().map(|e| (e.1, e.2, e.3)).collect();
+    let platt = Platt::fit(&fit);
+    let held = &examples[cut..];
+    let raw: Vec<(f64, bool)> = held.iter().map(|e| (e.1, e.3)).collect();
+    let cal: Vec<(f64, bool)> = held.iter().map(|e| (platt.apply(e.1, e.2), e.3)).collect();
+    let (brier_raw, brier_calibrated) = (brier(&raw), brier(&cal));
+    let report = CalibrationReport {
+        examples: examples.len(),
+        positives: examples.iter().filter(|e| e.3).count(),
+        excluded_by_migration: excluded,
+        brier_raw,
+        brier_calibrated,
+        used: platt.is_fitted() && held.iter().any(|e| e.3) && brier_calibrated < brier_raw,
+    };
+    Some((platt, report))
+}
+
+/// Trains the models of one resource type from its resources' histories.
+pub fn train(
+    resource_type: &str,
+    data: &[ResourceHistory],
+    version: u64,
+    engine: &EngineConfig,
+    cfg: &TrainConfig,
+) -> Result<TrainedModels, TrainError> {
+    let started = Instant::now();
+    let trimmed;
+    let data: &[ResourceHistory] =
+        if data.iter().map(ResourceHistory::len).sum::<usize>() <= cfg.max_rows {
+            data
+        } else {
+            trimmed = newest(data, cfg.max_rows);
+            &trimmed
+        };
+    let rows: usize = data.iter().map(ResourceHistory::len).sum();
+    if rows < cfg.min_rows {
+        return Err(TrainError::TooLittleHistory {
+            rows,
+            min: cfg.min_rows,
+        });
+    }
+    let all = series(data);
+    let mlp = train_mlp(&all, cfg);
+    let forest = train_forest(data, cfg);
+    let mut models = TrainedModels {
+        meta: ModelMeta {
+            resource_type: resource_type.to_owned(),
+            version,
+            engine: MODEL_VERSION.to_owned(),
+            data_until_s: data
+                .iter()
+                .filter_map(|r| r.ts.last().copied())
+                .fold(f64::MIN, f64::max),
+            resources: data.len(),
+            rows,
+            train_ms: 0,
+            forest_metrics: forest.as_ref().map_or(0, |f| f.metrics.len()),
+            mlp: mlp.as_ref().map(|m| m.1.clone()),
+            calibration: None,
+        },
+        mlp: mlp.map(|m| m.0),
+        forest,
+        calibration: None,
+    };
+    if let Some((platt, report)) = train_calibration(data, engine, &Arc::new(models.clone())) {
+        models.calibration = Some(platt);
+        models.meta.calibration = Some(report);
+    }
+    models.meta.train_ms = started.elapsed().as_millis() as u64;
+    Ok(models)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::anomaly::iforest::SplitMix64;
+
+    fn history(seed: u64, n: usize) -> ResourceHistory {
+        let mut rng = SplitMix64::new(seed);
+        let mut h = ResourceHistory::default();
+        for t in 0..n {
+            let x = t as f64;
+            h.push(
+                x,
+                BTreeMap::from([
+                    (
+                        "cpu".to_owned(),
+                        50.0 + 10.0 * (x * 0.1).sin() + rng.next_f64(),
+                    ),
+                    ("mem_used_ratio".to_owned(), 0.5 + 0.01 * rng.next_f64()),
+                ]),
+            );
+        }
+        h
+    }
+
+    fn quick() -> TrainConfig {
+        TrainConfig {
+            mlp: MlpConfig {
+                epochs: 2,
+                ..MlpConfig::default()
+            },
+            max_mlp_examples: 1_000,
+            forest_trees: 20,
+            ..TrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn trains_every_model_and_is_deterministic() {
+        let data = vec![history(1, 800), history(2, 800)];
+        let a = train("service", &data, 3, &EngineConfig::default(), &quick()).expect("trains");
+        let b = train("service", &data, 3, &EngineConfig::default(), &quick()).expect("trains");
+        assert!(a.mlp.is_some() && a.forest.is_some());
+        assert_eq!(a.meta.version, 3);
+        assert_eq!(a.meta.rows, 1600);
+        let report = a.meta.mlp.as_ref().expect("report");
+        assert!(report.validation_windows >= 50, "{report:?}");
+        // The sine is predictable: the MLP beats Holt and is preferred.
+        assert!(report.preferred, "{report:?}");
+        let probe = BTreeMap::from([("cpu".to_owned(), 500.0)]);
+        let f = |m: &TrainedModels| m.forest.as_ref().expect("forest").score(&probe, None);
+        assert_eq!(f(&a), f(&b));
+        assert_eq!(a.meta.mlp, b.meta.mlp);
+        // No failures were observed, so there is nothing to calibrate on.
+        assert!(a.calibration.is_none());
+        assert_eq!(a.version_label(), format!("{MODEL_VERSION}+service.v3"));
+    }
+
+    #[test]
+    fn the_mlp_residual_detector_sees_a_break_the_level_cannot() {
+        let data = vec![history(1, 1_500)];
+        let models = Arc::new(
+            train(
+                "service",
+                &data,
+                1,
+                &EngineConfig::default(),
+                &TrainConfig::default(),
+            )
+            .expect("trains"),
+        );
+        let mut with = ResourceEngine::new(EngineConfig::default());
+        with.set_models(Some(models));
+        let mut without = ResourceEngine::new(EngineConfig::default());
+        let live = history(2, 1_500);
+        let (mut usual_with, mut usual_without) = (0.0f64, 0.0f64);
+        for (i, (&t, m)) in live.ts.iter().zip(&live.metrics).enumerate() {
+            let (a, b) = (with.observe(t, m), without.observe(t, m));
+            if i > 1_000 {
+                usual_with = usual_with.max(with.anomaly_parts().mlp);
+                usual_without = usual_without.max(b.anomaly_score);
+            }
+            assert!(b.model_version == MODEL_VERSION && a.model_version.ends_with("service.v1"));
+        }
+        // The sine jumps half a period: every value stays inside its usual range.
+        let (mut mlp_break, mut level_break) = (0.0f64, 0.0f64);
+        for k in 0..15 {
+            let t = 1_500.0 + f64::from(k);
+            let m = BTreeMap::from([
+                (
+                    "cpu".to_owned(),
+                    50.5 + 10.0 * (t * 0.1 + std::f64::consts::PI).sin(),
+                ),
+                ("mem_used_ratio".to_owned(), 0.505),
+            ]);
+            let p = with.observe(t, &m);
+            let parts = with.anomaly_parts();
+            assert!(p.anomaly_score >= parts.level.max(parts.mlp.min(parts.forest)));
+            mlp_break = mlp_break.max(parts.mlp);
+            level_break = level_break.max(without.observe(t, &m).anomaly_score);
+        }
+        assert!(
+            mlp_break > usual_with.max(0.5),
+            "the MLP residuals: break {mlp_break} vs usual {usual_with}"
+        );
+        assert!(
+            level_break <= usual_without.max(0.5),
+            "the level alone: break {level_break} vs usual {usual_without}"
+        );
+    }
+
+    #[test]
+    fn too_little_history_is_an_error() {
+        assert_eq!(
+            train(
+                "service",
+                &[history(1, 10)],
+                1,
+                &EngineConfig::default(),
+                &quick()
+            )
+            .err(),
+            Some(TrainError::TooLittleHistory { rows: 10, min: 300 })
+        );
+    }
+
+    #[test]
+    fn windows_reaching_a_migration_are_not_labels() {
+        // Two resources leak memory; one fails, the other is migrated away before it would have.
+        let leak = |fail: bool| {
+            let mut h = ResourceHistory::default();
+            for t in 0..2_000 {
+                let x = t as f64;
+                let m = if t < 1_500 {
+                    0.5
+                } else {
+                    0.5 + 0.0009 * (x - 1_500.0)
+                };
+                h.push(x, BTreeMap::from([("mem_used_ratio".to_owned(), m)]));
+            }
+            if fail {
+                h.failures.push(1_990.0);
+            } else {
+                h.migrations.push(1_900.0);
+            }
+            h
+        };
+        let data = vec![leak(true), leak(false)];
+        let m = train("service", &data, 1, &EngineConfig::default(), &quick()).expect("trains");
+        let c = m.meta.calibration.expect("calibration report");
+        assert!(c.positives > 0);
+        // Predictions at 1600..1700 s would have been negatives (their 300 s horizon ends before
+        // the data does, with no failure in it) but reach the migration at 1900 s; later ones have
+        // no complete horizon either way.
+        assert_eq!(c.excluded_by_migration, 100, "{c:?}");
+    }
+}
