@@ -83,6 +83,12 @@ fn write_key(path: &Path, keypair: &Keypair) -> Result<(), IdentityError> {
     let bytes = keypair
         .to_protobuf_encoding()
         .map_err(|e| err(std::io::Error::other(e.to_string())))?;
+    write_secret(path, &bytes).map_err(err)
+}
+
+/// Writes a secret file: mode 0600, to a temporary file, fsynced, then renamed (a crash never leaves
+/// half a key).
+pub(crate) fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("key.tmp");
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -91,11 +97,10 @@ fn write_key(path: &Path, keypair: &Keypair) -> Result<(), IdentityError> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut file = opts.open(&tmp).map_err(err)?;
-    file.write_all(&bytes).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    fs::rename(&tmp, path).map_err(err)?;
-    Ok(())
+    let mut file = opts.open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -2,7 +2,11 @@
 //! membership and liveness, libp2p over QUIC for everything that carries authority). Exposes handles
 //! and events, never sockets. Today it owns the node's identity.
 
+pub mod admission;
 pub mod identity;
+pub mod membership;
+pub mod sim;
+pub mod values;
 
 pub use identity::{IdentityError, NodeIdentity};
 

@@ -1,0 +1,654 @@
+//! Membership and liveness over chitchat 0.13 (phi-accrual failure detection), with every value
+//! signed (see [`crate::values`]) and every node admitted by its join token before anything it
+//! publishes is believed.
+//!
+//! One task owns the view: every gossip interval it re-reads chitchat's state, verifies what changed
+//! (verification results are cached per chitchat version, so a steady fleet costs no signature
+//! checks), derives each member's status (alive, suspect, dead, left), and emits events on changes.
+//! The same task re-signs and republishes this node's values so that they never look stale.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chitchat::transport::Transport;
+use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
+use parking_lot::RwLock;
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::admission::{FleetPublicKey, JoinToken};
+use crate::values::{self, Capacity, Endpoints, Health, NodeValue, Rejected, ValueKind};
+
+/// One node as read from chitchat: id, heartbeat, augur key-values (key, value, version), and the
+/// failure detector's current timeout.
+type NodeRow = (
+    ChitchatId,
+    u64,
+    Vec<(String, String, u64)>,
+    Option<Duration>,
+);
+
+/// A node learned from gossip that has not shown a heartbeat yet is judged dead by chitchat at
+/// once; it is listed as dead only if it stays so this long (or was alive before).
+const DEAD_ON_ARRIVAL: Duration = Duration::from_secs(10);
+
+/// A source of wall-clock time in unix milliseconds. Tests drive it from tokio's paused clock.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Self(Arc::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        }))
+    }
+
+    /// Wall time that starts at `start_ms` and advances with tokio's (possibly paused) clock.
+    pub fn tokio(start_ms: u64) -> Self {
+        let origin = Instant::now();
+        Self(Arc::new(move || {
+            start_ms + origin.elapsed().as_millis() as u64
+        }))
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now_ms())
+    }
+}
+
+/// Membership settings.
+#[derive(Clone, Debug)]
+pub struct MembershipConfig {
+    /// Separates fleets' gossip (the fleet id of the fleet key).
+    pub fleet_id: String,
+    pub listen_addr: SocketAddr,
+    /// Where peers reach this node's gossip (the listen address unless behind NAT).
+    pub advertise_addr: SocketAddr,
+    /// `HOST:PORT` of other members' gossip addresses.
+    pub seeds: Vec<String>,
+    pub gossip_interval: Duration,
+    /// phi above which a node is declared dead.
+    pub phi_threshold: f64,
+    /// How long a dead node stays listed before it is forgotten.
+    pub dead_node_grace: Duration,
+    /// How often this node re-signs its values even when they did not change.
+    pub republish_every: Duration,
+    /// Values older than this (by their signed timestamp) are stale.
+    pub max_value_age: Duration,
+    /// Distinguishes restarts of the same node (its start time, for instance).
+    pub generation: u64,
+}
+
+impl MembershipConfig {
+    pub fn new(fleet_id: String, listen_addr: SocketAddr) -> Self {
+        Self {
+            fleet_id,
+            listen_addr,
+            advertise_addr: listen_addr,
+            seeds: Vec::new(),
+            gossip_interval: Duration::from_millis(300),
+            phi_threshold: 8.0,
+            dead_node_grace: Duration::from_secs(3600),
+            republish_every: Duration::from_secs(30),
+            max_value_age: Duration::from_secs(120),
+            generation: 0,
+        }
+    }
+}
+
+/// A member's liveness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberStatus {
+    Alive,
+    /// Alive by the failure detector, but silent for more than half its timeout.
+    Suspect,
+    Dead,
+    /// Announced its departure.
+    Left,
+}
+
+/// One admitted member, as this node sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Member {
+    pub peer_id: String,
+    pub node_name: Option<String>,
+    pub status: MemberStatus,
+    pub is_self: bool,
+    pub gossip_addr: String,
+    pub generation: u64,
+    pub health: Option<Health>,
+    pub capacity: Option<Capacity>,
+    pub zone: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub services: Vec<String>,
+    pub endpoints: Option<Endpoints>,
+    pub models: BTreeMap<String, String>,
+    /// Milliseconds since its heartbeat last advanced (None for this node).
+    pub last_heard_ms: Option<u64>,
+    /// libp2p ping round trip, when the swarm has one.
+    pub rtt_ms: Option<f64>,
+}
+
+/// A change in membership.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MembershipEvent {
+    Joined(Member),
+    Dead(Member),
+    Recovered(Member),
+    Left(Member),
+    /// Forgotten after the dead-node grace period.
+    Removed {
+        peer_id: String,
+    },
+}
+
+/// Counters of what gossip brought.
+#[derive(Debug, Default)]
+pub struct MembershipStats {
+    pub values_accepted: AtomicU64,
+    rejected: [AtomicU64; 5],
+    /// Nodes present in chitchat without a valid join token (last count).
+    pub unadmitted_nodes: AtomicU64,
+    pub gossip_rounds: AtomicU64,
+}
+
+const REJECTIONS: [Rejected; 5] = [
+    Rejected::Unsigned,
+    Rejected::BadSignature,
+    Rejected::Malformed,
+    Rejected::Stale,
+    Rejected::Unadmitted,
+];
+
+impl MembershipStats {
+    fn reject(&self, r: Rejected) {
+        if let Some(i) = REJECTIONS.iter().position(|x| *x == r) {
+            self.rejected[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Values dropped, by reason.
+    pub fn rejected(&self) -> Vec<(&'static str, u64)> {
+        REJECTIONS
+            .iter()
+            .zip(&self.rejected)
+            .map(|(r, c)| (r.as_str(), c.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// What this node publishes; the membership task seals and republishes it.
+#[derive(Clone, Debug, Default)]
+struct Own {
+    values: BTreeMap<ValueKind, NodeValue>,
+    dirty: HashSet<ValueKind>,
+}
+
+#[derive(Default)]
+struct NodeView {
+    /// Verified values by kind, with the chitchat version they came from.
+    values: HashMap<ValueKind, (u64, Result<values::Opened, Rejected>)>,
+    /// Highest accepted sequence number per kind.
+    seq: HashMap<ValueKind, u64>,
+    heartbeat: u64,
+    last_heard: Option<Instant>,
+    first_seen: Option<Instant>,
+    /// Whether this node was ever alive in this view.
+    was_alive: bool,
+    admitted: bool,
+}
+
+struct Shared {
+    members: RwLock<Vec<Member>>,
+    own: parking_lot::Mutex<Own>,
+    rtt: RwLock<HashMap<String, f64>>,
+}
+
+/// Handle on the membership layer. Cloneable; the task stops when [`Membership::shutdown`] runs.
+#[derive(Clone)]
+pub struct Membership {
+    chitchat: Arc<ChitchatHandle>,
+    shared: Arc<Shared>,
+    pub stats: Arc<MembershipStats>,
+    events: broadcast::Sender<MembershipEvent>,
+    peer_id: PeerId,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Membership({})", self.peer_id)
+    }
+}
+
+/// Why membership could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("this node's join token does not admit it: {0}")]
+    NotAdmitted(#[from] crate::admission::AdmissionError),
+    #[error("cannot start gossip on {addr}: {source}")]
+    Start {
+        addr: SocketAddr,
+        source: anyhow_like::Error,
+    },
+}
+
+/// chitchat returns `anyhow::Error`; this keeps anyhow out of the mesh's public types.
+pub mod anyhow_like {
+    #[derive(Debug)]
+    pub struct Error(pub String);
+
+    impl std::fmt::Display for Error {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for Error {}
+}
+
+impl Membership {
+    /// Starts gossip on `transport` (UDP in the agent, channels in tests).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        config: MembershipConfig,
+        keypair: Keypair,
+        token: JoinToken,
+        trusted: Vec<FleetPublicKey>,
+        clock: Clock,
+        transport: &dyn Transport,
+    ) -> Result<Self, MembershipError> {
+        let peer_id = keypair.public().to_peer_id();
+        token.verify(&peer_id, &trusted, clock.now_ms() / 1000)?;
+        let chitchat_id = ChitchatId::new(
+            peer_id.to_string(),
+            config.generation,
+            config.advertise_addr,
+        );
+        let cc = ChitchatConfig {
+            chitchat_id,
+            cluster_id: format!("augur-{}", config.fleet_id),
+            gossip_interval: config.gossip_interval,
+            listen_addr: config.listen_addr,
+            seed_nodes: config.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: config.phi_threshold,
+                sampling_window_size: 1000,
+                max_interval: Duration::from_secs(10),
+                initial_interval: config.gossip_interval * 2,
+                dead_node_grace_period: config.dead_node_grace,
+            },
+            marked_for_deletion_grace_period: config.dead_node_grace,
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: chitchat::ProtocolVersion::V0,
+        };
+        let mut own = Own::default();
+        own.values.insert(
+            ValueKind::Admission,
+            NodeValue::Admission(token.to_string()),
+        );
+        own.dirty.insert(ValueKind::Admission);
+        let mut seq = clock.now_ms();
+        let initial: Vec<(String, String)> = own
+            .values
+            .values()
+            .map(|v| {
+                seq += 1;
+                let (k, s) = values::seal(&keypair, &config.fleet_id, v, seq, clock.now_ms());
+                (k.to_owned(), s)
+            })
+            .collect();
+        own.dirty.clear();
+        let handle = chitchat::spawn_chitchat(cc, initial, transport)
+            .await
+            .map_err(|e| MembershipError::Start {
+                addr: config.listen_addr,
+                source: anyhow_like::Error(e.to_string()),
+            })?;
+        let chitchat = Arc::new(handle);
+        let shared = Arc::new(Shared {
+            members: RwLock::new(Vec::new()),
+            own: parking_lot::Mutex::new(own),
+            rtt: RwLock::new(HashMap::new()),
+        });
+        let stats = Arc::new(MembershipStats::default());
+        let (events, _) = broadcast::channel(1024);
+        let task = tokio::spawn(run(
+            chitchat.clone(),
+            shared.clone(),
+            stats.clone(),
+            events.clone(),
+            config,
+            keypair,
+            trusted,
+            clock,
+            seq,
+        ));
+        Ok(Self {
+            chitchat,
+            shared,
+            stats,
+            events,
+            peer_id,
+            task: Arc::new(task),
+        })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Publishes (or replaces) one of this node's values; it is signed and gossiped at the next round.
+    pub fn publish(&self, value: NodeValue) {
+        let mut own = self.shared.own.lock();
+        let kind = value.kind();
+        if own.values.get(&kind) != Some(&value) {
+            own.values.insert(kind, value);
+            own.dirty.insert(kind);
+        }
+    }
+
+    /// Every admitted member, this node included, by peer id.
+    pub fn members(&self) -> Vec<Member> {
+        let rtt = self.shared.rtt.read();
+        self.shared
+            .members
+            .read()
+            .iter()
+            .cloned()
+            .map(|mut m| {
+                m.rtt_ms = rtt.get(&m.peer_id).copied();
+                m
+            })
+            .collect()
+    }
+
+    /// Records a round-trip time to a peer (from the swarm's pings).
+    pub fn set_rtt(&self, peer: &PeerId, rtt: Duration) {
+        self.shared
+            .rtt
+            .write()
+            .insert(peer.to_string(), rtt.as_secs_f64() * 1000.0);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<MembershipEvent> {
+        self.events.subscribe()
+    }
+
+    /// Announces departure (members see "left", not "dead"), waits a few gossip rounds, and stops.
+    pub async fn leave(&self, linger: Duration) {
+        self.publish(NodeValue::Leaving(true));
+        tokio::time::sleep(linger).await;
+        self.shutdown();
+    }
+
+    /// Stops gossiping at once (as a crash would, for tests).
+    pub fn shutdown(&self) {
+        let _ = self.chitchat.initiate_shutdown();
+        self.task.abort();
+    }
+
+    /// The chitchat handle, for measurements (gossip statistics) and tests.
+    pub fn chitchat(&self) -> &ChitchatHandle {
+        &self.chitchat
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    chitchat: Arc<ChitchatHandle>,
+    shared: Arc<Shared>,
+    stats: Arc<MembershipStats>,
+    events: broadcast::Sender<MembershipEvent>,
+    config: MembershipConfig,
+    keypair: Keypair,
+    trusted: Vec<FleetPublicKey>,
+    clock: Clock,
+    mut seq: u64,
+) {
+    let self_id = keypair.public().to_peer_id().to_string();
+    let mut views: HashMap<ChitchatId, NodeView> = HashMap::new();
+    let mut known: HashMap<String, MemberStatus> = HashMap::new();
+    let mut last_republish = Instant::now();
+    let mut tick = tokio::time::interval(config.gossip_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        stats.gossip_rounds.fetch_add(1, Ordering::Relaxed);
+        let now_ms = clock.now_ms();
+        // Seal what changed (and everything, now and then, so nothing ages out).
+        let to_seal: Vec<NodeValue> = {
+            let mut own = shared.own.lock();
+            let all = last_republish.elapsed() >= config.republish_every;
+            let vals: Vec<NodeValue> = own
+                .values
+                .iter()
+                .filter(|(k, _)| all || own.dirty.contains(k))
+                .map(|(_, v)| v.clone())
+                .collect();
+            own.dirty.clear();
+            if all {
+                last_republish = Instant::now();
+            }
+            vals
+        };
+        let sealed: Vec<(&'static str, String)> = to_seal
+            .iter()
+            .map(|v| {
+                seq += 1;
+                values::seal(&keypair, &config.fleet_id, v, seq, now_ms)
+            })
+            .collect();
+        let snapshot = {
+            let cc_arc = chitchat.chitchat();
+            let mut cc = cc_arc.lock().await;
+            for (k, v) in sealed {
+                cc.self_node_state().set(k, v);
+            }
+            let live: HashSet<ChitchatId> = cc.live_nodes().cloned().collect();
+            let dead: HashSet<ChitchatId> = cc.dead_nodes().cloned().collect();
+            let nodes: Vec<NodeRow> = cc
+                .node_states()
+                .iter()
+                .map(|(id, st)| {
+                    let kv = st
+                        .key_values_including_deleted()
+                        .filter(|(k, v)| k.starts_with(values::KEY_PREFIX) && !v.is_deleted())
+                        .map(|(k, v)| (k.to_owned(), v.value.clone(), v.version))
+                        .collect();
+                    (
+                        id.clone(),
+                        u64::from(st.heartbeat()),
+                        kv,
+                        cc.failure_detection_timeout(id),
+                    )
+                })
+                .collect();
+            (live, dead, nodes)
+        };
+        let (live, dead, nodes) = snapshot;
+        let now = Instant::now();
+        let mut members = Vec::with_capacity(nodes.len());
+        let mut unadmitted = 0;
+        let present: HashSet<ChitchatId> = nodes.iter().map(|n| n.0.clone()).collect();
+        views.retain(|id, _| present.contains(id));
+        for (id, heartbeat, kv, timeout) in nodes {
+            let view = views.entry(id.clone()).or_default();
+            let first_seen = *view.first_seen.get_or_insert(now);
+            if heartbeat != view.heartbeat || view.last_heard.is_none() {
+                view.heartbeat = heartbeat;
+                view.last_heard = Some(now);
+            }
+            let Ok(peer) = id.node_id.parse::<PeerId>() else {
+                unadmitted += 1;
+                continue;
+            };
+            // Verify values whose chitchat version changed.
+            for (key, value, version) in kv {
+                let Some(kind) = ValueKind::from_key(&key) else {
+                    continue;
+                };
+                if view.values.get(&kind).is_some_and(|(v, _)| *v == version) {
+                    continue;
+                }
+                let mut opened = values::open(&config.fleet_id, &peer, &key, &value);
+                if let Ok(o) = &opened {
+                    let too_old = o.ts_ms + (config.max_value_age.as_millis() as u64) < now_ms;
+                    let replayed = view.seq.get(&kind).is_some_and(|s| o.seq < *s);
+                    if too_old || replayed {
+                        opened = Err(Rejected::Stale);
+                    }
+                }
+                match &opened {
+                    Ok(o) => {
+                        view.seq.insert(kind, o.seq);
+                        stats.values_accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(r) => stats.reject(*r),
+                }
+                // A rejected newer value does not erase the last good one.
+                if opened.is_ok() || !view.values.get(&kind).is_some_and(|(_, r)| r.is_ok()) {
+                    view.values.insert(kind, (version, opened));
+                } else if let Some(entry) = view.values.get_mut(&kind) {
+                    entry.0 = version;
+                }
+            }
+            let good = |kind: ValueKind| {
+                view.values
+                    .get(&kind)
+                    .and_then(|(_, r)| r.as_ref().ok())
+                    .map(|o| o.value.clone())
+            };
+            view.admitted = match good(ValueKind::Admission) {
+                Some(NodeValue::Admission(t)) => t
+                    .parse::<JoinToken>()
+                    .and_then(|t| t.verify(&peer, &trusted, now_ms / 1000))
+                    .is_ok(),
+                _ => false,
+            };
+            if !view.admitted {
+                unadmitted += 1;
+                continue;
+            }
+            let is_self = id.node_id.as_ref() == self_id;
+            let leaving = matches!(good(ValueKind::Leaving), Some(NodeValue::Leaving(true)));
+            let silent = view.last_heard.map(|t| now.duration_since(t));
+            let status = if leaving {
+                MemberStatus::Left
+            } else if is_self || live.contains(&id) {
+                match (silent, timeout) {
+                    (Some(s), Some(t)) if !is_self && s > t / 2 => MemberStatus::Suspect,
+                    _ => MemberStatus::Alive,
+                }
+            } else if dead.contains(&id)
+                && (view.was_alive || now.duration_since(first_seen) > DEAD_ON_ARRIVAL)
+            {
+                MemberStatus::Dead
+            } else {
+                // Known to chitchat but not yet judged (no heartbeat interval yet).
+                continue;
+            };
+            view.was_alive |= status == MemberStatus::Alive;
+            let mut m = Member {
+                peer_id: peer.to_string(),
+                node_name: None,
+                status,
+                is_self,
+                gossip_addr: id.gossip_advertise_addr.to_string(),
+                generation: id.generation_id,
+                health: None,
+                capacity: None,
+                zone: None,
+                labels: BTreeMap::new(),
+                services: Vec::new(),
+                endpoints: None,
+                models: BTreeMap::new(),
+                last_heard_ms: (!is_self)
+                    .then(|| silent.map(|s| s.as_millis() as u64))
+                    .flatten(),
+                rtt_ms: None,
+            };
+            for kind in ValueKind::ALL {
+                match good(kind) {
+                    Some(NodeValue::Health(h)) => m.health = Some(h),
+                    Some(NodeValue::Capacity(c)) => m.capacity = Some(c),
+                    Some(NodeValue::Placement(p)) => {
+                        m.node_name = Some(p.node_name);
+                        m.zone = p.zone;
+                        m.labels = p.labels;
+                    }
+                    Some(NodeValue::Services(s)) => m.services = s,
+                    Some(NodeValue::Endpoints(e)) => m.endpoints = Some(e),
+                    Some(NodeValue::Models(v)) => m.models = v,
+                    _ => {}
+                }
+            }
+            members.push(m);
+        }
+        stats.unadmitted_nodes.store(unadmitted, Ordering::Relaxed);
+        // Several generations of one node (a restart) collapse to the newest.
+        members.sort_by(|a, b| {
+            a.peer_id
+                .cmp(&b.peer_id)
+                .then(b.generation.cmp(&a.generation))
+        });
+        members.dedup_by(|later, first| later.peer_id == first.peer_id);
+        // Events on status changes.
+        let mut seen = HashSet::new();
+        for m in &members {
+            seen.insert(m.peer_id.clone());
+            let before = known.insert(m.peer_id.clone(), m.status);
+            let event = match (before, m.status) {
+                (None, MemberStatus::Alive | MemberStatus::Suspect) if !m.is_self => {
+                    Some(MembershipEvent::Joined(m.clone()))
+                }
+                (Some(MemberStatus::Dead | MemberStatus::Left), MemberStatus::Alive) => {
+                    Some(MembershipEvent::Recovered(m.clone()))
+                }
+                (Some(MemberStatus::Alive | MemberStatus::Suspect), MemberStatus::Dead) => {
+                    Some(MembershipEvent::Dead(m.clone()))
+                }
+                (Some(b), MemberStatus::Left) if b != MemberStatus::Left => {
+                    Some(MembershipEvent::Left(m.clone()))
+                }
+                _ => None,
+            };
+            if let Some(e) = event {
+                let _ = events.send(e);
+            }
+        }
+        let gone: Vec<String> = known
+            .keys()
+            .filter(|p| !seen.contains(*p))
+            .cloned()
+            .collect();
+        for p in gone {
+            known.remove(&p);
+            let _ = events.send(MembershipEvent::Removed { peer_id: p });
+        }
+        *shared.members.write() = members;
+    }
+}

@@ -1,0 +1,581 @@
+//! A deterministic in-process fleet for tests and simulations: every node runs the real membership
+//! code over chitchat's in-memory `ChannelTransport`, under tokio's paused clock (so seconds of gossip
+//! take microseconds, and no test sleeps on the wall clock), with keys derived from a seed. Scripts
+//! read like the operations they model:
+//!
+//! ```ignore
+//! let mut fleet = SimFleet::new(7, SimConfig::default());
+//! fleet.join_all(["a", "b", "c"]).await;
+//! fleet.converge().await;
+//! fleet.kill("c").await;
+//! let took = fleet.until_all_see("c", MemberStatus::Dead).await;
+//! ```
+//!
+//! What is not deterministic: chitchat picks its gossip partners with its own unseeded generator, so
+//! the exact round in which something converges varies a little between runs; scripts assert bounds.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chitchat::transport::ChannelTransport;
+use libp2p::identity::Keypair;
+
+use crate::admission::{FleetKey, JoinToken};
+use crate::membership::{Clock, Member, MemberStatus, Membership, MembershipConfig};
+use crate::values::{self, NodeValue};
+
+/// Settings of a simulated fleet.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub gossip_interval: Duration,
+    pub phi_threshold: f64,
+    pub dead_node_grace: Duration,
+    /// Seeds each joining node is given: the first `seeds` nodes to join.
+    pub seeds: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            gossip_interval: Duration::from_millis(300),
+            phi_threshold: 8.0,
+            dead_node_grace: Duration::from_secs(3600),
+            seeds: 3,
+        }
+    }
+}
+
+/// One simulated node.
+#[allow(missing_debug_implementations)]
+pub struct SimNode {
+    pub name: String,
+    pub keypair: Keypair,
+    pub addr: SocketAddr,
+    pub membership: Option<Membership>,
+    generation: u64,
+    /// Holds a token of this fleet (forged nodes do not).
+    pub admitted: bool,
+}
+
+/// A fleet of simulated nodes sharing one in-memory network.
+#[allow(missing_debug_implementations)]
+pub struct SimFleet {
+    pub transport: ChannelTransport,
+    pub fleet: FleetKey,
+    pub config: SimConfig,
+    pub nodes: BTreeMap<String, SimNode>,
+    seed: u64,
+    next_port: u16,
+    seeds: Vec<String>,
+    clock: Clock,
+}
+
+/// Deterministic 32 bytes from a seed and a label.
+fn seeded(seed: u64, label: &str) -> [u8; 32] {
+    let mut rng = seed ^ 0x9E37_79B9_7F4A_7C15;
+    for b in label.bytes() {
+        rng = rng.wrapping_mul(0x100_0000_01B3) ^ u64::from(b);
+    }
+    let mut out = [0u8; 32];
+    for chunk in out.chunks_mut(8) {
+        // SplitMix64.
+        rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        chunk.copy_from_slice(&(z ^ (z >> 31)).to_be_bytes());
+    }
+    out
+}
+
+/// Token lifetime in simulations (expiry is tested on its own).
+const TOKEN_TTL_S: u64 = 10 * 365 * 24 * 3600;
+
+impl SimFleet {
+    /// A fleet whose keys derive from `seed`. Must run inside a tokio runtime with a paused clock.
+    pub fn new(seed: u64, config: SimConfig) -> Self {
+        Self {
+            transport: ChannelTransport::default(),
+            fleet: FleetKey::from_seed(seeded(seed, "fleet")),
+            config,
+            nodes: BTreeMap::new(),
+            seed,
+            next_port: 10_000,
+            seeds: Vec::new(),
+            clock: Clock::tokio(1_800_000_000_000),
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    fn keypair(&self, name: &str) -> Keypair {
+        Keypair::ed25519_from_bytes(seeded(self.seed, name))
+            .unwrap_or_else(|_| Keypair::generate_ed25519())
+    }
+
+    fn membership_config(&self, addr: SocketAddr, generation: u64) -> MembershipConfig {
+        let mut c = MembershipConfig::new(self.fleet.public().fleet_id(), addr);
+        c.seeds = self.seeds.clone();
+        c.gossip_interval = self.config.gossip_interval;
+        c.phi_threshold = self.config.phi_threshold;
+        c.dead_node_grace = self.config.dead_node_grace;
+        c.generation = generation;
+        c
+    }
+
+    async fn start(
+        &mut self,
+        name: &str,
+        token: JoinToken,
+        keypair: Keypair,
+    ) -> anyhow_free::Result<()> {
+        let (addr, generation) = match self.nodes.get(name) {
+            Some(n) => (n.addr, n.generation + 1),
+            None => {
+                self.next_port += 1;
+                (SocketAddr::from(([10, 0, 0, 1], self.next_port)), 1)
+            }
+        };
+        let membership = Membership::start(
+            self.membership_config(addr, generation),
+            keypair.clone(),
+            token,
+            vec![self.fleet.public()],
+            self.clock.clone(),
+            &self.transport,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        membership.publish(NodeValue::Placement(values::Placement {
+            node_name: name.to_owned(),
+            ..Default::default()
+        }));
+        if self.seeds.len() < self.config.seeds {
+            self.seeds.push(addr.to_string());
+        }
+        self.nodes.insert(
+            name.to_owned(),
+            SimNode {
+                name: name.to_owned(),
+                keypair,
+                addr,
+                membership: Some(membership),
+                generation,
+                admitted: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts an admitted node.
+    pub async fn join(&mut self, name: &str) {
+        let keypair = self.keypair(name);
+        let now_s = self.clock.now_ms() / 1000;
+        let token = self
+            .fleet
+            .issue(keypair.public().to_peer_id(), now_s + TOKEN_TTL_S);
+        if let Err(e) = self.start(name, token, keypair).await {
+            panic!("{name} cannot join: {e}");
+        }
+    }
+
+    pub async fn join_all<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        for n in names {
+            self.join(n).await;
+        }
+    }
+
+    /// Starts a node whose token was signed by another fleet's key: it gossips, but must never be
+    /// admitted.
+    pub async fn join_forged(&mut self, name: &str) {
+        let keypair = self.keypair(name);
+        let rogue = FleetKey::from_seed(seeded(self.seed, "rogue fleet"));
+        let token = rogue.issue(keypair.public().to_peer_id(), u64::MAX);
+        // It trusts its own rogue fleet so that it starts at all.
+        let (addr, generation) = {
+            self.next_port += 1;
+            (SocketAddr::from(([10, 0, 0, 1], self.next_port)), 1)
+        };
+        let mut cfg = self.membership_config(addr, generation);
+        cfg.fleet_id = self.fleet.public().fleet_id();
+        let membership = Membership::start(
+            cfg,
+            keypair.clone(),
+            token,
+            vec![rogue.public()],
+            self.clock.clone(),
+            &self.transport,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{name} cannot start: {e}"));
+        membership.publish(NodeValue::Placement(values::Placement {
+            node_name: name.to_owned(),
+            ..Default::default()
+        }));
+        self.nodes.insert(
+            name.to_owned(),
+            SimNode {
+                name: name.to_owned(),
+                keypair,
+                addr,
+                membership: Some(membership),
+                generation,
+                admitted: false,
+            },
+        );
+    }
+
+    /// Stops a node abruptly (no goodbye), as SIGKILL would.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(m) = self.nodes.get_mut(name).and_then(|n| n.membership.take()) {
+            m.shutdown();
+        }
+    }
+
+    /// Stops a node after announcing its departure.
+    pub async fn leave(&mut self, name: &str) {
+        let linger = self.config.gossip_interval * 5;
+        if let Some(m) = self.nodes.get_mut(name).and_then(|n| n.membership.take()) {
+            m.leave(linger).await;
+        }
+    }
+
+    /// Restarts a stopped node with the same identity and a new generation.
+    pub async fn restart(&mut self, name: &str) {
+        self.kill(name);
+        // The old socket must be gone before the same address is opened again.
+        tokio::time::sleep(self.config.gossip_interval).await;
+        self.transport_forget(name).await;
+        self.join(name).await;
+    }
+
+    async fn transport_forget(&self, name: &str) {
+        // ChannelTransport keeps a sender per address until the socket is dropped; chitchat drops it
+        // when its server task ends, a little after shutdown.
+        let _ = name;
+        tokio::task::yield_now().await;
+    }
+
+    /// Cuts every link between the two groups, both ways.
+    pub async fn partition(&self, left: &[&str], right: &[&str]) {
+        for a in left {
+            for b in right {
+                let (x, y) = (self.nodes[*a].addr, self.nodes[*b].addr);
+                self.transport.remove_link(x, y).await;
+                self.transport.remove_link(y, x).await;
+            }
+        }
+    }
+
+    /// Restores every link between the two groups.
+    pub async fn heal(&self, left: &[&str], right: &[&str]) {
+        for a in left {
+            for b in right {
+                let (x, y) = (self.nodes[*a].addr, self.nodes[*b].addr);
+                self.transport.add_link(x, y).await;
+                self.transport.add_link(y, x).await;
+            }
+        }
+    }
+
+    pub fn membership(&self, name: &str) -> &Membership {
+        self.nodes[name]
+            .membership
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name} is not running"))
+    }
+
+    pub fn peer_id(&self, name: &str) -> String {
+        self.nodes[name].keypair.public().to_peer_id().to_string()
+    }
+
+    /// What `observer` knows of `target`.
+    pub fn view(&self, observer: &str, target: &str) -> Option<Member> {
+        let id = self.peer_id(target);
+        self.membership(observer)
+            .members()
+            .into_iter()
+            .find(|m| m.peer_id == id)
+    }
+
+    pub fn status(&self, observer: &str, target: &str) -> Option<MemberStatus> {
+        self.view(observer, target).map(|m| m.status)
+    }
+
+    /// Names of the running nodes.
+    pub fn running(&self) -> Vec<String> {
+        self.nodes
+            .values()
+            .filter(|n| n.membership.is_some())
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    /// Advances (paused) time by `d`.
+    pub async fn run_for(&self, d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+
+    /// Steps gossip intervals until `check` holds; returns the simulated time it took, or None
+    /// after `limit`.
+    pub async fn until(
+        &self,
+        limit: Duration,
+        mut check: impl FnMut(&Self) -> bool,
+    ) -> Option<Duration> {
+        let start = tokio::time::Instant::now();
+        loop {
+            if check(self) {
+                return Some(start.elapsed());
+            }
+            if start.elapsed() >= limit {
+                return None;
+            }
+            tokio::time::sleep(self.config.gossip_interval / 3).await;
+        }
+    }
+
+    /// Until every running node sees `target` with `status`.
+    pub async fn until_all_see(&self, target: &str, status: MemberStatus) -> Option<Duration> {
+        let observers: Vec<String> = self.running().into_iter().filter(|n| n != target).collect();
+        self.until(Duration::from_secs(120), |f| {
+            observers
+                .iter()
+                .all(|o| f.status(o, target) == Some(status))
+        })
+        .await
+    }
+
+    /// Until every running node sees every running admitted node alive.
+    pub async fn converge(&self) -> Option<Duration> {
+        let admitted: Vec<String> = self
+            .running()
+            .into_iter()
+            .filter(|n| self.admitted(n))
+            .collect();
+        self.until(Duration::from_secs(120), |f| {
+            admitted.iter().all(|o| {
+                admitted
+                    .iter()
+                    .all(|t| f.status(o, t) == Some(MemberStatus::Alive))
+            })
+        })
+        .await
+    }
+
+    fn admitted(&self, name: &str) -> bool {
+        self.nodes[name].admitted
+    }
+}
+
+/// Plain string errors, so the harness does not need anyhow.
+mod anyhow_free {
+    pub type Result<T> = std::result::Result<T, String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::MembershipEvent;
+    use crate::values::{Health, ValueKind};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fleet_forms_and_a_killed_node_is_declared_dead_by_all() {
+        let mut fleet = SimFleet::new(1, SimConfig::default());
+        fleet.join_all(["a", "b", "c", "d", "e"]).await;
+        let formed = fleet.converge().await.expect("converges");
+        assert!(formed < Duration::from_secs(10), "formed in {formed:?}");
+        let mut events = fleet.membership("a").subscribe();
+        fleet.kill("e");
+        let took = fleet
+            .until_all_see("e", MemberStatus::Dead)
+            .await
+            .expect("declared dead");
+        assert!(
+            took <= Duration::from_secs(5),
+            "declared dead after {took:?}"
+        );
+        let e = fleet.peer_id("e");
+        let mut saw_dead = false;
+        while let Ok(ev) = events.try_recv() {
+            if let MembershipEvent::Dead(m) = ev {
+                saw_dead |= m.peer_id == e;
+            }
+        }
+        assert!(saw_dead, "a announced e's death");
+        // Nobody else was harmed.
+        for o in ["a", "b", "c", "d"] {
+            for t in ["a", "b", "c", "d"] {
+                assert_eq!(
+                    fleet.status(o, t),
+                    Some(MemberStatus::Alive),
+                    "{o} sees {t}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_node_recovers_and_a_leaving_node_is_left_not_dead() {
+        let mut fleet = SimFleet::new(2, SimConfig::default());
+        fleet.join_all(["a", "b", "c"]).await;
+        fleet.converge().await.expect("converges");
+        fleet.kill("c");
+        fleet
+            .until_all_see("c", MemberStatus::Dead)
+            .await
+            .expect("dead");
+        fleet.restart("c").await;
+        fleet
+            .until_all_see("c", MemberStatus::Alive)
+            .await
+            .expect("c is back");
+        assert_eq!(fleet.view("a", "c").map(|m| m.generation), Some(2));
+        fleet.leave("b").await;
+        fleet
+            .until(Duration::from_secs(30), |f| {
+                f.status("a", "b") == Some(MemberStatus::Left)
+            })
+            .await
+            .expect("b left");
+        // And it stays left, never dead, while its state lingers.
+        fleet.run_for(Duration::from_secs(20)).await;
+        assert_eq!(fleet.status("a", "b"), Some(MemberStatus::Left));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partition_isolates_and_healing_restores() {
+        let mut fleet = SimFleet::new(3, SimConfig::default());
+        fleet.join_all(["a", "b", "c", "d"]).await;
+        fleet.converge().await.expect("converges");
+        fleet.partition(&["a", "b"], &["c", "d"]).await;
+        fleet
+            .until(Duration::from_secs(30), |f| {
+                f.status("a", "c") == Some(MemberStatus::Dead)
+                    && f.status("c", "a") == Some(MemberStatus::Dead)
+            })
+            .await
+            .expect("each side sees the other dead");
+        assert_eq!(fleet.status("a", "b"), Some(MemberStatus::Alive));
+        fleet.heal(&["a", "b"], &["c", "d"]).await;
+        fleet.converge().await.expect("healed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_without_a_fleet_token_is_never_admitted() {
+        let mut fleet = SimFleet::new(4, SimConfig::default());
+        fleet.join_all(["a", "b"]).await;
+        fleet.join_forged("forged-x").await;
+        fleet.converge().await.expect("converges");
+        fleet.run_for(Duration::from_secs(10)).await;
+        for o in ["a", "b"] {
+            assert_eq!(fleet.view(o, "forged-x"), None, "{o} must not list it");
+            assert!(
+                fleet
+                    .membership(o)
+                    .stats
+                    .unadmitted_nodes
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    >= 1
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forged_and_stale_values_are_dropped_and_counted() {
+        let mut fleet = SimFleet::new(5, SimConfig::default());
+        fleet.join_all(["a", "b"]).await;
+        fleet.converge().await.expect("converges");
+        let good = Health {
+            max_failure_probability: 0.1,
+            resource_id: Some("db-1".into()),
+            anomaly_score: 0.0,
+            above_threshold: false,
+        };
+        fleet
+            .membership("b")
+            .publish(NodeValue::Health(good.clone()));
+        fleet
+            .until(Duration::from_secs(10), |f| {
+                f.view("a", "b").and_then(|m| m.health) == Some(good.clone())
+            })
+            .await
+            .expect("b's health reaches a");
+        let fleet_id = fleet.fleet.public().fleet_id();
+        let now = fleet.clock().now_ms();
+        // b's value, replaced in b's chitchat state by one signed with another key.
+        let forger = Keypair::generate_ed25519();
+        let bad = NodeValue::Health(Health {
+            max_failure_probability: 0.99,
+            above_threshold: true,
+            ..good.clone()
+        });
+        let (key, forged) = values::seal(&forger, &fleet_id, &bad, u64::MAX / 2, now);
+        let set = |k: &'static str, v: String| {
+            let m = fleet.membership("b").clone();
+            async move {
+                m.chitchat()
+                    .with_chitchat(|c| c.self_node_state().set(k, v.clone()))
+                    .await;
+            }
+        };
+        set(key, forged).await;
+        let stats = fleet.membership("a").stats.clone();
+        fleet
+            .until(Duration::from_secs(10), |_| {
+                stats.rejected().contains(&("bad_signature", 1))
+            })
+            .await
+            .expect("counted as a bad signature");
+        assert_eq!(
+            fleet.view("a", "b").and_then(|m| m.health),
+            Some(good.clone())
+        );
+        // Unsigned text under an augur key.
+        set(ValueKind::Health.key(), "0.99".to_owned()).await;
+        fleet
+            .until(Duration::from_secs(10), |_| {
+                stats.rejected().contains(&("unsigned", 1))
+            })
+            .await
+            .expect("counted as unsigned");
+        // A correctly signed but old value (a replay of something b said long ago).
+        let b_key = fleet.nodes["b"].keypair.clone();
+        let (_, old) = values::seal(&b_key, &fleet_id, &bad, 1, now - 3_600_000);
+        set(key, old).await;
+        fleet
+            .until(Duration::from_secs(10), |_| {
+                stats.rejected().contains(&("stale", 1))
+            })
+            .await
+            .expect("counted as stale");
+        assert_eq!(fleet.view("a", "b").and_then(|m| m.health), Some(good));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dead_nodes_are_forgotten_after_the_grace_period() {
+        let mut fleet = SimFleet::new(
+            6,
+            SimConfig {
+                dead_node_grace: Duration::from_secs(60),
+                ..SimConfig::default()
+            },
+        );
+        fleet.join_all(["a", "b", "c"]).await;
+        fleet.converge().await.expect("converges");
+        fleet.kill("c");
+        fleet
+            .until_all_see("c", MemberStatus::Dead)
+            .await
+            .expect("dead");
+        fleet
+            .until(Duration::from_secs(180), |f| {
+                f.view("a", "c").is_none() && f.view("b", "c").is_none()
+            })
+            .await
+            .expect("forgotten");
+    }
+}
