@@ -86,6 +86,8 @@ pub async fn run(
     )
     .context("cannot start the model trainer thread")?;
     let ingestor = Ingestor::new(tx_writes, history.clone(), stats.clone(), rx_config.clone());
+    let mesh = crate::fleet::start(&cfg, &identity, http_addr, grpc_addr).await?;
+    let events = crate::fleet::EventLog::new(cfg.mesh.event_buffer);
     let api_state = ApiState {
         node_name: node_name.clone(),
         peer_id: identity.peer_id().to_string(),
@@ -99,6 +101,8 @@ pub async fn run(
         predictions: predictions.clone(),
         models: models.clone(),
         trainer: Some(trainer),
+        mesh: mesh.clone(),
+        events: events.clone(),
     };
 
     // The writer stops last: it drains what the others queued.
@@ -121,11 +125,36 @@ pub async fn run(
     ));
 
     let tasks = TaskTracker::new();
+    if let Some(m) = &mesh {
+        crate::fleet::spawn_pump(m, events.clone(), shutdown.child_token());
+    }
+    crate::fleet::spawn_publisher(
+        mesh.clone(),
+        events.clone(),
+        api_state.predictions.clone(),
+        history.clone(),
+        api_state.models.clone(),
+        rx_config.clone(),
+        node_name.to_string(),
+        shutdown.child_token(),
+    );
     if cfg.collect.host {
+        let extra: Option<collect::host::ExtraMetrics> = mesh.clone().map(|m| {
+            Arc::new(move || {
+                let peers = m.swarm_peers();
+                let mut v = vec![("mesh_peers".to_owned(), peers as f64)];
+                if let Some((p50, max, _)) = m.rtt_summary() {
+                    v.push(("mesh_rtt_ms_p50".to_owned(), p50));
+                    v.push(("mesh_rtt_ms_max".to_owned(), max));
+                }
+                v
+            }) as collect::host::ExtraMetrics
+        });
         tasks.spawn(collect::host::run(
             node_name.clone(),
             ingestor.clone(),
             rx_config.clone(),
+            extra,
             shutdown.child_token(),
         ));
     }
@@ -167,6 +196,17 @@ pub async fn run(
     tasks.close();
     drop(ingestor);
 
+    match &mesh {
+        Some(_) => tracing::info!(
+            gossip_addr = %cfg.mesh.gossip_addr,
+            p2p_addr = %cfg.mesh.p2p_addr,
+            seeds = ?cfg.mesh.seeds,
+            "mesh started"
+        ),
+        None => tracing::info!(
+            "mesh off: no join token configured (augur fleet init, then augur fleet token)"
+        ),
+    }
     tracing::info!(
         node_name = %node_name,
         peer_id = %identity.peer_id(),
@@ -178,6 +218,10 @@ pub async fn run(
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");
+    if let Some(m) = &mesh {
+        // Members see this node leave rather than die.
+        m.membership.leave(cfg.mesh.gossip_interval * 4).await;
+    }
     let grace = cfg.shutdown_grace;
     let deadline = tokio::time::Instant::now() + grace;
     let stopped = tokio::time::timeout_at(deadline, tasks.wait()).await;

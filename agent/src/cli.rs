@@ -63,6 +63,25 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Create a fleet key and issue join tokens (admission to the mesh).
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+    /// List the fleet's members as this agent sees them.
+    Members(ClientArgs),
+    /// Show fleet events (membership changes, predictions crossing thresholds).
+    Events {
+        /// Keep the connection open and print events as they happen.
+        #[arg(long)]
+        follow: bool,
+        /// Only topics starting with this (member, prediction, member.dead, ...); repeatable.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+        /// Resume after this event index (from an earlier --json output).
+        #[arg(long)]
+        since: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show the trained models of each resource type (`models train` trains them now).
     Models {
         #[command(subcommand)]
@@ -85,6 +104,42 @@ pub enum Command {
         limit: usize,
         #[command(flatten)]
         client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Create a new fleet key (keep it off the fleet's hosts) and print its public key.
+    Init {
+        /// Where to write the fleet key.
+        #[arg(long, default_value = "fleet.key")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue a join token for a node.
+    Token {
+        /// The fleet key file from `augur fleet init`.
+        #[arg(long, default_value = "fleet.key")]
+        fleet_key: PathBuf,
+        /// The node's PeerId (`augur fleet peer-id` on the node prints it).
+        #[arg(long, conflicts_with = "data_dir")]
+        peer_id: Option<String>,
+        /// Or the node's data directory, to read (or create) its key here.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// How long the token is valid.
+        #[arg(long, default_value = "365days", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print this node's PeerId (creating its key in the data directory if needed).
+    PeerId {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -169,6 +224,21 @@ pub struct AgentArgs {
     /// A tracing filter such as info or augur_agent=debug.
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Gossip address (HOST:PORT) of a fleet member to join through; repeatable.
+    #[arg(long = "seed")]
+    pub seeds: Vec<String>,
+    /// UDP address of membership gossip.
+    #[arg(long)]
+    pub gossip_addr: Option<SocketAddr>,
+    /// UDP address of the libp2p QUIC endpoint.
+    #[arg(long)]
+    pub p2p_addr: Option<SocketAddr>,
+    /// This node's join token (augur-join:...).
+    #[arg(long)]
+    pub join_token: Option<String>,
+    /// A trusted fleet public key (augur-fleet-pub:...); repeatable.
+    #[arg(long = "fleet-key")]
+    pub fleet_keys: Vec<String>,
 }
 
 fn parse_format(s: &str) -> Result<LogFormat, String> {
@@ -207,9 +277,26 @@ impl AgentArgs {
                 data_dir: self.data_dir.clone(),
                 api,
                 log,
+                mesh: mesh_overrides(self),
             },
         }
     }
+}
+
+fn mesh_overrides(a: &AgentArgs) -> Option<crate::config::MeshOverrides> {
+    let o = crate::config::MeshOverrides {
+        gossip_addr: a.gossip_addr,
+        p2p_addr: a.p2p_addr,
+        seeds: (!a.seeds.is_empty()).then(|| a.seeds.clone()),
+        join_token: a.join_token.clone(),
+        fleet_keys: (!a.fleet_keys.is_empty()).then(|| a.fleet_keys.clone()),
+    };
+    let any = o.gossip_addr.is_some()
+        || o.p2p_addr.is_some()
+        || o.seeds.is_some()
+        || o.join_token.is_some()
+        || o.fleet_keys.is_some();
+    any.then_some(o)
 }
 
 /// Runs a non-agent command.
@@ -338,6 +425,56 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             println!("  at {} by {}", plain(&v["ts"]), plain(&v["model_version"]));
             Ok(())
         }
+        Command::Fleet(cmd) => crate::fleet::command(cmd),
+        Command::Members(c) => {
+            let v = get(&c.api, "/v1/members").await?;
+            if c.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            if v["mesh"] == false {
+                println!("{}", plain(&v["message"]));
+                return Ok(());
+            }
+            println!(
+                "{:<20} {:<9} {:>7} {:>9} {:>8} {:<24} {:<10}",
+                "NODE", "STATUS", "RTT_MS", "HEARD_MS", "MAX_P", "RISKIEST", "PEER"
+            );
+            for m in v["members"].as_array().into_iter().flatten() {
+                let name = m["node_name"].as_str().unwrap_or("?");
+                let me = if m["is_self"] == true { "*" } else { "" };
+                println!(
+                    "{:<20} {:<9} {:>7} {:>9} {:>8} {:<24} {:<10}",
+                    format!("{name}{me}"),
+                    plain(&m["status"]),
+                    m["rtt_ms"]
+                        .as_f64()
+                        .map_or("-".to_owned(), |r| format!("{r:.1}")),
+                    m["last_heard_ms"]
+                        .as_u64()
+                        .map_or("-".to_owned(), |r| r.to_string()),
+                    m["health"]["max_failure_probability"]
+                        .as_f64()
+                        .map_or("-".to_owned(), |p| format!("{p:.3}")),
+                    m["health"]["resource_id"].as_str().unwrap_or("-"),
+                    plain(&m["peer_id"])
+                        .chars()
+                        .rev()
+                        .take(8)
+                        .collect::<String>()
+                        .chars()
+                        .rev()
+                        .collect::<String>()
+                );
+            }
+            Ok(())
+        }
+        Command::Events {
+            follow,
+            topics,
+            since,
+            client,
+        } => crate::fleet::events_command(&client.api, follow, &topics, since, client.json).await,
         Command::Models { action, client } => {
             let v = match action {
                 None => get(&client.api, "/v1/models").await?,

@@ -50,6 +50,7 @@ pub struct Config {
     pub scrape: Vec<ScrapeConfig>,
     pub log: LogOutputConfig,
     pub models: ModelsConfig,
+    pub mesh: MeshSettings,
     /// How long shutdown may take before the agent gives up waiting for its tasks.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -121,6 +122,70 @@ pub struct ModelsConfig {
     pub max_training_samples: usize,
     /// Model versions kept on disk per type.
     pub keep_versions: usize,
+}
+
+/// The fleet mesh. It starts when `join_token` is set (see `augur fleet init` and `augur fleet
+/// token`); without one the agent runs on its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshSettings {
+    /// The fleet's name: keeps fleets sharing a network apart (not a secret; admission is the
+    /// join token's job).
+    pub fleet_name: String,
+    /// UDP address of membership gossip (chitchat).
+    pub gossip_addr: SocketAddr,
+    /// Gossip address peers should use, when it differs from gossip_addr (NAT, 0.0.0.0).
+    pub advertise_addr: Option<SocketAddr>,
+    /// UDP address of the libp2p QUIC endpoint.
+    pub p2p_addr: SocketAddr,
+    /// Gossip addresses (HOST:PORT) of members to join through.
+    pub seeds: Vec<String>,
+    /// Fleet public keys this node trusts (`augur-fleet-pub:...`); more than one during a rotation.
+    pub fleet_keys: Vec<String>,
+    /// This node's join token (`augur-join:...`), issued by `augur fleet token`.
+    pub join_token: Option<String>,
+    /// A file holding the join token instead (read at start).
+    pub join_token_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub gossip_interval: Duration,
+    /// Failure detector: phi above which a member is declared dead.
+    pub phi_threshold: f64,
+    /// How long a dead member stays listed before it is forgotten.
+    #[serde(with = "humantime_serde")]
+    pub dead_node_grace: Duration,
+    /// A connected peer without a valid token within this time is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub admission_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// This node's zone (for placement and disruption budgets).
+    pub zone: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Fleet events kept for subscribers that reconnect.
+    pub event_buffer: usize,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        Self {
+            fleet_name: "augur".to_owned(),
+            gossip_addr: SocketAddr::from(([127, 0, 0, 1], 7072)),
+            advertise_addr: None,
+            p2p_addr: SocketAddr::from(([127, 0, 0, 1], 7073)),
+            seeds: Vec::new(),
+            fleet_keys: Vec::new(),
+            join_token: None,
+            join_token_file: None,
+            gossip_interval: Duration::from_millis(300),
+            phi_threshold: 8.0,
+            dead_node_grace: Duration::from_secs(3600),
+            admission_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(5),
+            zone: None,
+            labels: BTreeMap::new(),
+            event_buffer: 10_000,
+        }
+    }
 }
 
 /// Which models a resource type uses.
@@ -239,6 +304,7 @@ impl Default for Config {
             scrape: Vec::new(),
             log: LogOutputConfig::default(),
             models: ModelsConfig::default(),
+            mesh: MeshSettings::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -333,6 +399,22 @@ pub struct Overrides {
     pub api: Option<ApiOverrides>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<LogOverrides>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshOverrides>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MeshOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p2p_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_keys: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -459,6 +541,37 @@ impl Config {
         if self.history.max_size.as_u64() < 1024 * 1024 {
             return Err(invalid("history.max_size", "must be at least 1MiB"));
         }
+        for (i, k) in self.mesh.fleet_keys.iter().enumerate() {
+            k.parse::<augur_mesh::admission::FleetPublicKey>()
+                .map_err(|e| invalid(format!("mesh.fleet_keys[{i}]"), e.to_string()))?;
+        }
+        if let Some(t) = &self.mesh.join_token {
+            t.parse::<augur_mesh::admission::JoinToken>()
+                .map_err(|e| invalid("mesh.join_token", e.to_string()))?;
+        }
+        if (self.mesh.join_token.is_some() || self.mesh.join_token_file.is_some())
+            && self.mesh.fleet_keys.is_empty()
+        {
+            return Err(invalid(
+                "mesh.fleet_keys",
+                "a join token needs the fleet public key it was issued under (augur fleet init prints it)",
+            ));
+        }
+        if self.mesh.gossip_interval < Duration::from_millis(50) {
+            return Err(invalid("mesh.gossip_interval", "must be at least 50ms"));
+        }
+        if self.mesh.phi_threshold.is_nan() || self.mesh.phi_threshold <= 1.0 {
+            return Err(invalid("mesh.phi_threshold", "must be above 1"));
+        }
+        if self.mesh.gossip_addr == self.mesh.p2p_addr && self.mesh.p2p_addr.port() != 0 {
+            return Err(invalid(
+                "mesh.p2p_addr",
+                "must differ from mesh.gossip_addr",
+            ));
+        }
+        if self.mesh.event_buffer == 0 {
+            return Err(invalid("mesh.event_buffer", "must be at least 1"));
+        }
         if self.models.retrain_interval < Duration::from_secs(60) {
             return Err(invalid("models.retrain_interval", "must be at least 1m"));
         }
@@ -571,6 +684,9 @@ impl Config {
         }
         if self.shutdown_grace != new.shutdown_grace {
             out.push("shutdown_grace");
+        }
+        if self.mesh != new.mesh {
+            out.push("mesh");
         }
         out
     }

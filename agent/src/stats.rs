@@ -289,6 +289,24 @@ pub fn gauge_family<'a>(
     }
 }
 
+/// Writes one counter family (OpenMetrics: the samples carry the `_total` suffix).
+pub fn counter_family<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, f64)> + 'a,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name}_total {v}");
+        } else {
+            let _ = writeln!(out, "{name}_total{{{labels}}} {v}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

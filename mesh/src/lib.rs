@@ -1,17 +1,19 @@
-//! augur's fleet mesh: who this node is and, as the mesh work lands, who its peers are (chitchat for
-//! membership and liveness, libp2p over QUIC for everything that carries authority). Exposes handles
-//! and events, never sockets. Today it owns the node's identity.
+//! augur's fleet mesh (DESIGN.md decisions 1 and 2): node identity and admission, membership and
+//! liveness over chitchat with signed values, and a libp2p swarm over QUIC for what carries authority.
+//! Exposes handles and event streams, never sockets. `sim` is the deterministic in-process fleet the
+//! tests (and later the orchestration tests) script against.
 
 pub mod admission;
 pub mod identity;
 pub mod membership;
+pub mod node;
 pub mod sim;
+pub mod swarm;
 pub mod values;
 
 pub use identity::{IdentityError, NodeIdentity};
+pub use node::{FleetEvent, Mesh, MeshConfig, MeshError};
 
-// The mesh's transports are pinned here so the whole dependency set of the design resolves and builds
-// together; the swarm and the membership layer that use them arrive with the mesh work.
 pub use chitchat;
 pub use libp2p;
 pub use quinn;

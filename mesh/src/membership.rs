@@ -73,7 +73,7 @@ impl std::fmt::Debug for Clock {
 /// Membership settings.
 #[derive(Clone, Debug)]
 pub struct MembershipConfig {
-    /// Separates fleets' gossip (the fleet id of the fleet key).
+    /// Separates fleets' gossip and binds signatures to one fleet (the fleet's name).
     pub fleet_id: String,
     pub listen_addr: SocketAddr,
     /// Where peers reach this node's gossip (the listen address unless behind NAT).
@@ -392,6 +392,11 @@ impl Membership {
             .rtt
             .write()
             .insert(peer.to_string(), rtt.as_secs_f64() * 1000.0);
+    }
+
+    /// Forgets a peer's round-trip time (its connection closed).
+    pub fn clear_rtt(&self, peer: &PeerId) {
+        self.shared.rtt.write().remove(&peer.to_string());
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<MembershipEvent> {

@@ -327,3 +327,216 @@ pub fn proc_peak_rss(pid: u32) -> anyhow::Result<u64> {
 pub fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
+
+/// A free UDP port on loopback (bound, read, released; another process could take it in between,
+/// which on a test machine's loopback does not happen in practice).
+pub fn free_udp_port() -> anyhow::Result<u16> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(s.local_addr()?.port())
+}
+
+/// Runs the augur binary with `args` and parses its JSON output.
+pub fn augur_json(args: &[&str]) -> anyhow::Result<Value> {
+    let out = std::process::Command::new(augur_bin()?)
+        .args(args)
+        .output()
+        .with_context(|| format!("running augur {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "augur {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// A fleet of real `augur agent` processes on loopback: one fleet key, a token per node, the first
+/// node as everyone's seed.
+#[derive(Debug)]
+pub struct LocalFleet {
+    pub dir: tempfile::TempDir,
+    pub fleet_public_key: String,
+    pub agents: std::collections::BTreeMap<String, AgentProcess>,
+    /// Gossip and QUIC ports per node (kept across restarts).
+    ports: std::collections::BTreeMap<String, (u16, u16)>,
+    seed: Option<String>,
+    /// Extra configuration every node gets.
+    pub config: String,
+}
+
+impl LocalFleet {
+    pub fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let key = dir.path().join("fleet.key");
+        let init = augur_json(&["fleet", "init", "--out", path_str(&key)?, "--json"])?;
+        Ok(Self {
+            fleet_public_key: init["fleet_public_key"]
+                .as_str()
+                .context("fleet_public_key")?
+                .to_owned(),
+            dir,
+            agents: Default::default(),
+            ports: Default::default(),
+            seed: None,
+            config: "[collect]\nhost = false\n".to_owned(),
+        })
+    }
+
+    fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Issues a token for `name` signed by `fleet_key` (this fleet's unless given).
+    fn token(&self, name: &str, fleet_key: Option<&Path>) -> anyhow::Result<String> {
+        let key = fleet_key.map_or_else(|| self.dir.path().join("fleet.key"), Path::to_path_buf);
+        let dir = self.data_dir(name);
+        let v = augur_json(&[
+            "fleet",
+            "token",
+            "--fleet-key",
+            path_str(&key)?,
+            "--data-dir",
+            path_str(&dir)?,
+            "--json",
+        ])?;
+        Ok(v["join_token"].as_str().context("join_token")?.to_owned())
+    }
+
+    async fn launch(&mut self, name: &str, token: String) -> anyhow::Result<()> {
+        let (gossip, p2p) = match self.ports.get(name) {
+            Some(p) => *p,
+            None => {
+                let p = (free_udp_port()?, free_udp_port()?);
+                self.ports.insert(name.to_owned(), p);
+                p
+            }
+        };
+        let mut args = vec![
+            "--gossip-addr".to_owned(),
+            format!("127.0.0.1:{gossip}"),
+            "--p2p-addr".to_owned(),
+            format!("127.0.0.1:{p2p}"),
+            "--join-token".to_owned(),
+            token,
+        ];
+        for k in self.fleet_public_key.split(',') {
+            args.push("--fleet-key".to_owned());
+            args.push(k.to_owned());
+        }
+        if let Some(seed) = &self.seed {
+            args.push("--seed".to_owned());
+            args.push(seed.clone());
+        }
+        let agent = AgentProcess::start(AgentOptions {
+            data_dir: Some(self.data_dir(name)),
+            config: self.config.clone(),
+            args,
+            node_name: Some(name.to_owned()),
+            ..Default::default()
+        })
+        .await?;
+        if self.seed.is_none() {
+            self.seed = Some(format!("127.0.0.1:{gossip}"));
+        }
+        self.agents.insert(name.to_owned(), agent);
+        Ok(())
+    }
+
+    /// Starts (or restarts) an admitted node.
+    pub async fn start(&mut self, name: &str) -> anyhow::Result<()> {
+        let token = self.token(name, None)?;
+        self.launch(name, token).await
+    }
+
+    /// Starts a node whose token comes from another fleet's key.
+    pub async fn start_unadmitted(&mut self, name: &str) -> anyhow::Result<()> {
+        let rogue = self.dir.path().join("rogue.key");
+        if !rogue.exists() {
+            augur_json(&["fleet", "init", "--out", path_str(&rogue)?, "--json"])?;
+        }
+        let token = self.token(name, Some(&rogue))?;
+        // It trusts this fleet's key and the rogue one (so that it starts, and so that it admits
+        // this fleet's nodes and tries to talk to them); this fleet's nodes do not trust the rogue.
+        let rogue_pub = augur_json(&[
+            "fleet",
+            "token",
+            "--fleet-key",
+            path_str(&rogue)?,
+            "--data-dir",
+            path_str(&self.data_dir(name))?,
+            "--json",
+        ])?["fleet_public_key"]
+            .as_str()
+            .context("fleet_public_key")?
+            .to_owned();
+        let both = format!("{},{rogue_pub}", self.fleet_public_key);
+        let own = std::mem::replace(&mut self.fleet_public_key, both);
+        let r = self.launch(name, token).await;
+        self.fleet_public_key = own;
+        r
+    }
+
+    /// SIGKILLs a node.
+    pub async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        let a = self.agents.remove(name).context("no such node")?;
+        a.kill9().await?;
+        Ok(())
+    }
+
+    /// The members `observer` lists, by node name, with their status.
+    pub async fn statuses(
+        &self,
+        observer: &str,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        let v = self.agents[observer].get_json("/v1/members").await?;
+        Ok(v["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                Some((
+                    m["node_name"].as_str()?.to_owned(),
+                    m["status"].as_str()?.to_owned(),
+                ))
+            })
+            .collect())
+    }
+
+    /// Waits until every running node (but `except`) sees `target` with `status`; returns how long.
+    pub async fn until_all_see(
+        &self,
+        target: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let mut all = true;
+            for name in self.agents.keys().filter(|n| *n != target) {
+                let s = self.statuses(name).await?;
+                if s.get(target).map(String::as_str) != Some(status) {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                let mut views = Vec::new();
+                for name in self.agents.keys() {
+                    views.push(format!("{name}: {:?}", self.statuses(name).await?));
+                }
+                bail!(
+                    "not every node sees {target} {status} after {timeout:?}:\n{}",
+                    views.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn path_str(p: &Path) -> anyhow::Result<&str> {
+    p.to_str().context("non-UTF-8 path")
+}

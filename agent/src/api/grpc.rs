@@ -4,9 +4,9 @@ use augur_proto::ResourceId;
 use augur_proto::v1::agent_server::{Agent, AgentServer};
 use augur_proto::v1::telemetry_server::{Telemetry, TelemetryServer};
 use augur_proto::v1::{
-    ListResourcesRequest, ListResourcesResponse, PredictFailureRequest, Prediction, PushSummary,
-    QueryTelemetryRequest, QueryTelemetryResponse, RejectedSample, ResourceInfo, StatusRequest,
-    StatusResponse, TelemetrySample,
+    FleetEvent as FleetEventMsg, ListResourcesRequest, ListResourcesResponse,
+    PredictFailureRequest, Prediction, PushSummary, QueryTelemetryRequest, QueryTelemetryResponse,
+    RejectedSample, ResourceInfo, StatusRequest, StatusResponse, SubscribeRequest, TelemetrySample,
 };
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -103,8 +103,71 @@ fn merge(summary: &mut PushSummary, outcome: super::PushOutcome) {
     }
 }
 
+fn event_msg(e: crate::fleet::Logged) -> FleetEventMsg {
+    FleetEventMsg {
+        index: e.index,
+        topic: e.event.topic,
+        ts: Some(UnixMicros((e.event.ts_ms as i64).saturating_mul(1000)).to_timestamp()),
+        peer_id: e.event.peer_id,
+        node_name: e.event.node_name.unwrap_or_default(),
+        resource_id: e.event.resource_id.unwrap_or_default(),
+        origin: e.event.origin,
+        detail_json: e.event.detail.to_string(),
+        missed: 0,
+    }
+}
+
+type EventStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<FleetEventMsg, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Agent for GrpcApi {
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let r = request.into_inner();
+        let (page, rx) = self.state.events.since(r.since, &r.topics);
+        let missed = (page.missed > 0).then(|| FleetEventMsg {
+            missed: page.missed,
+            index: r.since,
+            ..Default::default()
+        });
+        let backlog: Vec<FleetEventMsg> = page.events.into_iter().map(event_msg).collect();
+        let topics = r.topics;
+        let live = futures::stream::unfold(
+            (rx, topics, page.next),
+            |(mut rx, topics, last)| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(e)
+                            if e.index > last && crate::fleet::matches(&e.event.topic, &topics) =>
+                        {
+                            let next = e.index;
+                            return Some((event_msg(e), (rx, topics, next)));
+                        }
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            let m = FleetEventMsg {
+                                missed: n,
+                                index: last,
+                                ..Default::default()
+                            };
+                            return Some((m, (rx, topics, last)));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            },
+        );
+        let stream = futures::stream::iter(missed.into_iter().chain(backlog))
+            .chain(live)
+            .map(Ok);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let s = self.state.status();
         Ok(Response::new(StatusResponse {

@@ -18,7 +18,7 @@ use super::{ApiError, ApiState, PushBatch};
 use crate::history::ResourceSummary;
 use crate::ingest::{RejectReason, parse_body};
 use crate::sample::UnixMicros;
-use crate::stats::{Source, escape_label, gauge_family};
+use crate::stats::{Source, counter_family, escape_label, gauge_family};
 
 /// Default and largest number of samples one telemetry query returns.
 pub const DEFAULT_QUERY_LIMIT: usize = 10_000;
@@ -52,6 +52,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/predict_failure", get(predict_get).post(predict_post))
         .route("/v1/predictions", get(predictions))
         .route("/v1/models", get(models))
+        .route("/v1/members", get(members))
+        .route("/v1/events", get(events))
         .route("/v1/models/train", post(train_models))
         .route("/v1/schema/telemetry", get(schema))
         .fallback(not_found)
@@ -132,6 +134,59 @@ async fn metrics(State(st): State<ApiState>) -> Response {
         "Latest value of each metric of each resource",
         latest,
     );
+    if let Some(mesh) = &st.mesh {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ms = &mesh.membership.stats;
+        counter_family(
+            &mut extra,
+            "augur_mesh_values_rejected",
+            "Gossiped values dropped, by reason (unsigned, bad_signature, malformed, stale, unadmitted)",
+            ms.rejected()
+                .into_iter()
+                .map(|(r, n)| (format!("reason=\"{r}\""), n as f64)),
+        );
+        counter_family(
+            &mut extra,
+            "augur_mesh_values_accepted",
+            "Gossiped values verified and accepted",
+            [(String::new(), ms.values_accepted.load(Relaxed) as f64)],
+        );
+        gauge_family(
+            &mut extra,
+            "augur_mesh_unadmitted_nodes",
+            "Nodes gossiping without a valid join token (ignored)",
+            [(String::new(), ms.unadmitted_nodes.load(Relaxed) as f64)],
+        );
+        let ss = &mesh.swarm.stats;
+        counter_family(
+            &mut extra,
+            "augur_mesh_peers_refused",
+            "libp2p peers disconnected for lacking a valid join token",
+            [(String::new(), ss.refused.load(Relaxed) as f64)],
+        );
+        counter_family(
+            &mut extra,
+            "augur_mesh_messages_rejected",
+            "Gossipsub messages rejected (origin or forwarder not admitted)",
+            [(String::new(), ss.messages_rejected.load(Relaxed) as f64)],
+        );
+        let members = mesh.members();
+        let by_status = ["alive", "suspect", "dead", "left"].map(|s| {
+            (
+                format!("status=\"{s}\""),
+                members
+                    .iter()
+                    .filter(|m| serde_json::to_value(m.status).ok() == Some(json!(s)))
+                    .count() as f64,
+            )
+        });
+        gauge_family(
+            &mut extra,
+            "augur_mesh_members",
+            "Members by status, this node included",
+            by_status,
+        );
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -309,6 +364,117 @@ async fn train_models(State(st): State<ApiState>) -> Result<Json<serde_json::Val
         )
     })?;
     Ok(Json(json!({ "outcomes": outcomes })))
+}
+
+async fn members(State(st): State<ApiState>) -> Json<serde_json::Value> {
+    match &st.mesh {
+        Some(mesh) => {
+            let mut members = mesh.members();
+            members.sort_by(|a, b| {
+                b.is_self
+                    .cmp(&a.is_self)
+                    .then_with(|| a.node_name.cmp(&b.node_name))
+            });
+            Json(json!({ "mesh": true, "peer_id": mesh.peer_id().to_string(), "members": members }))
+        }
+        None => Json(json!({
+            "mesh": false,
+            "members": [],
+            "message": "this agent is not in a fleet: no join token is configured (see `augur fleet init` and `augur fleet token`)",
+        })),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    /// Resume after this index.
+    since: Option<u64>,
+    /// Keep the connection open (server-sent events).
+    #[serde(default)]
+    follow: bool,
+}
+
+/// Fleet events: a JSON page, or with `follow=true` (or `Accept: text/event-stream`) a stream of
+/// server-sent events whose `id` is the event index. `topic` (repeatable) filters by prefix; `since`
+/// or the `Last-Event-ID` header resumes. A stream first sends a `missed` event when the buffer no
+/// longer holds everything after the requested index.
+async fn events(
+    State(st): State<ApiState>,
+    headers: axum::http::HeaderMap,
+    raw: axum::extract::RawQuery,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{}; use /v1/events?topic=member&since=N&follow=true",
+            e.body_text()
+        ))
+    })?;
+    let topics: Vec<String> = raw
+        .0
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("topic="))
+        .map(|t| t.replace("%2E", ".").replace("%2e", "."))
+        .collect();
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let after = q.since.or(last_id).unwrap_or(0);
+    let wants_stream = q.follow
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"));
+    let (page, rx) = st.events.since(after, &topics);
+    if !wants_stream {
+        return Ok(Json(page).into_response());
+    }
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt as _;
+    let head = (page.missed > 0).then(|| {
+        Event::default()
+            .event("missed")
+            .data(json!({ "missed": page.missed, "after": after }).to_string())
+    });
+    let backlog: Vec<Event> = page
+        .events
+        .into_iter()
+        .map(|e| {
+            Event::default()
+                .id(e.index.to_string())
+                .data(serde_json::to_string(&e).unwrap_or_default())
+        })
+        .collect();
+    let last = page.next;
+    let live = futures::stream::unfold((rx, topics, last), |(mut rx, topics, last)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) if e.index > last && crate::fleet::matches(&e.event.topic, &topics) => {
+                    let ev = Event::default()
+                        .id(e.index.to_string())
+                        .data(serde_json::to_string(&e).unwrap_or_default());
+                    let next = e.index;
+                    return Some((ev, (rx, topics, next)));
+                }
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let ev = Event::default()
+                        .event("missed")
+                        .data(json!({ "missed": n, "after": last }).to_string());
+                    return Some((ev, (rx, topics, last)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let stream = futures::stream::iter(head.into_iter().chain(backlog))
+        .chain(live)
+        .map(Ok::<_, std::convert::Infallible>);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
 async fn push(

@@ -35,6 +35,9 @@ pub struct ApiState {
     pub models: crate::models::ModelStore,
     /// The background trainer; None when the agent runs without one.
     pub trainer: Option<crate::models::Trainer>,
+    /// The fleet mesh, when this node is in one.
+    pub mesh: Option<augur_mesh::Mesh>,
+    pub events: crate::fleet::EventLog,
 }
 
 /// An API failure; one conversion each to an HTTP response and a gRPC status.

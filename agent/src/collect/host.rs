@@ -154,6 +154,10 @@ impl HostCollector {
                 "mem_used_ratio".into(),
                 ratio(self.sys.used_memory(), total),
             );
+            m.insert(
+                "mem_available_bytes".into(),
+                self.sys.available_memory() as f64,
+            );
         }
         let swap = self.sys.total_swap();
         m.insert(
@@ -171,11 +175,13 @@ impl HostCollector {
             DiskRefreshKind::nothing().with_storage().with_io_usage(),
         );
         let mut max_used: f64 = 0.0;
+        let mut min_free: Option<u64> = None;
         for d in self.disks.iter() {
             let total = d.total_space();
             if total == 0 {
                 continue;
             }
+            min_free = Some(min_free.map_or(d.available_space(), |f| f.min(d.available_space())));
             let used = ratio(total.saturating_sub(d.available_space()), total);
             max_used = max_used.max(used);
             let name = format!("disk_used_ratio:{}", d.mount_point().display());
@@ -184,6 +190,9 @@ impl HostCollector {
             }
         }
         m.insert("disk_used_ratio_max".into(), max_used);
+        if let Some(f) = min_free {
+            m.insert("disk_free_bytes_min".into(), f as f64);
+        }
         let disk = self.disk_counters();
         let (r, w) = rate_sum(&self.prev_disk, &disk, dt);
         m.insert("disk_read_bps".into(), r[0]);
@@ -265,10 +274,14 @@ fn process_count() -> Option<usize> {
 
 /// Runs the host collector until `shutdown`: one sample of the host resource per interval of the
 /// `host` resource type (re-read on reload).
+/// Metrics other parts of the agent add to the host's sample (the mesh's peer round trips).
+pub type ExtraMetrics = Arc<dyn Fn() -> Vec<(String, f64)> + Send + Sync>;
+
 pub async fn run(
     node: NodeName,
     ingestor: Ingestor,
     mut config: watch::Receiver<Arc<Config>>,
+    extra: Option<ExtraMetrics>,
     shutdown: CancellationToken,
 ) {
     let include_loopback = config.borrow().collect.include_loopback;
@@ -300,7 +313,12 @@ pub async fn run(
                 let c = collector.clone();
                 let ts = UnixMicros::now();
                 let metrics = match tokio::task::spawn_blocking(move || c.lock().tick()).await {
-                    Ok(m) => m,
+                    Ok(mut m) => {
+                        if let Some(extra) = &extra {
+                            m.extend(extra());
+                        }
+                        m
+                    }
                     Err(e) => {
                         ingestor.stats().collect_error("host");
                         tracing::error!(error = %e, "host collector tick failed");

@@ -5,5 +5,6 @@ mod crash;
 mod grpc;
 mod http;
 mod lifecycle;
+mod mesh;
 mod predict;
 mod sources;

@@ -1,0 +1,283 @@
+//! One node's mesh: membership (chitchat) and the swarm (libp2p) started together, tied so that
+//! members discovered by gossip are dialled over QUIC, ping round trips reach the member view, and
+//! fleet events flow to local subscribers.
+//!
+//! Events: each node reports membership changes as *it* sees them (its own failure detector's
+//! verdicts, delivered to its local subscribers only, so one death is not gossiped N times), and
+//! publishes over gossipsub the events only it knows: its resources crossing their failure threshold
+//! (and, later, the migrations it coordinates). Peers' gossiped events reach local subscribers with
+//! `origin` set to the publishing node.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::admission::{FleetPublicKey, JoinToken};
+use crate::membership::{
+    Clock, Member, MemberStatus, Membership, MembershipConfig, MembershipError, MembershipEvent,
+};
+use crate::swarm::{self, EVENTS_TOPIC, SwarmConfig, SwarmError, SwarmEvent, SwarmHandle};
+use crate::values::{Endpoints, NodeValue};
+
+/// A fleet event, as local subscribers receive it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FleetEvent {
+    /// `member.joined`, `member.left`, `member.dead`, `member.recovered`, `member.removed`,
+    /// `prediction.above_threshold`, `prediction.below_threshold`, ...; subscribers filter by prefix.
+    pub topic: String,
+    /// Unix milliseconds when the event happened (at its origin).
+    pub ts_ms: u64,
+    /// The node the event is about.
+    pub peer_id: String,
+    pub node_name: Option<String>,
+    pub resource_id: Option<String>,
+    /// The node that reported it (this node for membership events).
+    pub origin: String,
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+/// Why the mesh could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+    #[error(transparent)]
+    Swarm(#[from] SwarmError),
+}
+
+/// A running mesh node.
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    pub membership: Membership,
+    pub swarm: SwarmHandle,
+    events: broadcast::Sender<FleetEvent>,
+    clock: Clock,
+    rtt: Arc<parking_lot::RwLock<HashMap<PeerId, Duration>>>,
+}
+
+/// What the mesh needs to start.
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    pub membership: MembershipConfig,
+    /// libp2p listen addresses.
+    pub p2p_listen: Vec<Multiaddr>,
+    pub admission_timeout: Duration,
+    pub ping_interval: Duration,
+    /// HTTP and gRPC API addresses published to peers.
+    pub api_http: Option<String>,
+    pub api_grpc: Option<String>,
+}
+
+impl Mesh {
+    pub async fn start(
+        keypair: Keypair,
+        token: JoinToken,
+        trusted: Vec<FleetPublicKey>,
+        config: MeshConfig,
+        clock: Clock,
+    ) -> Result<Self, MeshError> {
+        let swarm = swarm::start(
+            keypair.clone(),
+            SwarmConfig {
+                listen: config.p2p_listen.clone(),
+                token: token.clone(),
+                trusted: trusted.clone(),
+                admission_timeout: config.admission_timeout,
+                ping_interval: config.ping_interval,
+            },
+        )
+        .await?;
+        let transport = chitchat::transport::UdpTransport;
+        let membership = Membership::start(
+            config.membership.clone(),
+            keypair,
+            token,
+            trusted,
+            clock.clone(),
+            &transport,
+        )
+        .await?;
+        let peer = swarm.peer_id;
+        let p2p: Vec<String> = swarm
+            .listeners()
+            .await
+            .into_iter()
+            .map(|a| format!("{a}/p2p/{peer}"))
+            .collect();
+        membership.publish(NodeValue::Endpoints(Endpoints {
+            http: config.api_http.clone(),
+            grpc: config.api_grpc.clone(),
+            p2p,
+        }));
+        let (events, _) = broadcast::channel(4096);
+        let mesh = Self {
+            membership,
+            swarm,
+            events,
+            clock,
+            rtt: Arc::default(),
+        };
+        tokio::spawn(mesh.clone().run(config.membership.gossip_interval));
+        Ok(mesh)
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.swarm.peer_id
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<FleetEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn members(&self) -> Vec<Member> {
+        self.membership.members()
+    }
+
+    pub fn publish_value(&self, value: NodeValue) {
+        self.membership.publish(value);
+    }
+
+    /// Delivers an event of this node to local subscribers and publishes it to the fleet.
+    pub async fn publish_event(&self, mut event: FleetEvent) {
+        event.origin = self.peer_id().to_string();
+        let _ = self.events.send(event.clone());
+        if let Ok(data) = serde_json::to_vec(&event)
+            && let Err(e) = self.swarm.publish(EVENTS_TOPIC, data).await
+        {
+            // Alone in the fleet, or the mesh still forming: local subscribers have it.
+            tracing::debug!(error = %e, topic = %event.topic, "event not gossiped");
+        }
+    }
+
+    /// Admitted peers with a ping round trip (connected over QUIC).
+    pub fn swarm_peers(&self) -> usize {
+        self.rtt.read().len()
+    }
+
+    /// Median and largest ping round trip to admitted peers, milliseconds.
+    pub fn rtt_summary(&self) -> Option<(f64, f64, usize)> {
+        let rtt = self.rtt.read();
+        if rtt.is_empty() {
+            return None;
+        }
+        let mut v: Vec<f64> = rtt.values().map(|d| d.as_secs_f64() * 1000.0).collect();
+        v.sort_by(f64::total_cmp);
+        Some((v[v.len() / 2], v[v.len() - 1], v.len()))
+    }
+
+    fn member_event(&self, topic: &str, m: &Member) -> FleetEvent {
+        FleetEvent {
+            topic: topic.to_owned(),
+            ts_ms: self.clock.now_ms(),
+            peer_id: m.peer_id.clone(),
+            node_name: m.node_name.clone(),
+            resource_id: None,
+            origin: self.peer_id().to_string(),
+            detail: serde_json::json!({ "status": m.status, "gossip_addr": m.gossip_addr, "generation": m.generation }),
+        }
+    }
+
+    async fn run(self, every: Duration) {
+        let mut membership_events = self.membership.subscribe();
+        let mut swarm_events = self.swarm.subscribe();
+        let mut dialled: HashMap<PeerId, Instant> = HashMap::new();
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+        let redial_after = Duration::from_secs(10);
+        loop {
+            tokio::select! {
+                ev = membership_events.recv() => {
+                    let ev = match ev {
+                        Ok(ev) => ev,
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    let event = match &ev {
+                        MembershipEvent::Joined(m) => self.member_event("member.joined", m),
+                        MembershipEvent::Dead(m) => self.member_event("member.dead", m),
+                        MembershipEvent::Recovered(m) => self.member_event("member.recovered", m),
+                        MembershipEvent::Left(m) => self.member_event("member.left", m),
+                        MembershipEvent::Removed { peer_id } => FleetEvent {
+                            topic: "member.removed".to_owned(),
+                            ts_ms: self.clock.now_ms(),
+                            peer_id: peer_id.clone(),
+                            node_name: None,
+                            resource_id: None,
+                            origin: self.peer_id().to_string(),
+                            detail: serde_json::Value::Null,
+                        },
+                    };
+                    tracing::info!(topic = %event.topic, peer_id = %event.peer_id, node_name = ?event.node_name, "fleet event");
+                    let _ = self.events.send(event);
+                }
+                ev = swarm_events.recv() => {
+                    let ev = match ev {
+                        Ok(ev) => ev,
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    match ev {
+                        SwarmEvent::Rtt { peer, rtt } => {
+                            self.rtt.write().insert(peer, rtt);
+                            self.membership.set_rtt(&peer, rtt);
+                        }
+                        SwarmEvent::Disconnected(peer) => {
+                            self.rtt.write().remove(&peer);
+                            self.membership.clear_rtt(&peer);
+                            dialled.remove(&peer);
+                        }
+                        SwarmEvent::Message { topic, origin, data } if topic == EVENTS_TOPIC => {
+                            match serde_json::from_slice::<FleetEvent>(&data) {
+                                // The origin is the gossipsub-signed source, whatever the payload says.
+                                Ok(mut e) => {
+                                    e.origin = origin.to_string();
+                                    let _ = self.events.send(e);
+                                }
+                                Err(e) => tracing::debug!(%origin, error = %e, "undecodable fleet event"),
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ = tick.tick() => {
+                    // Dial admitted, live members we have no connection to.
+                    let connected: std::collections::HashSet<PeerId> =
+                        self.swarm.admitted().await.into_iter().collect();
+                    for m in self.membership.members() {
+                        if m.is_self || !matches!(m.status, MemberStatus::Alive | MemberStatus::Suspect) {
+                            continue;
+                        }
+                        let Ok(peer) = m.peer_id.parse::<PeerId>() else { continue };
+                        if connected.contains(&peer)
+                            || dialled.get(&peer).is_some_and(|t| t.elapsed() < redial_after)
+                        {
+                            continue;
+                        }
+                        let Some(ep) = &m.endpoints else { continue };
+                        for a in &ep.p2p {
+                            if let Ok(addr) = a.parse::<Multiaddr>() {
+                                let _ = self.swarm.dial(addr).await;
+                            }
+                        }
+                        dialled.insert(peer, Instant::now());
+                    }
+                    // Peers that are gone keep no RTT.
+                    self.rtt.write().retain(|p, _| connected.contains(p));
+                    for m in self.membership.members() {
+                        if let Ok(p) = m.peer_id.parse::<PeerId>()
+                            && !connected.contains(&p)
+                        {
+                            self.membership.clear_rtt(&p);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

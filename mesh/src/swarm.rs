@@ -1,0 +1,550 @@
+//! The libp2p side of the mesh: QUIC (quinn underneath) with identify, ping, gossipsub and
+//! request-response, for everything that carries authority (DESIGN.md decision 1).
+//!
+//! One task owns the swarm. The agent talks to it through a cloneable [`SwarmHandle`] and receives
+//! [`SwarmEvent`]s. Admission happens on every connection: both sides send their join token over the
+//! `/augur/admission/1` request-response protocol; a peer whose token does not verify, or that does
+//! not present one within the admission timeout, is disconnected. Until a peer is admitted, gossipsub
+//! ignores it (blacklisted), and any message it originates or forwards is rejected, so nothing an
+//! unadmitted node says reaches the fleet.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, MessageId, ValidationMode};
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent as LibSwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, ping};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::admission::{FleetPublicKey, JoinToken};
+
+/// The topic of fleet events.
+pub const EVENTS_TOPIC: &str = "augur/events/1";
+const ADMISSION_PROTOCOL: &str = "/augur/admission/1";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdmissionRequest {
+    pub token: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdmissionResponse {
+    /// The responder's own token when it admitted the requester.
+    pub token: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+    admission: request_response::cbor::Behaviour<AdmissionRequest, AdmissionResponse>,
+}
+
+/// Swarm settings.
+#[derive(Clone, Debug)]
+pub struct SwarmConfig {
+    /// Multiaddrs to listen on, e.g. `/ip4/127.0.0.1/udp/7073/quic-v1`.
+    pub listen: Vec<Multiaddr>,
+    pub token: JoinToken,
+    pub trusted: Vec<FleetPublicKey>,
+    /// How long a connected peer has to present a valid token.
+    pub admission_timeout: Duration,
+    pub ping_interval: Duration,
+}
+
+/// What the swarm reports.
+#[derive(Clone, Debug)]
+pub enum SwarmEvent {
+    Listening(Multiaddr),
+    Admitted(PeerId),
+    Refused {
+        peer: PeerId,
+        reason: String,
+    },
+    Disconnected(PeerId),
+    Rtt {
+        peer: PeerId,
+        rtt: Duration,
+    },
+    /// A validated message on a topic, from an admitted origin.
+    Message {
+        topic: String,
+        origin: PeerId,
+        data: Vec<u8>,
+    },
+}
+
+/// Counters of the swarm.
+#[derive(Debug, Default)]
+pub struct SwarmStats {
+    pub admitted: AtomicU64,
+    pub refused: AtomicU64,
+    pub messages_accepted: AtomicU64,
+    pub messages_rejected: AtomicU64,
+    pub published: AtomicU64,
+}
+
+enum Command {
+    Dial(Multiaddr),
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Admitted(oneshot::Sender<Vec<PeerId>>),
+    Listeners(oneshot::Sender<Vec<Multiaddr>>),
+}
+
+/// Cloneable handle on the swarm task.
+#[derive(Clone, Debug)]
+pub struct SwarmHandle {
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<SwarmEvent>,
+    pub peer_id: PeerId,
+    pub stats: Arc<SwarmStats>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwarmError {
+    #[error("cannot build the libp2p swarm: {0}")]
+    Build(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("the mesh has stopped")]
+    Stopped,
+}
+
+impl SwarmHandle {
+    pub fn subscribe(&self) -> broadcast::Receiver<SwarmEvent> {
+        self.events.subscribe()
+    }
+
+    /// Dials a peer's multiaddr (admission follows on connection).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), SwarmError> {
+        self.tx
+            .send(Command::Dial(addr))
+            .await
+            .map_err(|_| SwarmError::Stopped)
+    }
+
+    /// Publishes on a gossipsub topic. With no admitted peer subscribed, this is an error.
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<(), SwarmError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Publish {
+                topic: topic.to_owned(),
+                data,
+                reply,
+            })
+            .await
+            .map_err(|_| SwarmError::Stopped)?;
+        rx.await
+            .map_err(|_| SwarmError::Stopped)?
+            .map_err(SwarmError::Build)
+    }
+
+    /// Peers admitted on a live connection.
+    pub async fn admitted(&self) -> Vec<PeerId> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Admitted(reply)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// The addresses the swarm listens on.
+    pub async fn listeners(&self) -> Vec<Multiaddr> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Listeners(reply)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+fn message_id(m: &gossipsub::Message) -> MessageId {
+    // Content-addressed ids: the same event forwarded twice is one message.
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    m.source.hash(&mut h);
+    m.sequence_number.hash(&mut h);
+    m.data.hash(&mut h);
+    MessageId::from(h.finish().to_be_bytes().to_vec())
+}
+
+/// Starts the swarm task; returns once it listens on every configured address.
+pub async fn start(keypair: Keypair, config: SwarmConfig) -> Result<SwarmHandle, SwarmError> {
+    let peer_id = keypair.public().to_peer_id();
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(Duration::from_millis(500))
+        .validation_mode(ValidationMode::Strict)
+        .validate_messages()
+        .message_id_fn(message_id)
+        .max_transmit_size(256 * 1024)
+        .build()
+        .map_err(|e| SwarmError::Build(e.to_string()))?;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
+        .with_tokio()
+        .with_quic()
+        .with_behaviour(|key| {
+            let gossipsub =
+                gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+            Ok(Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/augur/1".to_owned(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(config.ping_interval)),
+                gossipsub,
+                admission: request_response::cbor::Behaviour::new(
+                    [(
+                        StreamProtocol::new(ADMISSION_PROTOCOL),
+                        ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(config.admission_timeout),
+                ),
+            })
+        })
+        .map_err(|e| SwarmError::Build(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&IdentTopic::new(EVENTS_TOPIC))
+        .map_err(|e| SwarmError::Build(e.to_string()))?;
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| SwarmError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    // Wait for the listeners, so callers can publish real addresses.
+    let mut listening = Vec::new();
+    while listening.len() < config.listen.len() {
+        match swarm.select_next_some().await {
+            LibSwarmEvent::NewListenAddr { address, .. } => listening.push(address),
+            LibSwarmEvent::ListenerError { error, .. } => {
+                return Err(SwarmError::Listen {
+                    addr: config.listen[0].clone(),
+                    reason: error.to_string(),
+                });
+            }
+            LibSwarmEvent::ListenerClosed {
+                reason: Err(error), ..
+            } => {
+                return Err(SwarmError::Listen {
+                    addr: config.listen[0].clone(),
+                    reason: error.to_string(),
+                });
+            }
+            _ => {}
+        }
+    }
+    let (tx, rx) = mpsc::channel(256);
+    let (events, _) = broadcast::channel(1024);
+    let stats = Arc::new(SwarmStats::default());
+    let handle = SwarmHandle {
+        tx,
+        events: events.clone(),
+        peer_id,
+        stats: stats.clone(),
+    };
+    tokio::spawn(run(swarm, rx, events, stats, config, listening));
+    Ok(handle)
+}
+
+struct State {
+    admitted: HashSet<PeerId>,
+    /// Connected peers not yet admitted, with their deadline.
+    pending: HashMap<PeerId, Instant>,
+    /// Peers we sent our token to.
+    asked: HashSet<PeerId>,
+}
+
+async fn run(
+    mut swarm: libp2p::Swarm<Behaviour>,
+    mut rx: mpsc::Receiver<Command>,
+    events: broadcast::Sender<SwarmEvent>,
+    stats: Arc<SwarmStats>,
+    config: SwarmConfig,
+    mut listening: Vec<Multiaddr>,
+) {
+    let our_token = config.token.to_string();
+    let mut st = State {
+        admitted: HashSet::new(),
+        pending: HashMap::new(),
+        asked: HashSet::new(),
+    };
+    for a in &listening {
+        let _ = events.send(SwarmEvent::Listening(a.clone()));
+    }
+    let mut sweep = tokio::time::interval(Duration::from_millis(250));
+    let now_s = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let verify = |peer: &PeerId, token: &str| -> Result<(), String> {
+        let t: JoinToken = token
+            .parse()
+            .map_err(|e: crate::admission::AdmissionError| e.to_string())?;
+        t.verify(peer, &config.trusted, now_s())
+            .map_err(|e| e.to_string())
+    };
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { return };
+                match cmd {
+                    Command::Dial(addr) => {
+                        if let Err(e) = swarm.dial(addr.clone()) {
+                            tracing::debug!(%addr, error = %e, "dial failed");
+                        }
+                    }
+                    Command::Publish { topic, data, reply } => {
+                        let r = swarm
+                            .behaviour_mut()
+                            .gossipsub
+                            .publish(IdentTopic::new(topic), data)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string());
+                        if r.is_ok() {
+                            stats.published.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let _ = reply.send(r);
+                    }
+                    Command::Admitted(reply) => {
+                        let _ = reply.send(st.admitted.iter().copied().collect());
+                    }
+                    Command::Listeners(reply) => {
+                        let _ = reply.send(listening.clone());
+                    }
+                }
+            }
+            _ = sweep.tick() => {
+                let now = Instant::now();
+                let late: Vec<PeerId> = st
+                    .pending
+                    .iter()
+                    .filter(|(_, d)| **d <= now)
+                    .map(|(p, _)| *p)
+                    .collect();
+                for p in late {
+                    st.pending.remove(&p);
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
+                    let _ = events.send(SwarmEvent::Refused {
+                        peer: p,
+                        reason: "no valid join token within the admission timeout".to_owned(),
+                    });
+                    let _ = swarm.disconnect_peer_id(p);
+                }
+            }
+            ev = swarm.select_next_some() => match ev {
+                LibSwarmEvent::NewListenAddr { address, .. } => {
+                    listening.push(address.clone());
+                    let _ = events.send(SwarmEvent::Listening(address));
+                }
+                LibSwarmEvent::ConnectionEstablished { peer_id, .. } if !st.admitted.contains(&peer_id) => {
+                    {
+                        swarm.behaviour_mut().gossipsub.blacklist_peer(&peer_id);
+                        st.pending
+                            .entry(peer_id)
+                            .or_insert_with(|| Instant::now() + config.admission_timeout);
+                        if st.asked.insert(peer_id) {
+                            swarm.behaviour_mut().admission.send_request(
+                                &peer_id,
+                                AdmissionRequest { token: our_token.clone() },
+                            );
+                        }
+                    }
+                }
+                LibSwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                    st.pending.remove(&peer_id);
+                    st.asked.remove(&peer_id);
+                    if st.admitted.remove(&peer_id) {
+                        let _ = events.send(SwarmEvent::Disconnected(peer_id));
+                    }
+                }
+                LibSwarmEvent::Behaviour(BehaviourEvent::Admission(request_response::Event::Message { peer, message, .. })) => {
+                    let (token, answer) = match message {
+                        request_response::Message::Request { request, channel, .. } => {
+                            let ok = verify(&peer, &request.token);
+                            let response = AdmissionResponse {
+                                token: ok.is_ok().then(|| our_token.clone()),
+                                error: ok.as_ref().err().cloned(),
+                            };
+                            let _ = swarm.behaviour_mut().admission.send_response(channel, response);
+                            (Some(request.token), ok)
+                        }
+                        request_response::Message::Response { response, .. } => {
+                            match response.token {
+                                Some(t) => {
+                                    let ok = verify(&peer, &t);
+                                    (Some(t), ok)
+                                }
+                                None => (None, Err(format!(
+                                    "the peer refused our token: {}",
+                                    response.error.unwrap_or_default()
+                                ))),
+                            }
+                        }
+                    };
+                    let _ = token;
+                    match answer {
+                        Ok(()) => {
+                            st.pending.remove(&peer);
+                            if st.admitted.insert(peer) {
+                                swarm.behaviour_mut().gossipsub.remove_blacklisted_peer(&peer);
+                                stats.admitted.fetch_add(1, Ordering::Relaxed);
+                                let _ = events.send(SwarmEvent::Admitted(peer));
+                            }
+                        }
+                        Err(reason) => {
+                            st.pending.remove(&peer);
+                            stats.refused.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(%peer, %reason, "peer refused");
+                            let _ = events.send(SwarmEvent::Refused { peer, reason });
+                            let _ = swarm.disconnect_peer_id(peer);
+                        }
+                    }
+                }
+                LibSwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message })) => {
+                    let origin = message.source;
+                    let ok = st.admitted.contains(&propagation_source)
+                        && origin.is_some_and(|o| o == *swarm.local_peer_id() || st.admitted.contains(&o) || o == propagation_source);
+                    let acceptance = if ok {
+                        stats.messages_accepted.fetch_add(1, Ordering::Relaxed);
+                        gossipsub::MessageAcceptance::Accept
+                    } else {
+                        stats.messages_rejected.fetch_add(1, Ordering::Relaxed);
+                        gossipsub::MessageAcceptance::Reject
+                    };
+                    let _ = swarm.behaviour_mut().gossipsub.report_message_validation_result(&message_id, &propagation_source, acceptance);
+                    if let (true, Some(origin)) = (ok, origin) {
+                        let _ = events.send(SwarmEvent::Message {
+                            topic: message.topic.to_string(),
+                            origin,
+                            data: message.data,
+                        });
+                    }
+                }
+                LibSwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) if st.admitted.contains(&peer) => {
+                    let _ = events.send(SwarmEvent::Rtt { peer, rtt });
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::FleetKey;
+
+    async fn node(fleet: &FleetKey, trusted: &[FleetPublicKey]) -> (SwarmHandle, Multiaddr) {
+        let kp = Keypair::generate_ed25519();
+        let token = fleet.issue(kp.public().to_peer_id(), u64::MAX);
+        let h = start(
+            kp,
+            SwarmConfig {
+                listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("addr")],
+                token,
+                trusted: trusted.to_vec(),
+                admission_timeout: Duration::from_secs(2),
+                ping_interval: Duration::from_millis(500),
+            },
+        )
+        .await
+        .expect("starts");
+        let addr = h.listeners().await[0].clone();
+        (h, addr)
+    }
+
+    async fn wait_for<T>(
+        rx: &mut broadcast::Receiver<SwarmEvent>,
+        mut f: impl FnMut(&SwarmEvent) -> Option<T>,
+    ) -> T {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Ok(ev) = rx.recv().await
+                    && let Some(t) = f(&ev)
+                {
+                    return t;
+                }
+            }
+        })
+        .await
+        .expect("event in time")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admitted_peers_exchange_events_and_a_stranger_is_refused() {
+        let fleet = FleetKey::generate();
+        let trusted = [fleet.public()];
+        let (a, _a_addr) = node(&fleet, &trusted).await;
+        let (b, b_addr) = node(&fleet, &trusted).await;
+        let mut a_events = a.subscribe();
+        let mut b_events = b.subscribe();
+        a.dial(b_addr.clone()).await.expect("dials");
+        let b_id = b.peer_id;
+        wait_for(&mut a_events, |e| {
+            matches!(e, SwarmEvent::Admitted(p) if *p == b_id).then_some(())
+        })
+        .await;
+        let rtt = wait_for(&mut a_events, |e| match e {
+            SwarmEvent::Rtt { peer, rtt } if *peer == b_id => Some(*rtt),
+            _ => None,
+        })
+        .await;
+        assert!(rtt < Duration::from_secs(1));
+        // Gossipsub needs a heartbeat or two to graft the mesh.
+        let published = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if a.publish(EVENTS_TOPIC, b"hello".to_vec()).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        assert!(published.is_ok(), "published");
+        let got = wait_for(&mut b_events, |e| match e {
+            SwarmEvent::Message { data, origin, .. } => Some((data.clone(), *origin)),
+            _ => None,
+        })
+        .await;
+        assert_eq!(got, (b"hello".to_vec(), a.peer_id));
+
+        // A node with a token from another fleet connects, and is refused by b.
+        let rogue = FleetKey::generate();
+        let (x, _) = node(&rogue, &[rogue.public()]).await;
+        x.dial(b_addr).await.expect("dials");
+        let x_id = x.peer_id;
+        wait_for(&mut b_events, |e| {
+            matches!(e, SwarmEvent::Refused { peer, .. } if *peer == x_id).then_some(())
+        })
+        .await;
+        assert!(!b.admitted().await.contains(&x_id));
+        assert!(b.stats.refused.load(Ordering::Relaxed) >= 1);
+    }
+}
