@@ -180,7 +180,7 @@ impl Default for MeshSettings {
             phi_threshold: 8.0,
             dead_node_grace: Duration::from_secs(3600),
             admission_timeout: Duration::from_secs(5),
-            ping_interval: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(1),
             zone: None,
             labels: BTreeMap::new(),
             event_buffer: 10_000,

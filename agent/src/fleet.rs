@@ -157,6 +157,8 @@ pub async fn start(
     mc.gossip_interval = m.gossip_interval;
     mc.phi_threshold = m.phi_threshold;
     mc.dead_node_grace = m.dead_node_grace;
+    // A peer that answered a ping within two ping intervals (and a second) is not dead.
+    mc.ping_witness = m.ping_interval * 2 + Duration::from_secs(1);
     mc.generation = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
@@ -378,6 +380,16 @@ pub fn spawn_publisher(
                     disk_free_bytes: get("disk_free_bytes_min").max(0.0) as u64,
                 }));
             }
+            // The workloads this node hosts: every resource it tracks that is not the host itself.
+            let mut services: Vec<String> = history
+                .resources()
+                .into_iter()
+                .filter(|r| r.meta.resource_type.as_str() != augur_proto::HOST_RESOURCE_TYPE)
+                .map(|r| r.resource_id.to_string())
+                .collect();
+            services.sort();
+            services.truncate(256);
+            mesh.publish_value(NodeValue::Services(services));
             let cfg = config.borrow().clone();
             mesh.publish_value(NodeValue::Placement(Placement {
                 node_name: node_name.clone(),

@@ -9,6 +9,7 @@ pub mod membership;
 pub mod node;
 pub mod sim;
 pub mod swarm;
+pub mod transport;
 pub mod values;
 
 pub use identity::{IdentityError, NodeIdentity};

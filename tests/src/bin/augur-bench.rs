@@ -2,6 +2,8 @@
 //!
 //! - `augur-bench idle`: the idle agent's CPU (% of one core) and peak RSS at 1 Hz host collection.
 //! - `augur-bench ingest`: samples per second accepted into durable history over HTTP and gRPC.
+//! - `augur-bench mesh`: a fleet of N agents on loopback: join convergence, failure detection after
+//!   SIGKILL, gossip bandwidth and CPU per node, and false deaths while one node is starved of CPU.
 //!
 //! Results print as a table, or as JSON with `--json`.
 
@@ -32,6 +34,26 @@ enum Cmd {
         /// Measurement length in seconds (after a 5 s warm-up).
         #[arg(long, default_value_t = 60)]
         secs: u64,
+    },
+    /// A real fleet on loopback.
+    Mesh {
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Steady-state measurement, seconds.
+        #[arg(long, default_value_t = 30)]
+        observe: u64,
+        /// Seconds to starve one node of CPU and count the deaths declared meanwhile; 0 skips it.
+        /// The node is put in a cgroup (v1 cpu controller) limited to --starve-percent of a core
+        /// (quota per 200 ms period), or, where cgroups cannot be written, reniced to 19 against two
+        /// busy loops.
+        #[arg(long, default_value_t = 0)]
+        starve: u64,
+        /// Share of one core the starved node gets, percent (an agent in a fleet uses about 0.6 %).
+        #[arg(long, default_value_t = 0.5)]
+        starve_percent: f64,
+        /// SIGKILL trials (each kills a node, times its detection, restarts it).
+        #[arg(long, default_value_t = 3)]
+        kills: usize,
     },
     /// Ingestion throughput into durable history.
     Ingest {
@@ -75,6 +97,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Idle { secs } => idle(secs, cli.json).await,
+        Cmd::Mesh {
+            nodes,
+            observe,
+            starve,
+            starve_percent,
+            kills,
+        } => mesh(nodes, observe, starve, starve_percent, kills, cli.json).await,
         Cmd::Ingest {
             transport,
             samples,
@@ -309,4 +338,219 @@ async fn ingest(
         "samples_per_sec": samples as f64 / secs,
         "stored": stored,
     }))
+}
+
+async fn gossip_bytes(agent: &AgentProcess) -> anyhow::Result<f64> {
+    let text = agent.get_text("/metrics").await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("augur_mesh_gossip_bytes_total{direction=\"sent\"}"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Until every running node but `target` sees it with `status` (polling all nodes every 20 ms).
+async fn until_all(
+    fleet: &augur_tests::LocalFleet,
+    target: &str,
+    status: &str,
+    limit: Duration,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let checks = fleet
+            .agents
+            .keys()
+            .filter(|n| *n != target)
+            .map(|n| fleet.statuses(n));
+        let views = futures::future::join_all(checks).await;
+        if views.iter().all(|v| {
+            v.as_ref()
+                .is_ok_and(|m| m.get(target).map(String::as_str) == Some(status))
+        }) {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            bail!("{target} not seen {status} by all within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn dead_events(fleet: &augur_tests::LocalFleet) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for a in fleet.agents.values() {
+        let v = a.get_json("/v1/events?topic=member.dead").await?;
+        n += v["events"].as_array().map_or(0, Vec::len);
+    }
+    Ok(n)
+}
+
+async fn mesh(
+    nodes: usize,
+    observe: u64,
+    starve: u64,
+    starve_percent: f64,
+    kills: usize,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let mut fleet = augur_tests::LocalFleet::new()?;
+    // Host collection on, as in production.
+    fleet.config = String::new();
+    let names: Vec<String> = (1..=nodes).map(|i| format!("n{i:02}")).collect();
+    for n in &names[..nodes - 1] {
+        fleet.start(n).await?;
+    }
+    for n in &names[..nodes - 1] {
+        until_all(&fleet, n, "alive", Duration::from_secs(60)).await?;
+    }
+    // Join convergence: the last node's signed values (admission, placement) seen by all.
+    let last = &names[nodes - 1];
+    let t0 = Instant::now();
+    fleet.start(last).await?;
+    let started = t0.elapsed();
+    let join = until_all(&fleet, last, "alive", Duration::from_secs(60)).await? + started;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // Steady state.
+    let pids: Vec<u32> = fleet.agents.values().map(|a| a.pid).collect();
+    let cpu0: Vec<f64> = pids
+        .iter()
+        .map(|p| proc_usage(*p).map_or(0.0, |u| u.0))
+        .collect();
+    let mut bytes0 = Vec::new();
+    for a in fleet.agents.values() {
+        bytes0.push(gossip_bytes(a).await?);
+    }
+    let pb = bar(observe, "steady");
+    for _ in 0..observe {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let mut cpu = Vec::new();
+    let mut bw = Vec::new();
+    let mut rss = Vec::new();
+    for (i, a) in fleet.agents.values().enumerate() {
+        let (c, r) = proc_usage(a.pid)?;
+        cpu.push((c - cpu0[i]) / observe as f64 * 100.0);
+        rss.push(r as f64 / 1e6);
+        bw.push((gossip_bytes(a).await? - bytes0[i]) / observe as f64);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+
+    // Starvation: one node at nice 19 against two busy loops; count deaths declared meanwhile.
+    let mut false_deaths = None;
+    if starve > 0 {
+        let victim = &fleet.agents[&names[1]];
+        let before = dead_events(&fleet).await?;
+        let cg = std::path::Path::new("/sys/fs/cgroup/cpu/augur-bench-starve");
+        let in_cgroup = std::fs::create_dir_all(cg).is_ok()
+            && std::fs::write(cg.join("cpu.cfs_period_us"), "200000").is_ok()
+            // The kernel's smallest quota is 1 ms.
+            && std::fs::write(
+                cg.join("cpu.cfs_quota_us"),
+                ((2_000.0 * starve_percent) as u64).max(1_000).to_string(),
+            )
+            .is_ok()
+            && std::fs::write(cg.join("cgroup.procs"), victim.pid.to_string()).is_ok();
+        let mut hogs: Vec<std::process::Child> = Vec::new();
+        if !in_cgroup {
+            std::process::Command::new("renice")
+                .args(["-n", "19", "-p", &victim.pid.to_string()])
+                .output()?;
+            for _ in 0..2 {
+                hogs.push(
+                    std::process::Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()?,
+                );
+            }
+        }
+        let pb = bar(starve, "starved");
+        let c0 = proc_usage(victim.pid)?.0;
+        for _ in 0..starve {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        let starved_cpu = (proc_usage(victim.pid)?.0 - c0) / starve as f64 * 100.0;
+        for mut h in hogs {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+        if in_cgroup {
+            let _ = std::fs::write("/sys/fs/cgroup/cpu/cgroup.procs", victim.pid.to_string());
+            let _ = std::fs::remove_dir(cg);
+        }
+        eprintln!(
+            "starved {} for {starve} s ({}), it used {starved_cpu:.2} % of a core",
+            names[1],
+            if in_cgroup {
+                format!("cgroup quota {starve_percent} % of a core, 200 ms period")
+            } else {
+                "nice 19 against two busy loops".to_owned()
+            }
+        );
+        let after = dead_events(&fleet).await?;
+        false_deaths = Some((after - before, starved_cpu));
+    }
+
+    // SIGKILL detection.
+    let mut detections = Vec::new();
+    for k in 0..kills {
+        let victim = names[(k % (nodes - 1)) + 1].clone();
+        fleet.kill(&victim).await?;
+        detections.push(until_all(&fleet, &victim, "dead", Duration::from_secs(60)).await?);
+        fleet.start(&victim).await?;
+        until_all(&fleet, &victim, "alive", Duration::from_secs(60)).await?;
+    }
+    let det: Vec<f64> = detections.iter().map(Duration::as_secs_f64).collect();
+    let det_median = median(&mut det.clone());
+    let result = json!({
+        "nodes": nodes,
+        "join_seen_by_all_s": join.as_secs_f64(),
+        "steady_seconds": observe,
+        "cpu_percent_of_core_per_node_median": median(&mut cpu.clone()),
+        "cpu_percent_per_node": cpu,
+        "gossip_sent_bytes_per_s_per_node_median": median(&mut bw.clone()),
+        "rss_mb_median": median(&mut rss),
+        "kill_detection_s": det,
+        "kill_detection_s_median": det_median,
+        "starved_seconds": starve,
+        "false_deaths_while_starved": false_deaths.map(|f| f.0),
+        "starved_node_cpu_percent": false_deaths.map(|f| f.1),
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        println!("{nodes} agents on loopback");
+        println!("  join seen by all       {:.2} s", join.as_secs_f64());
+        println!(
+            "  steady, per agent      {:.2} % of a core, {:.0} B/s gossip sent, {:.1} MB RSS (medians over {observe} s)",
+            result["cpu_percent_of_core_per_node_median"]
+                .as_f64()
+                .unwrap_or(0.0),
+            result["gossip_sent_bytes_per_s_per_node_median"]
+                .as_f64()
+                .unwrap_or(0.0),
+            result["rss_mb_median"].as_f64().unwrap_or(0.0)
+        );
+        if let Some((deaths, cpu)) = false_deaths {
+            println!(
+                "  starved {starve} s         {deaths} deaths declared; the starved node used {cpu:.2} % of a core"
+            );
+        }
+        println!(
+            "  SIGKILL detected by all {} (median {det_median:.2} s)",
+            det.iter()
+                .map(|d| format!("{d:.2} s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
 }

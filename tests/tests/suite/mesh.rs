@@ -12,6 +12,8 @@ use futures::StreamExt;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_agents_detect_a_kill_readmit_the_restart_and_refuse_a_stranger() {
     let mut fleet = LocalFleet::new().expect("fleet key");
+    // Host collection on: peer round trips become host telemetry.
+    fleet.config = String::new();
     let names = ["n1", "n2", "n3", "n4", "n5"];
     for n in names {
         fleet.start(n).await.expect("starts");
@@ -22,6 +24,15 @@ async fn five_agents_detect_a_kill_readmit_the_restart_and_refuse_a_stranger() {
             .await
             .expect("the fleet forms");
     }
+    // libp2p ping round trips to peers are part of the host's telemetry.
+    augur_tests::eventually("mesh RTT in host telemetry", || async {
+        let m = fleet.agents["n1"].get_text("/metrics").await.ok()?;
+        m.lines()
+            .any(|l| l.starts_with("augur_sample{") && l.contains("metric=\"mesh_rtt_ms_p50\""))
+            .then_some(())
+    })
+    .await
+    .expect("mesh_rtt_ms_p50 sampled");
     // A gRPC subscriber on n1, filtered to membership events.
     let mut client = AgentClient::connect(fleet.agents["n1"].grpc_url())
         .await

@@ -1,0 +1,346 @@
+//! Gossip at scale, in one process: N nodes on chitchat's in-memory transport under tokio's paused
+//! clock, augur's signed, admitted membership beside plain chitchat 0.13 with the same settings.
+//!
+//!     cargo bench -p augur-mesh --bench sim -- --nodes 100        # [--only augur|plain|plain-peerid]
+//!
+//! Reports, for both: convergence of a value published at one node (time and gossip rounds until
+//! 99.9 % and 100 % of the others see it), time until every survivor declares a killed node dead,
+//! gossip bytes per node per second, and CPU per node (CPU seconds per simulated second: the share
+//! of a core each node would use in real time).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use augur_mesh::chitchat::transport::ChannelTransport;
+use augur_mesh::chitchat::{
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
+    spawn_chitchat,
+};
+use augur_mesh::membership::MemberStatus;
+use augur_mesh::sim::{SimConfig, SimFleet};
+use augur_mesh::values::{Health, NodeValue};
+use tokio::time::Instant;
+
+const INTERVAL: Duration = Duration::from_millis(300);
+const STEP: Duration = Duration::from_millis(10);
+
+/// A string as long and as incompressible as a PeerId, so plain chitchat gossips ids of the same
+/// size as augur's.
+fn pseudo_peer_id(i: usize) -> String {
+    const B58: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut s = String::from("12D3KooW");
+    for _ in 0..44 {
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        s.push(B58[(x % 58) as usize] as char);
+    }
+    s
+}
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+#[derive(Debug)]
+struct Result {
+    converge_join_s: f64,
+    value_999_s: f64,
+    value_all_s: f64,
+    dead_all_s: f64,
+    bytes_per_node_s: f64,
+    cpu_per_node: f64,
+}
+
+fn fmt(name: &str, n: usize, r: &Result) {
+    println!(
+        "{name:<28} n={n:<5} join {:>6.2} s | value 99.9% {:>5.2} s ({:.1} rounds), all {:>5.2} s ({:.1} rounds) | dead by all {:>5.2} s | {:>8.0} B/s/node | {:.3} % core/node",
+        r.converge_join_s,
+        r.value_999_s,
+        r.value_999_s / INTERVAL.as_secs_f64(),
+        r.value_all_s,
+        r.value_all_s / INTERVAL.as_secs_f64(),
+        r.dead_all_s,
+        r.bytes_per_node_s,
+        r.cpu_per_node * 100.0
+    );
+}
+
+async fn augur(n: usize) -> Result {
+    let mut fleet = SimFleet::new(
+        7,
+        SimConfig {
+            gossip_interval: INTERVAL,
+            ..SimConfig::default()
+        },
+    );
+    let names: Vec<String> = (0..n).map(|i| format!("n{i:04}")).collect();
+    let start = Instant::now();
+    for name in &names {
+        fleet.join(name).await;
+    }
+    let ids: Vec<String> = names.iter().map(|x| fleet.peer_id(x)).collect();
+    // Joined: every node lists every node alive (checked on a sample of observers past 100).
+    let observers: Vec<usize> = if n <= 100 {
+        (0..n).collect()
+    } else {
+        (0..n).step_by(n / 50).collect()
+    };
+    loop {
+        let ok = observers.iter().all(|&o| {
+            let m = fleet.membership(&names[o]);
+            ids.iter().all(|id| {
+                m.member(id)
+                    .is_some_and(|x| x.status == MemberStatus::Alive)
+            })
+        });
+        if ok {
+            break;
+        }
+        tokio::time::sleep(INTERVAL).await;
+    }
+    let converge_join_s = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // Steady state: bytes and CPU over 30 simulated seconds.
+    let b0 = fleet.transport.statistics().num_bytes_total;
+    let c0 = cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let bytes_per_node_s =
+        (fleet.transport.statistics().num_bytes_total - b0) as f64 / 30.0 / n as f64;
+    let cpu_per_node = (cpu_seconds() - c0) / 30.0 / n as f64;
+
+    // A value published at node 0.
+    let health = Health {
+        max_failure_probability: 0.42,
+        resource_id: Some("db-1".into()),
+        anomaly_score: 0.1,
+        above_threshold: false,
+    };
+    fleet
+        .membership(&names[0])
+        .publish(NodeValue::Health(health.clone()));
+    let t0 = Instant::now();
+    let (mut v999, mut vall) = (None, None);
+    while vall.is_none() && t0.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(STEP).await;
+        let seen = (1..n)
+            .filter(|&o| {
+                fleet
+                    .membership(&names[o])
+                    .member(&ids[0])
+                    .and_then(|m| m.health)
+                    .as_ref()
+                    == Some(&health)
+            })
+            .count();
+        let frac = seen as f64 / (n - 1) as f64;
+        if v999.is_none() && frac >= 0.999 {
+            v999 = Some(t0.elapsed().as_secs_f64());
+        }
+        if seen == n - 1 {
+            vall = Some(t0.elapsed().as_secs_f64());
+        }
+    }
+    // A node killed.
+    let victim = n - 1;
+    fleet.kill(&names[victim]);
+    let t0 = Instant::now();
+    let mut dead_all = f64::NAN;
+    while t0.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(STEP).await;
+        if (0..victim).all(|o| {
+            fleet
+                .membership(&names[o])
+                .member(&ids[victim])
+                .is_some_and(|m| m.status == MemberStatus::Dead)
+        }) {
+            dead_all = t0.elapsed().as_secs_f64();
+            break;
+        }
+    }
+    Result {
+        converge_join_s,
+        value_999_s: v999.unwrap_or(f64::NAN),
+        value_all_s: vall.unwrap_or(f64::NAN),
+        dead_all_s: dead_all,
+        bytes_per_node_s,
+        cpu_per_node,
+    }
+}
+
+async fn plain(n: usize, long_ids: bool) -> Result {
+    let transport = ChannelTransport::default();
+    let addr = |i: usize| SocketAddr::from(([10, 1, 0, 1], 20_000 + i as u16));
+    let seeds: Vec<String> = (0..3.min(n)).map(|i| addr(i).to_string()).collect();
+    let mut nodes: Vec<Option<ChitchatHandle>> = Vec::new();
+    let ids: Vec<ChitchatId> = (0..n)
+        .map(|i| {
+            ChitchatId::new(
+                if long_ids {
+                    pseudo_peer_id(i)
+                } else {
+                    format!("node-{i}")
+                },
+                1,
+                addr(i),
+            )
+        })
+        .collect();
+    let start = Instant::now();
+    for id in &ids {
+        let config = ChitchatConfig {
+            chitchat_id: id.clone(),
+            cluster_id: "plain".into(),
+            gossip_interval: INTERVAL,
+            listen_addr: id.gossip_advertise_addr,
+            seed_nodes: seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: 8.0,
+                sampling_window_size: 1000,
+                max_interval: Duration::from_secs(10),
+                initial_interval: INTERVAL * 2,
+                dead_node_grace_period: Duration::from_secs(3600),
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V1,
+        };
+        nodes.push(Some(
+            spawn_chitchat(config, Vec::new(), &transport)
+                .await
+                .expect("starts"),
+        ));
+    }
+    let live_count = |h: &ChitchatHandle| {
+        let h = h.chitchat();
+        async move { h.lock().await.live_nodes().count() }
+    };
+    loop {
+        let mut all = true;
+        for h in nodes.iter().flatten() {
+            if live_count(h).await < n {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            break;
+        }
+        tokio::time::sleep(INTERVAL).await;
+    }
+    let converge_join_s = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let b0 = transport.statistics().num_bytes_total;
+    let c0 = cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let bytes_per_node_s = (transport.statistics().num_bytes_total - b0) as f64 / 30.0 / n as f64;
+    let cpu_per_node = (cpu_seconds() - c0) / 30.0 / n as f64;
+
+    if let Some(h) = &nodes[0] {
+        h.with_chitchat(|c| c.self_node_state().set("health", "0.42"))
+            .await;
+    }
+    let t0 = Instant::now();
+    let (mut v999, mut vall) = (None, None);
+    while vall.is_none() && t0.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(STEP).await;
+        let mut seen = 0;
+        for h in nodes.iter().skip(1).flatten() {
+            let c = h.chitchat();
+            let g = c.lock().await;
+            if g.node_state(&ids[0]).and_then(|s| s.get("health")) == Some("0.42") {
+                seen += 1;
+            }
+        }
+        let frac = seen as f64 / (n - 1) as f64;
+        if v999.is_none() && frac >= 0.999 {
+            v999 = Some(t0.elapsed().as_secs_f64());
+        }
+        if seen == n - 1 {
+            vall = Some(t0.elapsed().as_secs_f64());
+        }
+    }
+    let victim = n - 1;
+    if let Some(h) = nodes[victim].take() {
+        let _ = h.initiate_shutdown();
+    }
+    let t0 = Instant::now();
+    let mut dead_all = f64::NAN;
+    'outer: while t0.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(STEP).await;
+        for h in nodes.iter().flatten() {
+            let c = h.chitchat();
+            let g = c.lock().await;
+            let dead: HashSet<&ChitchatId> = g.dead_nodes().collect();
+            if !dead.contains(&ids[victim]) {
+                continue 'outer;
+            }
+        }
+        dead_all = t0.elapsed().as_secs_f64();
+        break;
+    }
+    Result {
+        converge_join_s,
+        value_999_s: v999.unwrap_or(f64::NAN),
+        value_all_s: vall.unwrap_or(f64::NAN),
+        dead_all_s: dead_all,
+        bytes_per_node_s,
+        cpu_per_node,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let n: usize = args
+        .iter()
+        .position(|a| a == "--nodes")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    // --only augur | plain | plain-peerid: one variant (a 1,000-node run of each takes a while).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let wants = |v: &str| only.as_deref().is_none_or(|o| o == v);
+    let rt = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime")
+    };
+    println!(
+        "gossip interval {} ms, phi threshold 8, seeds 3, {} nodes, one process, paused clock",
+        INTERVAL.as_millis(),
+        n
+    );
+    {
+        for (long, name, key) in [
+            (false, "plain chitchat, short ids", "plain"),
+            (true, "plain chitchat, PeerId ids", "plain-peerid"),
+        ] {
+            if !wants(key) {
+                continue;
+            }
+            let wall = std::time::Instant::now();
+            let r = rt().block_on(plain(n, long));
+            fmt(name, n, &r);
+            eprintln!("  ({:.1} s wall)", wall.elapsed().as_secs_f64());
+        }
+    }
+    if wants("augur") {
+        let wall = std::time::Instant::now();
+        let r = rt().block_on(augur(n));
+        fmt("augur (signed, admitted)", n, &r);
+        eprintln!("  ({:.1} s wall)", wall.elapsed().as_secs_f64());
+    }
+}
