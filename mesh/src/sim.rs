@@ -21,7 +21,7 @@ use std::time::Duration;
 use chitchat::transport::ChannelTransport;
 use libp2p::identity::Keypair;
 
-use crate::admission::{FleetKey, JoinToken};
+use crate::admission::{FleetKey, FleetPublicKey, JoinToken};
 use crate::membership::{Clock, Member, MemberStatus, Membership, MembershipConfig};
 use crate::values::{self, NodeValue};
 
@@ -126,12 +126,16 @@ impl SimFleet {
         c
     }
 
+    /// Starts `name` with `token`, trusting `trusted`; `admitted` records whether the fleet issued
+    /// the token (the harness's own knowledge, for `converge`).
     async fn start(
         &mut self,
         name: &str,
         token: JoinToken,
-        keypair: Keypair,
+        trusted: Vec<FleetPublicKey>,
+        admitted: bool,
     ) -> anyhow_free::Result<()> {
+        let keypair = self.keypair(name);
         let (addr, generation) = match self.nodes.get(name) {
             Some(n) => (n.addr, n.generation + 1),
             None => {
@@ -143,7 +147,7 @@ impl SimFleet {
             self.membership_config(addr, generation),
             keypair.clone(),
             token,
-            vec![self.fleet.public()],
+            trusted,
             self.clock.clone(),
             &self.transport,
         )
@@ -153,7 +157,7 @@ impl SimFleet {
             node_name: name.to_owned(),
             ..Default::default()
         }));
-        if self.seeds.len() < self.config.seeds {
+        if admitted && self.seeds.len() < self.config.seeds {
             self.seeds.push(addr.to_string());
         }
         self.nodes.insert(
@@ -164,7 +168,7 @@ impl SimFleet {
                 addr,
                 membership: Some(membership),
                 generation,
-                admitted: true,
+                admitted,
             },
         );
         Ok(())
@@ -172,12 +176,11 @@ impl SimFleet {
 
     /// Starts an admitted node.
     pub async fn join(&mut self, name: &str) {
-        let keypair = self.keypair(name);
+        let peer = self.keypair(name).public().to_peer_id();
         let now_s = self.clock.now_ms() / 1000;
-        let token = self
-            .fleet
-            .issue(keypair.public().to_peer_id(), now_s + TOKEN_TTL_S);
-        if let Err(e) = self.start(name, token, keypair).await {
+        let token = self.fleet.issue(peer, now_s + TOKEN_TTL_S);
+        let trusted = vec![self.fleet.public()];
+        if let Err(e) = self.start(name, token, trusted, true).await {
             panic!("{name} cannot join: {e}");
         }
     }
@@ -188,44 +191,15 @@ impl SimFleet {
         }
     }
 
-    /// Starts a node whose token was signed by another fleet's key: it gossips, but must never be
-    /// admitted.
+    /// Starts a node whose token was signed by another fleet's key: it gossips (in this fleet's
+    /// name), but must never be admitted. It trusts its own rogue key, so that it starts at all.
     pub async fn join_forged(&mut self, name: &str) {
-        let keypair = self.keypair(name);
+        let peer = self.keypair(name).public().to_peer_id();
         let rogue = FleetKey::from_seed(seeded(self.seed, "rogue fleet"));
-        let token = rogue.issue(keypair.public().to_peer_id(), u64::MAX);
-        // It trusts its own rogue fleet so that it starts at all.
-        let (addr, generation) = {
-            self.next_port += 1;
-            (SocketAddr::from(([10, 0, 0, 1], self.next_port)), 1)
-        };
-        let mut cfg = self.membership_config(addr, generation);
-        cfg.fleet_id = self.fleet.public().fleet_id();
-        let membership = Membership::start(
-            cfg,
-            keypair.clone(),
-            token,
-            vec![rogue.public()],
-            self.clock.clone(),
-            &self.transport,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{name} cannot start: {e}"));
-        membership.publish(NodeValue::Placement(values::Placement {
-            node_name: name.to_owned(),
-            ..Default::default()
-        }));
-        self.nodes.insert(
-            name.to_owned(),
-            SimNode {
-                name: name.to_owned(),
-                keypair,
-                addr,
-                membership: Some(membership),
-                generation,
-                admitted: false,
-            },
-        );
+        let token = rogue.issue(peer, u64::MAX);
+        if let Err(e) = self.start(name, token, vec![rogue.public()], false).await {
+            panic!("{name} cannot start: {e}");
+        }
     }
 
     /// Stops a node abruptly (no goodbye), as SIGKILL would.

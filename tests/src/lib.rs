@@ -75,6 +75,8 @@ pub struct AgentProcess {
     pub data_dir: PathBuf,
     pub config_file: PathBuf,
     logs: mpsc::UnboundedReceiver<Value>,
+    /// Lines read while waiting for another line, kept for later waits.
+    seen: Vec<Value>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -147,6 +149,7 @@ impl AgentProcess {
             data_dir,
             config_file,
             logs,
+            seen: Vec::new(),
             _temp: temp,
         };
         let ready = agent.wait_log("augur agent ready").await?;
@@ -155,23 +158,37 @@ impl AgentProcess {
         Ok(agent)
     }
 
-    /// Waits for a log line whose message contains `needle`; fails if the process exits first.
+    /// Waits for a log line whose message contains `needle` (including lines already read while
+    /// waiting for others, such as those logged before "ready"); fails if the process exits first.
     pub async fn wait_log(&mut self, needle: &str) -> anyhow::Result<Value> {
+        let matches = |v: &Value| {
+            v.get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| v.as_str().unwrap_or(""))
+                .contains(needle)
+        };
+        if let Some(i) = self.seen.iter().position(matches) {
+            return Ok(self.seen.remove(i));
+        }
+        let seen = &mut self.seen;
+        let logs = &mut self.logs;
         let fut = async {
-            let mut recent: Vec<String> = Vec::new();
-            while let Some(v) = self.logs.recv().await {
-                let msg = v
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or_else(|| v.as_str().unwrap_or(""));
-                if msg.contains(needle) {
+            while let Some(v) = logs.recv().await {
+                if matches(&v) {
                     return Ok(v);
                 }
-                if recent.len() == 20 {
-                    recent.remove(0);
+                if seen.len() == 1000 {
+                    seen.remove(0);
                 }
-                recent.push(v.to_string());
+                seen.push(v);
             }
+            let recent: Vec<String> = seen
+                .iter()
+                .rev()
+                .take(20)
+                .rev()
+                .map(Value::to_string)
+                .collect();
             Err(anyhow!(
                 "agent exited before logging {needle:?}; its last lines:\n{}",
                 recent.join("\n")

@@ -318,6 +318,14 @@ impl History {
         Ok(outcome)
     }
 
+    fn type_of(&self, id: &ResourceId) -> Option<ResourceType> {
+        self.inner
+            .state
+            .read()
+            .get(id)
+            .map(|t| t.meta.resource_type.clone())
+    }
+
     /// Samples of one resource with `since <= ts < until`, oldest first, at most `limit`.
     /// `None` when the resource is unknown.
     pub fn query(
@@ -327,13 +335,7 @@ impl History {
         until: UnixMicros,
         limit: usize,
     ) -> Result<Option<QueryResult>, StoreError> {
-        let Some(resource_type) = self
-            .inner
-            .state
-            .read()
-            .get(id)
-            .map(|t| t.meta.resource_type.clone())
-        else {
+        let Some(resource_type) = self.type_of(id) else {
             return Ok(None);
         };
         let tx = self.inner.db.begin_read()?;
@@ -347,15 +349,7 @@ impl History {
                     break;
                 }
                 let (k, v) = entry?;
-                let stored = decode(id.as_str(), v.value())?;
-                samples.push(Sample {
-                    ts: UnixMicros(k.value().1),
-                    resource_id: id.clone(),
-                    resource_type: resource_type.clone(),
-                    metrics: stored.metrics,
-                    event: stored.event,
-                    labels: stored.labels,
-                });
+                samples.push(stored_sample(id, &resource_type, k.value().1, v.value())?);
             }
         }
         Ok(Some(QueryResult { samples, truncated }))
@@ -369,13 +363,7 @@ impl History {
         since: UnixMicros,
         limit: usize,
     ) -> Result<Option<Vec<Sample>>, StoreError> {
-        let Some(resource_type) = self
-            .inner
-            .state
-            .read()
-            .get(id)
-            .map(|t| t.meta.resource_type.clone())
-        else {
+        let Some(resource_type) = self.type_of(id) else {
             return Ok(None);
         };
         let tx = self.inner.db.begin_read()?;
@@ -389,15 +377,7 @@ impl History {
                 break;
             }
             let (k, v) = entry?;
-            let stored = decode(id.as_str(), v.value())?;
-            samples.push(Sample {
-                ts: UnixMicros(k.value().1),
-                resource_id: id.clone(),
-                resource_type: resource_type.clone(),
-                metrics: stored.metrics,
-                event: stored.event,
-                labels: stored.labels,
-            });
+            samples.push(stored_sample(id, &resource_type, k.value().1, v.value())?);
         }
         samples.reverse();
         Ok(Some(samples))
@@ -606,6 +586,24 @@ fn insert_window(window: &mut VecDeque<Arc<Sample>>, s: Arc<Sample>, cap: usize)
     while window.len() > cap {
         window.pop_front();
     }
+}
+
+/// A stored row as a sample.
+fn stored_sample(
+    id: &ResourceId,
+    resource_type: &ResourceType,
+    ts_us: i64,
+    value: &[u8],
+) -> Result<Sample, StoreError> {
+    let stored = decode(id.as_str(), value)?;
+    Ok(Sample {
+        ts: UnixMicros(ts_us),
+        resource_id: id.clone(),
+        resource_type: resource_type.clone(),
+        metrics: stored.metrics,
+        event: stored.event,
+        labels: stored.labels,
+    })
 }
 
 #[cfg(test)]
