@@ -473,6 +473,10 @@ async fn run(
     let self_id = values::short_id(&keypair.public().to_peer_id());
     let mut views: HashMap<ChitchatId, NodeView> = HashMap::new();
     let mut known: HashMap<String, MemberStatus> = HashMap::new();
+    // Each peer's name, across its generations: a restarted node is listed (and its recovery
+    // reported) before its new placement value arrives.
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut unnamed_since: HashMap<String, Instant> = HashMap::new();
     let mut last_republish = Instant::now();
     let mut tick = tokio::time::interval(config.gossip_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -700,10 +704,28 @@ async fn run(
                 .then(b.generation.cmp(&a.generation))
         });
         members.dedup_by(|later, first| later.peer_id == first.peer_id);
+        for m in &mut members {
+            match &m.node_name {
+                Some(n) => {
+                    if names.get(&m.peer_id) != Some(n) {
+                        names.insert(m.peer_id.clone(), n.clone());
+                    }
+                }
+                None => m.node_name = names.get(&m.peer_id).cloned(),
+            }
+        }
         // Events on status changes.
         let mut seen = HashSet::new();
         for m in &members {
             seen.insert(m.peer_id.clone());
+            // A new member is announced once its name is known (or after a few seconds without).
+            if !known.contains_key(&m.peer_id) && m.node_name.is_none() && !m.is_self {
+                let since = *unnamed_since.entry(m.peer_id.clone()).or_insert(now);
+                if now.duration_since(since) < Duration::from_secs(5) {
+                    continue;
+                }
+            }
+            unnamed_since.remove(&m.peer_id);
             let before = known.insert(m.peer_id.clone(), m.status);
             let event = match (before, m.status) {
                 (None, MemberStatus::Alive | MemberStatus::Suspect) if !m.is_self => {
@@ -731,6 +753,7 @@ async fn run(
             .collect();
         for p in gone {
             known.remove(&p);
+            names.remove(&p);
             let _ = events.send(MembershipEvent::Removed { peer_id: p });
         }
         *shared.members.write() = members;
