@@ -277,6 +277,56 @@ impl EventLog {
     }
 }
 
+/// What a follower receives: an event, or notice that `count` events after index `after` were
+/// dropped before they could be delivered.
+#[derive(Debug)]
+pub enum Delivery {
+    Event(Logged),
+    Missed { count: u64, after: u64 },
+}
+
+impl EventLog {
+    /// The matching events after `after` still buffered, then live ones as they come; a `Missed`
+    /// first when the buffer no longer holds all of them, and whenever the follower falls behind.
+    /// The one stream behind the SSE endpoint and gRPC `Subscribe`.
+    pub fn follow(
+        &self,
+        after: u64,
+        topics: Vec<String>,
+    ) -> impl futures::Stream<Item = Delivery> + Send + 'static {
+        use futures::StreamExt as _;
+        let (page, rx) = self.since(after, &topics);
+        let head = (page.missed > 0).then_some(Delivery::Missed {
+            count: page.missed,
+            after,
+        });
+        let backlog = page.events.into_iter().map(Delivery::Event);
+        let live = futures::stream::unfold(
+            (rx, topics, page.next),
+            |(mut rx, topics, last)| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(e) if e.index > last && matches(&e.event.topic, &topics) => {
+                            let next = e.index;
+                            return Some((Delivery::Event(e), (rx, topics, next)));
+                        }
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            let d = Delivery::Missed {
+                                count: n,
+                                after: last,
+                            };
+                            return Some((d, (rx, topics, last)));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            },
+        );
+        futures::stream::iter(head.into_iter().chain(backlog)).chain(live)
+    }
+}
+
 /// Feeds the mesh's events into the log until shutdown.
 pub fn spawn_pump(mesh: &Mesh, log: EventLog, shutdown: CancellationToken) {
     let mut rx = mesh.subscribe();
@@ -550,5 +600,23 @@ mod tests {
         let (_, mut rx) = log.since(4, &[]);
         log.push(event("member.left"));
         assert_eq!(rx.try_recv().map(|l| l.index).ok(), Some(5));
+    }
+
+    #[tokio::test]
+    async fn a_follower_gets_the_missed_notice_the_backlog_then_live_events() {
+        use futures::StreamExt as _;
+        let log = EventLog::new(2);
+        for t in ["member.joined", "member.dead", "prediction.above_threshold"] {
+            log.push(event(t));
+        }
+        let mut s = Box::pin(log.follow(0, vec!["member".to_owned()]));
+        assert!(matches!(
+            s.next().await,
+            Some(Delivery::Missed { count: 1, after: 0 })
+        ));
+        assert!(matches!(s.next().await, Some(Delivery::Event(e)) if e.index == 2));
+        log.push(event("prediction.below_threshold"));
+        log.push(event("member.recovered"));
+        assert!(matches!(s.next().await, Some(Delivery::Event(e)) if e.index == 5));
     }
 }

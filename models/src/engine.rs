@@ -256,7 +256,8 @@ impl ResourceEngine {
             .as_ref()
             .and_then(|m| m.forest.as_ref())
             .map(|f| f.score(metrics, self.previous.as_ref()));
-        self.previous = Some(metrics.clone());
+        // Only the forest reads the previous sample; without one, no copy per tick.
+        self.previous = forest_raw.is_some().then(|| metrics.clone());
         let forest_score = forest_raw.map_or(0.0, |r| self.forest_likelihood.update(r));
         self.forest_score = forest_score;
         let mlp_horizon = models

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::http::{DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT};
 use super::{ApiError, ApiState, PushBatch};
+use crate::fleet::Delivery;
 use crate::ingest::RejectReason;
 use crate::sample::UnixMicros;
 use crate::stats::Source;
@@ -129,42 +130,16 @@ impl Agent for GrpcApi {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let r = request.into_inner();
-        let (page, rx) = self.state.events.since(r.since, &r.topics);
-        let missed = (page.missed > 0).then(|| FleetEventMsg {
-            missed: page.missed,
-            index: r.since,
-            ..Default::default()
+        let stream = self.state.events.follow(r.since, r.topics).map(|d| {
+            Ok(match d {
+                Delivery::Event(e) => event_msg(e),
+                Delivery::Missed { count, after } => FleetEventMsg {
+                    missed: count,
+                    index: after,
+                    ..Default::default()
+                },
+            })
         });
-        let backlog: Vec<FleetEventMsg> = page.events.into_iter().map(event_msg).collect();
-        let topics = r.topics;
-        let live = futures::stream::unfold(
-            (rx, topics, page.next),
-            |(mut rx, topics, last)| async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(e)
-                            if e.index > last && crate::fleet::matches(&e.event.topic, &topics) =>
-                        {
-                            let next = e.index;
-                            return Some((event_msg(e), (rx, topics, next)));
-                        }
-                        Ok(_) => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            let m = FleetEventMsg {
-                                missed: n,
-                                index: last,
-                                ..Default::default()
-                            };
-                            return Some((m, (rx, topics, last)));
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            },
-        );
-        let stream = futures::stream::iter(missed.into_iter().chain(backlog))
-            .chain(live)
-            .map(Ok);
         Ok(Response::new(Box::pin(stream)))
     }
 

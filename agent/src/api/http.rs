@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiError, ApiState, PushBatch};
+use crate::fleet::Delivery;
 use crate::history::ResourceSummary;
 use crate::ingest::{RejectReason, parse_body};
 use crate::sample::UnixMicros;
@@ -455,51 +456,21 @@ async fn events(
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("text/event-stream"));
-    let (page, rx) = st.events.since(after, &topics);
     if !wants_stream {
-        return Ok(Json(page).into_response());
+        return Ok(Json(st.events.since(after, &topics).0).into_response());
     }
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures::StreamExt as _;
-    let head = (page.missed > 0).then(|| {
-        Event::default()
-            .event("missed")
-            .data(json!({ "missed": page.missed, "after": after }).to_string())
-    });
-    let backlog: Vec<Event> = page
-        .events
-        .into_iter()
-        .map(|e| {
-            Event::default()
+    let stream = st.events.follow(after, topics).map(|d| {
+        Ok::<_, std::convert::Infallible>(match d {
+            Delivery::Event(e) => Event::default()
                 .id(e.index.to_string())
-                .data(serde_json::to_string(&e).unwrap_or_default())
+                .data(serde_json::to_string(&e).unwrap_or_default()),
+            Delivery::Missed { count, after } => Event::default()
+                .event("missed")
+                .data(json!({ "missed": count, "after": after }).to_string()),
         })
-        .collect();
-    let last = page.next;
-    let live = futures::stream::unfold((rx, topics, last), |(mut rx, topics, last)| async move {
-        loop {
-            match rx.recv().await {
-                Ok(e) if e.index > last && crate::fleet::matches(&e.event.topic, &topics) => {
-                    let ev = Event::default()
-                        .id(e.index.to_string())
-                        .data(serde_json::to_string(&e).unwrap_or_default());
-                    let next = e.index;
-                    return Some((ev, (rx, topics, next)));
-                }
-                Ok(_) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let ev = Event::default()
-                        .event("missed")
-                        .data(json!({ "missed": n, "after": last }).to_string());
-                    return Some((ev, (rx, topics, last)));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
     });
-    let stream = futures::stream::iter(head.into_iter().chain(backlog))
-        .chain(live)
-        .map(Ok::<_, std::convert::Infallible>);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
