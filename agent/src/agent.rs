@@ -220,7 +220,7 @@ pub async fn run(
     tracing::info!("shutting down");
     if let Some(m) = &mesh {
         // Members see this node leave rather than die.
-        m.membership.leave(cfg.mesh.gossip_interval * 4).await;
+        m.leave(cfg.mesh.gossip_interval * 4).await;
     }
     let grace = cfg.shutdown_grace;
     let deadline = tokio::time::Instant::now() + grace;

@@ -173,6 +173,7 @@ pub async fn start(
             ping_interval: m.ping_interval,
             api_http: Some(http_addr.to_string()),
             api_grpc: Some(grpc_addr.to_string()),
+            memory: None,
         },
         Clock::system(),
     )

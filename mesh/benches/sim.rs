@@ -76,6 +76,8 @@ async fn augur(n: usize) -> Result {
         7,
         SimConfig {
             gossip_interval: INTERVAL,
+            // Membership and gossip only: this compares against plain chitchat.
+            p2p: false,
             ..SimConfig::default()
         },
     );

@@ -80,6 +80,8 @@ pub struct Mesh {
     rtt: Arc<parking_lot::RwLock<HashMap<PeerId, Duration>>>,
     /// Gossip bytes and messages through this node's chitchat socket.
     pub traffic: Arc<crate::transport::GossipTraffic>,
+    /// The task tying membership and swarm together.
+    task: Arc<parking_lot::Mutex<Option<tokio::task::AbortHandle>>>,
 }
 
 /// What the mesh needs to start.
@@ -93,15 +95,39 @@ pub struct MeshConfig {
     /// HTTP and gRPC API addresses published to peers.
     pub api_http: Option<String>,
     pub api_grpc: Option<String>,
+    /// libp2p's in-process memory transport (the simulation); `None` in the agent.
+    pub memory: Option<swarm::MemoryNet>,
 }
 
 impl Mesh {
+    /// Starts the mesh with gossip over UDP.
     pub async fn start(
         keypair: Keypair,
         token: JoinToken,
         trusted: Vec<FleetPublicKey>,
         config: MeshConfig,
         clock: Clock,
+    ) -> Result<Self, MeshError> {
+        Self::start_on(
+            keypair,
+            token,
+            trusted,
+            config,
+            clock,
+            chitchat::transport::UdpTransport,
+        )
+        .await
+    }
+
+    /// Starts the mesh with gossip over `gossip` (UDP in the agent, chitchat's in-memory
+    /// transport in the simulation).
+    pub async fn start_on<T: chitchat::transport::Transport>(
+        keypair: Keypair,
+        token: JoinToken,
+        trusted: Vec<FleetPublicKey>,
+        config: MeshConfig,
+        clock: Clock,
+        gossip: T,
     ) -> Result<Self, MeshError> {
         let swarm = swarm::start(
             keypair.clone(),
@@ -111,12 +137,13 @@ impl Mesh {
                 trusted: trusted.clone(),
                 admission_timeout: config.admission_timeout,
                 ping_interval: config.ping_interval,
+                memory: config.memory.clone(),
             },
         )
         .await?;
         let traffic = Arc::new(crate::transport::GossipTraffic::default());
         let transport = crate::transport::Counting {
-            inner: chitchat::transport::UdpTransport,
+            inner: gossip,
             traffic: traffic.clone(),
         };
         let membership = Membership::start(
@@ -127,7 +154,14 @@ impl Mesh {
             clock.clone(),
             &transport,
         )
-        .await?;
+        .await;
+        let membership = match membership {
+            Ok(m) => m,
+            Err(e) => {
+                swarm.shutdown();
+                return Err(e.into());
+            }
+        };
         let peer = swarm.peer_id;
         let p2p: Vec<String> = swarm
             .listeners()
@@ -148,9 +182,26 @@ impl Mesh {
             clock,
             rtt: Arc::default(),
             traffic,
+            task: Arc::default(),
         };
-        tokio::spawn(mesh.clone().run(config.membership.gossip_interval));
+        let task = tokio::spawn(mesh.clone().run(config.membership.gossip_interval));
+        *mesh.task.lock() = Some(task.abort_handle());
         Ok(mesh)
+    }
+
+    /// Stops everything at once, as a crash would: gossip stops and QUIC connections close.
+    pub fn shutdown(&self) {
+        if let Some(t) = self.task.lock().take() {
+            t.abort();
+        }
+        self.membership.shutdown();
+        self.swarm.shutdown();
+    }
+
+    /// Announces this node's departure, lets it spread for `linger`, then stops.
+    pub async fn leave(&self, linger: Duration) {
+        self.membership.leave(linger).await;
+        self.shutdown();
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -283,7 +334,7 @@ impl Mesh {
                 _ = tick.tick() => {
                     // Dial admitted, live members we have no connection to.
                     let connected: std::collections::HashSet<PeerId> =
-                        self.swarm.admitted().await.into_iter().collect();
+                        self.swarm.admitted().into_iter().collect();
                     for m in self.membership.members() {
                         if m.is_self || !matches!(m.status, MemberStatus::Alive | MemberStatus::Suspect) {
                             continue;

@@ -1,7 +1,8 @@
-//! A deterministic in-process fleet for tests and simulations: every node runs the real membership
-//! code over chitchat's in-memory `ChannelTransport`, under tokio's paused clock (so seconds of gossip
-//! take microseconds, and no test sleeps on the wall clock), with keys derived from a seed. Scripts
-//! read like the operations they model:
+//! A deterministic in-process fleet for tests and simulations: every node runs the real mesh, its
+//! membership over chitchat's in-memory `ChannelTransport` and its libp2p swarm (admission,
+//! gossipsub events, ping) over libp2p's in-process memory transport, under tokio's paused clock
+//! (so seconds of gossip take microseconds, and no test sleeps on the wall clock), with keys
+//! derived from a seed. Partitions cut both networks. Scripts read like the operations they model:
 //!
 //! ```ignore
 //! let mut fleet = SimFleet::new(7, SimConfig::default());
@@ -13,6 +14,13 @@
 //!
 //! What is not deterministic: chitchat picks its gossip partners with its own unseeded generator, so
 //! the exact round in which something converges varies a little between runs; scripts assert bounds.
+//! libp2p's own timers (ping interval, gossipsub heartbeat, idle and request timeouts) run on the
+//! wall clock (`futures-timer`), not tokio's: what the harness relies on (connecting, admission,
+//! publishing to connected peers, a connection closing when its node dies) needs none of them, and
+//! ping round trips arrive at wall-clock pace. Scripts must not wait on those timers.
+//!
+//! With `SimConfig::p2p` off, nodes run membership alone (for large simulations and for tests of
+//! membership rules that set round trips by hand).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,9 +29,17 @@ use std::time::Duration;
 use chitchat::transport::ChannelTransport;
 use libp2p::identity::Keypair;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::admission::{FleetKey, FleetPublicKey, JoinToken};
 use crate::membership::{Clock, Member, MemberStatus, Membership, MembershipConfig};
+use crate::node::{Mesh, MeshConfig};
+use crate::swarm::MemoryNet;
 use crate::values::{self, NodeValue};
+
+/// libp2p's memory transport has one port space per process; fleets in parallel tests must not
+/// collide, so ports are handed out process-wide.
+static NEXT_MEMORY_PORT: AtomicU64 = AtomicU64::new(40_000);
 
 /// Settings of a simulated fleet.
 #[derive(Clone, Debug)]
@@ -33,6 +49,10 @@ pub struct SimConfig {
     pub dead_node_grace: Duration,
     /// Seeds each joining node is given: the first `seeds` nodes to join.
     pub seeds: usize,
+    /// Run each node's libp2p swarm too (over the memory transport).
+    pub p2p: bool,
+    pub admission_timeout: Duration,
+    pub ping_interval: Duration,
 }
 
 impl Default for SimConfig {
@@ -42,6 +62,9 @@ impl Default for SimConfig {
             phi_threshold: 8.0,
             dead_node_grace: Duration::from_secs(3600),
             seeds: 3,
+            p2p: true,
+            admission_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(1),
         }
     }
 }
@@ -52,7 +75,11 @@ pub struct SimNode {
     pub name: String,
     pub keypair: Keypair,
     pub addr: SocketAddr,
+    /// Its libp2p memory-transport port.
+    pub memory_port: u64,
     pub membership: Option<Membership>,
+    /// The whole mesh, when the fleet runs libp2p.
+    pub mesh: Option<Mesh>,
     generation: u64,
     /// Holds a token of this fleet (forged nodes do not).
     pub admitted: bool,
@@ -62,6 +89,7 @@ pub struct SimNode {
 #[allow(missing_debug_implementations)]
 pub struct SimFleet {
     pub transport: ChannelTransport,
+    pub memory: MemoryNet,
     pub fleet: FleetKey,
     pub config: SimConfig,
     pub nodes: BTreeMap<String, SimNode>,
@@ -97,6 +125,7 @@ impl SimFleet {
     pub fn new(seed: u64, config: SimConfig) -> Self {
         Self {
             transport: ChannelTransport::default(),
+            memory: MemoryNet::default(),
             fleet: FleetKey::from_seed(seeded(seed, "fleet")),
             config,
             nodes: BTreeMap::new(),
@@ -136,23 +165,54 @@ impl SimFleet {
         admitted: bool,
     ) -> anyhow_free::Result<()> {
         let keypair = self.keypair(name);
-        let (addr, generation) = match self.nodes.get(name) {
-            Some(n) => (n.addr, n.generation + 1),
+        let (addr, memory_port, generation) = match self.nodes.get(name) {
+            Some(n) => (n.addr, n.memory_port, n.generation + 1),
             None => {
                 self.next_port += 1;
-                (SocketAddr::from(([10, 0, 0, 1], self.next_port)), 1)
+                (
+                    SocketAddr::from(([10, 0, 0, 1], self.next_port)),
+                    NEXT_MEMORY_PORT.fetch_add(1, Ordering::Relaxed),
+                    1,
+                )
             }
         };
-        let membership = Membership::start(
-            self.membership_config(addr, generation),
-            keypair.clone(),
-            token,
-            trusted,
-            self.clock.clone(),
-            &self.transport,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let config = self.membership_config(addr, generation);
+        let (membership, mesh) = if self.config.p2p {
+            let listen = format!("/memory/{memory_port}")
+                .parse()
+                .map_err(|e: libp2p::multiaddr::Error| e.to_string())?;
+            let mesh = Mesh::start_on(
+                keypair.clone(),
+                token,
+                trusted,
+                MeshConfig {
+                    membership: config,
+                    p2p_listen: vec![listen],
+                    admission_timeout: self.config.admission_timeout,
+                    ping_interval: self.config.ping_interval,
+                    api_http: None,
+                    api_grpc: None,
+                    memory: Some(self.memory.clone()),
+                },
+                self.clock.clone(),
+                self.transport.clone(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            (mesh.membership.clone(), Some(mesh))
+        } else {
+            let m = Membership::start(
+                config,
+                keypair.clone(),
+                token,
+                trusted,
+                self.clock.clone(),
+                &self.transport,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            (m, None)
+        };
         membership.publish(NodeValue::Placement(values::Placement {
             node_name: name.to_owned(),
             ..Default::default()
@@ -166,7 +226,9 @@ impl SimFleet {
                 name: name.to_owned(),
                 keypair,
                 addr,
+                memory_port,
                 membership: Some(membership),
+                mesh,
                 generation,
                 admitted,
             },
@@ -204,7 +266,13 @@ impl SimFleet {
 
     /// Stops a node abruptly (no goodbye), as SIGKILL would.
     pub fn kill(&mut self, name: &str) {
-        if let Some(m) = self.nodes.get_mut(name).and_then(|n| n.membership.take()) {
+        let Some(node) = self.nodes.get_mut(name) else {
+            return;
+        };
+        if let Some(mesh) = node.mesh.take() {
+            mesh.shutdown();
+        }
+        if let Some(m) = node.membership.take() {
             m.shutdown();
         }
     }
@@ -212,8 +280,15 @@ impl SimFleet {
     /// Stops a node after announcing its departure.
     pub async fn leave(&mut self, name: &str) {
         let linger = self.config.gossip_interval * 5;
-        if let Some(m) = self.nodes.get_mut(name).and_then(|n| n.membership.take()) {
+        let Some(node) = self.nodes.get_mut(name) else {
+            return;
+        };
+        let mesh = node.mesh.take();
+        if let Some(m) = node.membership.take() {
             m.leave(linger).await;
+        }
+        if let Some(mesh) = mesh {
+            mesh.shutdown();
         }
     }
 
@@ -226,24 +301,49 @@ impl SimFleet {
         self.join(name).await;
     }
 
-    /// Cuts every link between the two groups, both ways.
+    /// Cuts every link between the two groups, both ways: gossip, and libp2p connections (open
+    /// ones are closed, new dials fail).
     pub async fn partition(&self, left: &[&str], right: &[&str]) {
         for a in left {
             for b in right {
-                let (x, y) = (self.nodes[*a].addr, self.nodes[*b].addr);
-                self.transport.remove_link(x, y).await;
-                self.transport.remove_link(y, x).await;
+                let (na, nb) = (&self.nodes[*a], &self.nodes[*b]);
+                self.transport.remove_link(na.addr, nb.addr).await;
+                self.transport.remove_link(nb.addr, na.addr).await;
+                self.memory.cut(na.memory_port, nb.memory_port);
+                self.memory.cut(nb.memory_port, na.memory_port);
+                for (x, y) in [(na, nb), (nb, na)] {
+                    if let Some(mesh) = &x.mesh {
+                        mesh.swarm.disconnect(y.keypair.public().to_peer_id()).await;
+                    }
+                }
             }
         }
+        let cut = self
+            .until(Duration::from_secs(5), |f| {
+                !f.config.p2p
+                    || left.iter().all(|a| {
+                        right
+                            .iter()
+                            .all(|b| !f.connected(a, b) && !f.connected(b, a))
+                    })
+            })
+            .await;
+        assert!(
+            cut.is_some(),
+            "libp2p connections across the partition closed"
+        );
     }
 
-    /// Restores every link between the two groups.
+    /// Restores every link between the two groups (libp2p connections are dialled again when the
+    /// members see each other).
     pub async fn heal(&self, left: &[&str], right: &[&str]) {
         for a in left {
             for b in right {
-                let (x, y) = (self.nodes[*a].addr, self.nodes[*b].addr);
-                self.transport.add_link(x, y).await;
-                self.transport.add_link(y, x).await;
+                let (na, nb) = (&self.nodes[*a], &self.nodes[*b]);
+                self.transport.add_link(na.addr, nb.addr).await;
+                self.transport.add_link(nb.addr, na.addr).await;
+                self.memory.restore(na.memory_port, nb.memory_port);
+                self.memory.restore(nb.memory_port, na.memory_port);
             }
         }
     }
@@ -253,6 +353,14 @@ impl SimFleet {
             .membership
             .as_ref()
             .unwrap_or_else(|| panic!("{name} is not running"))
+    }
+
+    /// The node's whole mesh (fleets with `p2p`).
+    pub fn mesh(&self, name: &str) -> &Mesh {
+        self.nodes[name]
+            .mesh
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name} is not running a mesh"))
     }
 
     pub fn peer_id(&self, name: &str) -> String {
@@ -316,7 +424,8 @@ impl SimFleet {
         .await
     }
 
-    /// Until every running node sees every running admitted node alive.
+    /// Until every running node sees every running admitted node alive and, with `p2p`, holds an
+    /// admitted libp2p connection to it.
     pub async fn converge(&self) -> Option<Duration> {
         let admitted: Vec<String> = self
             .running()
@@ -325,12 +434,34 @@ impl SimFleet {
             .collect();
         self.until(Duration::from_secs(120), |f| {
             admitted.iter().all(|o| {
-                admitted
-                    .iter()
-                    .all(|t| f.status(o, t) == Some(MemberStatus::Alive))
+                admitted.iter().all(|t| {
+                    f.status(o, t) == Some(MemberStatus::Alive) && (o == t || f.connected(o, t))
+                })
             })
         })
         .await
+    }
+
+    /// Whether `a` holds an admitted libp2p connection to `b` (always true without `p2p`).
+    pub fn connected(&self, a: &str, b: &str) -> bool {
+        if !self.config.p2p {
+            return true;
+        }
+        match &self.nodes[a].mesh {
+            Some(mesh) => mesh
+                .swarm
+                .is_admitted(&self.nodes[b].keypair.public().to_peer_id()),
+            None => false,
+        }
+    }
+
+    /// Has `from` dial `to` over libp2p (nodes dial the members they see on their own; this is for
+    /// nodes that see nobody, such as a forged one).
+    pub async fn dial(&self, from: &str, to: &str) {
+        let addr = format!("/memory/{}", self.nodes[to].memory_port)
+            .parse()
+            .expect("memory address");
+        let _ = self.mesh(from).swarm.dial(addr).await;
     }
 
     fn admitted(&self, name: &str) -> bool {
@@ -401,6 +532,8 @@ mod tests {
             .await
             .expect("c is back");
         assert_eq!(fleet.view("a", "c").map(|m| m.generation), Some(2));
+        // Its new process is dialled and readmitted over libp2p.
+        fleet.converge().await.expect("c is readmitted over libp2p");
         fleet.leave("b").await;
         fleet
             .until(Duration::from_secs(30), |f| {
@@ -438,6 +571,18 @@ mod tests {
         fleet.join_forged("forged-x").await;
         fleet.converge().await.expect("converges");
         fleet.run_for(Duration::from_secs(10)).await;
+        // It sees nobody (it trusts another fleet's key), so it is made to dial over libp2p.
+        fleet.dial("forged-x", "a").await;
+        let x = fleet.nodes["forged-x"].keypair.public().to_peer_id();
+        let refused = fleet.mesh("a").swarm.stats.clone();
+        fleet
+            .until(Duration::from_secs(5), |_| {
+                refused.refused.load(std::sync::atomic::Ordering::Relaxed) >= 1
+            })
+            .await
+            .expect("a refuses it on libp2p");
+        assert!(!fleet.mesh("a").swarm.is_admitted(&x));
+        assert!(!fleet.connected("forged-x", "a"));
         for o in ["a", "b"] {
             assert_eq!(fleet.view(o, "forged-x"), None, "{o} must not list it");
             assert!(
@@ -524,7 +669,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_member_answering_pings_is_suspect_not_dead_when_its_gossip_stalls() {
-        let mut fleet = SimFleet::new(7, SimConfig::default());
+        // Membership alone: the script plays the pings, which libp2p times on the wall clock.
+        let mut fleet = SimFleet::new(
+            7,
+            SimConfig {
+                p2p: false,
+                ..SimConfig::default()
+            },
+        );
         fleet.join_all(["a", "b", "c"]).await;
         fleet.converge().await.expect("converges");
         // c's gossip stops reaching anyone (as when it is starved), but it still answers a's pings.
@@ -610,5 +762,105 @@ mod tests {
             })
             .await
             .expect("forgotten");
+    }
+    fn prediction_event(fleet: &SimFleet, node: &str) -> crate::node::FleetEvent {
+        crate::node::FleetEvent {
+            topic: "prediction.above_threshold".to_owned(),
+            ts_ms: fleet.clock().now_ms(),
+            peer_id: fleet.peer_id(node),
+            node_name: Some(node.to_owned()),
+            resource_id: Some("db-1".to_owned()),
+            origin: String::new(),
+            detail: serde_json::json!({ "failure_probability": 0.9 }),
+        }
+    }
+
+    /// The next event on `rx` with `topic`, within `limit` of simulated time.
+    async fn next_event(
+        rx: &mut tokio::sync::broadcast::Receiver<crate::node::FleetEvent>,
+        topic: &str,
+        limit: Duration,
+    ) -> Option<crate::node::FleetEvent> {
+        tokio::time::timeout(limit, async {
+            loop {
+                match rx.recv().await {
+                    Ok(e) if e.topic == topic => return Some(e),
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fleet_events_travel_over_libp2p_once_each_and_stop_at_a_partition() {
+        let mut fleet = SimFleet::new(9, SimConfig::default());
+        fleet.join_all(["a", "b", "c", "d"]).await;
+        fleet.converge().await.expect("converges");
+        for (o, t) in [("a", "b"), ("c", "d"), ("d", "a")] {
+            assert!(fleet.connected(o, t), "{o} is connected to {t} over libp2p");
+        }
+        // An event only b knows (its resource crossed the threshold) reaches everyone, signed by b.
+        let mut subs: Vec<_> = ["a", "c", "d"]
+            .iter()
+            .map(|n| fleet.mesh(n).subscribe())
+            .collect();
+        fleet
+            .mesh("b")
+            .publish_event(prediction_event(&fleet, "b"))
+            .await;
+        for rx in &mut subs {
+            let e = next_event(rx, "prediction.above_threshold", Duration::from_secs(5))
+                .await
+                .expect("delivered");
+            assert_eq!(e.origin, fleet.peer_id("b"));
+            assert_eq!(e.resource_id.as_deref(), Some("db-1"));
+        }
+        // A death is one fact, however many nodes report it.
+        fleet.kill("d");
+        let mut deaths = 0;
+        let rx = &mut subs[0];
+        while next_event(rx, "member.dead", Duration::from_secs(10))
+            .await
+            .is_some()
+        {
+            deaths += 1;
+        }
+        assert_eq!(deaths, 1, "a delivers d's death once");
+        assert!(!fleet.connected("a", "d"), "d's connection closed with it");
+        // Across a partition nothing travels: b's next event reaches a but not c.
+        fleet.partition(&["a", "b"], &["c"]).await;
+        assert!(!fleet.connected("a", "c") && !fleet.connected("c", "b"));
+        let (mut at_a, mut at_c) = (fleet.mesh("a").subscribe(), fleet.mesh("c").subscribe());
+        fleet
+            .mesh("b")
+            .publish_event(prediction_event(&fleet, "b"))
+            .await;
+        assert!(
+            next_event(
+                &mut at_a,
+                "prediction.above_threshold",
+                Duration::from_secs(5)
+            )
+            .await
+            .is_some()
+        );
+        assert!(
+            next_event(
+                &mut at_c,
+                "prediction.above_threshold",
+                Duration::from_secs(5)
+            )
+            .await
+            .is_none(),
+            "c is cut off"
+        );
+        // Healed, the nodes dial each other again and are readmitted.
+        fleet.heal(&["a", "b"], &["c"]).await;
+        fleet.converge().await.expect("healed");
+        assert!(fleet.connected("c", "a") && fleet.connected("b", "c"));
     }
 }

@@ -14,11 +14,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::core::transport::upgrade::Version;
+use libp2p::core::transport::{MemoryTransport, OptionalTransport};
+use libp2p::core::{ConnectedPoint, Transport as _};
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, MessageId, ValidationMode};
 use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent as LibSwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, ping};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, noise, ping, yamux};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
@@ -59,6 +63,39 @@ pub struct SwarmConfig {
     /// How long a connected peer has to present a valid token.
     pub admission_timeout: Duration,
     pub ping_interval: Duration,
+    /// An in-process network (libp2p's memory transport) besides QUIC, for the deterministic
+    /// simulation; `None` in the agent.
+    pub memory: Option<MemoryNet>,
+}
+
+/// libp2p's in-process memory transport, with links that a simulation can cut: a dial from
+/// `/memory/A` to `/memory/B` fails while the link A→B is cut (a partition cuts both ways, and
+/// [`SwarmHandle::disconnect`] closes connections that were open before the cut).
+#[derive(Clone, Debug, Default)]
+pub struct MemoryNet {
+    cut: Arc<parking_lot::RwLock<HashSet<(u64, u64)>>>,
+}
+
+impl MemoryNet {
+    pub fn cut(&self, from: u64, to: u64) {
+        self.cut.write().insert((from, to));
+    }
+
+    pub fn restore(&self, from: u64, to: u64) {
+        self.cut.write().remove(&(from, to));
+    }
+
+    fn is_cut(&self, from: u64, to: u64) -> bool {
+        self.cut.read().contains(&(from, to))
+    }
+}
+
+/// The memory port of an address such as `/memory/1234`.
+pub fn memory_port(addr: &Multiaddr) -> Option<u64> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Memory(port) => Some(port),
+        _ => None,
+    })
 }
 
 /// What the swarm reports.
@@ -100,8 +137,9 @@ enum Command {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<(), String>>,
     },
-    Admitted(oneshot::Sender<Vec<PeerId>>),
     Listeners(oneshot::Sender<Vec<Multiaddr>>),
+    Disconnect(PeerId),
+    Shutdown,
 }
 
 /// Cloneable handle on the swarm task.
@@ -111,6 +149,8 @@ pub struct SwarmHandle {
     events: broadcast::Sender<SwarmEvent>,
     pub peer_id: PeerId,
     pub stats: Arc<SwarmStats>,
+    /// Peers admitted on a live connection, as the swarm task last left them.
+    admitted: Arc<parking_lot::RwLock<HashSet<PeerId>>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -159,12 +199,22 @@ impl SwarmHandle {
     }
 
     /// Peers admitted on a live connection.
-    pub async fn admitted(&self) -> Vec<PeerId> {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Admitted(reply)).await.is_err() {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
+    pub fn admitted(&self) -> Vec<PeerId> {
+        self.admitted.read().iter().copied().collect()
+    }
+
+    pub fn is_admitted(&self, peer: &PeerId) -> bool {
+        self.admitted.read().contains(peer)
+    }
+
+    /// Closes every connection to `peer` (it may be dialled again).
+    pub async fn disconnect(&self, peer: PeerId) {
+        let _ = self.tx.send(Command::Disconnect(peer)).await;
+    }
+
+    /// Stops the swarm task; its connections close, as when the process dies.
+    pub fn shutdown(&self) {
+        let _ = self.tx.try_send(Command::Shutdown);
     }
 
     /// The addresses the swarm listens on.
@@ -198,9 +248,44 @@ pub async fn start(keypair: Keypair, config: SwarmConfig) -> Result<SwarmHandle,
         .max_transmit_size(256 * 1024)
         .build()
         .map_err(|e| SwarmError::Build(e.to_string()))?;
+    // The memory transport's own port, for cut links: the first /memory/ listen address.
+    let memory = config.memory.clone().map(|net| {
+        let port = config.listen.iter().find_map(memory_port).unwrap_or(0);
+        (net, port)
+    });
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
         .with_tokio()
         .with_quic()
+        .with_other_transport(
+            |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                let Some((net, port)) = memory else {
+                    return Ok(OptionalTransport::none());
+                };
+                let gated = MemoryTransport::default().and_then(move |channel, endpoint| {
+                    let cut = match &endpoint {
+                        ConnectedPoint::Dialer { address, .. } => {
+                            memory_port(address).is_some_and(|to| net.is_cut(port, to))
+                        }
+                        ConnectedPoint::Listener { .. } => false,
+                    };
+                    futures::future::ready(if cut {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionRefused,
+                            "link cut",
+                        ))
+                    } else {
+                        Ok(channel)
+                    })
+                });
+                Ok(OptionalTransport::some(
+                    gated
+                        .upgrade(Version::V1)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default()),
+                ))
+            },
+        )
+        .map_err(|e| SwarmError::Build(e.to_string()))?
         .with_behaviour(|key| {
             let gossipsub =
                 gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
@@ -229,13 +314,18 @@ pub async fn start(keypair: Keypair, config: SwarmConfig) -> Result<SwarmHandle,
         .gossipsub
         .subscribe(&IdentTopic::new(EVENTS_TOPIC))
         .map_err(|e| SwarmError::Build(e.to_string()))?;
+    let mut listener_ids = Vec::new();
     for addr in &config.listen {
-        swarm
+        let id = swarm
             .listen_on(addr.clone())
             .map_err(|e| SwarmError::Listen {
                 addr: addr.clone(),
-                reason: e.to_string(),
+                reason: match e.to_string() {
+                    s if s.is_empty() => format!("{e:?}"),
+                    s => s,
+                },
             })?;
+        listener_ids.push(id);
     }
     // Wait for the listeners, so callers can publish real addresses.
     let mut listening = Vec::new();
@@ -267,8 +357,18 @@ pub async fn start(keypair: Keypair, config: SwarmConfig) -> Result<SwarmHandle,
         events: events.clone(),
         peer_id,
         stats: stats.clone(),
+        admitted: Arc::default(),
     };
-    tokio::spawn(run(swarm, rx, events, stats, config, listening));
+    tokio::spawn(run(
+        swarm,
+        rx,
+        events,
+        stats,
+        config,
+        listening,
+        listener_ids,
+        handle.admitted.clone(),
+    ));
     Ok(handle)
 }
 
@@ -280,6 +380,7 @@ struct State {
     asked: HashSet<PeerId>,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     mut swarm: libp2p::Swarm<Behaviour>,
     mut rx: mpsc::Receiver<Command>,
@@ -287,7 +388,17 @@ async fn run(
     stats: Arc<SwarmStats>,
     config: SwarmConfig,
     mut listening: Vec<Multiaddr>,
+    listener_ids: Vec<libp2p::core::transport::ListenerId>,
+    shared_admitted: Arc<parking_lot::RwLock<HashSet<PeerId>>>,
 ) {
+    // Stopping frees the listen addresses at once (the memory transport keeps a port until its
+    // listener is removed, so a restarted simulated node could not bind it again).
+    let stop = |swarm: &mut libp2p::Swarm<Behaviour>| {
+        shared_admitted.write().clear();
+        for id in &listener_ids {
+            swarm.remove_listener(*id);
+        }
+    };
     let our_token = config.token.to_string();
     let mut st = State {
         admitted: HashSet::new(),
@@ -313,7 +424,10 @@ async fn run(
     loop {
         tokio::select! {
             cmd = rx.recv() => {
-                let Some(cmd) = cmd else { return };
+                let Some(cmd) = cmd else {
+                    stop(&mut swarm);
+                    return;
+                };
                 match cmd {
                     Command::Dial(addr) => {
                         if let Err(e) = swarm.dial(addr.clone()) {
@@ -332,11 +446,15 @@ async fn run(
                         }
                         let _ = reply.send(r);
                     }
-                    Command::Admitted(reply) => {
-                        let _ = reply.send(st.admitted.iter().copied().collect());
-                    }
                     Command::Listeners(reply) => {
                         let _ = reply.send(listening.clone());
+                    }
+                    Command::Disconnect(peer) => {
+                        let _ = swarm.disconnect_peer_id(peer);
+                    }
+                    Command::Shutdown => {
+                        stop(&mut swarm);
+                        return;
                     }
                 }
             }
@@ -381,6 +499,7 @@ async fn run(
                     st.pending.remove(&peer_id);
                     st.asked.remove(&peer_id);
                     if st.admitted.remove(&peer_id) {
+                        shared_admitted.write().remove(&peer_id);
                         let _ = events.send(SwarmEvent::Disconnected(peer_id));
                     }
                 }
@@ -413,6 +532,7 @@ async fn run(
                         Ok(()) => {
                             st.pending.remove(&peer);
                             if st.admitted.insert(peer) {
+                                shared_admitted.write().insert(peer);
                                 swarm.behaviour_mut().gossipsub.remove_blacklisted_peer(&peer);
                                 stats.admitted.fetch_add(1, Ordering::Relaxed);
                                 let _ = events.send(SwarmEvent::Admitted(peer));
@@ -472,6 +592,7 @@ mod tests {
                 trusted: trusted.to_vec(),
                 admission_timeout: Duration::from_secs(2),
                 ping_interval: Duration::from_millis(500),
+                memory: None,
             },
         )
         .await
@@ -544,7 +665,7 @@ mod tests {
             matches!(e, SwarmEvent::Refused { peer, .. } if *peer == x_id).then_some(())
         })
         .await;
-        assert!(!b.admitted().await.contains(&x_id));
+        assert!(!b.is_admitted(&x_id));
         assert!(b.stats.refused.load(Ordering::Relaxed) >= 1);
     }
 }
