@@ -1,7 +1,10 @@
 //! Gossip at scale, in one process: N nodes on chitchat's in-memory transport under tokio's paused
 //! clock, augur's signed, admitted membership beside plain chitchat 0.13 with the same settings.
 //!
-//!     cargo bench -p augur-mesh --bench sim -- --nodes 100        # [--only augur|plain|plain-peerid]
+//!     cargo bench -p augur-mesh --bench sim -- --nodes 100        # [--only augur|plain|plain-random|plain-peerid]
+//!         [--window 1000]    heartbeat intervals per peer in each failure detector (both variants)
+//!         [--steady 30]      simulated seconds of steady state measured for bytes and CPU
+//!         [--republish 60]   seconds between augur's re-signings of every value
 //!
 //! Reports, for both: convergence of a value published at one node (time and gossip rounds until
 //! 99.9 % and 100 % of the others see it), time until every survivor declares a killed node dead,
@@ -25,18 +28,46 @@ use tokio::time::Instant;
 const INTERVAL: Duration = Duration::from_millis(300);
 const STEP: Duration = Duration::from_millis(10);
 
-/// A string as long and as incompressible as a PeerId, so plain chitchat gossips ids of the same
-/// size as augur's.
-fn pseudo_peer_id(i: usize) -> String {
+#[derive(Clone, Copy, Debug)]
+struct Opts {
+    n: usize,
+    window: usize,
+    steady: Duration,
+    republish: Duration,
+}
+
+/// Peak resident memory of this process so far, MB.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// `len` pseudo-random base58 characters, as incompressible as the tail of a PeerId.
+fn random_id(i: usize, prefix: &str, len: usize) -> String {
     const B58: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
     let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut s = String::from("12D3KooW");
-    for _ in 0..44 {
+    let mut s = String::from(prefix);
+    for _ in 0..len {
         x ^= x >> 29;
         x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
         s.push(B58[(x % 58) as usize] as char);
     }
     s
+}
+
+/// How plain chitchat names its nodes.
+#[derive(Clone, Copy, Debug)]
+enum NodeIds {
+    /// `node-0`, `node-1`, ...: compress to almost nothing.
+    Names,
+    /// Random ids as long as augur's (`values::SHORT_ID_LEN`): what unique ids cost.
+    Random,
+    /// Whole PeerIds.
+    Full,
 }
 
 fn cpu_seconds() -> f64 {
@@ -71,11 +102,14 @@ fn fmt(name: &str, n: usize, r: &Result) {
     );
 }
 
-async fn augur(n: usize) -> Result {
+async fn augur(o: Opts) -> Result {
+    let n = o.n;
     let mut fleet = SimFleet::new(
         7,
         SimConfig {
             gossip_interval: INTERVAL,
+            sampling_window: o.window,
+            republish_every: o.republish,
             // Membership and gossip only: this compares against plain chitchat.
             p2p: false,
             ..SimConfig::default()
@@ -112,10 +146,11 @@ async fn augur(n: usize) -> Result {
     // Steady state: bytes and CPU over 30 simulated seconds.
     let b0 = fleet.transport.statistics().num_bytes_total;
     let c0 = cpu_seconds();
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    tokio::time::sleep(o.steady).await;
+    let secs = o.steady.as_secs_f64();
     let bytes_per_node_s =
-        (fleet.transport.statistics().num_bytes_total - b0) as f64 / 30.0 / n as f64;
-    let cpu_per_node = (cpu_seconds() - c0) / 30.0 / n as f64;
+        (fleet.transport.statistics().num_bytes_total - b0) as f64 / secs / n as f64;
+    let cpu_per_node = (cpu_seconds() - c0) / secs / n as f64;
 
     // A value published at node 0.
     let health = Health {
@@ -176,7 +211,8 @@ async fn augur(n: usize) -> Result {
     }
 }
 
-async fn plain(n: usize, long_ids: bool) -> Result {
+async fn plain(o: Opts, style: NodeIds) -> Result {
+    let n = o.n;
     let transport = ChannelTransport::default();
     let addr = |i: usize| SocketAddr::from(([10, 1, 0, 1], 20_000 + i as u16));
     let seeds: Vec<String> = (0..3.min(n)).map(|i| addr(i).to_string()).collect();
@@ -184,10 +220,10 @@ async fn plain(n: usize, long_ids: bool) -> Result {
     let ids: Vec<ChitchatId> = (0..n)
         .map(|i| {
             ChitchatId::new(
-                if long_ids {
-                    pseudo_peer_id(i)
-                } else {
-                    format!("node-{i}")
+                match style {
+                    NodeIds::Names => format!("node-{i}"),
+                    NodeIds::Random => random_id(i, "", augur_mesh::values::SHORT_ID_LEN),
+                    NodeIds::Full => random_id(i, "12D3KooW", 44),
                 },
                 1,
                 addr(i),
@@ -204,7 +240,7 @@ async fn plain(n: usize, long_ids: bool) -> Result {
             seed_nodes: seeds.clone(),
             failure_detector_config: FailureDetectorConfig {
                 phi_threshold: 8.0,
-                sampling_window_size: 1000,
+                sampling_window_size: o.window,
                 max_interval: Duration::from_secs(10),
                 initial_interval: INTERVAL * 2,
                 dead_node_grace_period: Duration::from_secs(3600),
@@ -241,9 +277,10 @@ async fn plain(n: usize, long_ids: bool) -> Result {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let b0 = transport.statistics().num_bytes_total;
     let c0 = cpu_seconds();
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    let bytes_per_node_s = (transport.statistics().num_bytes_total - b0) as f64 / 30.0 / n as f64;
-    let cpu_per_node = (cpu_seconds() - c0) / 30.0 / n as f64;
+    tokio::time::sleep(o.steady).await;
+    let secs = o.steady.as_secs_f64();
+    let bytes_per_node_s = (transport.statistics().num_bytes_total - b0) as f64 / secs / n as f64;
+    let cpu_per_node = (cpu_seconds() - c0) / secs / n as f64;
 
     if let Some(h) = &nodes[0] {
         h.with_chitchat(|c| c.self_node_state().set("health", "0.42"))
@@ -300,12 +337,20 @@ async fn plain(n: usize, long_ids: bool) -> Result {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let n: usize = args
-        .iter()
-        .position(|a| a == "--nodes")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+    let arg = |name: &str, default: u64| -> u64 {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let o = Opts {
+        n: arg("--nodes", 100) as usize,
+        window: arg("--window", 1000) as usize,
+        steady: Duration::from_secs(arg("--steady", 30)),
+        republish: Duration::from_secs(arg("--republish", 60)),
+    };
+    let n = o.n;
     // --only augur | plain | plain-peerid: one variant (a 1,000-node run of each takes a while).
     let only = args
         .iter()
@@ -321,28 +366,45 @@ fn main() {
             .expect("runtime")
     };
     println!(
-        "gossip interval {} ms, phi threshold 8, seeds 3, {} nodes, one process, paused clock",
+        "gossip interval {} ms, phi threshold 8, seeds 3, {} nodes, one process, paused clock, \
+         detector window {}, steady state {} s, augur republish every {} s",
         INTERVAL.as_millis(),
-        n
+        n,
+        o.window,
+        o.steady.as_secs(),
+        o.republish.as_secs()
     );
     {
-        for (long, name, key) in [
-            (false, "plain chitchat, short ids", "plain"),
-            (true, "plain chitchat, PeerId ids", "plain-peerid"),
+        for (style, name, key) in [
+            (NodeIds::Names, "plain chitchat, names", "plain"),
+            (
+                NodeIds::Random,
+                "plain chitchat, random ids",
+                "plain-random",
+            ),
+            (NodeIds::Full, "plain chitchat, PeerIds", "plain-peerid"),
         ] {
             if !wants(key) {
                 continue;
             }
             let wall = std::time::Instant::now();
-            let r = rt().block_on(plain(n, long));
+            let r = rt().block_on(plain(o, style));
             fmt(name, n, &r);
-            eprintln!("  ({:.1} s wall)", wall.elapsed().as_secs_f64());
+            eprintln!(
+                "  ({:.1} s wall, peak RSS so far {:.0} MB)",
+                wall.elapsed().as_secs_f64(),
+                peak_rss_mb()
+            );
         }
     }
     if wants("augur") {
         let wall = std::time::Instant::now();
-        let r = rt().block_on(augur(n));
+        let r = rt().block_on(augur(o));
         fmt("augur (signed, admitted)", n, &r);
-        eprintln!("  ({:.1} s wall)", wall.elapsed().as_secs_f64());
+        eprintln!(
+            "  ({:.1} s wall, peak RSS so far {:.0} MB)",
+            wall.elapsed().as_secs_f64(),
+            peak_rss_mb()
+        );
     }
 }

@@ -87,6 +87,9 @@ pub struct MembershipConfig {
     pub dead_node_grace: Duration,
     /// How often this node re-signs its values even when they did not change.
     pub republish_every: Duration,
+    /// Heartbeat intervals each phi-accrual detector keeps per peer (8 bytes each, preallocated:
+    /// 8 KB per peer at the default 1,000).
+    pub sampling_window: usize,
     /// Values older than this (by their signed timestamp) are stale.
     pub max_value_age: Duration,
     /// Distinguishes restarts of the same node (its start time, for instance).
@@ -112,6 +115,7 @@ impl MembershipConfig {
             phi_threshold: 8.0,
             dead_node_grace: Duration::from_secs(3600),
             republish_every: Duration::from_secs(60),
+            sampling_window: 1000,
             max_value_age: Duration::from_secs(300),
             generation: 0,
             ping_witness: Duration::from_secs(3),
@@ -237,10 +241,17 @@ struct NodeView {
     /// Whether this node was ever alive in this view.
     was_alive: bool,
     admitted: bool,
+    /// The PeerId as text, encoded once.
+    peer_str: String,
+    /// The member as its values describe it, rebuilt only when a value changes; each round sets
+    /// only its status and silence.
+    base: Option<Member>,
 }
 
 struct Shared {
     members: RwLock<Vec<Member>>,
+    /// Wakes the loop to sign and publish a changed value now rather than at the next round.
+    wake: tokio::sync::Notify,
     own: parking_lot::Mutex<Own>,
     rtt: RwLock<HashMap<String, f64>>,
     /// When each peer last answered a libp2p ping: a second witness of its liveness.
@@ -316,7 +327,7 @@ impl Membership {
             seed_nodes: config.seeds.clone(),
             failure_detector_config: FailureDetectorConfig {
                 phi_threshold: config.phi_threshold,
-                sampling_window_size: 1000,
+                sampling_window_size: config.sampling_window,
                 max_interval: Duration::from_secs(10),
                 initial_interval: config.gossip_interval * 2,
                 dead_node_grace_period: config.dead_node_grace,
@@ -352,6 +363,7 @@ impl Membership {
         let chitchat = Arc::new(handle);
         let shared = Arc::new(Shared {
             members: RwLock::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
             own: parking_lot::Mutex::new(own),
             rtt: RwLock::new(HashMap::new()),
             answered: RwLock::new(HashMap::new()),
@@ -383,13 +395,15 @@ impl Membership {
         self.peer_id
     }
 
-    /// Publishes (or replaces) one of this node's values; it is signed and gossiped at the next round.
+    /// Publishes (or replaces) one of this node's values; it is signed and set in chitchat at once,
+    /// and leaves with the next gossip round.
     pub fn publish(&self, value: NodeValue) {
         let mut own = self.shared.own.lock();
         let kind = value.kind();
         if own.values.get(&kind) != Some(&value) {
             own.values.insert(kind, value);
             own.dirty.insert(kind);
+            self.shared.wake.notify_one();
         }
     }
 
@@ -458,6 +472,52 @@ impl Membership {
     }
 }
 
+/// Signs this node's values that changed (all of them when `all`) and sets them in chitchat.
+async fn seal_own(
+    chitchat: &ChitchatHandle,
+    shared: &Shared,
+    keypair: &Keypair,
+    fleet_id: &str,
+    seq: &mut u64,
+    now_ms: u64,
+    all: bool,
+) {
+    let to_seal: Vec<NodeValue> = {
+        let mut own = shared.own.lock();
+        let vals = own
+            .values
+            .iter()
+            .filter(|(k, _)| all || own.dirty.contains(k))
+            .map(|(_, v)| v.clone())
+            .collect();
+        own.dirty.clear();
+        vals
+    };
+    if to_seal.is_empty() {
+        return;
+    }
+    let sealed: Vec<(&'static str, String)> = to_seal
+        .iter()
+        .map(|v| {
+            *seq += 1;
+            values::seal(keypair, fleet_id, v, *seq, now_ms)
+        })
+        .collect();
+    let cc_arc = chitchat.chitchat();
+    let mut cc = cc_arc.lock().await;
+    for (k, v) in sealed {
+        cc.self_node_state().set(k, v);
+    }
+}
+
+/// How chitchat's failure detector judges a node this round.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Liveness {
+    Live,
+    Dead,
+    Unjudged,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run(
     chitchat: Arc<ChitchatHandle>,
@@ -472,7 +532,8 @@ async fn run(
 ) {
     let self_id = values::short_id(&keypair.public().to_peer_id());
     let mut views: HashMap<ChitchatId, NodeView> = HashMap::new();
-    let mut known: HashMap<String, MemberStatus> = HashMap::new();
+    // Each member's last reported status, and the round it was last seen in.
+    let mut known: HashMap<String, (MemberStatus, u64)> = HashMap::new();
     // Each peer's name, across its generations: a restarted node is listed (and its recovery
     // reported) before its new placement value arrives.
     let mut names: HashMap<String, String> = HashMap::new();
@@ -482,51 +543,65 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_tick = Instant::now();
     let mut doubt_until: Option<Instant> = None;
+    let mut round: u64 = 0;
+    // A value arriving from gossip triggers a pass before the next round (at most one every third
+    // of a round), so a change reaches the member view without waiting for the round.
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let _listener = {
+        let changed = changed.clone();
+        let cc_arc = chitchat.chitchat();
+        let cc = cc_arc.lock().await;
+        cc.subscribe_event(values::KEY_PREFIX, move |_| changed.notify_one())
+    };
+    let min_gap = config.gossip_interval / 3;
+    let mut last_pass = Instant::now();
     loop {
-        tick.tick().await;
-        let late = last_tick.elapsed().saturating_sub(config.gossip_interval);
-        last_tick = Instant::now();
-        if late > config.lateness_limit {
-            doubt_until = Some(last_tick + config.self_doubt);
-            stats.self_doubts.fetch_add(1, Ordering::Relaxed);
+        let on_tick = tokio::select! {
+            _ = tick.tick() => true,
+            () = shared.wake.notified() => {
+                // One of ours changed: sign it now, so it leaves with the next gossip round.
+                seal_own(&chitchat, &shared, &keypair, &config.fleet_id, &mut seq, clock.now_ms(), false).await;
+                continue;
+            }
+            () = changed.notified() => false,
+        };
+        if !on_tick && last_pass.elapsed() < min_gap {
+            tokio::time::sleep_until(last_pass + min_gap).await;
         }
-        let doubting = doubt_until.is_some_and(|t| t > last_tick);
-        let answered: HashMap<String, Instant> = shared.answered.read().clone();
-        stats.gossip_rounds.fetch_add(1, Ordering::Relaxed);
+        round += 1;
         let now_ms = clock.now_ms();
-        // Seal what changed (and everything, now and then, so nothing ages out).
-        let to_seal: Vec<NodeValue> = {
-            let mut own = shared.own.lock();
+        if on_tick {
+            let late = last_tick.elapsed().saturating_sub(config.gossip_interval);
+            last_tick = Instant::now();
+            if late > config.lateness_limit {
+                doubt_until = Some(last_tick + config.self_doubt);
+                stats.self_doubts.fetch_add(1, Ordering::Relaxed);
+            }
+            stats.gossip_rounds.fetch_add(1, Ordering::Relaxed);
+            // Seal what changed (and everything, now and then, so nothing ages out).
             let all = last_republish.elapsed() >= config.republish_every;
-            let vals: Vec<NodeValue> = own
-                .values
-                .iter()
-                .filter(|(k, _)| all || own.dirty.contains(k))
-                .map(|(_, v)| v.clone())
-                .collect();
-            own.dirty.clear();
             if all {
                 last_republish = Instant::now();
             }
-            vals
-        };
-        let sealed: Vec<(&'static str, String)> = to_seal
-            .iter()
-            .map(|v| {
-                seq += 1;
-                values::seal(&keypair, &config.fleet_id, v, seq, now_ms)
-            })
-            .collect();
-        let snapshot = {
+            seal_own(
+                &chitchat,
+                &shared,
+                &keypair,
+                &config.fleet_id,
+                &mut seq,
+                now_ms,
+                all,
+            )
+            .await;
+        }
+        last_pass = Instant::now();
+        let doubting = doubt_until.is_some_and(|t| t > last_pass);
+        let nodes: Vec<(NodeRow, Liveness)> = {
             let cc_arc = chitchat.chitchat();
-            let mut cc = cc_arc.lock().await;
-            for (k, v) in sealed {
-                cc.self_node_state().set(k, v);
-            }
-            let live: HashSet<ChitchatId> = cc.live_nodes().cloned().collect();
-            let dead: HashSet<ChitchatId> = cc.dead_nodes().cloned().collect();
-            let nodes: Vec<NodeRow> = cc
-                .node_states()
+            let cc = cc_arc.lock().await;
+            let live: HashSet<&ChitchatId> = cc.live_nodes().collect();
+            let dead: HashSet<&ChitchatId> = cc.dead_nodes().collect();
+            cc.node_states()
                 .iter()
                 .map(|(id, st)| {
                     // Only values whose version changed since they were last verified are copied
@@ -543,23 +618,35 @@ async fn run(
                         })
                         .map(|(k, v)| (k.to_owned(), v.value.clone(), v.version))
                         .collect();
+                    let liveness = if live.contains(id) {
+                        Liveness::Live
+                    } else if dead.contains(id) {
+                        Liveness::Dead
+                    } else {
+                        Liveness::Unjudged
+                    };
                     (
-                        id.clone(),
-                        u64::from(st.heartbeat()),
-                        kv,
-                        cc.failure_detection_timeout(id),
+                        (
+                            id.clone(),
+                            u64::from(st.heartbeat()),
+                            kv,
+                            cc.failure_detection_timeout(id),
+                        ),
+                        liveness,
                     )
                 })
-                .collect();
-            (live, dead, nodes)
+                .collect()
         };
-        let (live, dead, nodes) = snapshot;
         let now = Instant::now();
-        let mut members = Vec::with_capacity(nodes.len());
+        // In chitchat's order: by node id, then generation, so a node's generations are adjacent
+        // and its newest comes last.
+        let mut members: Vec<Member> = Vec::with_capacity(nodes.len());
         let mut unadmitted = 0;
-        let present: HashSet<ChitchatId> = nodes.iter().map(|n| n.0.clone()).collect();
-        views.retain(|id, _| present.contains(id));
-        for (id, heartbeat, kv, timeout) in nodes {
+        if views.len() > nodes.len() {
+            let present: HashSet<&ChitchatId> = nodes.iter().map(|n| &n.0.0).collect();
+            views.retain(|id, _| present.contains(id));
+        }
+        for ((id, heartbeat, kv, timeout), liveness) in nodes {
             let view = views.entry(id.clone()).or_default();
             let first_seen = *view.first_seen.get_or_insert(now);
             if heartbeat != view.heartbeat || view.last_heard.is_none() {
@@ -574,6 +661,9 @@ async fn run(
                     .find(|(k, _, _)| k == ValueKind::Admission.key())
                     .and_then(|(_, v, _)| values::claimed_peer(v))
                     .filter(|p| values::short_id(p) == *id.node_id);
+                if let Some(p) = view.peer {
+                    view.peer_str = p.to_string();
+                }
             }
             let Some(peer) = view.peer else {
                 unadmitted += 1;
@@ -605,11 +695,12 @@ async fn run(
                 // A rejected newer value does not erase the last good one.
                 if opened.is_ok() || !view.values.get(&kind).is_some_and(|(_, r)| r.is_ok()) {
                     view.values.insert(kind, (version, opened));
+                    view.base = None;
                 } else if let Some(entry) = view.values.get_mut(&kind) {
                     entry.0 = version;
                 }
             }
-            let good = |kind: ValueKind| {
+            let good = |view: &NodeView, kind: ValueKind| {
                 view.values
                     .get(&kind)
                     .and_then(|(_, r)| r.as_ref().ok())
@@ -619,7 +710,7 @@ async fn run(
             let admission_version = view.values.get(&ValueKind::Admission).map(|e| e.0);
             if view.token_checked != admission_version {
                 view.token_checked = admission_version;
-                view.token_expires = match good(ValueKind::Admission) {
+                view.token_expires = match good(view, ValueKind::Admission) {
                     Some(NodeValue::Admission(t)) => t
                         .parse::<JoinToken>()
                         .and_then(|t| t.verify(&peer, &trusted, now_ms / 1000).map(|()| t))
@@ -634,20 +725,25 @@ async fn run(
                 continue;
             }
             let is_self = id.node_id.as_ref() == self_id;
-            let leaving = matches!(good(ValueKind::Leaving), Some(NodeValue::Leaving(true)));
+            let leaving = matches!(
+                good(view, ValueKind::Leaving),
+                Some(NodeValue::Leaving(true))
+            );
             let silent = view.last_heard.map(|t| now.duration_since(t));
             let status = if leaving {
                 MemberStatus::Left
-            } else if is_self || live.contains(&id) {
+            } else if is_self || liveness == Liveness::Live {
                 match (silent, timeout) {
                     (Some(s), Some(t)) if !is_self && s > t / 2 => MemberStatus::Suspect,
                     _ => MemberStatus::Alive,
                 }
-            } else if dead.contains(&id)
+            } else if liveness == Liveness::Dead
                 && (view.was_alive || now.duration_since(first_seen) > DEAD_ON_ARRIVAL)
             {
-                let witnessed = answered
-                    .get(&peer.to_string())
+                let witnessed = shared
+                    .answered
+                    .read()
+                    .get(&view.peer_str)
                     .is_some_and(|t| now.duration_since(*t) < config.ping_witness);
                 if view.was_alive && (doubting || witnessed) {
                     stats.held_verdicts.fetch_add(1, Ordering::Relaxed);
@@ -660,50 +756,54 @@ async fn run(
                 continue;
             };
             view.was_alive |= status == MemberStatus::Alive;
-            let mut m = Member {
-                peer_id: peer.to_string(),
-                node_name: None,
-                status,
-                is_self,
-                gossip_addr: id.gossip_advertise_addr.to_string(),
-                generation: id.generation_id,
-                health: None,
-                capacity: None,
-                zone: None,
-                labels: BTreeMap::new(),
-                services: Vec::new(),
-                endpoints: None,
-                models: BTreeMap::new(),
-                last_heard_ms: (!is_self)
-                    .then(|| silent.map(|s| s.as_millis() as u64))
-                    .flatten(),
-                rtt_ms: None,
-            };
-            for kind in ValueKind::ALL {
-                match good(kind) {
-                    Some(NodeValue::Health(h)) => m.health = Some(h),
-                    Some(NodeValue::Capacity(c)) => m.capacity = Some(c),
-                    Some(NodeValue::Placement(p)) => {
-                        m.node_name = Some(p.node_name);
-                        m.zone = p.zone;
-                        m.labels = p.labels;
+            if view.base.is_none() {
+                let mut m = Member {
+                    peer_id: view.peer_str.clone(),
+                    node_name: None,
+                    status,
+                    is_self,
+                    gossip_addr: id.gossip_advertise_addr.to_string(),
+                    generation: id.generation_id,
+                    health: None,
+                    capacity: None,
+                    zone: None,
+                    labels: BTreeMap::new(),
+                    services: Vec::new(),
+                    endpoints: None,
+                    models: BTreeMap::new(),
+                    last_heard_ms: None,
+                    rtt_ms: None,
+                };
+                for kind in ValueKind::ALL {
+                    match good(view, kind) {
+                        Some(NodeValue::Health(h)) => m.health = Some(h),
+                        Some(NodeValue::Capacity(c)) => m.capacity = Some(c),
+                        Some(NodeValue::Placement(p)) => {
+                            m.node_name = Some(p.node_name);
+                            m.zone = p.zone;
+                            m.labels = p.labels;
+                        }
+                        Some(NodeValue::Services(s)) => m.services = s,
+                        Some(NodeValue::Endpoints(e)) => m.endpoints = Some(e),
+                        Some(NodeValue::Models(v)) => m.models = v,
+                        _ => {}
                     }
-                    Some(NodeValue::Services(s)) => m.services = s,
-                    Some(NodeValue::Endpoints(e)) => m.endpoints = Some(e),
-                    Some(NodeValue::Models(v)) => m.models = v,
-                    _ => {}
                 }
+                view.base = Some(m);
             }
-            members.push(m);
+            let Some(base) = &view.base else { continue };
+            let mut m = base.clone();
+            m.status = status;
+            m.last_heard_ms = (!is_self)
+                .then(|| silent.map(|s| s.as_millis() as u64))
+                .flatten();
+            // Several generations of one node (a restart) collapse to the newest, which comes last.
+            match members.last_mut() {
+                Some(prev) if prev.peer_id == m.peer_id => *prev = m,
+                _ => members.push(m),
+            }
         }
         stats.unadmitted_nodes.store(unadmitted, Ordering::Relaxed);
-        // Several generations of one node (a restart) collapse to the newest.
-        members.sort_by(|a, b| {
-            a.peer_id
-                .cmp(&b.peer_id)
-                .then(b.generation.cmp(&a.generation))
-        });
-        members.dedup_by(|later, first| later.peer_id == first.peer_id);
         for m in &mut members {
             match &m.node_name {
                 Some(n) => {
@@ -715,18 +815,31 @@ async fn run(
             }
         }
         // Events on status changes.
-        let mut seen = HashSet::new();
         for m in &members {
-            seen.insert(m.peer_id.clone());
-            // A new member is announced once its name is known (or after a few seconds without).
-            if !known.contains_key(&m.peer_id) && m.node_name.is_none() && !m.is_self {
-                let since = *unnamed_since.entry(m.peer_id.clone()).or_insert(now);
-                if now.duration_since(since) < Duration::from_secs(5) {
-                    continue;
+            let before = match known.get_mut(&m.peer_id) {
+                Some((status, seen)) => {
+                    *seen = round;
+                    if *status == m.status {
+                        continue;
+                    }
+                    let before = *status;
+                    *status = m.status;
+                    Some(before)
                 }
-            }
-            unnamed_since.remove(&m.peer_id);
-            let before = known.insert(m.peer_id.clone(), m.status);
+                None => {
+                    // A new member is announced once its name is known (or after a few seconds
+                    // without).
+                    if m.node_name.is_none() && !m.is_self {
+                        let since = *unnamed_since.entry(m.peer_id.clone()).or_insert(now);
+                        if now.duration_since(since) < Duration::from_secs(5) {
+                            continue;
+                        }
+                    }
+                    unnamed_since.remove(&m.peer_id);
+                    known.insert(m.peer_id.clone(), (m.status, round));
+                    None
+                }
+            };
             let event = match (before, m.status) {
                 (None, MemberStatus::Alive | MemberStatus::Suspect) if !m.is_self => {
                     Some(MembershipEvent::Joined(m.clone()))
@@ -746,15 +859,17 @@ async fn run(
                 let _ = events.send(e);
             }
         }
-        let gone: Vec<String> = known
-            .keys()
-            .filter(|p| !seen.contains(*p))
-            .cloned()
-            .collect();
-        for p in gone {
-            known.remove(&p);
-            names.remove(&p);
-            let _ = events.send(MembershipEvent::Removed { peer_id: p });
+        if known.len() > members.len() || known.values().any(|(_, r)| *r != round) {
+            let gone: Vec<String> = known
+                .iter()
+                .filter(|(_, (_, r))| *r != round)
+                .map(|(p, _)| p.clone())
+                .collect();
+            for p in gone {
+                known.remove(&p);
+                names.remove(&p);
+                let _ = events.send(MembershipEvent::Removed { peer_id: p });
+            }
         }
         *shared.members.write() = members;
     }

@@ -53,6 +53,10 @@ pub struct SimConfig {
     pub p2p: bool,
     pub admission_timeout: Duration,
     pub ping_interval: Duration,
+    /// Heartbeat intervals per peer in each failure detector (memory: 8 bytes each, per pair).
+    pub sampling_window: usize,
+    /// How often every value is signed again so that none ages out.
+    pub republish_every: Duration,
 }
 
 impl Default for SimConfig {
@@ -65,6 +69,8 @@ impl Default for SimConfig {
             p2p: true,
             admission_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(1),
+            sampling_window: 1000,
+            republish_every: Duration::from_secs(60),
         }
     }
 }
@@ -152,6 +158,8 @@ impl SimFleet {
         c.phi_threshold = self.config.phi_threshold;
         c.dead_node_grace = self.config.dead_node_grace;
         c.generation = generation;
+        c.sampling_window = self.config.sampling_window;
+        c.republish_every = self.config.republish_every;
         c
     }
 
