@@ -240,6 +240,19 @@ pub fn failures(
             .collect()
     });
     pb.finish_and_clear();
+    // Every augur row against predict_linear, on the failures both catch.
+    let baseline = outcomes
+        .last()
+        .filter(|o| o.detector.starts_with("predict_linear"));
+    let pairs: Vec<(String, failures::Paired)> = baseline
+        .map(|b| {
+            outcomes
+                .iter()
+                .filter(|o| o.detector.starts_with("augur"))
+                .map(|o| (o.detector.clone(), failures::paired(o, b)))
+                .collect()
+        })
+        .unwrap_or_default();
     if as_json {
         let rows: Vec<Value> = outcomes
             .iter()
@@ -256,6 +269,11 @@ pub fn failures(
             "{}",
             serde_json::to_string_pretty(
                 &json!({"seed": seed, "samples": samples, "horizon_s": horizon_s, "results": rows,
+                    "paired_with_predict_linear": pairs.iter().map(|(d, p)| json!({
+                        "detector": d, "both_caught": p.both, "median_lead_s": p.median_lead_a_s,
+                        "predict_linear_median_lead_s": p.median_lead_b_s,
+                        "median_difference_s": p.median_difference_s,
+                        "earlier": p.a_earlier, "later": p.b_earlier})).collect::<Vec<_>>(),
                     "calibration": {"fitted_on_seed": fit_seed, "weights": platt.w, "examples": platt.examples,
                         "positives": platt.positives, "brier_raw": brier_raw, "brier_calibrated": brier_cal,
                         "judged_examples": judged.len()},
@@ -282,6 +300,18 @@ pub fn failures(
             o.median_lead_s
                 .map_or("-".to_owned(), |l| format!("{l:.0} s")),
             o.false_alarms_per_resource_hour
+        );
+    }
+    for (d, p) in &pairs {
+        let f = |x: Option<f64>| x.map_or("-".to_owned(), |l| format!("{l:.0} s"));
+        println!(
+            "{d} vs predict_linear on the {} failures both catch: median lead {} vs {}, median difference {}, earlier on {}, later on {}",
+            p.both,
+            f(p.median_lead_a_s),
+            f(p.median_lead_b_s),
+            f(p.median_difference_s),
+            p.a_earlier,
+            p.b_earlier
         );
     }
     println!(

@@ -365,6 +365,8 @@ pub struct Outcome {
     pub caught: usize,
     pub recall: f64,
     pub median_lead_s: Option<f64>,
+    /// Each failing trace's lead, in trace order (None when not caught).
+    pub leads: Vec<Option<f64>>,
     pub false_alarms: usize,
     pub resource_hours: f64,
     pub false_alarms_per_resource_hour: f64,
@@ -372,11 +374,46 @@ pub struct Outcome {
     pub by_scenario: BTreeMap<String, (usize, usize, usize)>,
 }
 
+/// Two detectors on the failures both catch: the paired comparison of lead times (the medians of
+/// [`Outcome`] are over different sets when recall differs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Paired {
+    pub both: usize,
+    pub median_lead_a_s: Option<f64>,
+    pub median_lead_b_s: Option<f64>,
+    /// Median of (lead of a - lead of b) over the failures both catch.
+    pub median_difference_s: Option<f64>,
+    pub a_earlier: usize,
+    pub b_earlier: usize,
+}
+
+pub fn paired(a: &Outcome, b: &Outcome) -> Paired {
+    let pairs: Vec<(f64, f64)> = a
+        .leads
+        .iter()
+        .zip(&b.leads)
+        .filter_map(|(x, y)| Some(((*x)?, (*y)?)))
+        .collect();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
+    Paired {
+        both: pairs.len(),
+        median_lead_a_s: median(pairs.iter().map(|p| p.0).collect()),
+        median_lead_b_s: median(pairs.iter().map(|p| p.1).collect()),
+        median_difference_s: median(pairs.iter().map(|p| p.0 - p.1).collect()),
+        a_earlier: pairs.iter().filter(|p| p.0 > p.1).count(),
+        b_earlier: pairs.iter().filter(|p| p.0 < p.1).count(),
+    }
+}
+
 /// Scores an alarmer. An alarm episode (a rising edge) on a failing resource counts as a true alarm
 /// when it starts within `horizon_s` before the failure, else as a false alarm; every episode on a
 /// benign resource is false. A failure is caught when a true alarm starts at least `min_lead_s` ahead.
 pub fn score(traces: &[Trace], alarmer: &dyn Alarmer, horizon_s: f64, min_lead_s: f64) -> Outcome {
     let mut leads = Vec::new();
+    let mut per_failure = Vec::new();
     let (mut failures, mut caught, mut false_alarms) = (0, 0, 0);
     let mut seconds = 0usize;
     let mut by: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
@@ -403,14 +440,15 @@ pub fn score(traces: &[Trace], alarmer: &dyn Alarmer, horizon_s: f64, min_lead_s
         if let Some(f) = tr.failure_at {
             failures += 1;
             entry.1 += 1;
-            if let Some(t) = first_true {
-                let lead = (f - t) as f64;
-                if lead >= min_lead_s {
-                    caught += 1;
-                    entry.0 += 1;
-                    leads.push(lead);
-                }
+            let lead = first_true
+                .map(|t| (f - t) as f64)
+                .filter(|l| *l >= min_lead_s);
+            if let Some(lead) = lead {
+                caught += 1;
+                entry.0 += 1;
+                leads.push(lead);
             }
+            per_failure.push(lead);
         }
     }
     leads.sort_by(f64::total_cmp);
@@ -425,6 +463,7 @@ pub fn score(traces: &[Trace], alarmer: &dyn Alarmer, horizon_s: f64, min_lead_s
             caught as f64 / failures as f64
         },
         median_lead_s: (!leads.is_empty()).then(|| leads[leads.len() / 2]),
+        leads: per_failure,
         false_alarms,
         resource_hours: hours,
         false_alarms_per_resource_hour: false_alarms as f64 / hours.max(1e-9),
@@ -487,5 +526,29 @@ mod tests {
         // 10 s ahead is too late to count.
         let o = score(&[trace], &At(vec![989]), 300.0, 30.0);
         assert_eq!(o.caught, 0);
+    }
+
+    #[test]
+    fn paired_leads_compare_only_the_failures_both_catch() {
+        let o = |leads: Vec<Option<f64>>| Outcome {
+            detector: "x".into(),
+            failures: leads.len(),
+            caught: leads.iter().flatten().count(),
+            recall: 0.0,
+            median_lead_s: None,
+            leads,
+            false_alarms: 0,
+            resource_hours: 1.0,
+            false_alarms_per_resource_hour: 0.0,
+            by_scenario: BTreeMap::new(),
+        };
+        let a = o(vec![Some(100.0), Some(50.0), None, Some(200.0)]);
+        let b = o(vec![Some(80.0), Some(60.0), Some(300.0), None]);
+        let p = paired(&a, &b);
+        assert_eq!(p.both, 2);
+        assert_eq!((p.a_earlier, p.b_earlier), (1, 1));
+        assert_eq!(p.median_difference_s, Some(20.0));
+        assert_eq!(p.median_lead_a_s, Some(100.0));
+        assert_eq!(p.median_lead_b_s, Some(80.0));
     }
 }
