@@ -192,11 +192,8 @@ pub fn read_history(
         if r.meta.resource_type.as_str() != resource_type {
             continue;
         }
-        let Some(samples) = history.query_newest(&r.resource_id, since, max_per_resource)? else {
-            continue;
-        };
         let mut h = ResourceHistory::default();
-        for s in samples {
+        let known = history.for_each_newest(&r.resource_id, since, max_per_resource, |s| {
             let t = s.ts.0 as f64 / 1e6;
             match s.event {
                 Some(Event::Failure) => h.failures.push(t),
@@ -204,10 +201,13 @@ pub fn read_history(
                 None => {}
             }
             if !s.metrics.is_empty() {
-                h.push(t, s.metrics);
+                h.push(t, &s.metrics);
             }
-        }
-        if !h.is_empty() {
+        })?;
+        h.reverse();
+        h.failures.reverse();
+        h.migrations.reverse();
+        if known && !h.is_empty() {
             out.push(h);
         }
     }

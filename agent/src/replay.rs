@@ -81,12 +81,10 @@ impl TypeTraining {
             None => {}
         }
         if !sample.metrics.is_empty() {
-            h.push(t, sample.metrics.clone());
+            h.push(t, &sample.metrics);
         }
         if h.len() > 2 * cap {
-            let cut = h.len() - cap;
-            h.ts.drain(..cut);
-            h.metrics.drain(..cut);
+            h.drop_oldest(h.len() - cap);
         }
     }
 }

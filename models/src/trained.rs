@@ -25,12 +25,17 @@ use crate::engine::{EngineConfig, MODEL_VERSION, ResourceEngine};
 use crate::forecast::Holt;
 use crate::forecast::mlp::{MlpConfig, MlpForecaster};
 
-/// The history of one resource, as training reads it.
+/// The history of one resource, as training reads it: one column of values per metric (a metric
+/// absent from a sample is NaN there). Columns rather than a map per sample: 20,000 samples of 17
+/// metrics take 2.7 MB instead of about 36 MB of maps, and the trainer's peak memory was mostly those
+/// maps.
 #[derive(Clone, Debug, Default)]
 pub struct ResourceHistory {
-    /// Sample times, seconds, ascending.
+    /// Sample times, seconds (ascending once the history is built).
     pub ts: Vec<f64>,
-    pub metrics: Vec<BTreeMap<String, f64>>,
+    /// Metric names, in order of first appearance; `columns[i]` holds `names[i]`'s values.
+    names: Vec<String>,
+    columns: Vec<Vec<f64>>,
     /// Times of observed failures.
     pub failures: Vec<f64>,
     /// Times work was moved off the resource: windows reaching them are not labels.
@@ -38,9 +43,40 @@ pub struct ResourceHistory {
 }
 
 impl ResourceHistory {
-    pub fn push(&mut self, ts: f64, metrics: BTreeMap<String, f64>) {
+    /// Appends a sample.
+    pub fn push<K: AsRef<str>, V: std::borrow::Borrow<f64>>(
+        &mut self,
+        ts: f64,
+        metrics: impl IntoIterator<Item = (K, V)>,
+    ) {
+        let row = self.ts.len();
         self.ts.push(ts);
-        self.metrics.push(metrics);
+        for (name, v) in metrics {
+            let name = name.as_ref();
+            let v = v.borrow();
+            let i = match self.names.iter().position(|n| n == name) {
+                Some(i) => i,
+                None => {
+                    self.names.push(name.to_owned());
+                    self.columns.push(vec![f64::NAN; row + 1]);
+                    self.names.len() - 1
+                }
+            };
+            let col = &mut self.columns[i];
+            col.resize(row + 1, f64::NAN);
+            col[row] = *v;
+        }
+        for col in &mut self.columns {
+            col.resize(row + 1, f64::NAN);
+        }
+    }
+
+    /// Puts samples appended newest first into time order.
+    pub fn reverse(&mut self) {
+        self.ts.reverse();
+        for c in &mut self.columns {
+            c.reverse();
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -49,6 +85,48 @@ impl ResourceHistory {
 
     pub fn is_empty(&self) -> bool {
         self.ts.is_empty()
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// One metric's values, NaN where a sample lacks it.
+    pub fn column(&self, name: &str) -> Option<&[f64]> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| self.columns[i].as_slice())
+    }
+
+    /// Sample `row` as the engine reads samples.
+    pub fn row(&self, row: usize) -> BTreeMap<String, f64> {
+        self.names
+            .iter()
+            .zip(&self.columns)
+            .filter(|(_, c)| !c[row].is_nan())
+            .map(|(n, c)| (n.clone(), c[row]))
+            .collect()
+    }
+
+    /// Forgets the oldest `n` samples (failures and migrations are times, and stay).
+    pub fn drop_oldest(&mut self, n: usize) {
+        let n = n.min(self.len());
+        self.ts.drain(..n);
+        for c in &mut self.columns {
+            c.drain(..n);
+        }
+    }
+
+    /// The samples from `from` on.
+    fn tail(&self, from: usize) -> Self {
+        Self {
+            ts: self.ts[from..].to_vec(),
+            names: self.names.clone(),
+            columns: self.columns.iter().map(|c| c[from..].to_vec()).collect(),
+            failures: self.failures.clone(),
+            migrations: self.migrations.clone(),
+        }
     }
 }
 
@@ -100,6 +178,22 @@ pub struct FeatureForest {
 }
 
 impl FeatureForest {
+    /// The forest's inputs from each metric's value now and before (aligned with `metrics`).
+    fn features(&self, cur: &[Option<f64>], prev: Option<&[Option<f64>]>) -> Vec<f64> {
+        let n = self.metrics.len();
+        let mut row = vec![0.0; 2 * n];
+        for i in 0..n {
+            // A missing metric sits at its usual level, unchanged.
+            if let Some(v) = cur[i] {
+                row[i] = ((v - self.mean[i]) / self.sd[i]).clamp(-1e6, 1e6);
+                if let Some(p) = prev.and_then(|p| p[i]) {
+                    row[n + i] = ((v - p) / self.dsd[i]).clamp(-1e6, 1e6);
+                }
+            }
+        }
+        row
+    }
+
     fn row(&self, m: &BTreeMap<String, f64>, prev: Option<&BTreeMap<String, f64>>) -> Vec<f64> {
         let n = self.metrics.len();
         let mut row = vec![0.0; 2 * n];
@@ -206,13 +300,7 @@ fn newest(data: &[ResourceHistory], max_rows: usize) -> Vec<ResourceHistory> {
     data.iter()
         .map(|r| {
             let keep = ((r.len() as f64 * share).ceil() as usize).min(r.len());
-            let from = r.len() - keep;
-            ResourceHistory {
-                ts: r.ts[from..].to_vec(),
-                metrics: r.metrics[from..].to_vec(),
-                failures: r.failures.clone(),
-                migrations: r.migrations.clone(),
-            }
+            r.tail(r.len() - keep)
         })
         .collect()
 }
@@ -221,16 +309,11 @@ fn newest(data: &[ResourceHistory], max_rows: usize) -> Vec<ResourceHistory> {
 fn series(data: &[ResourceHistory]) -> BTreeMap<String, Vec<Vec<f64>>> {
     let mut out: BTreeMap<String, Vec<Vec<f64>>> = BTreeMap::new();
     for r in data {
-        let mut per: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-        for m in &r.metrics {
-            for (k, v) in m {
-                if v.is_finite() {
-                    per.entry(k.as_str()).or_default().push(*v);
-                }
+        for (name, col) in r.names.iter().zip(&r.columns) {
+            let v: Vec<f64> = col.iter().copied().filter(|v| v.is_finite()).collect();
+            if !v.is_empty() {
+                out.entry(name.clone()).or_default().push(v);
             }
-        }
-        for (k, v) in per {
-            out.entry(k.to_owned()).or_default().push(v);
         }
     }
     out
@@ -298,7 +381,7 @@ fn train_mlp(
 fn train_forest(data: &[ResourceHistory], cfg: &TrainConfig) -> Option<FeatureForest> {
     let mut names: Vec<String> = data
         .iter()
-        .flat_map(|r| r.metrics.iter().flat_map(|m| m.keys().cloned()))
+        .flat_map(|r| r.names.iter().cloned())
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -310,20 +393,20 @@ fn train_forest(data: &[ResourceHistory], cfg: &TrainConfig) -> Option<FeatureFo
     let (mut sum, mut sq, mut count) = (vec![0.0; k], vec![0.0; k], vec![0usize; k]);
     let (mut dsq, mut dcount) = (vec![0.0; k], vec![0usize; k]);
     for r in data {
-        let mut prev: Option<&BTreeMap<String, f64>> = None;
-        for m in &r.metrics {
-            for (i, name) in names.iter().enumerate() {
-                if let Some(v) = m.get(name).filter(|v| v.is_finite()) {
-                    sum[i] += v;
-                    sq[i] += v * v;
-                    count[i] += 1;
-                    if let Some(p) = prev.and_then(|p| p.get(name)).filter(|p| p.is_finite()) {
-                        dsq[i] += (v - p).powi(2);
-                        dcount[i] += 1;
-                    }
+        for (i, name) in names.iter().enumerate() {
+            let Some(col) = r.column(name) else { continue };
+            for (j, v) in col.iter().enumerate() {
+                if !v.is_finite() {
+                    continue;
+                }
+                sum[i] += v;
+                sq[i] += v * v;
+                count[i] += 1;
+                if let Some(p) = j.checked_sub(1).map(|p| col[p]).filter(|p| p.is_finite()) {
+                    dsq[i] += (v - p).powi(2);
+                    dcount[i] += 1;
                 }
             }
-            prev = Some(m);
         }
     }
     let mean: Vec<f64> = (0..k).map(|i| sum[i] / count[i].max(1) as f64).collect();
@@ -346,10 +429,17 @@ fn train_forest(data: &[ResourceHistory], cfg: &TrainConfig) -> Option<FeatureFo
     };
     let mut rows: Vec<Vec<f64>> = Vec::new();
     for r in data {
-        let mut prev = None;
-        for m in &r.metrics {
-            rows.push(ff.row(m, prev));
-            prev = Some(m);
+        let cols: Vec<Option<&[f64]>> = ff.metrics.iter().map(|n| r.column(n)).collect();
+        let at = |j: usize| -> Vec<Option<f64>> {
+            cols.iter()
+                .map(|c| c.map(|c| c[j]).filter(|v| !v.is_nan()))
+                .collect()
+        };
+        let mut prev: Option<Vec<Option<f64>>> = None;
+        for j in 0..r.len() {
+            let cur = at(j);
+            rows.push(ff.features(&cur, prev.as_deref()));
+            prev = Some(cur);
         }
     }
     ff.forest = IsolationForest::fit(&rows, cfg.forest_trees, cfg.forest_sample, cfg.seed);
@@ -373,9 +463,9 @@ fn train_calibration(
         e.set_models(Some(partial.clone()));
         let preds: Vec<(f64, f64)> =
             r.ts.iter()
-                .zip(&r.metrics)
-                .map(|(&t, m)| {
-                    let p = e.observe_raw(t, m);
+                .enumerate()
+                .map(|(j, &t)| {
+                    let p = e.observe_raw(t, &r.row(j));
                     (p.0, p.1)
                 })
                 .collect();
@@ -538,7 +628,8 @@ mod tests {
         let mut without = ResourceEngine::new(EngineConfig::default());
         let live = history(2, 1_500);
         let (mut usual_with, mut usual_without) = (0.0f64, 0.0f64);
-        for (i, (&t, m)) in live.ts.iter().zip(&live.metrics).enumerate() {
+        for (i, &t) in live.ts.iter().enumerate() {
+            let m = &live.row(i);
             let (a, b) = (with.observe(t, m), without.observe(t, m));
             if i > 1_000 {
                 usual_with = usual_with.max(with.anomaly_parts().mlp);
@@ -571,6 +662,28 @@ mod tests {
             level_break <= usual_without.max(0.5),
             "the level alone: break {level_break} vs usual {usual_without}"
         );
+    }
+
+    #[test]
+    fn history_columns_keep_gaps_and_late_metrics() {
+        let mut h = ResourceHistory::default();
+        h.push(3.0, [("a", 1.0)]);
+        h.push(2.0, [("a", 2.0), ("b", 20.0)]);
+        h.push(1.0, [("b", 30.0)]);
+        h.reverse();
+        assert_eq!(h.ts, vec![1.0, 2.0, 3.0]);
+        assert_eq!(h.names(), ["a".to_owned(), "b".to_owned()]);
+        assert!(
+            h.column("a")
+                .is_some_and(|c| c[0].is_nan() && c[1..] == [2.0, 1.0])
+        );
+        assert_eq!(h.row(0), BTreeMap::from([("b".to_owned(), 30.0)]));
+        assert_eq!(
+            h.row(1),
+            BTreeMap::from([("a".to_owned(), 2.0), ("b".to_owned(), 20.0)])
+        );
+        assert_eq!(h.tail(2).row(0), BTreeMap::from([("a".to_owned(), 1.0)]));
+        assert_eq!(h.column("c"), None);
     }
 
     #[test]

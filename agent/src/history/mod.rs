@@ -355,32 +355,33 @@ impl History {
         Ok(Some(QueryResult { samples, truncated }))
     }
 
-    /// The newest `limit` samples of one resource with `ts >= since`, oldest first (the trainer's
-    /// read: bounded memory whatever the history holds). `None` when the resource is unknown.
-    pub fn query_newest(
+    /// Visits the newest `limit` samples of one resource with `ts >= since`, newest first, one at a
+    /// time (the trainer's read: it keeps columns, never every sample at once). False when the
+    /// resource is unknown.
+    pub fn for_each_newest(
         &self,
         id: &ResourceId,
         since: UnixMicros,
         limit: usize,
-    ) -> Result<Option<Vec<Sample>>, StoreError> {
+        mut visit: impl FnMut(Sample),
+    ) -> Result<bool, StoreError> {
         let Some(resource_type) = self.type_of(id) else {
-            return Ok(None);
+            return Ok(false);
         };
         let tx = self.inner.db.begin_read()?;
         let table = tx.open_table(SAMPLES)?;
-        let mut samples = Vec::new();
-        for entry in table
+        for (n, entry) in table
             .range((id.as_str(), since.0)..=(id.as_str(), i64::MAX))?
             .rev()
+            .enumerate()
         {
-            if samples.len() == limit {
+            if n == limit {
                 break;
             }
             let (k, v) = entry?;
-            samples.push(stored_sample(id, &resource_type, k.value().1, v.value())?);
+            visit(stored_sample(id, &resource_type, k.value().1, v.value())?);
         }
-        samples.reverse();
-        Ok(Some(samples))
+        Ok(true)
     }
 
     /// Deletes samples older than `now - max_age`, then the oldest samples while the stored bytes
