@@ -101,7 +101,7 @@ pub struct AnomalyParts {
 pub const WARM_UP: u64 = 60;
 
 /// The version string of this engine's models.
-pub const MODEL_VERSION: &str = "augur-engine-v4";
+pub const MODEL_VERSION: &str = "augur-engine-v5";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct MetricState {
