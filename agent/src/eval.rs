@@ -433,7 +433,10 @@ fn forecast_file(
     let v = &series.values;
     let split = v.len() / 2;
     let model = MlpForecaster::train(&[&v[..split]], config.clone())?;
-    let mut holt = Holt::new(0.3, 0.01);
+    let mut holt = Holt::new(
+        augur_models::engine::HOLT_ALPHA,
+        augur_models::engine::HOLT_BETA,
+    );
     for &x in &v[..split] {
         holt.update(x);
     }

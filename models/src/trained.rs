@@ -345,7 +345,7 @@ fn train_mlp(
     let model = MlpForecaster::train_strided(&train, cfg.mlp.clone(), stride)?;
     let (mut mse_mlp, mut mse_holt, mut n) = (0.0, 0.0, 0usize);
     for s in &valid {
-        let mut holt = Holt::new(0.3, 0.01);
+        let mut holt = Holt::new(crate::engine::HOLT_ALPHA, crate::engine::HOLT_BETA);
         for &v in &s[..w] {
             holt.update(v);
         }
