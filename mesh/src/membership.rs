@@ -859,17 +859,15 @@ async fn run(
                 let _ = events.send(e);
             }
         }
-        if known.len() > members.len() || known.values().any(|(_, r)| *r != round) {
-            let gone: Vec<String> = known
-                .iter()
-                .filter(|(_, (_, r))| *r != round)
-                .map(|(p, _)| p.clone())
-                .collect();
-            for p in gone {
-                known.remove(&p);
-                names.remove(&p);
-                let _ = events.send(MembershipEvent::Removed { peer_id: p });
-            }
+        let gone: Vec<String> = known
+            .iter()
+            .filter(|(_, (_, r))| *r != round)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in gone {
+            known.remove(&p);
+            names.remove(&p);
+            let _ = events.send(MembershipEvent::Removed { peer_id: p });
         }
         *shared.members.write() = members;
     }

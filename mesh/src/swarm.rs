@@ -373,7 +373,6 @@ pub async fn start(keypair: Keypair, config: SwarmConfig) -> Result<SwarmHandle,
 }
 
 struct State {
-    admitted: HashSet<PeerId>,
     /// Connected peers not yet admitted, with their deadline.
     pending: HashMap<PeerId, Instant>,
     /// Peers we sent our token to.
@@ -389,19 +388,19 @@ async fn run(
     config: SwarmConfig,
     mut listening: Vec<Multiaddr>,
     listener_ids: Vec<libp2p::core::transport::ListenerId>,
-    shared_admitted: Arc<parking_lot::RwLock<HashSet<PeerId>>>,
+    // Peers admitted on a live connection; the handle reads the same set.
+    admitted: Arc<parking_lot::RwLock<HashSet<PeerId>>>,
 ) {
     // Stopping frees the listen addresses at once (the memory transport keeps a port until its
     // listener is removed, so a restarted simulated node could not bind it again).
     let stop = |swarm: &mut libp2p::Swarm<Behaviour>| {
-        shared_admitted.write().clear();
+        admitted.write().clear();
         for id in &listener_ids {
             swarm.remove_listener(*id);
         }
     };
     let our_token = config.token.to_string();
     let mut st = State {
-        admitted: HashSet::new(),
         pending: HashMap::new(),
         asked: HashSet::new(),
     };
@@ -481,7 +480,7 @@ async fn run(
                     listening.push(address.clone());
                     let _ = events.send(SwarmEvent::Listening(address));
                 }
-                LibSwarmEvent::ConnectionEstablished { peer_id, .. } if !st.admitted.contains(&peer_id) => {
+                LibSwarmEvent::ConnectionEstablished { peer_id, .. } if !admitted.read().contains(&peer_id) => {
                     {
                         swarm.behaviour_mut().gossipsub.blacklist_peer(&peer_id);
                         st.pending
@@ -498,8 +497,7 @@ async fn run(
                 LibSwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                     st.pending.remove(&peer_id);
                     st.asked.remove(&peer_id);
-                    if st.admitted.remove(&peer_id) {
-                        shared_admitted.write().remove(&peer_id);
+                    if admitted.write().remove(&peer_id) {
                         let _ = events.send(SwarmEvent::Disconnected(peer_id));
                     }
                 }
@@ -531,8 +529,7 @@ async fn run(
                     match answer {
                         Ok(()) => {
                             st.pending.remove(&peer);
-                            if st.admitted.insert(peer) {
-                                shared_admitted.write().insert(peer);
+                            if admitted.write().insert(peer) {
                                 swarm.behaviour_mut().gossipsub.remove_blacklisted_peer(&peer);
                                 stats.admitted.fetch_add(1, Ordering::Relaxed);
                                 let _ = events.send(SwarmEvent::Admitted(peer));
@@ -549,8 +546,11 @@ async fn run(
                 }
                 LibSwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message })) => {
                     let origin = message.source;
-                    let ok = st.admitted.contains(&propagation_source)
-                        && origin.is_some_and(|o| o == *swarm.local_peer_id() || st.admitted.contains(&o) || o == propagation_source);
+                    let ok = {
+                        let admitted = admitted.read();
+                        admitted.contains(&propagation_source)
+                            && origin.is_some_and(|o| o == *swarm.local_peer_id() || admitted.contains(&o) || o == propagation_source)
+                    };
                     let acceptance = if ok {
                         stats.messages_accepted.fetch_add(1, Ordering::Relaxed);
                         gossipsub::MessageAcceptance::Accept
@@ -567,7 +567,7 @@ async fn run(
                         });
                     }
                 }
-                LibSwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) if st.admitted.contains(&peer) => {
+                LibSwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) if admitted.read().contains(&peer) => {
                     let _ = events.send(SwarmEvent::Rtt { peer, rtt });
                 }
                 _ => {}

@@ -51,10 +51,15 @@ impl ResourceHistory {
     ) {
         let row = self.ts.len();
         self.ts.push(ts);
-        for (name, v) in metrics {
+        for (k, (name, v)) in metrics.into_iter().enumerate() {
             let name = name.as_ref();
             let v = v.borrow();
-            let i = match self.names.iter().position(|n| n == name) {
+            // Samples usually name the same metrics in the same order: try the k-th column first.
+            let at_k = self.names.get(k).is_some_and(|n| n == name);
+            let i = match at_k
+                .then_some(k)
+                .or_else(|| self.names.iter().position(|n| n == name))
+            {
                 Some(i) => i,
                 None => {
                     self.names.push(name.to_owned());
