@@ -199,6 +199,11 @@ pub enum EvalCommand {
         /// Seed of the detectors' randomness.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Other settings for augur's novelty detectors, e.g. "shape_rho=0.04,rest_share=0.1"
+        /// (names: value_rho, value_alarm, shape_window_div, shape_rho, shape_rate_weight,
+        /// shape_alarm, rest_share).
+        #[arg(long, default_value = "")]
+        novelty: String,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -355,8 +360,16 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
         Command::Eval(EvalCommand::Smd { data, seed, json }) => {
             tokio::task::spawn_blocking(move || crate::eval::smd(&data, seed, json)).await?
         }
-        Command::Eval(EvalCommand::Nab { data, seed, json }) => {
-            tokio::task::spawn_blocking(move || crate::eval::nab(&data, seed, json)).await?
+        Command::Eval(EvalCommand::Nab {
+            data,
+            seed,
+            novelty,
+            json,
+        }) => {
+            let novelty = augur_models::anomaly::NoveltyConfig::parse(&novelty)
+                .map_err(|e| anyhow::anyhow!("--novelty: {e}"))?;
+            tokio::task::spawn_blocking(move || crate::eval::nab(&data, seed, novelty, json))
+                .await?
         }
         Command::ValidateConfig { file, json } => {
             let text = std::fs::read_to_string(&file)

@@ -222,6 +222,10 @@ pub struct ResourceTypeConfig {
     pub horizon: Duration,
     /// Failure probability at or above which a resource counts as predicted to fail.
     pub threshold: f64,
+    /// How long each metric's anomaly detector learns before it reports anything; its pattern
+    /// window (a thirteenth of this) and its rest after an alarm (a fifth) scale with it.
+    #[serde(with = "humantime_serde")]
+    pub anomaly_learning: Duration,
     /// Critical limits: a metric (or every metric starting with `prefix`) past `value` in
     /// `direction` ("above" or "below") is a failure.
     pub limits: Vec<augur_models::engine::Limit>,
@@ -374,6 +378,7 @@ impl Default for ResourceTypeConfig {
             interval: Duration::from_secs(1),
             horizon: Duration::from_secs(300),
             threshold: 0.75,
+            anomaly_learning: Duration::from_secs(600),
             limits: augur_models::engine::default_limits(),
         }
     }
@@ -488,6 +493,12 @@ impl Config {
                 return Err(invalid(
                     format!("resource_types.{name}.interval"),
                     "must be at least 100ms",
+                ));
+            }
+            if rt.anomaly_learning < rt.interval * 20 {
+                return Err(invalid(
+                    format!("resource_types.{name}.anomaly_learning"),
+                    "must be at least 20 collection intervals",
                 ));
             }
             if rt.horizon < Duration::from_secs(1) {
@@ -656,6 +667,13 @@ impl Config {
             .get(resource_type)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Samples each metric's anomaly detector of `resource_type` learns from (its
+    /// `anomaly_learning` over its interval).
+    pub fn anomaly_learning_samples(&self, resource_type: &str) -> usize {
+        let rt = self.type_config(resource_type);
+        (rt.anomaly_learning.as_secs_f64() / rt.interval.as_secs_f64()).round() as usize
     }
 
     /// Names of settings that differ between `self` and `new` and only take effect after a restart.
@@ -832,6 +850,18 @@ mod tests {
             err.to_string().contains("resource_types.host.interval"),
             "{err}"
         );
+        let err = Config::from_toml(
+            "[resource_types.svc]\ninterval = \"5s\"\nanomaly_learning = \"1m\"\n",
+        )
+        .expect_err("learning shorter than 20 intervals");
+        assert!(
+            err.to_string()
+                .contains("resource_types.svc.anomaly_learning"),
+            "{err}"
+        );
+        let cfg = Config::from_toml("[resource_types.svc]\ninterval = \"5s\"\n").expect("valid");
+        assert_eq!(cfg.anomaly_learning_samples("svc"), 120);
+        assert_eq!(cfg.anomaly_learning_samples("host"), 600);
     }
 
     #[test]

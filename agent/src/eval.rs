@@ -51,7 +51,12 @@ fn par_map<T: Sync, R: Send>(items: &[T], pb: &ProgressBar, f: impl Fn(&T) -> R 
 /// Scores every detector on NAB with per-profile optimised thresholds (as NAB tunes its detectors),
 /// re-scores Numenta HTM's published per-row scores as a check of the scorer, and lists the published
 /// results beside them.
-pub fn nab(root: &Path, seed: u64, as_json: bool) -> anyhow::Result<()> {
+pub fn nab(
+    root: &Path,
+    seed: u64,
+    novelty: augur_models::anomaly::NoveltyConfig,
+    as_json: bool,
+) -> anyhow::Result<()> {
     let corpus =
         nab::load_corpus(root).with_context(|| format!("reading NAB from {}", root.display()))?;
     let files: Vec<LabelledFile> = corpus.iter().map(|s| s.file.clone()).collect();
@@ -75,8 +80,9 @@ pub fn nab(root: &Path, seed: u64, as_json: bool) -> anyhow::Result<()> {
     for kind in DetectorKind::ALL {
         let pb = progress(corpus.len() as u64, kind.name());
         let started = std::time::Instant::now();
-        let per_file: Vec<Vec<f64>> =
-            par_map(&corpus, &pb, |series| kind.run(&series.values, seed));
+        let per_file: Vec<Vec<f64>> = par_map(&corpus, &pb, |series| {
+            kind.run_with(&series.values, seed, novelty)
+        });
         pb.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
         let mut scores = serde_json::Map::new();
@@ -595,7 +601,7 @@ mod tests {
     fn runs_every_detector_on_a_nab_shaped_folder() {
         let dir = tempfile::tempdir().expect("tempdir");
         tiny_nab(dir.path());
-        nab(dir.path(), 7, true).expect("evaluation runs");
+        nab(dir.path(), 7, Default::default(), true).expect("evaluation runs");
         let corpus = nab::load_corpus(dir.path()).expect("loads");
         assert_eq!(corpus[0].file.windows, vec![(670, 730)]);
     }

@@ -253,6 +253,7 @@ pub fn train_type(
     let engine = EngineConfig {
         horizon_s: rt.horizon.as_secs_f64(),
         limits: rt.limits,
+        anomaly_learning: cfg.anomaly_learning_samples(resource_type),
         ..EngineConfig::default()
     };
     let version = store.next_version(resource_type);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::anomaly::scorer::surprise;
-use crate::anomaly::{AnomalyLikelihood, MetricScorer, normal_tail};
+use crate::anomaly::{AnomalyLikelihood, MetricScorer, NoveltyConfig, normal_tail};
 use crate::forecast::empirical::EmpiricalErrors;
 use crate::forecast::{Forecast, Holt};
 use crate::trained::TrainedModels;
@@ -61,6 +61,20 @@ pub struct EngineConfig {
     pub limits: Vec<Limit>,
     /// Points of the horizon at which the forecast is evaluated.
     pub horizon_points: u32,
+    /// Samples each metric's anomaly detector learns before it reports anything; its pattern window
+    /// and its rest after an alarm scale with this (`anomaly::Novelty`).
+    #[serde(default = "default_anomaly_learning")]
+    pub anomaly_learning: usize,
+    /// The novelty detectors' settings.
+    #[serde(default)]
+    pub novelty: NoveltyConfig,
+}
+
+/// Ten minutes of samples at the default interval of one second.
+pub const DEFAULT_ANOMALY_LEARNING: usize = 600;
+
+fn default_anomaly_learning() -> usize {
+    DEFAULT_ANOMALY_LEARNING
 }
 
 impl Default for EngineConfig {
@@ -69,6 +83,8 @@ impl Default for EngineConfig {
             horizon_s: 300.0,
             limits: default_limits(),
             horizon_points: 20,
+            anomaly_learning: DEFAULT_ANOMALY_LEARNING,
+            novelty: NoveltyConfig::default(),
         }
     }
 }
@@ -89,7 +105,7 @@ pub struct Prediction {
 /// Each detector's anomaly likelihood for one sample, in [0, 1].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AnomalyParts {
-    /// The largest per-metric level likelihood.
+    /// The largest per-metric score (novelty, far values).
     pub level: f64,
     /// The burn MLP's forecast-residual likelihood (0 without trained models).
     pub mlp: f64,
@@ -111,7 +127,7 @@ pub const HOLT_ALPHA: f64 = 0.15;
 pub const HOLT_BETA: f64 = 0.02;
 
 /// The version string of this engine's models.
-pub const MODEL_VERSION: &str = "augur-engine-v6";
+pub const MODEL_VERSION: &str = "augur-engine-v7";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct MetricState {
@@ -154,6 +170,12 @@ pub struct ResourceEngine {
     /// saved, versioned, on their own).
     #[serde(skip)]
     models: Option<Arc<TrainedModels>>,
+    /// Samples seen, and the sample until which the trained detectors' evidence rests after the
+    /// resource's last anomaly report (as each metric's novelty detector rests after its own).
+    #[serde(default)]
+    ticks: u64,
+    #[serde(default)]
+    trained_rest_until: u64,
 }
 
 impl ResourceEngine {
@@ -169,6 +191,8 @@ impl ResourceEngine {
             forest_score: 0.0,
             forest_likelihood: likelihood(),
             models: None,
+            ticks: 0,
+            trained_rest_until: 0,
         }
     }
 
@@ -236,6 +260,7 @@ impl ResourceEngine {
             }
         }
         self.last_ts_s = Some(ts_s);
+        self.ticks += 1;
         for (name, &x) in metrics {
             let st = self
                 .metrics
@@ -243,8 +268,8 @@ impl ResourceEngine {
                 .or_insert_with(|| MetricState {
                     scorer: MetricScorer::new(
                         Holt::new(HOLT_ALPHA, HOLT_BETA),
-                        crate::anomaly::scorer::DEFAULT_RAW,
-                        60,
+                        self.config.anomaly_learning,
+                        self.config.novelty,
                     ),
                     errors: EmpiricalErrors::default(),
                     anomaly: 0.0,
@@ -325,7 +350,19 @@ impl ResourceEngine {
         }
         risks.sort_by(|a, b| b.0.total_cmp(&a.0));
         let level = self.metrics.values().map(|s| s.anomaly).fold(0.0, f64::max);
-        let anomaly = combine_anomaly(level, self.mlp_score, forest_score);
+        let trained = if self.ticks >= self.trained_rest_until {
+            self.mlp_score.min(forest_score)
+        } else {
+            0.0
+        };
+        let anomaly = combine_anomaly(level, trained);
+        if anomaly >= crate::anomaly::novelty::ALARM_SCORE {
+            self.trained_rest_until = self.ticks
+                + crate::anomaly::novelty::rest_samples(
+                    self.config.anomaly_learning,
+                    &self.config.novelty,
+                );
+        }
         let mut drivers: Vec<String> = risks
             .iter()
             .filter(|r| r.0 >= 0.01)
@@ -426,8 +463,12 @@ impl ResourceEngine {
 /// 43.83, the largest of all three 38.01, the level with the MLP 38.38, with the forest 43.45, the
 /// mean of the three 41.57, 0.9 / 0.05 / 0.05 weights 43.65. On SMD every rule gave the same
 /// composite F1 (0.589): the trained detectors never reach the level's top scores there.
-fn combine_anomaly(level: f64, mlp: f64, forest: f64) -> f64 {
-    level.max(mlp.min(forest))
+fn combine_anomaly(level: f64, trained: f64) -> f64 {
+    if trained >= crate::anomaly::novelty::ALARM_SCORE {
+        level.max(trained)
+    } else {
+        level
+    }
 }
 
 #[cfg(test)]

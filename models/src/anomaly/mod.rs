@@ -4,12 +4,14 @@
 pub mod gaussian;
 pub mod iforest;
 pub mod likelihood;
+pub mod novelty;
 pub mod scorer;
 
 pub use gaussian::WindowedGaussian;
 pub use iforest::{IsolationForest, StreamingIsolationForest};
 pub use likelihood::AnomalyLikelihood;
-pub use scorer::{MetricScorer, RawScore};
+pub use novelty::{Novelty, NoveltyConfig};
+pub use scorer::MetricScorer;
 
 /// A detector over one univariate series.
 pub trait StreamingDetector {

@@ -1,6 +1,8 @@
 //! The detectors compared in evaluations, by name, so every evaluation runs the same set in one go.
 
-use crate::anomaly::{MetricScorer, StreamingDetector, StreamingIsolationForest, WindowedGaussian};
+use crate::anomaly::{
+    MetricScorer, NoveltyConfig, StreamingDetector, StreamingIsolationForest, WindowedGaussian,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -40,16 +42,21 @@ impl DetectorKind {
         }
     }
 
-    /// A fresh detector (seeded). `AugurTrained` trains after `train_at` values.
-    pub fn build(self, seed: u64) -> Box<dyn StreamingDetector + Send> {
-        self.build_training_at(seed, usize::MAX)
-    }
-
-    fn build_training_at(self, seed: u64, train_at: usize) -> Box<dyn StreamingDetector + Send> {
+    /// A fresh detector (seeded) that learns for `learning` values before it reports anything
+    /// (where it has such a period); `AugurTrained` trains its models after `train_at` values.
+    fn build(
+        self,
+        seed: u64,
+        learning: usize,
+        train_at: usize,
+        novelty: NoveltyConfig,
+    ) -> Box<dyn StreamingDetector + Send> {
         match self {
             DetectorKind::AugurTrained => Box::new(EngineDetector {
                 engine: ResourceEngine::new(EngineConfig {
                     limits: Vec::new(),
+                    anomaly_learning: learning,
+                    novelty,
                     ..EngineConfig::default()
                 }),
                 history: ResourceHistory::default(),
@@ -57,20 +64,30 @@ impl DetectorKind {
                 seed,
                 seen: 0,
             }),
-            DetectorKind::Augur => Box::new(MetricScorer::new(
-                Holt::new(0.5, 0.01),
-                crate::anomaly::scorer::DEFAULT_RAW,
-                300,
-            )),
+            DetectorKind::Augur => {
+                Box::new(MetricScorer::new(Holt::new(0.5, 0.01), learning, novelty))
+            }
             DetectorKind::WindowedGaussian => Box::new(WindowedGaussian::new(6400, 100)),
             DetectorKind::IsolationForest => Box::new(StreamingIsolationForest::new(seed)),
         }
     }
 
-    /// Scores a whole series online (each score uses only the values before it). Training, where
-    /// a detector trains, happens at the end of NAB's probationary period (15 % of the series).
+    /// Scores a whole series online (each score uses only the values before it). As NAB's
+    /// protocol allows, augur's detectors learn for the series' probationary period (15 %, at most
+    /// 750 rows) before they report, and trained models are trained on the first 15 %.
     pub fn run(self, values: &[f64], seed: u64) -> Vec<f64> {
-        let mut d = self.build_training_at(seed, (values.len() as f64 * 0.15) as usize);
+        self.run_with(values, seed, NoveltyConfig::default())
+    }
+
+    /// [`run`](Self::run) with other novelty settings for augur's detectors.
+    pub fn run_with(self, values: &[f64], seed: u64, novelty: NoveltyConfig) -> Vec<f64> {
+        let learning = super::nab::probationary_period(values.len());
+        let mut d = self.build(
+            seed,
+            learning,
+            (values.len() as f64 * 0.15) as usize,
+            novelty,
+        );
         values.iter().map(|&v| d.score(v)).collect()
     }
 }

@@ -580,4 +580,21 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn augur_reaches_htm_level_on_the_standard_profile() {
+        let Some(root) = eval_data() else {
+            eprintln!("EVAL_DATA not set: augur's NAB score not checked");
+            return;
+        };
+        let corpus = load_corpus(&root).expect("NAB corpus");
+        let files: Vec<LabelledFile> = corpus.iter().map(|s| s.file.clone()).collect();
+        let scores: Vec<Vec<f64>> = corpus
+            .iter()
+            .map(|s| crate::eval::detectors::DetectorKind::Augur.run(&s.values, 7))
+            .collect();
+        let got = optimise_threshold(&files, &scores, Profile::Standard);
+        eprintln!("augur, standard profile: {:.2}", got.score);
+        assert!(got.score >= 70.0, "{got:?}");
+    }
 }
