@@ -160,7 +160,7 @@ pub enum EvalCommand {
         #[arg(long, default_value_t = 10)]
         horizon: usize,
         /// Training epochs over each file's first half.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 8)]
         epochs: usize,
         #[arg(long, default_value_t = 7)]
         seed: u64,

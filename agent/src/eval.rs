@@ -530,6 +530,10 @@ pub fn forecast(
                 "files": per_file.len(), "mlp_normalised_mse": mlp_mse, "holt_normalised_mse": holt_mse,
                 "median_mse_ratio_mlp_over_holt": median_ratio, "files_mlp_better": wins,
                 "mlp_mean_nll": nll_mlp, "holt_mean_nll": nll_holt, "seconds": secs,
+                "per_file": per_file.iter().map(|r| json!({
+                    "file": r.0, "mlp_normalised_mse": r.1, "holt_normalised_mse": r.2,
+                    "mlp_nll": r.3, "holt_nll": r.4,
+                })).collect::<Vec<_>>(),
             }))?
         );
         return Ok(());

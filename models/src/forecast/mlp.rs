@@ -1,8 +1,10 @@
 //! The neural forecaster: a small MLP on burn (flex CPU backend) that reads the last `window` values
-//! of a metric and predicts the value `horizon` samples ahead as a Gaussian (mean and log-variance),
-//! trained with the Gaussian negative log-likelihood. Inputs and target are scaled per window
-//! (relative to the last value, in units of the window's spread), so one model serves every metric of
-//! a resource type whatever its units.
+//! of a metric and predicts the value `horizon` samples ahead as a Gaussian (mean and log-variance).
+//! Inputs and target are scaled per window (relative to the last value, in units of the window's
+//! spread), so one model serves every metric of a resource type whatever its units. The mean is
+//! trained on squared error in units of each series' spread, the variance on the Gaussian likelihood
+//! of the (detached) error, then scaled to fit held-out windows; measured against Holt in
+//! docs/BENCHMARKS.md (forecasting).
 
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
@@ -117,6 +119,9 @@ pub struct MlpForecaster {
     floor: f64,
     /// Mean training loss of the last epoch.
     pub final_loss: f64,
+    /// Factor on the network's variance, fitted on held-out windows (the network alone is
+    /// overconfident where it overfits).
+    pub var_scale: f64,
 }
 
 /// Share of the training series' standard deviation below which a window's spread is not trusted.
@@ -144,17 +149,40 @@ impl MlpForecaster {
             .collect();
         sds.sort_by(f64::total_cmp);
         let floor = FLOOR_SHARE * sds.get(sds.len() / 2).copied().unwrap_or(0.0);
-        let mut xs: Vec<f32> = Vec::new();
-        let mut ys: Vec<f32> = Vec::new();
+        // The newest fifth of each series' windows is held out to calibrate the variance.
+        let (mut xs, mut ys) = (Vec::<f32>::new(), Vec::<f32>::new());
+        let (mut held_xs, mut held_ys) = (Vec::<f32>::new(), Vec::<f32>::new());
+        // Each example's squared error counts in units of its series' spread, not of its window's:
+        // a flat window's small spread would otherwise make its next step weigh thousands of times
+        // more than a lively window's (the forecasts are judged, and used, in the metric's units).
+        let mut weights = Vec::<f32>::new();
         for s in series {
             if s.len() < w + h {
                 continue;
             }
-            for t in (w..=s.len() - h).step_by(stride.max(1)) {
+            let n = s.len() as f64;
+            let m = s.iter().sum::<f64>() / n;
+            let sd = (s.iter().map(|v| (v - m).powi(2)).sum::<f64>() / n)
+                .sqrt()
+                .max(1e-9);
+            let starts: Vec<usize> = (w..=s.len() - h).step_by(stride.max(1)).collect();
+            let held_out = if starts.len() >= 50 {
+                starts.len() / 5
+            } else {
+                0
+            };
+            for (k, &t) in starts.iter().enumerate() {
                 let (x, last, spread) = scale(&s[t - w..t], floor);
                 let y = ((s[t + h - 1] - last) / spread).clamp(-50.0, 50.0) as f32;
-                xs.extend(x.into_iter().map(|v| v.clamp(-50.0, 50.0)));
-                ys.push(y);
+                let x = x.into_iter().map(|v| v.clamp(-50.0, 50.0));
+                if k + held_out >= starts.len() {
+                    held_xs.extend(x);
+                    held_ys.push(y);
+                } else {
+                    xs.extend(x);
+                    ys.push(y);
+                    weights.push((spread / sd).powi(2).min(1e4) as f32);
+                }
             }
         }
         let n = ys.len();
@@ -177,17 +205,28 @@ impl MlpForecaster {
                 let b = chunk.len();
                 let mut bx = Vec::with_capacity(b * w);
                 let mut by = Vec::with_capacity(b);
+                let mut bw = Vec::with_capacity(b);
                 for &i in chunk {
                     bx.extend_from_slice(&xs[i * w..(i + 1) * w]);
                     by.push(ys[i]);
+                    bw.push(weights[i]);
                 }
+                let weight = Tensor::<2>::from_data(TensorData::new(bw, [b, 1]), &device);
                 let x = Tensor::<2>::from_data(TensorData::new(bx, [b, w]), &device);
                 let y = Tensor::<2>::from_data(TensorData::new(by, [b, 1]), &device);
                 let out = net.forward(x);
                 let mu = out.clone().slice([0..b, 0..1]);
                 let logvar = out.slice([0..b, 1..2]).clamp(-10.0, 10.0);
                 let err = y - mu;
-                let loss = (logvar.clone() + err.clone() * err / logvar.exp()).mean() * 0.5;
+                // The mean learns from the weighted squared error and the variance from the
+                // Gaussian likelihood of the (fixed) error: trained jointly on the likelihood, the
+                // mean neglects the examples the variance calls noisy.
+                let fixed = err.clone().detach();
+                let loss = (err.clone() * err * weight
+                    + logvar.clone()
+                    + fixed.clone() * fixed / logvar.exp())
+                .mean()
+                    * 0.5;
                 sum += f64::from(loss.clone().into_scalar::<f32>());
                 batches += 1;
                 let grads = GradientsParams::from_grads(loss.backward(), &net);
@@ -195,12 +234,36 @@ impl MlpForecaster {
             }
             final_loss = sum / batches.max(1) as f64;
         }
+        let net = net.valid();
+        // The variance scale that maximises the held-out errors' Gaussian likelihood: the mean of
+        // squared error over predicted variance (1 when nothing was held out).
+        let var_scale = if held_ys.is_empty() {
+            1.0
+        } else {
+            let x = Tensor::<2>::from_data(TensorData::new(held_xs, [held_ys.len(), w]), &plain);
+            let out: Vec<f32> = net
+                .forward(x)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap_or_default();
+            let ratios: Vec<f64> = held_ys
+                .iter()
+                .enumerate()
+                .filter_map(|(i, &y)| {
+                    let mu = f64::from(*out.get(2 * i)?);
+                    let logvar = f64::from(*out.get(2 * i + 1)?).clamp(-10.0, 10.0);
+                    Some((f64::from(y) - mu).powi(2) / logvar.exp())
+                })
+                .collect();
+            (ratios.iter().sum::<f64>() / ratios.len().max(1) as f64).clamp(0.01, 1e4)
+        };
         Some(Self {
-            net: net.valid(),
+            net,
             config,
             device: plain,
             floor,
             final_loss,
+            var_scale,
         })
     }
 
@@ -240,7 +303,7 @@ impl MlpForecaster {
                 let logvar = f64::from(*values.get(2 * i + 1)?).clamp(-10.0, 10.0);
                 Some(Forecast {
                     mean: last + mu * spread,
-                    variance: logvar.exp() * spread * spread,
+                    variance: logvar.exp() * self.var_scale * spread * spread,
                 })
             })
             .collect()
@@ -272,7 +335,15 @@ pub struct MlpWeights {
     pub config: MlpConfig,
     pub floor: f64,
     pub final_loss: f64,
+    /// Absent in models saved before it existed (which are retrained anyway: the engine version
+    /// changed).
+    #[serde(default = "one")]
+    pub var_scale: f64,
     pub layers: Vec<LayerWeights>,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 fn layer_weights(l: &Linear) -> LayerWeights {
@@ -324,6 +395,7 @@ impl From<MlpForecaster> for MlpWeights {
             config: m.config,
             floor: m.floor,
             final_loss: m.final_loss,
+            var_scale: m.var_scale,
         }
     }
 }
@@ -357,6 +429,7 @@ impl TryFrom<MlpWeights> for MlpForecaster {
             device,
             floor: w.floor,
             final_loss: w.final_loss,
+            var_scale: w.var_scale,
         })
     }
 }
