@@ -201,7 +201,7 @@ pub enum EvalCommand {
         seed: u64,
         /// Other settings for augur's novelty detectors, e.g. "shape_rho=0.04,rest_share=0.1"
         /// (names: value_rho, value_alarm, shape_window_div, shape_rho, shape_rate_weight,
-        /// shape_alarm, rest_share).
+        /// shape_alarm, rest_share, max_shapes).
         #[arg(long, default_value = "")]
         novelty: String,
         /// Print JSON instead of a table.
