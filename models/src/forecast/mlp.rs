@@ -88,11 +88,8 @@ impl Default for MlpConfig {
 /// window's standard deviation, floored at `floor` (a fraction of the training series' spread) so a
 /// flat window does not turn the next small step into an enormous normalised error.
 fn scale(window: &[f64], floor: f64) -> (Vec<f32>, f64, f64) {
-    let n = window.len() as f64;
     let last = window[window.len() - 1];
-    let mean = window.iter().sum::<f64>() / n;
-    let sd = (window.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
-    let spread = sd.max(floor).max(1e-9 * (last.abs() + 1.0));
+    let spread = std_dev(window).max(floor).max(1e-9 * (last.abs() + 1.0));
     (
         window
             .iter()
@@ -101,6 +98,16 @@ fn scale(window: &[f64], floor: f64) -> (Vec<f32>, f64, f64) {
         last,
         spread,
     )
+}
+
+/// Population standard deviation (0 for an empty series).
+fn std_dev(s: &[f64]) -> f64 {
+    if s.is_empty() {
+        return 0.0;
+    }
+    let n = s.len() as f64;
+    let m = s.iter().sum::<f64>() / n;
+    (s.iter().map(|v| (v - m).powi(2)).sum::<f64>() / n).sqrt()
 }
 
 /// The spread a window is scaled by (its standard deviation, floored).
@@ -138,14 +145,12 @@ impl MlpForecaster {
     /// training on a long history.
     pub fn train_strided(series: &[&[f64]], config: MlpConfig, stride: usize) -> Option<Self> {
         let (w, h) = (config.window, config.horizon);
+        let series_sd: Vec<f64> = series.iter().map(|s| std_dev(s)).collect();
         let mut sds: Vec<f64> = series
             .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                let n = s.len() as f64;
-                let m = s.iter().sum::<f64>() / n;
-                (s.iter().map(|v| (v - m).powi(2)).sum::<f64>() / n).sqrt()
-            })
+            .zip(&series_sd)
+            .filter(|(s, _)| !s.is_empty())
+            .map(|(_, sd)| *sd)
             .collect();
         sds.sort_by(f64::total_cmp);
         let floor = FLOOR_SHARE * sds.get(sds.len() / 2).copied().unwrap_or(0.0);
@@ -156,15 +161,11 @@ impl MlpForecaster {
         // a flat window's small spread would otherwise make its next step weigh thousands of times
         // more than a lively window's (the forecasts are judged, and used, in the metric's units).
         let mut weights = Vec::<f32>::new();
-        for s in series {
+        for (s, sd) in series.iter().zip(&series_sd) {
             if s.len() < w + h {
                 continue;
             }
-            let n = s.len() as f64;
-            let m = s.iter().sum::<f64>() / n;
-            let sd = (s.iter().map(|v| (v - m).powi(2)).sum::<f64>() / n)
-                .sqrt()
-                .max(1e-9);
+            let sd = sd.max(1e-9);
             let starts: Vec<usize> = (w..=s.len() - h).step_by(stride.max(1)).collect();
             let held_out = if starts.len() >= 50 {
                 starts.len() / 5
