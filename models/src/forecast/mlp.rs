@@ -465,6 +465,35 @@ mod tests {
     }
 
     #[test]
+    fn beats_holt_on_a_series_of_flat_stretches_and_jumps() {
+        // Two levels with small noise, switching every 150 samples: most windows are flat, and
+        // their next step (a jump) is unpredictable from them. A loss in each window's own units
+        // lets those jumps dominate training; the MLP then forecast worse than Holt.
+        let mut rng = crate::anomaly::iforest::SplitMix64::new(11);
+        let series: Vec<f64> = (0..4000)
+            .map(|t| if (t / 150) % 2 == 0 { 10.0 } else { 20.0 } + 0.1 * rng.next_f64())
+            .collect();
+        let config = MlpConfig {
+            epochs: 4,
+            ..MlpConfig::default()
+        };
+        let model = MlpForecaster::train(&[&series[..3000]], config).expect("trains");
+        let mut holt = super::super::Holt::new(crate::engine::HOLT_ALPHA, crate::engine::HOLT_BETA);
+        for &v in &series[..3000] {
+            holt.update(v);
+        }
+        let (mut model_err, mut holt_err) = (0.0, 0.0);
+        for t in 3000..series.len() - 10 {
+            let truth = series[t + 9];
+            let f = model.forecast(&series[t - 32..t]).expect("forecast");
+            model_err += (f.mean - truth).powi(2);
+            holt_err += (holt.forecast(10).expect("warm").mean - truth).powi(2);
+            holt.update(series[t]);
+        }
+        assert!(model_err < holt_err, "MLP {model_err} vs Holt {holt_err}");
+    }
+
+    #[test]
     fn a_saved_model_forecasts_exactly_like_the_original() {
         let series: Vec<f64> = (0..200).map(|t| f64::from(t % 17)).collect();
         let config = MlpConfig {
