@@ -186,11 +186,14 @@ pub async fn run(
     let handlers = Signals::install().context("cannot install signal handlers")?;
     tasks.spawn(signals(
         handlers,
-        sources,
-        cfg.clone(),
-        tx_config,
-        log_reload,
-        stats.clone(),
+        Reloader {
+            sources,
+            current: cfg.clone(),
+            tx_config,
+            log_reload,
+            stats: stats.clone(),
+            mesh: mesh.clone(),
+        },
         shutdown.clone(),
     ));
     tasks.close();
@@ -264,17 +267,31 @@ impl Signals {
 
 /// SIGTERM/SIGINT cancel `shutdown`; SIGHUP re-reads the configuration and applies what can change
 /// without a restart, naming what cannot.
+/// What SIGHUP reloads, and where the new configuration goes.
+struct Reloader {
+    sources: Sources,
+    current: Config,
+    tx_config: watch::Sender<Arc<Config>>,
+    log_reload: Option<LogReload>,
+    stats: Arc<Stats>,
+    /// The mesh's trusted fleet keys change on reload.
+    mesh: Option<augur_mesh::Mesh>,
+}
+
 async fn signals(
     Signals {
         mut term,
         mut int,
         mut hup,
     }: Signals,
-    sources: Sources,
-    mut current: Config,
-    tx_config: watch::Sender<Arc<Config>>,
-    log_reload: Option<LogReload>,
-    stats: Arc<Stats>,
+    Reloader {
+        sources,
+        mut current,
+        tx_config,
+        log_reload,
+        stats,
+        mesh,
+    }: Reloader,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -293,6 +310,13 @@ async fn signals(
                             && new.log.level != current.log.level
                         {
                             r.set_level(&new.log.level);
+                        }
+                        if let Some(m) = &mesh {
+                            match crate::fleet::reload_fleet_keys(m, &new.mesh.fleet_keys) {
+                                Ok(true) => tracing::info!(keys = new.mesh.fleet_keys.len(), "trusted fleet keys replaced; peers no key admits are disconnected"),
+                                Ok(false) => {}
+                                Err(e) => tracing::error!(error = %e, "mesh.fleet_keys not applied"),
+                            }
                         }
                         stats.reload(true);
                         tracing::info!("configuration reloaded");

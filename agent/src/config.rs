@@ -163,6 +163,10 @@ pub struct MeshSettings {
     pub labels: BTreeMap<String, String>,
     /// Fleet events kept for subscribers that reconnect.
     pub event_buffer: usize,
+    /// At most this many members (this node included) are tracked; gossip naming more is ignored
+    /// for the extra nodes. Bounds what a misbehaving member can make every node hold (about
+    /// 10 KB per member).
+    pub max_members: usize,
 }
 
 impl Default for MeshSettings {
@@ -184,6 +188,7 @@ impl Default for MeshSettings {
             zone: None,
             labels: BTreeMap::new(),
             event_buffer: 10_000,
+            max_members: 2048,
         }
     }
 }
@@ -580,6 +585,9 @@ impl Config {
                 "must differ from mesh.gossip_addr",
             ));
         }
+        if self.mesh.max_members < 2 {
+            return Err(invalid("mesh.max_members", "must be at least 2"));
+        }
         if self.mesh.event_buffer == 0 {
             return Err(invalid("mesh.event_buffer", "must be at least 1"));
         }
@@ -703,7 +711,11 @@ impl Config {
         if self.shutdown_grace != new.shutdown_grace {
             out.push("shutdown_grace");
         }
-        if self.mesh != new.mesh {
+        // The trusted fleet keys apply on reload (a rotation's last step); the rest of the mesh
+        // needs a restart.
+        let mut mesh = new.mesh.clone();
+        mesh.fleet_keys.clone_from(&self.mesh.fleet_keys);
+        if self.mesh != mesh {
             out.push("mesh");
         }
         out

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use augur_mesh::admission::{FleetKey, FleetPublicKey, JoinToken};
+use augur_mesh::admission::{FleetKey, FleetPublicKey, JoinToken, Trust};
 use augur_mesh::libp2p::Multiaddr;
 use augur_mesh::membership::{Clock, MembershipConfig};
 use augur_mesh::values::{Capacity, Health, NodeValue, Placement};
@@ -118,6 +118,24 @@ fn quic_addr(a: SocketAddr) -> Multiaddr {
         .unwrap_or_else(|_| Multiaddr::empty())
 }
 
+fn parse_fleet_keys(keys: &[String]) -> anyhow::Result<Vec<FleetPublicKey>> {
+    keys.iter()
+        .map(|k| k.parse())
+        .collect::<Result<_, _>>()
+        .context("mesh.fleet_keys")
+}
+
+/// Applies a reloaded `mesh.fleet_keys`: peers whose token no key trusts any longer are
+/// disconnected within a second (see docs/ARCHITECTURE.md). Returns whether the keys changed.
+pub fn reload_fleet_keys(mesh: &Mesh, keys: &[String]) -> anyhow::Result<bool> {
+    let keys = parse_fleet_keys(keys)?;
+    if *mesh.trust.keys() == keys {
+        return Ok(false);
+    }
+    mesh.trust.set(keys);
+    Ok(true)
+}
+
 /// Starts the mesh when the configuration holds a join token; `None` when it does not.
 pub async fn start(
     cfg: &Config,
@@ -135,12 +153,7 @@ pub async fn start(
     let token: JoinToken = token_text
         .parse()
         .context("mesh.join_token is not a join token; issue one with `augur fleet token`")?;
-    let trusted: Vec<FleetPublicKey> = m
-        .fleet_keys
-        .iter()
-        .map(|k| k.parse())
-        .collect::<Result<_, _>>()
-        .context("mesh.fleet_keys")?;
+    let trusted = parse_fleet_keys(&m.fleet_keys)?;
     token
         .verify(&identity.peer_id(), &trusted, now_s())
         .with_context(|| {
@@ -157,6 +170,7 @@ pub async fn start(
     mc.gossip_interval = m.gossip_interval;
     mc.phi_threshold = m.phi_threshold;
     mc.dead_node_grace = m.dead_node_grace;
+    mc.max_nodes = m.max_members;
     // A peer that answered a ping within two ping intervals (and a second) is not dead.
     mc.ping_witness = m.ping_interval * 2 + Duration::from_secs(1);
     mc.generation = std::time::SystemTime::now()
@@ -165,7 +179,7 @@ pub async fn start(
     let mesh = Mesh::start(
         identity.keypair().clone(),
         token,
-        trusted,
+        Trust::new(trusted),
         MeshConfig {
             membership: mc,
             p2p_listen: vec![quic_addr(m.p2p_addr)],

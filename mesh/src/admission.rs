@@ -334,6 +334,43 @@ impl FromStr for JoinToken {
     }
 }
 
+/// The fleet public keys this node trusts, shared by every part of the mesh (gossip sessions,
+/// the member view, the libp2p swarm) and replaceable while it runs: once a key is removed, every
+/// part stops admitting its tokens at its next check (see docs/ARCHITECTURE.md for the bounds).
+#[derive(Clone, Debug)]
+pub struct Trust(std::sync::Arc<parking_lot::RwLock<std::sync::Arc<Vec<FleetPublicKey>>>>);
+
+impl Trust {
+    pub fn new(keys: Vec<FleetPublicKey>) -> Self {
+        Self(std::sync::Arc::new(parking_lot::RwLock::new(
+            std::sync::Arc::new(keys),
+        )))
+    }
+
+    /// Replaces the trusted keys.
+    pub fn set(&self, keys: Vec<FleetPublicKey>) {
+        *self.0.write() = std::sync::Arc::new(keys);
+    }
+
+    pub fn keys(&self) -> std::sync::Arc<Vec<FleetPublicKey>> {
+        self.0.read().clone()
+    }
+
+    pub fn trusts(&self, key: &FleetPublicKey) -> bool {
+        self.0.read().contains(key)
+    }
+
+    /// [`JoinToken::verify`] against the keys trusted now.
+    pub fn verify(
+        &self,
+        token: &JoinToken,
+        peer: &PeerId,
+        now_unix_s: u64,
+    ) -> Result<(), AdmissionError> {
+        token.verify(peer, &self.keys(), now_unix_s)
+    }
+}
+
 /// The public key a PeerId encodes (ed25519 PeerIds inline their key).
 pub fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
     let mh = libp2p::multihash::Multihash::<64>::from_bytes(&peer.to_bytes()).ok()?;

@@ -4,9 +4,13 @@
 //! tests (and later the orchestration tests) script against.
 
 pub mod admission;
+#[cfg(test)]
+mod attacks;
+pub mod datagram;
 pub mod identity;
 pub mod membership;
 pub mod node;
+pub mod secure;
 pub mod sim;
 pub mod swarm;
 pub mod transport;

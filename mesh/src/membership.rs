@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chitchat::transport::Transport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
@@ -22,8 +21,13 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::admission::{FleetPublicKey, JoinToken};
-use crate::values::{self, Capacity, Endpoints, Health, NodeValue, Rejected, ValueKind};
+use crate::admission::{JoinToken, Trust};
+use crate::datagram::Datagrams;
+use crate::secure::{SecureConfig, SecureTransport, Sessions};
+use crate::transport::GossipTraffic;
+use crate::values::{
+    self, Capacity, Endpoints, GossipIdentity, Health, NodeValue, Rejected, ValueKind,
+};
 
 /// One node as read from chitchat: id, heartbeat, augur key-values (key, value, version), and the
 /// failure detector's current timeout.
@@ -57,6 +61,11 @@ impl Clock {
         Self(Arc::new(move || {
             start_ms + origin.elapsed().as_millis() as u64
         }))
+    }
+
+    /// A clock that always reads `ms` (unit tests of logic that only compares times).
+    pub fn fixed(ms: u64) -> Self {
+        Self(Arc::new(move || ms))
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -102,6 +111,9 @@ pub struct MembershipConfig {
     /// `self_doubt` (Lifeguard's local health awareness).
     pub lateness_limit: Duration,
     pub self_doubt: Duration,
+    /// At most this many nodes are kept in the gossip state and hold gossip sessions (each costs
+    /// about 10 KB on every member); nodes beyond it are ignored.
+    pub max_nodes: usize,
 }
 
 impl MembershipConfig {
@@ -121,6 +133,7 @@ impl MembershipConfig {
             ping_witness: Duration::from_secs(3),
             lateness_limit: Duration::from_millis(900),
             self_doubt: Duration::from_secs(10),
+            max_nodes: 2048,
         }
     }
 }
@@ -176,7 +189,7 @@ pub enum MembershipEvent {
 #[derive(Debug, Default)]
 pub struct MembershipStats {
     pub values_accepted: AtomicU64,
-    rejected: [AtomicU64; 5],
+    rejected: [AtomicU64; 6],
     /// Nodes present in chitchat without a valid join token (last count).
     pub unadmitted_nodes: AtomicU64,
     pub gossip_rounds: AtomicU64,
@@ -184,14 +197,19 @@ pub struct MembershipStats {
     pub self_doubts: AtomicU64,
     /// Rounds in which a death verdict was held back (self-doubt or a peer's recent ping).
     pub held_verdicts: AtomicU64,
+    /// Times the gossip task (chitchat) ended unexpectedly and was started again with fresh state.
+    pub gossip_restarts: AtomicU64,
+    /// Why it last ended, and when (unix ms).
+    pub last_gossip_failure: parking_lot::Mutex<Option<(String, u64)>>,
 }
 
-const REJECTIONS: [Rejected; 5] = [
+const REJECTIONS: [Rejected; 6] = [
     Rejected::Unsigned,
     Rejected::BadSignature,
     Rejected::Malformed,
     Rejected::Stale,
     Rejected::Unadmitted,
+    Rejected::WrongIdentity,
 ];
 
 impl MembershipStats {
@@ -229,15 +247,13 @@ struct Own {
 struct NodeView {
     /// Verified values by kind, with the chitchat version they came from.
     values: HashMap<ValueKind, (u64, Result<values::Opened, Rejected>)>,
-    /// Highest accepted sequence number per kind.
-    seq: HashMap<ValueKind, u64>,
     heartbeat: u64,
     last_heard: Option<Instant>,
     first_seen: Option<Instant>,
     peer: Option<PeerId>,
-    /// The admission value version whose token was last checked, and its expiry when valid.
+    /// The admission value version whose token was last checked, and the token when valid.
     token_checked: Option<u64>,
-    token_expires: Option<u64>,
+    token: Option<JoinToken>,
     /// Whether this node was ever alive in this view.
     was_alive: bool,
     admitted: bool,
@@ -256,14 +272,20 @@ struct Shared {
     rtt: RwLock<HashMap<String, f64>>,
     /// When each peer last answered a libp2p ping: a second witness of its liveness.
     answered: RwLock<HashMap<String, Instant>>,
+    /// The running chitchat instance (replaced when the supervisor restarts it).
+    chitchat: RwLock<Arc<ChitchatHandle>>,
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Handle on the membership layer. Cloneable; the task stops when [`Membership::shutdown`] runs.
 #[derive(Clone)]
 pub struct Membership {
-    chitchat: Arc<ChitchatHandle>,
     shared: Arc<Shared>,
     pub stats: Arc<MembershipStats>,
+    /// The authenticated gossip sessions (who may send this node gossip, and what was dropped).
+    pub sessions: Arc<Sessions>,
+    /// Gossip bytes and datagrams through this node's socket (on the wire, framing included).
+    pub traffic: Arc<GossipTraffic>,
     events: broadcast::Sender<MembershipEvent>,
     peer_id: PeerId,
     task: Arc<tokio::task::JoinHandle<()>>,
@@ -280,43 +302,28 @@ impl std::fmt::Debug for Membership {
 pub enum MembershipError {
     #[error("this node's join token does not admit it: {0}")]
     NotAdmitted(#[from] crate::admission::AdmissionError),
-    #[error("cannot start gossip on {addr}: {source}")]
-    Start {
-        addr: SocketAddr,
-        source: anyhow_like::Error,
-    },
+    #[error("cannot start gossip on {addr}: {reason}")]
+    Start { addr: SocketAddr, reason: String },
+    #[error("the node key is not an ed25519 key")]
+    KeyType,
 }
 
-/// chitchat returns `anyhow::Error`; this keeps anyhow out of the mesh's public types.
-pub mod anyhow_like {
-    #[derive(Debug)]
-    pub struct Error(pub String);
-
-    impl std::fmt::Display for Error {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(&self.0)
-        }
-    }
-
-    impl std::error::Error for Error {}
+/// Everything the supervisor needs to start chitchat again.
+struct Starter {
+    config: MembershipConfig,
+    transport: SecureTransport,
 }
 
-impl Membership {
-    /// Starts gossip on `transport` (UDP in the agent, channels in tests).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn start(
-        config: MembershipConfig,
-        keypair: Keypair,
-        token: JoinToken,
-        trusted: Vec<FleetPublicKey>,
-        clock: Clock,
-        transport: &dyn Transport,
-    ) -> Result<Self, MembershipError> {
-        let peer_id = keypair.public().to_peer_id();
-        token.verify(&peer_id, &trusted, clock.now_ms() / 1000)?;
+impl Starter {
+    async fn spawn(
+        &self,
+        generation: u64,
+        initial: Vec<(String, String)>,
+    ) -> Result<ChitchatHandle, MembershipError> {
+        let config = &self.config;
         let chitchat_id = ChitchatId::new(
-            values::short_id(&peer_id),
-            config.generation,
+            values::short_id(&self.transport.sessions.peer_id()),
+            generation,
             config.advertise_addr,
         );
         let cc = ChitchatConfig {
@@ -336,55 +343,105 @@ impl Membership {
             catchup_callback: None,
             extra_liveness_predicate: None,
             protocol_version: chitchat::ProtocolVersion::V1,
+            max_nodes: config.max_nodes,
+        };
+        chitchat::spawn_chitchat(cc, initial, &self.transport)
+            .await
+            .map_err(|e| MembershipError::Start {
+                addr: config.listen_addr,
+                reason: format!("{e:#}"),
+            })
+    }
+}
+
+/// The seeds that are socket addresses already (host names are resolved once, at start).
+async fn resolve_seeds(seeds: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for s in seeds {
+        match s.parse::<SocketAddr>() {
+            Ok(a) => out.push(a),
+            Err(_) => match tokio::net::lookup_host(s.as_str()).await {
+                Ok(addrs) => out.extend(addrs),
+                Err(e) => tracing::warn!(seed = %s, error = %e, "cannot resolve a gossip seed"),
+            },
+        }
+    }
+    out
+}
+
+impl Membership {
+    /// Starts gossip over `datagrams` (UDP in the agent, an in-memory network in tests), every
+    /// datagram authenticated and encrypted (see [`crate::secure`]).
+    pub async fn start(
+        config: MembershipConfig,
+        keypair: Keypair,
+        token: JoinToken,
+        trust: Trust,
+        clock: Clock,
+        datagrams: Arc<dyn Datagrams>,
+    ) -> Result<Self, MembershipError> {
+        let peer_id = keypair.public().to_peer_id();
+        trust.verify(&token, &peer_id, clock.now_ms() / 1000)?;
+        let mut secure = SecureConfig::new(config.fleet_id.clone(), config.advertise_addr);
+        secure.seeds = resolve_seeds(&config.seeds).await;
+        secure.max_peers = config.max_nodes;
+        let sessions = Arc::new(
+            Sessions::new(&keypair, &token, trust.clone(), clock.clone(), secure)
+                .ok_or(MembershipError::KeyType)?,
+        );
+        let traffic = Arc::new(GossipTraffic::default());
+        let starter = Starter {
+            config: config.clone(),
+            transport: SecureTransport {
+                datagrams,
+                sessions: sessions.clone(),
+                traffic: traffic.clone(),
+            },
         };
         let mut own = Own::default();
         own.values.insert(
             ValueKind::Admission,
             NodeValue::Admission(token.to_string()),
         );
-        own.dirty.insert(ValueKind::Admission);
         let mut seq = clock.now_ms();
-        let initial: Vec<(String, String)> = own
-            .values
-            .values()
-            .map(|v| {
-                seq += 1;
-                let (k, s) = values::seal(&keypair, &config.fleet_id, v, seq, clock.now_ms());
-                (k.to_owned(), s)
-            })
-            .collect();
-        own.dirty.clear();
-        let handle = chitchat::spawn_chitchat(cc, initial, transport)
-            .await
-            .map_err(|e| MembershipError::Start {
-                addr: config.listen_addr,
-                source: anyhow_like::Error(e.to_string()),
-            })?;
-        let chitchat = Arc::new(handle);
+        let initial = seal_all(
+            &mut own,
+            &keypair,
+            &config,
+            config.generation,
+            &mut seq,
+            &clock,
+        );
+        let handle = starter.spawn(config.generation, initial).await?;
         let shared = Arc::new(Shared {
             members: RwLock::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
             own: parking_lot::Mutex::new(own),
             rtt: RwLock::new(HashMap::new()),
             answered: RwLock::new(HashMap::new()),
+            chitchat: RwLock::new(Arc::new(handle)),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         let stats = Arc::new(MembershipStats::default());
         let (events, _) = broadcast::channel(1024);
-        let task = tokio::spawn(run(
-            chitchat.clone(),
-            shared.clone(),
-            stats.clone(),
-            events.clone(),
-            config,
-            keypair,
-            trusted,
-            clock,
-            seq,
+        let task = tokio::spawn(supervise(
+            starter,
+            Loop {
+                shared: shared.clone(),
+                stats: stats.clone(),
+                events: events.clone(),
+                keypair,
+                trust,
+                clock,
+                seq,
+                sessions: sessions.clone(),
+            },
         ));
         Ok(Self {
-            chitchat,
             shared,
             stats,
+            sessions,
+            traffic,
             events,
             peer_id,
             task: Arc::new(task),
@@ -462,14 +519,49 @@ impl Membership {
 
     /// Stops gossiping at once (as a crash would, for tests).
     pub fn shutdown(&self) {
-        let _ = self.chitchat.initiate_shutdown();
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let _ = self.shared.chitchat.read().initiate_shutdown();
         self.task.abort();
     }
 
-    /// The chitchat handle, for measurements (gossip statistics) and tests.
-    pub fn chitchat(&self) -> &ChitchatHandle {
-        &self.chitchat
+    /// Whether the supervisor still runs (it ends only on shutdown).
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
     }
+
+    /// The running chitchat handle, for measurements (gossip statistics) and tests.
+    pub fn chitchat(&self) -> Arc<ChitchatHandle> {
+        self.shared.chitchat.read().clone()
+    }
+}
+
+/// Signs every value of this node (the gossip identity for `generation` included) for a fresh
+/// chitchat instance.
+fn seal_all(
+    own: &mut Own,
+    keypair: &Keypair,
+    config: &MembershipConfig,
+    generation: u64,
+    seq: &mut u64,
+    clock: &Clock,
+) -> Vec<(String, String)> {
+    own.values.insert(
+        ValueKind::Gossip,
+        NodeValue::Gossip(GossipIdentity {
+            generation,
+            addr: config.advertise_addr.to_string(),
+        }),
+    );
+    own.dirty.clear();
+    let now = clock.now_ms();
+    own.values
+        .values()
+        .map(|v| {
+            *seq += 1;
+            let (k, s) = values::seal(keypair, &config.fleet_id, v, *seq, now);
+            (k.to_owned(), s)
+        })
+        .collect()
 }
 
 /// Signs this node's values that changed (all of them when `all`) and sets them in chitchat.
@@ -518,32 +610,104 @@ enum Liveness {
     Unjudged,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    chitchat: Arc<ChitchatHandle>,
+/// What the view loop owns, kept across chitchat restarts.
+struct Loop {
     shared: Arc<Shared>,
     stats: Arc<MembershipStats>,
     events: broadcast::Sender<MembershipEvent>,
-    config: MembershipConfig,
     keypair: Keypair,
-    trusted: Vec<FleetPublicKey>,
+    trust: Trust,
     clock: Clock,
-    mut seq: u64,
+    seq: u64,
+    sessions: Arc<Sessions>,
+}
+
+/// How long after a restart of chitchat members missing from its (fresh) state are not reported
+/// removed: they come back within a few rounds.
+const RESTART_GRACE: Duration = Duration::from_secs(30);
+/// The least time between two restarts (a task that keeps failing does not spin).
+const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Runs the view loop, and starts chitchat again, with fresh state and a new generation, whenever
+/// it ends without being asked to (a panic on a peer's message, or a broken socket).
+async fn supervise(starter: Starter, mut lp: Loop) {
+    let mut state = ViewState::default();
+    let mut generation = starter.config.generation;
+    loop {
+        let handle = lp.shared.chitchat.read().clone();
+        let ended = tokio::select! {
+            r = handle.termination_watcher() => r,
+            () = run(&starter.config, &mut lp, &mut state, &handle) => return,
+        };
+        if lp.shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let reason = match ended {
+            Ok(()) => "the gossip task stopped".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        lp.stats.gossip_restarts.fetch_add(1, Ordering::Relaxed);
+        *lp.stats.last_gossip_failure.lock() = Some((reason.clone(), lp.clock.now_ms()));
+        tracing::error!(%reason, "gossip (chitchat) ended unexpectedly; starting it again with fresh state");
+        loop {
+            tokio::time::sleep(RESTART_BACKOFF).await;
+            // A new generation: peers hold this node's old versions, which a fresh state could not
+            // overtake under the old one.
+            generation = generation.max(lp.clock.now_ms() * 1000) + 1;
+            let initial = {
+                let mut own = lp.shared.own.lock();
+                seal_all(
+                    &mut own,
+                    &lp.keypair,
+                    &starter.config,
+                    generation,
+                    &mut lp.seq,
+                    &lp.clock,
+                )
+            };
+            match starter.spawn(generation, initial).await {
+                Ok(h) => {
+                    *lp.shared.chitchat.write() = Arc::new(h);
+                    state.restarted = Some(Instant::now());
+                    break;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot start gossip again; retrying"),
+            }
+        }
+    }
+}
+
+/// The view loop's memory across rounds (and restarts of chitchat).
+#[derive(Default)]
+struct ViewState {
+    views: HashMap<ChitchatId, NodeView>,
+    /// Highest sequence number accepted per node and kind, across its generations: a value
+    /// replayed under another chitchat identity is still older than what was accepted.
+    seqs: HashMap<(PeerId, ValueKind), u64>,
+    /// Each member's last reported status, and the round it was last seen in.
+    known: HashMap<String, (MemberStatus, u64)>,
+    /// Each peer's name, across its generations: a restarted node is listed (and its recovery
+    /// reported) before its new placement value arrives.
+    names: HashMap<String, String>,
+    unnamed_since: HashMap<String, Instant>,
+    round: u64,
+    restarted: Option<Instant>,
+}
+
+async fn run(
+    config: &MembershipConfig,
+    lp: &mut Loop,
+    st: &mut ViewState,
+    chitchat: &ChitchatHandle,
 ) {
-    let self_id = values::short_id(&keypair.public().to_peer_id());
-    let mut views: HashMap<ChitchatId, NodeView> = HashMap::new();
-    // Each member's last reported status, and the round it was last seen in.
-    let mut known: HashMap<String, (MemberStatus, u64)> = HashMap::new();
-    // Each peer's name, across its generations: a restarted node is listed (and its recovery
-    // reported) before its new placement value arrives.
-    let mut names: HashMap<String, String> = HashMap::new();
-    let mut unnamed_since: HashMap<String, Instant> = HashMap::new();
+    let self_id = values::short_id(&lp.keypair.public().to_peer_id());
+    let shared = lp.shared.clone();
+    let stats = lp.stats.clone();
     let mut last_republish = Instant::now();
     let mut tick = tokio::time::interval(config.gossip_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_tick = Instant::now();
     let mut doubt_until: Option<Instant> = None;
-    let mut round: u64 = 0;
     // A value arriving from gossip triggers a pass before the next round (at most one every third
     // of a round), so a change reaches the member view without waiting for the round.
     let changed = Arc::new(tokio::sync::Notify::new());
@@ -560,7 +724,7 @@ async fn run(
             _ = tick.tick() => true,
             () = shared.wake.notified() => {
                 // One of ours changed: sign it now, so it leaves with the next gossip round.
-                seal_own(&chitchat, &shared, &keypair, &config.fleet_id, &mut seq, clock.now_ms(), false).await;
+                seal_own(chitchat, &shared, &lp.keypair, &config.fleet_id, &mut lp.seq, lp.clock.now_ms(), false).await;
                 continue;
             }
             () = changed.notified() => false,
@@ -568,8 +732,9 @@ async fn run(
         if !on_tick && last_pass.elapsed() < min_gap {
             tokio::time::sleep_until(last_pass + min_gap).await;
         }
-        round += 1;
-        let now_ms = clock.now_ms();
+        st.round += 1;
+        let round = st.round;
+        let now_ms = lp.clock.now_ms();
         if on_tick {
             let late = last_tick.elapsed().saturating_sub(config.gossip_interval);
             last_tick = Instant::now();
@@ -582,13 +747,15 @@ async fn run(
             let all = last_republish.elapsed() >= config.republish_every;
             if all {
                 last_republish = Instant::now();
+                // Sessions whose token expired or lost its fleet key's trust end here too.
+                lp.sessions.sweep();
             }
             seal_own(
-                &chitchat,
+                chitchat,
                 &shared,
-                &keypair,
+                &lp.keypair,
                 &config.fleet_id,
-                &mut seq,
+                &mut lp.seq,
                 now_ms,
                 all,
             )
@@ -596,6 +763,7 @@ async fn run(
         }
         last_pass = Instant::now();
         let doubting = doubt_until.is_some_and(|t| t > last_pass);
+        let views = &mut st.views;
         let nodes: Vec<(NodeRow, Liveness)> = {
             let cc_arc = chitchat.chitchat();
             let cc = cc_arc.lock().await;
@@ -603,11 +771,11 @@ async fn run(
             let dead: HashSet<&ChitchatId> = cc.dead_nodes().collect();
             cc.node_states()
                 .iter()
-                .map(|(id, st)| {
+                .map(|(id, node)| {
                     // Only values whose version changed since they were last verified are copied
                     // out (a steady fleet copies nothing).
                     let cached = views.get(id);
-                    let kv = st
+                    let kv = node
                         .key_values_including_deleted()
                         .filter(|(k, v)| k.starts_with(values::KEY_PREFIX) && !v.is_deleted())
                         .filter(|(k, v)| {
@@ -628,7 +796,7 @@ async fn run(
                     (
                         (
                             id.clone(),
-                            u64::from(st.heartbeat()),
+                            u64::from(node.heartbeat()),
                             kv,
                             cc.failure_detection_timeout(id),
                         ),
@@ -680,14 +848,18 @@ async fn run(
                 let mut opened = values::open(&config.fleet_id, &peer, &key, &value);
                 if let Ok(o) = &opened {
                     let too_old = o.ts_ms + (config.max_value_age.as_millis() as u64) < now_ms;
-                    let replayed = view.seq.get(&kind).is_some_and(|s| o.seq < *s);
+                    // Rollback is judged per node across its generations, and a value exactly as
+                    // old as the newest accepted is that value seen again under another identity.
+                    let newest = st.seqs.get(&(peer, kind)).copied();
+                    let replayed = newest.is_some_and(|s| o.seq < s);
                     if too_old || replayed {
                         opened = Err(Rejected::Stale);
                     }
                 }
                 match &opened {
                     Ok(o) => {
-                        view.seq.insert(kind, o.seq);
+                        let e = st.seqs.entry((peer, kind)).or_insert(0);
+                        *e = (*e).max(o.seq);
                         stats.values_accepted.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(r) => stats.reject(*r),
@@ -706,23 +878,52 @@ async fn run(
                     .and_then(|(_, r)| r.as_ref().ok())
                     .map(|o| o.value.clone())
             };
-            // The token's signature is checked once per admission value; its expiry every round.
+            // The token's signature is checked once per admission value; its expiry and its fleet
+            // key's trust every round.
             let admission_version = view.values.get(&ValueKind::Admission).map(|e| e.0);
             if view.token_checked != admission_version {
                 view.token_checked = admission_version;
-                view.token_expires = match good(view, ValueKind::Admission) {
+                view.token = match good(view, ValueKind::Admission) {
                     Some(NodeValue::Admission(t)) => t
                         .parse::<JoinToken>()
-                        .and_then(|t| t.verify(&peer, &trusted, now_ms / 1000).map(|()| t))
                         .ok()
-                        .map(|t| t.expires_unix_s),
+                        .filter(|t| lp.trust.verify(t, &peer, now_ms / 1000).is_ok()),
                     _ => None,
                 };
             }
-            view.admitted = view.token_expires.is_some_and(|e| now_ms / 1000 < e);
+            let was_admitted = view.admitted;
+            view.admitted = view
+                .token
+                .as_ref()
+                .is_some_and(|t| now_ms / 1000 < t.expires_unix_s && lp.trust.trusts(&t.fleet));
             if !view.admitted {
                 unadmitted += 1;
                 continue;
+            }
+            // chitchat's id (generation, address) is not signed: the node's own signed statement
+            // of them must match, or this is its identity replayed by someone else.
+            let identity = match good(view, ValueKind::Gossip) {
+                Some(NodeValue::Gossip(g)) => Some(
+                    g.generation == id.generation_id
+                        && g.addr == id.gossip_advertise_addr.to_string(),
+                ),
+                _ => None,
+            };
+            if identity != Some(true) {
+                // A missing statement is waited for; a different one is counted once per change.
+                if identity == Some(false) && (view.base.is_none() || was_admitted) {
+                    stats.reject(Rejected::WrongIdentity);
+                }
+                view.admitted = false;
+                view.base = Some(Member::placeholder());
+                unadmitted += 1;
+                continue;
+            }
+            if view.base.as_ref().is_none_or(Member::is_placeholder) {
+                if let Some(t) = &view.token {
+                    lp.sessions.learn(t, id.gossip_advertise_addr);
+                }
+                view.base = None;
             }
             let is_self = id.node_id.as_ref() == self_id;
             let leaving = matches!(
@@ -807,16 +1008,16 @@ async fn run(
         for m in &mut members {
             match &m.node_name {
                 Some(n) => {
-                    if names.get(&m.peer_id) != Some(n) {
-                        names.insert(m.peer_id.clone(), n.clone());
+                    if st.names.get(&m.peer_id) != Some(n) {
+                        st.names.insert(m.peer_id.clone(), n.clone());
                     }
                 }
-                None => m.node_name = names.get(&m.peer_id).cloned(),
+                None => m.node_name = st.names.get(&m.peer_id).cloned(),
             }
         }
         // Events on status changes.
         for m in &members {
-            let before = match known.get_mut(&m.peer_id) {
+            let before = match st.known.get_mut(&m.peer_id) {
                 Some((status, seen)) => {
                     *seen = round;
                     if *status == m.status {
@@ -830,13 +1031,13 @@ async fn run(
                     // A new member is announced once its name is known (or after a few seconds
                     // without).
                     if m.node_name.is_none() && !m.is_self {
-                        let since = *unnamed_since.entry(m.peer_id.clone()).or_insert(now);
+                        let since = *st.unnamed_since.entry(m.peer_id.clone()).or_insert(now);
                         if now.duration_since(since) < Duration::from_secs(5) {
                             continue;
                         }
                     }
-                    unnamed_since.remove(&m.peer_id);
-                    known.insert(m.peer_id.clone(), (m.status, round));
+                    st.unnamed_since.remove(&m.peer_id);
+                    st.known.insert(m.peer_id.clone(), (m.status, round));
                     None
                 }
             };
@@ -856,19 +1057,62 @@ async fn run(
                 _ => None,
             };
             if let Some(e) = event {
-                let _ = events.send(e);
+                let _ = lp.events.send(e);
             }
         }
-        let gone: Vec<String> = known
-            .iter()
-            .filter(|(_, (_, r))| *r != round)
-            .map(|(p, _)| p.clone())
-            .collect();
-        for p in gone {
-            known.remove(&p);
-            names.remove(&p);
-            let _ = events.send(MembershipEvent::Removed { peer_id: p });
+        // Shortly after chitchat restarted with an empty state, members still to be heard again
+        // are kept as they were rather than reported removed.
+        let settling = st
+            .restarted
+            .is_some_and(|t| now.duration_since(t) < RESTART_GRACE);
+        if settling {
+            let listed: HashSet<String> = members.iter().map(|m| m.peer_id.clone()).collect();
+            let previous = shared.members.read().clone();
+            members.extend(
+                previous
+                    .into_iter()
+                    .filter(|m| !listed.contains(&m.peer_id)),
+            );
+        } else {
+            let gone: Vec<String> = st
+                .known
+                .iter()
+                .filter(|(_, (_, r))| *r != round)
+                .map(|(p, _)| p.clone())
+                .collect();
+            for p in gone {
+                st.known.remove(&p);
+                st.names.remove(&p);
+                let _ = lp.events.send(MembershipEvent::Removed { peer_id: p });
+            }
         }
         *shared.members.write() = members;
+    }
+}
+
+impl Member {
+    /// Stands for a node whose identity did not check out (never listed).
+    fn placeholder() -> Self {
+        Self {
+            peer_id: String::new(),
+            node_name: None,
+            status: MemberStatus::Dead,
+            is_self: false,
+            gossip_addr: String::new(),
+            generation: 0,
+            health: None,
+            capacity: None,
+            zone: None,
+            labels: BTreeMap::new(),
+            services: Vec::new(),
+            endpoints: None,
+            models: BTreeMap::new(),
+            last_heard_ms: None,
+            rtt_ms: None,
+        }
+    }
+
+    fn is_placeholder(&self) -> bool {
+        self.peer_id.is_empty()
     }
 }

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::admission::{FleetPublicKey, JoinToken};
+use crate::admission::{JoinToken, Trust};
+use crate::datagram::{Datagrams, Udp};
 use crate::membership::{
     Clock, Member, MemberStatus, Membership, MembershipConfig, MembershipError, MembershipEvent,
 };
@@ -80,6 +81,11 @@ pub struct Mesh {
     rtt: Arc<parking_lot::RwLock<HashMap<PeerId, Duration>>>,
     /// Gossip bytes and messages through this node's chitchat socket.
     pub traffic: Arc<crate::transport::GossipTraffic>,
+    /// The fleet keys this node trusts; replacing them takes effect everywhere in the mesh.
+    pub trust: Trust,
+    /// Gossiped events refused: about another node than their signed origin, or a membership
+    /// fact this node's own view contradicts.
+    pub events_refused: Arc<std::sync::atomic::AtomicU64>,
     /// The task tying membership and swarm together.
     task: Arc<parking_lot::Mutex<Option<tokio::task::AbortHandle>>>,
 }
@@ -104,30 +110,22 @@ impl Mesh {
     pub async fn start(
         keypair: Keypair,
         token: JoinToken,
-        trusted: Vec<FleetPublicKey>,
+        trusted: Trust,
         config: MeshConfig,
         clock: Clock,
     ) -> Result<Self, MeshError> {
-        Self::start_on(
-            keypair,
-            token,
-            trusted,
-            config,
-            clock,
-            chitchat::transport::UdpTransport,
-        )
-        .await
+        Self::start_on(keypair, token, trusted, config, clock, Arc::new(Udp)).await
     }
 
-    /// Starts the mesh with gossip over `gossip` (UDP in the agent, chitchat's in-memory
-    /// transport in the simulation).
-    pub async fn start_on<T: chitchat::transport::Transport>(
+    /// Starts the mesh with gossip over `gossip` (UDP in the agent, an in-memory network in the
+    /// simulation).
+    pub async fn start_on(
         keypair: Keypair,
         token: JoinToken,
-        trusted: Vec<FleetPublicKey>,
+        trusted: Trust,
         config: MeshConfig,
         clock: Clock,
-        gossip: T,
+        gossip: Arc<dyn Datagrams>,
     ) -> Result<Self, MeshError> {
         let swarm = swarm::start(
             keypair.clone(),
@@ -135,24 +133,20 @@ impl Mesh {
                 listen: config.p2p_listen.clone(),
                 token: token.clone(),
                 trusted: trusted.clone(),
+                clock: clock.clone(),
                 admission_timeout: config.admission_timeout,
                 ping_interval: config.ping_interval,
                 memory: config.memory.clone(),
             },
         )
         .await?;
-        let traffic = Arc::new(crate::transport::GossipTraffic::default());
-        let transport = crate::transport::Counting {
-            inner: gossip,
-            traffic: traffic.clone(),
-        };
         let membership = Membership::start(
             config.membership.clone(),
             keypair,
             token,
-            trusted,
+            trusted.clone(),
             clock.clone(),
-            &transport,
+            gossip,
         )
         .await;
         let membership = match membership {
@@ -175,7 +169,10 @@ impl Mesh {
             p2p,
         }));
         let (events, _) = broadcast::channel(4096);
+        let traffic = membership.traffic.clone();
         let mesh = Self {
+            events_refused: Arc::default(),
+            trust: trusted,
             membership,
             swarm,
             events,
@@ -246,6 +243,37 @@ impl Mesh {
         let mut v: Vec<f64> = rtt.values().map(|d| d.as_secs_f64() * 1000.0).collect();
         v.sort_by(f64::total_cmp);
         Some((v[v.len() / 2], v[v.len() - 1], v.len()))
+    }
+
+    /// Whether a peer's event may be delivered. A node speaks only for itself: an event about
+    /// another node is a membership report, believed only when this node's own view agrees (the
+    /// reporter saw it first, but one admitted node cannot declare another dead, or alive).
+    fn believable(&self, e: &FleetEvent) -> Result<(), &'static str> {
+        if !e.topic.starts_with("member.") {
+            return if e.peer_id == e.origin {
+                Ok(())
+            } else {
+                Err("an event about another node than its origin")
+            };
+        }
+        if e.peer_id == self.peer_id().to_string() {
+            return Err("a membership report about this node");
+        }
+        let local = self.membership.member(&e.peer_id).map(|m| m.status);
+        let agrees = match e.topic.as_str() {
+            "member.dead" => matches!(local, Some(MemberStatus::Suspect | MemberStatus::Dead)),
+            "member.joined" | "member.recovered" => {
+                matches!(local, Some(MemberStatus::Alive | MemberStatus::Suspect))
+            }
+            "member.left" => local == Some(MemberStatus::Left),
+            "member.removed" => local.is_none(),
+            _ => false,
+        };
+        if agrees {
+            Ok(())
+        } else {
+            Err("a membership report this node's view contradicts")
+        }
     }
 
     fn member_event(&self, topic: &str, m: &Member) -> FleetEvent {
@@ -321,11 +349,17 @@ impl Mesh {
                                 // The origin is the gossipsub-signed source, whatever the payload says.
                                 Ok(mut e) => {
                                     e.origin = origin.to_string();
-                                    if first_report(&mut reported, &e) {
+                                    if let Err(why) = self.believable(&e) {
+                                        self.events_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                        tracing::info!(%origin, topic = %e.topic, peer_id = %e.peer_id, why, "fleet event refused");
+                                    } else if first_report(&mut reported, &e) {
                                         let _ = self.events.send(e);
                                     }
                                 }
-                                Err(e) => tracing::debug!(%origin, error = %e, "undecodable fleet event"),
+                                Err(e) => {
+                                    self.events_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    tracing::debug!(%origin, error = %e, "undecodable fleet event");
+                                }
                             }
                         }
                         _ => {}

@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::admission::{FleetPublicKey, JoinToken};
+use crate::admission::{FleetPublicKey, JoinToken, Trust};
+use crate::membership::Clock;
 
 /// The topic of fleet events.
 pub const EVENTS_TOPIC: &str = "augur/events/1";
@@ -59,7 +60,9 @@ pub struct SwarmConfig {
     /// Multiaddrs to listen on, e.g. `/ip4/127.0.0.1/udp/7073/quic-v1`.
     pub listen: Vec<Multiaddr>,
     pub token: JoinToken,
-    pub trusted: Vec<FleetPublicKey>,
+    pub trusted: Trust,
+    /// Wall time for token expiry (tests drive it from tokio's paused clock).
+    pub clock: Clock,
     /// How long a connected peer has to present a valid token.
     pub admission_timeout: Duration,
     pub ping_interval: Duration,
@@ -125,6 +128,9 @@ pub enum SwarmEvent {
 pub struct SwarmStats {
     pub admitted: AtomicU64,
     pub refused: AtomicU64,
+    /// Admitted peers disconnected later because their token expired or its fleet key was no
+    /// longer trusted (checked every sweep, 250 ms).
+    pub revoked: AtomicU64,
     pub messages_accepted: AtomicU64,
     pub messages_rejected: AtomicU64,
     pub published: AtomicU64,
@@ -372,9 +378,15 @@ pub async fn start(keypair: Keypair, config: SwarmConfig) -> Result<SwarmHandle,
     Ok(handle)
 }
 
+/// How often pending admissions and the admitted peers' credentials are checked.
+pub const ADMISSION_SWEEP: Duration = Duration::from_millis(250);
+
 struct State {
     /// Connected peers not yet admitted, with their deadline.
     pending: HashMap<PeerId, Instant>,
+    /// The credential each admitted peer presented: its expiry and fleet key, rechecked every
+    /// sweep for as long as the connection lives.
+    credentials: HashMap<PeerId, (u64, FleetPublicKey)>,
     /// Peers we sent our token to.
     asked: HashSet<PeerId>,
 }
@@ -402,23 +414,24 @@ async fn run(
     let our_token = config.token.to_string();
     let mut st = State {
         pending: HashMap::new(),
+        credentials: HashMap::new(),
         asked: HashSet::new(),
     };
     for a in &listening {
         let _ = events.send(SwarmEvent::Listening(a.clone()));
     }
-    let mut sweep = tokio::time::interval(Duration::from_millis(250));
-    let now_s = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    };
-    let verify = |peer: &PeerId, token: &str| -> Result<(), String> {
+    let mut sweep = tokio::time::interval(ADMISSION_SWEEP);
+    let clock = config.clock.clone();
+    let now_s = move || clock.now_ms() / 1000;
+    let verify = |peer: &PeerId, token: &str| -> Result<JoinToken, String> {
         let t: JoinToken = token
             .parse()
             .map_err(|e: crate::admission::AdmissionError| e.to_string())?;
-        t.verify(peer, &config.trusted, now_s())
-            .map_err(|e| e.to_string())
+        config
+            .trusted
+            .verify(&t, peer, now_s())
+            .map_err(|e| e.to_string())?;
+        Ok(t)
     };
     loop {
         tokio::select! {
@@ -474,6 +487,32 @@ async fn run(
                     });
                     let _ = swarm.disconnect_peer_id(p);
                 }
+                // Admission holds for the life of a connection: a token that expired, or whose
+                // fleet key was removed, ends it.
+                let now = now_s();
+                let revoked: Vec<(PeerId, String)> = st
+                    .credentials
+                    .iter()
+                    .filter_map(|(p, (expires, fleet))| {
+                        if now >= *expires {
+                            Some((*p, format!("its join token expired at {expires}")))
+                        } else if !config.trusted.trusts(fleet) {
+                            Some((*p, format!("fleet key {} is no longer trusted", fleet.fleet_id())))
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+                for (p, reason) in revoked {
+                    st.credentials.remove(&p);
+                    admitted.write().remove(&p);
+                    swarm.behaviour_mut().gossipsub.blacklist_peer(&p);
+                    stats.revoked.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(peer = %p, %reason, "admission revoked; disconnecting");
+                    let _ = events.send(SwarmEvent::Refused { peer: p, reason });
+                    let _ = events.send(SwarmEvent::Disconnected(p));
+                    let _ = swarm.disconnect_peer_id(p);
+                }
             }
             ev = swarm.select_next_some() => match ev {
                 LibSwarmEvent::NewListenAddr { address, .. } => {
@@ -497,12 +536,13 @@ async fn run(
                 LibSwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                     st.pending.remove(&peer_id);
                     st.asked.remove(&peer_id);
+                    st.credentials.remove(&peer_id);
                     if admitted.write().remove(&peer_id) {
                         let _ = events.send(SwarmEvent::Disconnected(peer_id));
                     }
                 }
                 LibSwarmEvent::Behaviour(BehaviourEvent::Admission(request_response::Event::Message { peer, message, .. })) => {
-                    let (token, answer) = match message {
+                    let answer = match message {
                         request_response::Message::Request { request, channel, .. } => {
                             let ok = verify(&peer, &request.token);
                             let response = AdmissionResponse {
@@ -510,25 +550,22 @@ async fn run(
                                 error: ok.as_ref().err().cloned(),
                             };
                             let _ = swarm.behaviour_mut().admission.send_response(channel, response);
-                            (Some(request.token), ok)
+                            ok
                         }
                         request_response::Message::Response { response, .. } => {
                             match response.token {
-                                Some(t) => {
-                                    let ok = verify(&peer, &t);
-                                    (Some(t), ok)
-                                }
-                                None => (None, Err(format!(
+                                Some(t) => verify(&peer, &t),
+                                None => Err(format!(
                                     "the peer refused our token: {}",
                                     response.error.unwrap_or_default()
-                                ))),
+                                )),
                             }
                         }
                     };
-                    let _ = token;
                     match answer {
-                        Ok(()) => {
+                        Ok(token) => {
                             st.pending.remove(&peer);
+                            st.credentials.insert(peer, (token.expires_unix_s, token.fleet.clone()));
                             if admitted.write().insert(peer) {
                                 swarm.behaviour_mut().gossipsub.remove_blacklisted_peer(&peer);
                                 stats.admitted.fetch_add(1, Ordering::Relaxed);
@@ -589,7 +626,8 @@ mod tests {
             SwarmConfig {
                 listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("addr")],
                 token,
-                trusted: trusted.to_vec(),
+                trusted: Trust::new(trusted.to_vec()),
+                clock: Clock::system(),
                 admission_timeout: Duration::from_secs(2),
                 ping_interval: Duration::from_millis(500),
                 memory: None,

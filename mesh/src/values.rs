@@ -36,10 +36,13 @@ pub enum ValueKind {
     Models,
     /// Set when the node leaves on purpose.
     Leaving,
+    /// The chitchat generation and gossip address this node runs under: chitchat's own node id
+    /// is not signed, so a member is believed only at the generation and address it signed.
+    Gossip,
 }
 
 impl ValueKind {
-    pub const ALL: [ValueKind; 8] = [
+    pub const ALL: [ValueKind; 9] = [
         ValueKind::Admission,
         ValueKind::Health,
         ValueKind::Capacity,
@@ -48,6 +51,7 @@ impl ValueKind {
         ValueKind::Endpoints,
         ValueKind::Models,
         ValueKind::Leaving,
+        ValueKind::Gossip,
     ];
 
     pub fn key(self) -> &'static str {
@@ -60,6 +64,7 @@ impl ValueKind {
             ValueKind::Endpoints => "augur.endpoints",
             ValueKind::Models => "augur.models",
             ValueKind::Leaving => "augur.leaving",
+            ValueKind::Gossip => "augur.gossip",
         }
     }
 
@@ -103,6 +108,13 @@ pub struct Endpoints {
     pub p2p: Vec<String>,
 }
 
+/// Where and as what a node gossips (see [`ValueKind::Gossip`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipIdentity {
+    pub generation: u64,
+    pub addr: String,
+}
+
 /// One published value.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -116,6 +128,7 @@ pub enum NodeValue {
     /// Model version per resource type.
     Models(BTreeMap<String, String>),
     Leaving(bool),
+    Gossip(GossipIdentity),
 }
 
 impl NodeValue {
@@ -129,6 +142,7 @@ impl NodeValue {
             NodeValue::Endpoints(_) => ValueKind::Endpoints,
             NodeValue::Models(_) => ValueKind::Models,
             NodeValue::Leaving(_) => ValueKind::Leaving,
+            NodeValue::Gossip(_) => ValueKind::Gossip,
         }
     }
 }
@@ -171,6 +185,8 @@ pub enum Rejected {
     Stale,
     #[error("the node has no valid join token")]
     Unadmitted,
+    #[error("chitchat lists the node at a generation or address it did not sign")]
+    WrongIdentity,
 }
 
 impl Rejected {
@@ -181,6 +197,7 @@ impl Rejected {
             Rejected::Malformed => "malformed",
             Rejected::Stale => "stale",
             Rejected::Unadmitted => "unadmitted",
+            Rejected::WrongIdentity => "wrong_identity",
         }
     }
 }

@@ -66,12 +66,37 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint; see the API table in the README".to_owned())
 }
 
+/// A restart of the gossip task keeps the node "degraded" this long (recent instability).
+const GOSSIP_RESTART_DEGRADES_MS: u64 = 10 * 60 * 1000;
+
 async fn healthz(State(st): State<ApiState>) -> Json<serde_json::Value> {
-    Json(json!({
-        "status": "ok",
+    let mut status = "ok";
+    let mut body = json!({
         "node_name": st.node_name.as_str(),
         "version": env!("CARGO_PKG_VERSION"),
-    }))
+    });
+    if let Some(mesh) = &st.mesh {
+        let ms = &mesh.membership.stats;
+        let restarts = ms
+            .gossip_restarts
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let last = ms.last_gossip_failure.lock().clone();
+        let running = mesh.membership.is_running();
+        let now_ms = augur_mesh::membership::Clock::system().now_ms();
+        let recent = last
+            .as_ref()
+            .is_some_and(|(_, at)| now_ms.saturating_sub(*at) < GOSSIP_RESTART_DEGRADES_MS);
+        if !running || recent {
+            status = "degraded";
+        }
+        body["mesh"] = json!({
+            "gossip": if running { "running" } else { "stopped" },
+            "gossip_restarts": restarts,
+            "last_gossip_failure": last.map(|(reason, at)| json!({"reason": reason, "at_unix_ms": at})),
+        });
+    }
+    body["status"] = json!(status);
+    Json(body)
 }
 
 async fn status(State(st): State<ApiState>) -> Json<super::Status> {
@@ -141,7 +166,7 @@ async fn metrics(State(st): State<ApiState>) -> Response {
         counter_family(
             &mut extra,
             "augur_mesh_values_rejected",
-            "Gossiped values dropped, by reason (unsigned, bad_signature, malformed, stale, unadmitted)",
+            "Gossiped values dropped, by reason (unsigned, bad_signature, malformed, stale, unadmitted, wrong_identity)",
             ms.rejected()
                 .into_iter()
                 .map(|(r, n)| (format!("reason=\"{r}\""), n as f64)),
@@ -186,12 +211,45 @@ async fn metrics(State(st): State<ApiState>) -> Response {
                 ),
             ],
         );
+        let sec = &mesh.membership.sessions.stats;
+        counter_family(
+            &mut extra,
+            "augur_mesh_gossip_dropped",
+            "Gossip datagrams dropped before chitchat saw them (incoming: malformed, unknown_sender, bad_tag, replayed, unadmitted, bad_probe, rate_limited, bad_message, too_many_peers) or not sent (unbound_destination, oversize)",
+            sec.dropped()
+                .into_iter()
+                .map(|(d, n)| (format!("reason=\"{}\"", d.as_str()), n as f64)),
+        );
+        gauge_family(
+            &mut extra,
+            "augur_mesh_gossip_sessions",
+            "Admitted peers holding an authenticated gossip session",
+            [(String::new(), sec.sessions.load(Relaxed) as f64)],
+        );
+        counter_family(
+            &mut extra,
+            "augur_mesh_gossip_restarts",
+            "Times the gossip task ended unexpectedly and was started again with fresh state",
+            [(String::new(), ms.gossip_restarts.load(Relaxed) as f64)],
+        );
+        counter_family(
+            &mut extra,
+            "augur_mesh_events_refused",
+            "Gossiped fleet events refused (about another node than their origin, or contradicted by this node's view)",
+            [(String::new(), mesh.events_refused.load(Relaxed) as f64)],
+        );
         let ss = &mesh.swarm.stats;
         counter_family(
             &mut extra,
             "augur_mesh_peers_refused",
             "libp2p peers disconnected for lacking a valid join token",
             [(String::new(), ss.refused.load(Relaxed) as f64)],
+        );
+        counter_family(
+            &mut extra,
+            "augur_mesh_peers_revoked",
+            "Admitted libp2p peers disconnected because their token expired or its fleet key was removed",
+            [(String::new(), ss.revoked.load(Relaxed) as f64)],
         );
         counter_family(
             &mut extra,
