@@ -37,6 +37,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
+    for name in Config::ignored_env_vars(&sources) {
+        tracing::warn!(variable = %name, "ignoring an AUGUR_ environment variable that names no configuration section");
+    }
     let node_name = cfg.node_name();
     let data_dir = cfg.data_dir();
     std::fs::create_dir_all(&data_dir).with_context(|| {

@@ -465,18 +465,19 @@ impl Config {
             }
             fig = fig.merge(Toml::file_exact(file));
         }
-        // One code path for the process environment and the one tests pass in.
-        let vars: Vec<(String, String)> = match &sources.env {
-            Some(vars) => vars.clone(),
-            None => std::env::vars()
-                .filter(|(k, _)| k.starts_with("AUGUR_"))
-                .collect(),
-        };
+        let (vars, _) = env_vars(sources);
         fig = fig.merge(Toml::string(&env_toml(&vars)?));
         fig = fig.merge(Serialized::defaults(&sources.overrides));
         let cfg: Config = fig.extract().map_err(Box::new)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// `AUGUR_*` variables that name no configuration section (for example `AUGUR_BIN`): the
+    /// environment is shared with other tools, so these are ignored (the agent logs a warning)
+    /// rather than refused. A variable naming a section with an unknown key is still an error.
+    pub fn ignored_env_vars(sources: &Sources) -> Vec<String> {
+        env_vars(sources).1
     }
 
     /// Parses a TOML text alone (over the defaults), as `augur validate-config` does.
@@ -722,6 +723,37 @@ impl Config {
     }
 }
 
+/// The `AUGUR_*` variables that are configuration (the process environment, or the one tests pass
+/// in), and the names of those that are not: their first part names no top-level setting.
+fn env_vars(sources: &Sources) -> (Vec<(String, String)>, Vec<String>) {
+    let vars: Vec<(String, String)> = match &sources.env {
+        Some(vars) => vars.clone(),
+        None => std::env::vars()
+            .filter(|(k, _)| k.starts_with("AUGUR_"))
+            .collect(),
+    };
+    let top: Vec<String> = match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    let (mut keep, mut ignored) = (Vec::new(), Vec::new());
+    for (k, v) in vars {
+        let first = k
+            .strip_prefix("AUGUR_")
+            .unwrap_or(&k)
+            .split("__")
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if top.contains(&first) {
+            keep.push((k, v));
+        } else {
+            ignored.push(k);
+        }
+    }
+    (keep, ignored)
+}
+
 /// Turns `AUGUR_*` variables into TOML: `AUGUR_API__HTTP_ADDR=x` becomes `api.http_addr = "x"`.
 /// A value that is valid TOML on its own (number, boolean, array, quoted string) is taken as such;
 /// anything else is a string.
@@ -844,8 +876,24 @@ mod tests {
     fn unknown_environment_keys_are_errors() {
         let err = Config::load(&sources(&[("AUGUR_HISTORY__MAX_AGEE", "1d")])).expect_err("typo");
         assert!(err.to_string().contains("max_agee"), "{err}");
-        let err = Config::load(&sources(&[("AUGUR_A-B", "1")])).expect_err("bad key");
-        assert!(err.to_string().contains("AUGUR_A-B"), "{err}");
+        let err = Config::load(&sources(&[("AUGUR_API__HTTP-ADDR", "1")])).expect_err("bad key");
+        assert!(err.to_string().contains("AUGUR_API__HTTP-ADDR"), "{err}");
+    }
+
+    #[test]
+    fn environment_variables_that_name_no_section_are_ignored() {
+        // AUGUR_BIN is what docs/BENCHMARKS.md tells people to export for the bench driver.
+        let src = sources(&[
+            ("AUGUR_BIN", "/usr/local/bin/augur"),
+            ("AUGUR_A-B", "1"),
+            ("AUGUR_NODE_NAME", "from-env"),
+        ]);
+        let cfg = Config::load(&src).expect("loads");
+        assert_eq!(cfg.node_name().as_str(), "from-env");
+        assert_eq!(
+            Config::ignored_env_vars(&src),
+            vec!["AUGUR_BIN".to_owned(), "AUGUR_A-B".to_owned()]
+        );
     }
 
     #[test]

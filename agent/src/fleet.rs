@@ -276,7 +276,9 @@ impl EventLog {
     pub fn since(&self, after: u64, topics: &[String]) -> (Page, broadcast::Receiver<Logged>) {
         let inner = self.inner.lock();
         let oldest = inner.events.front().map_or(inner.next, |e| e.index);
-        let missed = oldest.saturating_sub(after + 1);
+        // An index past the newest (a client resuming against a restarted agent) is "from now":
+        // nothing was missed. `after + 1` wrapped for u64::MAX and reported one.
+        let missed = oldest.saturating_sub(after.saturating_add(1));
         let events: Vec<Logged> = inner
             .events
             .iter()
@@ -615,6 +617,15 @@ mod tests {
         let (_, mut rx) = log.since(4, &[]);
         log.push(event("member.left"));
         assert_eq!(rx.try_recv().map(|l| l.index).ok(), Some(5));
+        // An index past the newest, up to u64::MAX, misses nothing and lists nothing.
+        for after in [6, u64::MAX - 1, u64::MAX] {
+            let (page, _) = log.since(after, &[]);
+            assert_eq!(
+                (page.missed, page.events.len(), page.next),
+                (0, 0, 5),
+                "{after}"
+            );
+        }
     }
 
     #[tokio::test]

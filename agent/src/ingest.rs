@@ -35,6 +35,9 @@ pub enum RejectReason {
     TooManyResources,
     Oversized,
     Overloaded,
+    /// The history's storage is failing (a full disk): nothing can be made durable until it
+    /// recovers.
+    StorageFailure,
 }
 
 impl RejectReason {
@@ -58,6 +61,7 @@ impl RejectReason {
             RejectReason::TooManyResources => "too_many_resources",
             RejectReason::Oversized => "oversized",
             RejectReason::Overloaded => "overloaded",
+            RejectReason::StorageFailure => "storage_failure",
         }
     }
 }

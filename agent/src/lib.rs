@@ -7,6 +7,7 @@ pub mod cli;
 pub mod collect;
 pub mod config;
 pub mod eval;
+pub mod files;
 pub mod fleet;
 pub mod history;
 pub mod ingest;

@@ -134,7 +134,11 @@ impl ModelStore {
         let on_disk = self
             .dir
             .as_ref()
-            .and_then(|d| versions(&d.join(resource_type)).first().map(|v| v.0))
+            .and_then(|d| {
+                versions(&d.join(crate::files::component(resource_type)))
+                    .first()
+                    .map(|v| v.0)
+            })
             .unwrap_or(0);
         installed.max(on_disk) + 1
     }
@@ -142,22 +146,25 @@ impl ModelStore {
     /// Saves the models as a new version (keeping the newest `keep`) and installs them.
     pub fn install(&self, models: TrainedModels, keep: usize) -> std::io::Result<()> {
         if let Some(dir) = &self.dir {
-            let type_dir = dir.join(&models.meta.resource_type);
-            std::fs::create_dir_all(&type_dir)?;
+            // The type is input (any pushed record names one): encoded, it is one folder inside
+            // `models/`, whatever it contains.
+            let type_dir = dir.join(crate::files::component(&models.meta.resource_type));
             let name = format!("v{:06}", models.meta.version);
-            let path = type_dir.join(format!("{name}.cbor"));
-            let tmp = type_dir.join(format!("{name}.cbor.tmp"));
-            let file = std::fs::File::create(&tmp)?;
-            let mut w = std::io::BufWriter::new(file);
-            ciborium::into_writer(&models, &mut w).map_err(std::io::Error::other)?;
-            let file = w.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
+            crate::files::write_atomic(&type_dir.join(format!("{name}.cbor")), |w| {
+                ciborium::into_writer(&models, w).map_err(std::io::Error::other)
+            })?;
             let meta = serde_json::to_vec_pretty(&models.meta).map_err(std::io::Error::other)?;
-            std::fs::write(type_dir.join(format!("{name}.json")), meta)?;
+            crate::files::write_atomic(&type_dir.join(format!("{name}.json")), |w| {
+                std::io::Write::write_all(w, &meta)
+            })?;
+            let mut removed = false;
             for (_, old) in versions(&type_dir).into_iter().skip(keep.max(1)) {
                 let _ = std::fs::remove_file(old.with_extension("json"));
                 let _ = std::fs::remove_file(&old);
+                removed = true;
+            }
+            if removed {
+                crate::files::sync_dir(&type_dir)?;
             }
         }
         self.put(models);
@@ -386,6 +393,65 @@ mod tests {
                 labels: BTreeMap::new(),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_resource_type_never_names_a_path_outside_the_models_folder() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let data = root.path().join("a").join("b").join("data");
+        std::fs::create_dir_all(&data).expect("mkdir");
+        let history = History::open(&data, 1 << 20, 100).expect("history");
+        let start = UnixMicros(UnixMicros::now().0 - 2_000 * 1_000_000);
+        history.write(&samples(1_500, start)).expect("write");
+        let store = ModelStore::open(&data);
+        let o = train_type(&history, &store, &Config::default(), "service");
+        assert!(o.trained.is_some(), "{:?}", o.skipped);
+        let trained = store.get("service").expect("installed");
+        // Before: `../../escape` wrote data/escape/v000001.cbor (and rotation deleted v*.cbor
+        // there); an absolute type wrote wherever it named.
+        let outside = root.path().join("outside");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::fs::write(outside.join("v000001.cbor"), b"keep me").expect("write");
+        let types = [
+            "../../escape".to_owned(),
+            format!("{}/", outside.display()),
+            "a/b".to_owned(),
+            "..".to_owned(),
+        ];
+        for t in &types {
+            let mut m = (*trained).clone();
+            m.meta.resource_type = t.clone();
+            m.meta.version = 7;
+            store.install(m, 1).expect("installs");
+        }
+        let models = data.join(MODELS_DIR);
+        let mut files = Vec::new();
+        let mut stack = vec![root.path().to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("ls").flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    files.push(e.path());
+                }
+            }
+        }
+        for f in &files {
+            assert!(
+                f.starts_with(&models) || f.starts_with(&outside) || f.parent() == Some(&data),
+                "{} is outside the data directory's models folder",
+                f.display()
+            );
+        }
+        assert_eq!(
+            std::fs::read(outside.join("v000001.cbor")).expect("read"),
+            b"keep me"
+        );
+        // Each type has its own folder and reloads under its own name.
+        let reopened = ModelStore::open(&data);
+        for t in &types {
+            assert_eq!(reopened.get(t).map(|m| m.meta.version), Some(7), "{t}");
+        }
     }
 
     #[test]

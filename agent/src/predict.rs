@@ -158,19 +158,12 @@ impl Stage {
         }
     }
 
-    /// Writes the snapshot atomically (temporary file, fsync, rename).
+    /// Writes the snapshot atomically (temporary file, fsync, rename, fsync of the folder).
     fn save(&self, path: &Path) -> std::io::Result<usize> {
         let snap = self.snapshot();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("cbor.tmp");
-        let file = std::fs::File::create(&tmp)?;
-        let mut w = std::io::BufWriter::new(file);
-        ciborium::into_writer(&snap, &mut w).map_err(std::io::Error::other)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
+        crate::files::write_atomic(path, |w| {
+            ciborium::into_writer(&snap, w).map_err(std::io::Error::other)
+        })?;
         Ok(snap.resources.len())
     }
 

@@ -66,6 +66,8 @@ pub struct Stats {
     pub commit_seconds: Histogram,
     pub retention_deleted: Counter,
     pub predict_dropped: Counter,
+    /// Times the history store was reopened after a storage failure and writes resumed.
+    pub storage_recoveries: Counter,
     collect_errors: Family<NameLabels, Counter>,
     log_lines_matched: Family<NameLabels, Counter>,
     scrape_errors: Family<NameLabels, Counter>,
@@ -94,6 +96,7 @@ impl Stats {
         let commit_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         let retention_deleted = Counter::default();
         let predict_dropped = Counter::default();
+        let storage_recoveries = Counter::default();
         let collect_errors = Family::<NameLabels, Counter>::default();
         let log_lines_matched = Family::<NameLabels, Counter>::default();
         let scrape_errors = Family::<NameLabels, Counter>::default();
@@ -131,6 +134,11 @@ impl Stats {
             retention_deleted.clone(),
         );
         registry.register(
+            "history_storage_recoveries",
+            "Times the history store was reopened after a storage failure (a full disk) and writes resumed",
+            storage_recoveries.clone(),
+        );
+        registry.register(
             "predict_dropped",
             "Committed samples the prediction stage could not keep up with",
             predict_dropped.clone(),
@@ -164,6 +172,7 @@ impl Stats {
             commit_seconds,
             retention_deleted,
             predict_dropped,
+            storage_recoveries,
             collect_errors,
             log_lines_matched,
             scrape_errors,

@@ -32,6 +32,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, Json(json!({ "error": self.to_string() }))).into_response()
@@ -75,6 +76,13 @@ async fn healthz(State(st): State<ApiState>) -> Json<serde_json::Value> {
         "node_name": st.node_name.as_str(),
         "version": env!("CARGO_PKG_VERSION"),
     });
+    // Writes failing under the history (a full disk): pushes get 507 and collected samples are
+    // dropped (counted) until the writer reopens the store by itself.
+    let failure = st.history.failure();
+    if failure.is_some() {
+        status = "degraded";
+    }
+    body["storage"] = json!({ "writable": failure.is_none(), "failure": failure });
     if let Some(mesh) = &st.mesh {
         let ms = &mesh.membership.stats;
         let restarts = ms

@@ -51,13 +51,18 @@ pub enum ApiError {
     PayloadTooLarge { limit: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// The history's storage is failing (a full disk): HTTP 507.
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("{0}")]
     Internal(String),
 }
 
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
-        if e.is_retryable() {
+        if matches!(e, SubmitError::Storage(_)) {
+            ApiError::InsufficientStorage(e.to_string())
+        } else if e.is_retryable() {
             ApiError::Unavailable(e.to_string())
         } else {
             ApiError::Internal(e.to_string())
@@ -72,7 +77,9 @@ impl From<ApiError> for tonic::Status {
             ApiError::NotFound(_) => tonic::Status::not_found(msg),
             ApiError::BadRequest(_) => tonic::Status::invalid_argument(msg),
             ApiError::PayloadTooLarge { .. } => tonic::Status::resource_exhausted(msg),
-            ApiError::Unavailable(_) => tonic::Status::unavailable(msg),
+            ApiError::Unavailable(_) | ApiError::InsufficientStorage(_) => {
+                tonic::Status::unavailable(msg)
+            }
             ApiError::Internal(_) => tonic::Status::internal(msg),
         }
     }
@@ -119,6 +126,8 @@ pub struct PushBatch<'a> {
     limits: crate::ingest::Limits,
     pub outcome: PushOutcome,
     pub samples: Vec<Sample>,
+    /// The request index of each sample in `samples`.
+    indices: Vec<usize>,
     /// Types of resources first seen in this batch: a batch cannot give one resource two types.
     types: std::collections::HashMap<augur_proto::ResourceId, augur_proto::ResourceType>,
 }
@@ -132,6 +141,7 @@ impl<'a> PushBatch<'a> {
             limits: ingestor.limits(),
             outcome: PushOutcome::default(),
             samples: Vec::new(),
+            indices: Vec::new(),
             types: std::collections::HashMap::new(),
         }
     }
@@ -155,6 +165,7 @@ impl<'a> PushBatch<'a> {
                     .entry(s.resource_id.clone())
                     .or_insert_with(|| s.resource_type.clone());
                 self.samples.push(s);
+                self.indices.push(index);
             }
             Err(r) => self.outcome.refuse(index, r),
         }
@@ -173,7 +184,27 @@ impl<'a> PushBatch<'a> {
     /// Submits what passed and waits until it is durable.
     pub async fn commit(mut self) -> Result<PushOutcome, ApiError> {
         let samples = std::mem::take(&mut self.samples);
-        self.outcome.accepted += self.ingestor.submit(self.source, samples).await?;
+        let described: Vec<(String, String)> = samples
+            .iter()
+            .map(|s| (s.resource_id.to_string(), s.resource_type.to_string()))
+            .collect();
+        let written = self.ingestor.submit(self.source, samples).await?;
+        self.outcome.accepted += written.accepted;
+        // Refused at write time (another push gave the resource a type first): listed like every
+        // other refusal, so the answer is 422 and says which and why.
+        for i in written.conflicted {
+            let (id, ty) = &described[i];
+            self.outcome.refuse(
+                self.indices[i],
+                Rejection::new(
+                    crate::ingest::RejectReason::TypeConflict,
+                    format!(
+                        "resource {id} was given another type by a concurrent push before this \
+                         {ty} sample was written"
+                    ),
+                ),
+            );
+        }
         Ok(self.outcome)
     }
 }
@@ -228,5 +259,58 @@ impl ApiState {
             http_addr: self.http_addr.to_string(),
             grpc_addr: self.grpc_addr.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::writer;
+
+    fn record(id: &str, ty: &str) -> augur_proto::TelemetryRecord {
+        serde_json::from_value(serde_json::json!({
+            "resource_id": id, "resource_type": ty, "metrics": {"x": 1.0}
+        }))
+        .expect("record")
+    }
+
+    /// Two pushes give one new resource two types at once: both pass admission (the registry
+    /// does not know the resource yet); the writer keeps the first and refuses the second, and
+    /// that push's answer lists the refusal (before: 200 with a lower `accepted` and no error).
+    #[tokio::test]
+    async fn a_type_conflict_found_at_write_time_is_reported_as_a_refusal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let history = History::open(dir.path(), 1 << 20, 10).expect("history");
+        let stats = Arc::new(Stats::new());
+        let (_tx_cfg, rx_cfg) = watch::channel(Arc::new(Config::default()));
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let ingestor = Ingestor::new(tx, history.clone(), stats.clone(), rx_cfg.clone());
+        let mut a = PushBatch::new(&ingestor, Source::Http);
+        a.record(0, Ok(record("web-1", "service")));
+        let mut b = PushBatch::new(&ingestor, Source::Http);
+        b.record(0, Ok(record("other", "service")));
+        b.record(1, Ok(record("web-1", "host")));
+        assert_eq!((a.samples.len(), b.samples.len()), (1, 2), "both admitted");
+        let (tx_committed, _rx_committed) = tokio::sync::mpsc::channel(16);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        // Both queued before the writer runs: one transaction, the first push wins.
+        let (ra, rb, ()) = tokio::join!(a.commit(), b.commit(), async {
+            tokio::task::yield_now().await;
+            tokio::spawn(writer::run(
+                history.clone(),
+                rx,
+                tx_committed,
+                rx_cfg,
+                stats.clone(),
+                shutdown.clone(),
+            ));
+        });
+        let (ra, rb) = (ra.expect("a commits"), rb.expect("b commits"));
+        assert_eq!((ra.accepted, ra.rejected), (1, 0));
+        assert_eq!((rb.accepted, rb.rejected), (1, 1));
+        assert_eq!(rb.errors.len(), 1);
+        assert_eq!(rb.errors[0].index, 1);
+        assert_eq!(rb.errors[0].reason, "type_conflict");
+        shutdown.cancel();
     }
 }

@@ -33,6 +33,37 @@ pub enum StoreError {
     Db(#[from] redb::Error),
     #[error("history store holds an undecodable record for {resource}: {reason}")]
     Corrupt { resource: String, reason: String },
+    #[error("the history store is being reopened after a storage failure; retry in a few seconds")]
+    Reopening,
+}
+
+impl StoreError {
+    /// A failure of the storage under the database (a full disk, an I/O error): writes cannot
+    /// succeed until the database is reopened, which [`History::recover`] does.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db(redb::Error::Io(_) | redb::Error::PreviousIo) | StoreError::Reopening
+        )
+    }
+
+    /// The disk is full (ENOSPC or EDQUOT underneath).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Db(redb::Error::Io(e)) => matches!(e.raw_os_error(), Some(28 | 122)),
+            _ => false,
+        }
+    }
+}
+
+/// Writes are failing: why, and since when.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StorageFailure {
+    pub error: String,
+    pub disk_full: bool,
+    pub since_unix_ms: u64,
+    /// Reopening attempts since it began.
+    pub attempts: u64,
 }
 
 macro_rules! store_from {
@@ -115,9 +146,13 @@ pub struct History {
 
 #[derive(Debug)]
 struct Inner {
-    db: Database,
+    /// `None` only while it is being reopened after a storage failure.
+    db: RwLock<Option<Arc<Database>>>,
+    path: std::path::PathBuf,
+    cache_bytes: u64,
     window: usize,
     state: RwLock<HashMap<ResourceId, Tracked>>,
+    failure: RwLock<Option<StorageFailure>>,
 }
 
 fn key_len(id: &str) -> u64 {
@@ -134,9 +169,8 @@ fn decode(resource: &str, bytes: &[u8]) -> Result<Stored, StoreError> {
 impl History {
     /// Opens (or creates) the store and reloads each resource's window from disk.
     pub fn open(dir: &Path, cache_bytes: u64, window: usize) -> Result<Self, StoreError> {
-        let db = Database::builder()
-            .set_cache_size(usize::try_from(cache_bytes).unwrap_or(usize::MAX))
-            .create(dir.join(DB_FILE))?;
+        let path = dir.join(DB_FILE);
+        let db = Self::open_db(&path, cache_bytes)?;
         {
             let tx = db.begin_write()?;
             tx.open_table(SAMPLES)?;
@@ -181,11 +215,88 @@ impl History {
         }
         Ok(Self {
             inner: Arc::new(Inner {
-                db,
+                db: RwLock::new(Some(Arc::new(db))),
+                path,
+                cache_bytes,
                 window,
                 state: RwLock::new(state),
+                failure: RwLock::new(None),
             }),
         })
+    }
+
+    fn open_db(path: &Path, cache_bytes: u64) -> Result<Database, StoreError> {
+        Ok(Database::builder()
+            .set_cache_size(usize::try_from(cache_bytes).unwrap_or(usize::MAX))
+            .create(path)?)
+    }
+
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.inner.db.read().clone().ok_or(StoreError::Reopening)
+    }
+
+    /// Why writes are failing, if they are.
+    pub fn failure(&self) -> Option<StorageFailure> {
+        self.inner.failure.read().clone()
+    }
+
+    /// Records a storage failure (the first one's time is kept).
+    pub fn fail(&self, e: &StoreError, now_unix_ms: u64) {
+        let mut f = self.inner.failure.write();
+        match f.as_mut() {
+            Some(f) => {
+                f.error = e.to_string();
+                f.disk_full |= e.is_disk_full();
+            }
+            None => {
+                *f = Some(StorageFailure {
+                    error: e.to_string(),
+                    disk_full: e.is_disk_full(),
+                    since_unix_ms: now_unix_ms,
+                    attempts: 0,
+                });
+            }
+        }
+    }
+
+    /// After a storage failure: closes the database (waiting up to `wait` for readers to finish),
+    /// opens it again (redb discards the uncommitted transaction; every committed one is there)
+    /// and commits an empty transaction to check that writes go through. On success the failure
+    /// is cleared. Blocking: run it off the async runtime.
+    pub fn recover(&self, wait: std::time::Duration) -> Result<(), StoreError> {
+        if let Some(f) = self.inner.failure.write().as_mut() {
+            f.attempts += 1;
+        }
+        let old = self.inner.db.write().take();
+        if let Some(old) = old {
+            let deadline = std::time::Instant::now() + wait;
+            let mut old = Some(old);
+            while let Some(db) = old.take() {
+                match Arc::try_unwrap(db) {
+                    Ok(db) => drop(db),
+                    Err(db) if std::time::Instant::now() < deadline => {
+                        old = Some(db);
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Err(db) => {
+                        // Readers still hold it: put it back and try again later.
+                        *self.inner.db.write() = Some(db);
+                        return Err(StoreError::Reopening);
+                    }
+                }
+            }
+        }
+        let db = Self::open_db(&self.inner.path, self.inner.cache_bytes)?;
+        let probe = (|| -> Result<(), StoreError> {
+            let tx = db.begin_write()?;
+            tx.open_table(SAMPLES)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        *self.inner.db.write() = Some(Arc::new(db));
+        probe?;
+        *self.inner.failure.write() = None;
+        Ok(())
     }
 
     /// Checks that a sample fits what is known: a resource keeps its type, and the number of
@@ -218,7 +329,7 @@ impl History {
         let mut outcome = WriteOutcome::default();
         let mut touched: HashMap<ResourceId, ResourceMeta> = HashMap::new();
         let mut merged: Vec<Arc<Sample>> = Vec::with_capacity(samples.len());
-        let tx = self.inner.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         {
             let mut table = tx.open_table(SAMPLES)?;
             let mut resources = tx.open_table(RESOURCES)?;
@@ -338,7 +449,7 @@ impl History {
         let Some(resource_type) = self.type_of(id) else {
             return Ok(None);
         };
-        let tx = self.inner.db.begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let table = tx.open_table(SAMPLES)?;
         let mut samples = Vec::new();
         let mut truncated = false;
@@ -368,7 +479,7 @@ impl History {
         let Some(resource_type) = self.type_of(id) else {
             return Ok(false);
         };
-        let tx = self.inner.db.begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let table = tx.open_table(SAMPLES)?;
         for (n, entry) in table
             .range((id.as_str(), since.0)..=(id.as_str(), i64::MAX))?
@@ -462,7 +573,7 @@ impl History {
         }
         let mut updated: Vec<(ResourceId, Option<ResourceMeta>)> = Vec::new();
         let mut deleted = 0u64;
-        let tx = self.inner.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         {
             let mut table = tx.open_table(SAMPLES)?;
             let mut resources = tx.open_table(RESOURCES)?;
@@ -562,7 +673,7 @@ impl History {
 
     /// Samples stored on disk, counted from the table itself (for tests and checks).
     pub fn count_on_disk(&self) -> Result<u64, StoreError> {
-        let tx = self.inner.db.begin_read()?;
+        let tx = self.db()?.begin_read()?;
         Ok(tx.open_table(SAMPLES)?.len()?)
     }
 }

@@ -21,7 +21,17 @@ const MAX_GROUP_SAMPLES: usize = 100_000;
 pub struct WriteRequest {
     pub source: Source,
     pub samples: Vec<Sample>,
-    pub done: Option<oneshot::Sender<Result<usize, Arc<StoreError>>>>,
+    pub done: Option<oneshot::Sender<Result<Written, Arc<StoreError>>>>,
+}
+
+/// What became of a submission once committed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Samples now durable.
+    pub accepted: usize,
+    /// Positions (in the submitted order) of samples refused at write time because their
+    /// resource had meanwhile been given another type (by a concurrent submission).
+    pub conflicted: Vec<usize>,
 }
 
 /// Why a submission did not become durable.
@@ -31,6 +41,13 @@ pub enum SubmitError {
     Overloaded(Duration),
     #[error("the agent is shutting down")]
     ShuttingDown,
+    /// Writes fail under the history (a full disk): refused until the storage recovers, which
+    /// the writer notices by itself.
+    #[error(
+        "the history cannot be written ({0}); nothing was stored; free space in the data \
+         directory and retry: the agent resumes by itself"
+    )]
+    Storage(String),
     #[error(transparent)]
     Store(Arc<StoreError>),
 }
@@ -38,7 +55,10 @@ pub enum SubmitError {
 impl SubmitError {
     /// Whether the same request may succeed if sent again later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, SubmitError::Overloaded(_) | SubmitError::ShuttingDown)
+        matches!(
+            self,
+            SubmitError::Overloaded(_) | SubmitError::ShuttingDown | SubmitError::Storage(_)
+        )
     }
 }
 
@@ -89,11 +109,21 @@ impl Ingestor {
     }
 
     /// Queues samples and waits until they are durable.
-    pub async fn submit(&self, source: Source, samples: Vec<Sample>) -> Result<usize, SubmitError> {
+    pub async fn submit(
+        &self,
+        source: Source,
+        samples: Vec<Sample>,
+    ) -> Result<Written, SubmitError> {
         if samples.is_empty() {
-            return Ok(0);
+            return Ok(Written::default());
         }
         let n = samples.len();
+        if let Some(f) = self.history.failure() {
+            for _ in 0..n {
+                self.stats.rejected(source, RejectReason::StorageFailure);
+            }
+            return Err(SubmitError::Storage(f.error));
+        }
         let (done, rx_done) = oneshot::channel();
         let timeout = self.config.borrow().ingest.enqueue_timeout;
         let req = WriteRequest {
@@ -113,6 +143,7 @@ impl Ingestor {
         }
         match rx_done.await {
             Ok(Ok(written)) => Ok(written),
+            Ok(Err(e)) if e.is_storage_failure() => Err(SubmitError::Storage(e.to_string())),
             Ok(Err(e)) => Err(SubmitError::Store(e)),
             Err(_) => Err(SubmitError::ShuttingDown),
         }
@@ -122,6 +153,12 @@ impl Ingestor {
     pub fn submit_nowait(&self, source: Source, samples: Vec<Sample>) {
         let n = samples.len();
         if n == 0 {
+            return;
+        }
+        if self.history.failure().is_some() {
+            for _ in 0..n {
+                self.stats.rejected(source, RejectReason::StorageFailure);
+            }
             return;
         }
         let req = WriteRequest {
@@ -142,6 +179,9 @@ impl Ingestor {
     }
 }
 
+/// While writes fail, how often the writer tries to reopen the store.
+const RECOVERY_EVERY: Duration = Duration::from_secs(2);
+
 /// Runs until `shutdown`, then writes everything still queued and returns.
 pub async fn run(
     history: History,
@@ -153,10 +193,23 @@ pub async fn run(
 ) {
     let mut retention = tokio::time::interval(config.borrow().history.retention_interval);
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut recovery = tokio::time::interval(RECOVERY_EVERY);
+    recovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            _ = recovery.tick(), if history.failure().is_some() => {
+                let h = history.clone();
+                match tokio::task::spawn_blocking(move || h.recover(Duration::from_secs(1))).await {
+                    Ok(Ok(())) => {
+                        stats.storage_recoveries.inc();
+                        tracing::warn!("history storage writable again; writes resumed");
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "history storage still failing"),
+                    Err(e) => tracing::error!(error = %e, "history recovery panicked"),
+                }
+            }
             req = rx_writes.recv() => {
                 let Some(first) = req else { break };
                 let mut group = vec![first];
@@ -172,7 +225,7 @@ pub async fn run(
                 }
                 commit(&history, group, &tx_committed, &stats).await;
             }
-            _ = retention.tick() => {
+            _ = retention.tick(), if history.failure().is_none() => {
                 let cfg = config.borrow().clone();
                 let h = history.clone();
                 let result = tokio::task::spawn_blocking(move || {
@@ -245,24 +298,43 @@ async fn commit(
             let mut conflicted = outcome.conflicted.iter().peekable();
             let mut offset = 0;
             for (source, n, done) in replies {
-                let mut lost = 0;
-                while conflicted.next_if(|&&i| i < offset + n).is_some() {
-                    lost += 1;
+                let mut lost = Vec::new();
+                while let Some(&i) = conflicted.next_if(|&&i| i < offset + n) {
+                    lost.push(i - offset);
                     stats.rejected(source, RejectReason::TypeConflict);
                 }
                 offset += n;
-                stats.accepted(source, (n - lost) as u64);
+                stats.accepted(source, (n - lost.len()) as u64);
                 if let Some(done) = done {
-                    let _ = done.send(Ok(n - lost));
+                    let _ = done.send(Ok(Written {
+                        accepted: n - lost.len(),
+                        conflicted: lost,
+                    }));
                 }
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, "history write failed");
+            if e.is_storage_failure() {
+                if history.failure().is_none() {
+                    tracing::error!(error = %e, "history storage failing (disk full?); refusing writes until it recovers");
+                }
+                history.fail(&e, crate::sample::UnixMicros::now().0 as u64 / 1000);
+            } else {
+                tracing::error!(error = %e, "history write failed");
+            }
             let e = Arc::new(e);
-            for (_, _, done) in replies {
-                if let Some(done) = done {
-                    let _ = done.send(Err(e.clone()));
+            for (source, n, done) in replies {
+                match done {
+                    // The submitter hears why; nothing it sent was acknowledged.
+                    Some(done) => {
+                        let _ = done.send(Err(e.clone()));
+                    }
+                    // A collector's samples are lost: counted.
+                    None => {
+                        for _ in 0..n {
+                            stats.rejected(source, RejectReason::StorageFailure);
+                        }
+                    }
                 }
             }
         }

@@ -8,3 +8,4 @@ mod lifecycle;
 mod mesh;
 mod predict;
 mod sources;
+mod storage;
