@@ -106,6 +106,8 @@ pub async fn run(
         trainer: Some(trainer),
         mesh: mesh.clone(),
         events: events.clone(),
+        connections: api::Connections::default(),
+        predict_stats: predict::PredictStats::default(),
     };
 
     // The writer stops last: it drains what the others queued.
@@ -117,6 +119,7 @@ pub async fn run(
         predictions,
         models,
         Some(data_dir.join(predict::SNAPSHOT_FILE)),
+        api_state.predict_stats.clone(),
     );
     let writer = tokio::spawn(history::writer::run(
         history.clone(),
@@ -174,14 +177,17 @@ pub async fn run(
     ));
     let http_token = shutdown.child_token();
     let http_state = api_state.clone();
+    let max_connections = cfg.api.max_connections;
+    let http_gate = api::conn::Gate::new(max_connections, api_state.connections.http.clone());
+    let grpc_gate = api::conn::Gate::new(max_connections, api_state.connections.grpc.clone());
     tasks.spawn(async move {
-        if let Err(e) = api::http::serve(http_listener, http_state, http_token).await {
+        if let Err(e) = api::http::serve(http_listener, http_state, http_gate, http_token).await {
             tracing::error!(error = %e, "HTTP API stopped");
         }
     });
     let grpc_token = shutdown.child_token();
     tasks.spawn(async move {
-        if let Err(e) = api::grpc::serve(grpc_listener, api_state, grpc_token).await {
+        if let Err(e) = api::grpc::serve(grpc_listener, api_state, grpc_gate, grpc_token).await {
             tracing::error!(error = %e, "gRPC API stopped");
         }
     });

@@ -67,6 +67,19 @@ pub struct ApiConfig {
     pub max_body: ByteSize,
     /// Largest gRPC message; larger ones get RESOURCE_EXHAUSTED / OUT_OF_RANGE.
     pub max_grpc_message: ByteSize,
+    /// Connections open at once, per listener (HTTP, gRPC); more are closed as they arrive.
+    pub max_connections: usize,
+    /// An HTTP request's head (and the next one on an idle keep-alive connection), or a gRPC
+    /// connection's HTTP/2 preface, must arrive within this time.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// An HTTP request body must arrive within this time (408 otherwise).
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// A gRPC connection that reads nothing for this long is closed (keepalive pings every third
+    /// of it keep live clients reading).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -81,6 +94,9 @@ pub struct IngestConfig {
     pub max_clock_skew: Duration,
     /// Most distinct resources this agent tracks; samples of further resources are refused.
     pub max_resources: usize,
+    /// Most distinct metric names one resource may use over time; samples that add more are
+    /// refused (each metric costs the prediction engine up to ~30 KB).
+    pub max_metric_names: usize,
     /// Depth of the queue of batches waiting to be written.
     pub queue_depth: usize,
     /// How long a push waits for room in a full queue before it gets 503 / UNAVAILABLE.
@@ -122,6 +138,10 @@ pub struct ModelsConfig {
     pub max_training_samples: usize,
     /// Model versions kept on disk per type.
     pub keep_versions: usize,
+    /// Memory the prediction engines may hold together (estimated). Once it is used, engines learn
+    /// no new metrics and new resources get no engine (their samples are stored, not predicted,
+    /// and counted in `augur_predict_refused_total`).
+    pub max_engine_memory: ByteSize,
 }
 
 /// The fleet mesh. It starts when `join_token` is set (see `augur fleet init` and `augur fleet
@@ -326,6 +346,10 @@ impl Default for ApiConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7071)),
             max_body: ByteSize::mib(4),
             max_grpc_message: ByteSize::mib(4),
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -337,6 +361,7 @@ impl Default for IngestConfig {
             max_labels: 32,
             max_clock_skew: Duration::from_secs(300),
             max_resources: 10_000,
+            max_metric_names: crate::history::DEFAULT_MAX_METRIC_NAMES,
             queue_depth: 1024,
             enqueue_timeout: Duration::from_secs(2),
         }
@@ -363,6 +388,7 @@ impl Default for ModelsConfig {
             training_window: Duration::from_secs(24 * 3600),
             max_training_samples: 20_000,
             keep_versions: 3,
+            max_engine_memory: ByteSize::mib(256),
         }
     }
 }
@@ -533,6 +559,18 @@ impl Config {
         }
         if self.api.max_body.as_u64() < 1024 {
             return Err(invalid("api.max_body", "must be at least 1KiB"));
+        }
+        if self.api.max_connections == 0 {
+            return Err(invalid("api.max_connections", "must be at least 1"));
+        }
+        for (name, d) in [
+            ("api.header_timeout", self.api.header_timeout),
+            ("api.body_timeout", self.api.body_timeout),
+            ("api.idle_timeout", self.api.idle_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                return Err(invalid(name, "must be at least 100ms"));
+            }
         }
         if self.api.max_grpc_message.as_u64() < 1024 {
             return Err(invalid("api.max_grpc_message", "must be at least 1KiB"));

@@ -84,10 +84,67 @@ fn engine_config(cfg: &Config, resource_type: &str) -> (EngineConfig, f64) {
             horizon_s: rt.horizon.as_secs_f64(),
             limits: rt.limits,
             anomaly_learning: cfg.anomaly_learning_samples(resource_type),
+            max_metrics: cfg.ingest.max_metric_names,
             ..EngineConfig::default()
         },
         rt.threshold,
     )
+}
+
+/// An engine's memory is estimated again after this many of its samples (and when created).
+const ESTIMATE_EVERY: u64 = 64;
+/// How often engines of resources the history no longer holds are dropped.
+const EVICT_EVERY: Duration = Duration::from_secs(60);
+
+/// The engines' memory, estimated per engine and in total, against `models.max_engine_memory`.
+#[derive(Debug, Default)]
+struct Budget {
+    /// Per engine: its last estimate, and samples since.
+    per_engine: HashMap<ResourceId, (usize, u64)>,
+    total: usize,
+    warned: Option<Instant>,
+}
+
+impl Budget {
+    fn update(&mut self, id: &ResourceId, engine: &ResourceEngine) {
+        let e = self
+            .per_engine
+            .entry(id.clone())
+            .or_insert((0, ESTIMATE_EVERY));
+        e.1 += 1;
+        if e.1 >= ESTIMATE_EVERY {
+            let bytes = engine.approx_bytes();
+            self.total = self.total.saturating_sub(e.0) + bytes;
+            *e = (bytes, 0);
+        }
+    }
+
+    /// Estimates every engine afresh (after a restore).
+    fn recount(&mut self, engines: &HashMap<ResourceId, ResourceEngine>) {
+        self.per_engine = engines
+            .iter()
+            .map(|(id, e)| (id.clone(), (e.approx_bytes(), 0)))
+            .collect();
+        self.total = self.per_engine.values().map(|e| e.0).sum();
+    }
+
+    fn remove(&mut self, id: &ResourceId) {
+        if let Some((bytes, _)) = self.per_engine.remove(id) {
+            self.total -= bytes.min(self.total);
+        }
+    }
+}
+
+/// Counters of the prediction stage the API reports.
+#[derive(Clone, Debug, Default)]
+pub struct PredictStats {
+    /// Samples stored but not predicted: their resource was refused an engine because the
+    /// engines' memory budget was spent.
+    pub refused_samples: Arc<std::sync::atomic::AtomicU64>,
+    /// The engines' estimated memory, bytes.
+    pub engine_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Engines dropped because their resource left the history (retention).
+    pub evicted: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The trained models an engine of `resource_type` uses under `cfg`.
@@ -108,6 +165,8 @@ struct Stage {
     models: ModelStore,
     /// The store generation the engines' models were last set from.
     models_seen: u64,
+    budget: Budget,
+    stats: PredictStats,
 }
 
 /// File of the saved engine state, inside the data directory.
@@ -227,12 +286,30 @@ impl Stage {
             self.models_seen = generation;
         }
         let cfg = self.config.borrow().clone();
+        let budget_bytes =
+            usize::try_from(cfg.models.max_engine_memory.as_u64()).unwrap_or(usize::MAX);
         let mut updates = Vec::with_capacity(samples.len());
         for s in samples {
             if s.metrics.is_empty() {
                 continue;
             }
             let (engine_cfg, threshold) = engine_config(&cfg, s.resource_type.as_str());
+            let over = self.budget.total >= budget_bytes;
+            if over && !self.engines.contains_key(&s.resource_id) {
+                // The engines' memory budget is spent: this resource is stored, not predicted.
+                self.stats
+                    .refused_samples
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if self
+                    .budget
+                    .warned
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+                {
+                    self.budget.warned = Some(Instant::now());
+                    tracing::warn!(resource_id = %s.resource_id, budget = budget_bytes, "prediction engines' memory budget (models.max_engine_memory) spent; new resources are not predicted");
+                }
+                continue;
+            }
             let trained = trained(&self.models, &cfg, &s.resource_type);
             let engine = self
                 .engines
@@ -242,7 +319,10 @@ impl Stage {
                     e.set_models(trained);
                     e
                 });
+            // Over budget, engines keep the metrics they have and learn no new ones.
+            engine.set_frozen(over);
             let prediction = engine.observe(s.ts.0 as f64 / 1e6, &s.metrics);
+            self.budget.update(&s.resource_id, engine);
             updates.push(PredictionView {
                 ts: s.ts,
                 resource_id: s.resource_id.clone(),
@@ -256,6 +336,34 @@ impl Stage {
         for u in updates {
             latest.insert(u.resource_id.clone(), u);
         }
+        self.stats.engine_bytes.store(
+            self.budget.total as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Drops the engines (and latest predictions) of resources the history no longer holds
+    /// (retention deleted them); returns how many.
+    fn evict_gone(&mut self, history: &History) -> usize {
+        let gone: Vec<ResourceId> = self
+            .engines
+            .keys()
+            .filter(|id| history.resource(id).is_none())
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return 0;
+        }
+        let mut latest = self.predictions.latest.write();
+        for id in &gone {
+            self.engines.remove(id);
+            latest.remove(id);
+            self.budget.remove(id);
+        }
+        self.stats
+            .evicted
+            .fetch_add(gone.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        gone.len()
     }
 }
 
@@ -270,6 +378,7 @@ pub fn spawn(
     predictions: Predictions,
     models: ModelStore,
     snapshot: Option<PathBuf>,
+    stats: PredictStats,
 ) -> tokio::task::JoinHandle<()> {
     let mut rx = rx_committed;
     tokio::task::spawn_blocking(move || {
@@ -279,6 +388,8 @@ pub fn spawn(
             predictions,
             models,
             models_seen: u64::MAX,
+            budget: Budget::default(),
+            stats,
         };
         if let Some(path) = &snapshot {
             let restored = stage.restore(path);
@@ -301,7 +412,10 @@ pub fn spawn(
                 .collect();
             stage.observe(&unseen);
         }
+        stage.evict_gone(&history);
+        stage.budget.recount(&stage.engines);
         let mut last_save = Instant::now();
+        let mut last_evict = Instant::now();
         let save = |stage: &Stage| {
             if let Some(path) = &snapshot {
                 match stage.save(path) {
@@ -314,6 +428,16 @@ pub fn spawn(
         };
         while let Some(batch) = rx.blocking_recv() {
             stage.observe(&batch);
+            if last_evict.elapsed() >= EVICT_EVERY {
+                let n = stage.evict_gone(&history);
+                if n > 0 {
+                    tracing::debug!(
+                        engines = n,
+                        "engines of resources no longer in the history dropped"
+                    );
+                }
+                last_evict = Instant::now();
+            }
             if last_save.elapsed() >= SNAPSHOT_EVERY {
                 save(&stage);
                 last_save = Instant::now();
@@ -349,7 +473,68 @@ mod tests {
             predictions: Predictions::default(),
             models: ModelStore::in_memory(),
             models_seen: u64::MAX,
+            budget: Budget::default(),
+            stats: PredictStats::default(),
         }
+    }
+
+    /// Finding 7: the engines' memory stays within `models.max_engine_memory` (a new resource is
+    /// refused an engine, counted, once it is spent; engines learn no new metric), and an engine
+    /// leaves with its resource.
+    #[test]
+    fn engines_stay_within_their_budget_and_leave_with_their_resource() {
+        let mut cfg = Config::default();
+        cfg.models.max_engine_memory = bytesize::ByteSize::kib(256);
+        let (_tx, rx) = watch::channel(Arc::new(cfg));
+        let mut st = stage();
+        st.config = rx;
+        let wide = |id: &str, t: i64, names: std::ops::Range<usize>| {
+            Arc::new(Sample {
+                resource_id: ResourceId::parse(id).expect("id"),
+                metrics: names.map(|k| (format!("m{k}"), t as f64)).collect(),
+                ..(*sample(t, 0.5)).clone()
+            })
+        };
+        for t in 0..200 {
+            st.observe(&[wide("db-1", t, 0..200)]);
+        }
+        let spent = st.budget.total;
+        assert!(spent >= 256 * 1024, "db-1 alone spends the budget: {spent}");
+        st.observe(&[wide("db-2", 200, 0..5)]);
+        assert!(
+            !st.engines
+                .contains_key(&ResourceId::parse("db-2").expect("id"))
+        );
+        assert!(
+            st.predictions
+                .get(&ResourceId::parse("db-2").expect("id"))
+                .is_none()
+        );
+        assert_eq!(
+            st.stats
+                .refused_samples
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        let db1 = ResourceId::parse("db-1").expect("id");
+        st.observe(&[wide("db-1", 201, 1000..1010)]);
+        assert_eq!(
+            st.engines[&db1].metric_count(),
+            200,
+            "no new metric over budget"
+        );
+        // Retention removed db-1 from the history: its engine and prediction go.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let history = History::open(dir.path(), 1 << 20, 10).expect("history");
+        assert_eq!(st.evict_gone(&history), 1);
+        assert!(st.engines.is_empty() && st.predictions.get(&db1).is_none());
+        assert_eq!(st.budget.total, 0);
+        // With room again, a new resource gets its engine.
+        st.observe(&[wide("db-2", 300, 0..5)]);
+        assert!(
+            st.engines
+                .contains_key(&ResourceId::parse("db-2").expect("id"))
+        );
     }
 
     #[test]

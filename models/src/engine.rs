@@ -68,6 +68,28 @@ pub struct EngineConfig {
     /// The novelty detectors' settings.
     #[serde(default)]
     pub novelty: NoveltyConfig,
+    /// Metrics tracked at most; samples' further metric names are ignored (counted in
+    /// [`ResourceEngine::ignored_metrics`]) until stale ones are forgotten.
+    #[serde(default = "default_max_metrics")]
+    pub max_metrics: usize,
+    /// A metric absent from this many consecutive samples is forgotten (its name may be reused by
+    /// another).
+    #[serde(default = "default_metric_ttl")]
+    pub metric_ttl_samples: u64,
+}
+
+/// Metrics one engine tracks at most by default (a resource's samples may carry 256 each).
+pub const DEFAULT_MAX_METRICS: usize = 512;
+
+fn default_max_metrics() -> usize {
+    DEFAULT_MAX_METRICS
+}
+
+/// An hour of samples at the default interval of one second.
+pub const DEFAULT_METRIC_TTL_SAMPLES: u64 = 3600;
+
+fn default_metric_ttl() -> u64 {
+    DEFAULT_METRIC_TTL_SAMPLES
 }
 
 /// Ten minutes of samples at the default interval of one second.
@@ -85,6 +107,8 @@ impl Default for EngineConfig {
             horizon_points: 20,
             anomaly_learning: DEFAULT_ANOMALY_LEARNING,
             novelty: NoveltyConfig::default(),
+            max_metrics: DEFAULT_MAX_METRICS,
+            metric_ttl_samples: DEFAULT_METRIC_TTL_SAMPLES,
         }
     }
 }
@@ -138,7 +162,25 @@ struct MetricState {
     recent: VecDeque<f64>,
     /// The MLP's forecasts made at each of the last ticks, oldest first; the front one is due now.
     pending: VecDeque<Option<Forecast>>,
+    /// The engine tick at which the metric was last seen.
+    #[serde(default)]
+    last_tick: u64,
 }
+
+impl MetricState {
+    fn approx_bytes(&self, name: &str) -> usize {
+        // The map entry, the name, the scorer, the error model's queues and the MLP's windows.
+        64 + name.len()
+            + self.scorer.max_bytes()
+            + std::mem::size_of::<EmpiricalErrors>()
+            + 16 * 64
+            + 8 * self.recent.capacity()
+            + 40 * self.pending.capacity()
+    }
+}
+
+/// How often (in samples) an engine forgets metrics not seen for `metric_ttl_samples`.
+const SWEEP_EVERY: u64 = 256;
 
 /// Samples a likelihood learns before it flags anything.
 const LIKELIHOOD_LEARNING: usize = 60;
@@ -176,6 +218,12 @@ pub struct ResourceEngine {
     ticks: u64,
     #[serde(default)]
     trained_rest_until: u64,
+    /// Metric values ignored because the engine already tracked `max_metrics` metrics.
+    #[serde(default)]
+    ignored_metrics: u64,
+    /// No new metric is learned while set (see [`ResourceEngine::set_frozen`]).
+    #[serde(skip)]
+    frozen: bool,
 }
 
 impl ResourceEngine {
@@ -193,7 +241,41 @@ impl ResourceEngine {
             models: None,
             ticks: 0,
             trained_rest_until: 0,
+            ignored_metrics: 0,
+            frozen: false,
         }
+    }
+
+    /// Bytes the engine may come to hold with the metrics it tracks, approximately: each metric's
+    /// anomaly memory counted at its cap (about 28 KB; it grows there as the metric is learned), so
+    /// a budget on this estimate bounds memory for good, not just for now.
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self
+                .metrics
+                .iter()
+                .map(|(n, m)| m.approx_bytes(n))
+                .sum::<usize>()
+            + self
+                .previous
+                .as_ref()
+                .map_or(0, |p| p.keys().map(|k| 48 + k.len()).sum())
+    }
+
+    /// Metrics tracked now.
+    pub fn metric_count(&self) -> usize {
+        self.metrics.len()
+    }
+
+    /// Metric values ignored so far because `max_metrics` were tracked.
+    pub fn ignored_metrics(&self) -> u64 {
+        self.ignored_metrics
+    }
+
+    /// Stops learning metrics this engine does not track yet (the agent's memory budget is spent);
+    /// the ones it tracks go on.
+    pub fn set_frozen(&mut self, frozen: bool) {
+        self.frozen = frozen;
     }
 
     /// Sets (or clears) the trained models this engine uses from the next sample on.
@@ -261,7 +343,19 @@ impl ResourceEngine {
         }
         self.last_ts_s = Some(ts_s);
         self.ticks += 1;
+        let ticks = self.ticks;
+        if ticks.is_multiple_of(SWEEP_EVERY) {
+            let ttl = self.config.metric_ttl_samples.max(1);
+            self.metrics
+                .retain(|_, m| m.last_tick + ttl >= ticks || m.last_tick == 0);
+        }
         for (name, &x) in metrics {
+            if !self.metrics.contains_key(name)
+                && (self.frozen || self.metrics.len() >= self.config.max_metrics)
+            {
+                self.ignored_metrics += 1;
+                continue;
+            }
             let st = self
                 .metrics
                 .entry(name.clone())
@@ -275,7 +369,9 @@ impl ResourceEngine {
                     anomaly: 0.0,
                     recent: VecDeque::new(),
                     pending: VecDeque::new(),
+                    last_tick: ticks,
                 });
+            st.last_tick = ticks;
             st.errors.observe(x);
             st.anomaly = st.scorer.update(x);
             // Forecasts made before the smoother has settled would teach the error model spreads
@@ -477,6 +573,40 @@ mod tests {
 
     fn sample(name: &str, v: f64) -> BTreeMap<String, f64> {
         BTreeMap::from([(name.to_owned(), v), ("queue_len".to_owned(), 3.0)])
+    }
+
+    /// A resource that names a new metric in every sample (issue 10, finding 7: 256 new names a
+    /// sample grew the agent by ~1.8 KB each, for good) stays within `max_metrics`, and metrics that
+    /// stop coming are forgotten.
+    #[test]
+    fn an_engine_tracks_at_most_max_metrics_and_forgets_stale_ones() {
+        let config = EngineConfig {
+            max_metrics: 100,
+            metric_ttl_samples: 300,
+            ..EngineConfig::default()
+        };
+        let mut e = ResourceEngine::new(config);
+        for t in 0..200u32 {
+            let metrics: BTreeMap<String, f64> = (0..50)
+                .map(|k| (format!("m{t}_{k}"), f64::from(k)))
+                .collect();
+            e.observe(f64::from(t), &metrics);
+            assert!(e.metric_count() <= 100);
+        }
+        assert_eq!(e.ignored_metrics(), 200 * 50 - 100);
+        let full = e.approx_bytes();
+        // The 100 tracked metrics (the first two samples') never come again: they are forgotten
+        // after the TTL, so new names are learned again.
+        for t in 200..700u32 {
+            let metrics = BTreeMap::from([(format!("late{}", t % 3), 1.0)]);
+            e.observe(f64::from(t), &metrics);
+        }
+        assert_eq!(e.metric_count(), 3, "only the metrics still coming remain");
+        assert!(e.approx_bytes() < full / 10);
+        // Frozen (the agent's memory budget is spent), an engine learns no new metric.
+        e.set_frozen(true);
+        e.observe(701.0, &BTreeMap::from([("brand_new".to_owned(), 1.0)]));
+        assert_eq!(e.metric_count(), 3);
     }
 
     #[test]

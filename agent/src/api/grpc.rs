@@ -8,6 +8,8 @@ use augur_proto::v1::{
     PredictFailureRequest, Prediction, PushSummary, QueryTelemetryRequest, QueryTelemetryResponse,
     RejectedSample, ResourceInfo, StatusRequest, StatusResponse, SubscribeRequest, TelemetrySample,
 };
+use std::time::Duration;
+
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -227,13 +229,19 @@ impl Agent for GrpcApi {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Serves augur.v1, grpc.health.v1 and reflection until `shutdown`.
+///
+/// Each connection needs a slot (`api.max_connections`), must send its HTTP/2 preface within
+/// `api.header_timeout`, and is closed after `api.idle_timeout` without reading anything (see
+/// [`super::conn`]); keepalive pings every third of that keep live clients reading.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
+    gate: super::conn::Gate,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(), BoxError> {
     let max =
         usize::try_from(state.config.borrow().api.max_grpc_message.as_u64()).unwrap_or(usize::MAX);
+    let limits = super::conn::Limits::from_config(&state.config.borrow().api);
     let api = GrpcApi { state };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -244,8 +252,30 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(augur_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // The HTTP/2 client preface is 24 bytes.
+    const PREFACE: usize = 24;
+    let incoming = futures::stream::unfold(listener, move |listener| {
+        let gate = gate.clone();
+        async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        let Some(slot) = gate.admit() else { continue };
+                        let _ = stream.set_nodelay(true);
+                        let guarded = super::conn::Guarded::new(stream, slot, PREFACE, &limits);
+                        return Some((Ok::<_, std::io::Error>(guarded), listener));
+                    }
+                    Err(e) if super::conn::accept_error_is_transient(&e) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => return Some((Err(e), listener)),
+                }
+            }
+        }
+    });
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(limits.idle_timeout / 3))
+        .http2_keepalive_timeout(Some(limits.idle_timeout / 3))
         .add_service(health)
         .add_service(reflection)
         .add_service(TelemetryServer::new(api.clone()).max_decoding_message_size(max))

@@ -33,6 +33,7 @@ impl IntoResponse for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, Json(json!({ "error": self.to_string() }))).into_response()
@@ -168,6 +169,51 @@ async fn metrics(State(st): State<ApiState>) -> Response {
         "Latest value of each metric of each resource",
         latest,
     );
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let p = &st.predict_stats;
+        gauge_family(
+            &mut extra,
+            "augur_predict_engine_bytes",
+            "Estimated memory of the prediction engines (budget: models.max_engine_memory)",
+            [(String::new(), p.engine_bytes.load(Relaxed) as f64)],
+        );
+        counter_family(
+            &mut extra,
+            "augur_predict_refused",
+            "Samples stored but not predicted: the engines' memory budget was spent when their resource first came",
+            [(String::new(), p.refused_samples.load(Relaxed) as f64)],
+        );
+        counter_family(
+            &mut extra,
+            "augur_predict_engines_evicted",
+            "Prediction engines dropped because retention removed their resource",
+            [(String::new(), p.evicted.load(Relaxed) as f64)],
+        );
+        let c = &st.connections;
+        let per = |f: fn(&super::conn::ConnStats) -> &std::sync::atomic::AtomicU64| {
+            [("http", &c.http), ("grpc", &c.grpc)]
+                .map(|(l, s)| (format!("listener=\"{l}\""), f(s).load(Relaxed) as f64))
+        };
+        gauge_family(
+            &mut extra,
+            "augur_api_connections",
+            "Open API connections, by listener",
+            per(|s| &s.open),
+        );
+        counter_family(
+            &mut extra,
+            "augur_api_connections_refused",
+            "API connections closed on arrival because api.max_connections were open",
+            per(|s| &s.refused),
+        );
+        counter_family(
+            &mut extra,
+            "augur_api_connections_timed_out",
+            "API connections closed for sending their request head or preface too slowly, or for idling",
+            per(|s| &s.timed_out),
+        );
+    }
     if let Some(mesh) = &st.mesh {
         use std::sync::atomic::Ordering::Relaxed;
         let ms = &mesh.membership.stats;
@@ -542,6 +588,18 @@ async fn events(
         .into_response())
 }
 
+/// Whether a body failed because it arrived too slowly (`api.body_timeout`).
+fn body_timed_out(rej: &BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rej);
+    while let Some(e) = source {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 async fn push(
     State(st): State<ApiState>,
     body: Result<Bytes, BytesRejection>,
@@ -552,6 +610,13 @@ async fn push(
             st.stats.rejected(Source::Http, RejectReason::Oversized);
             let limit = st.config.borrow().api.max_body.as_u64();
             return Err(ApiError::PayloadTooLarge { limit });
+        }
+        Err(rej) if body_timed_out(&rej) => {
+            let limit = st.config.borrow().api.body_timeout;
+            return Err(ApiError::RequestTimeout(format!(
+                "the request body did not arrive within {} (api.body_timeout)",
+                humantime::format_duration(limit)
+            )));
         }
         Err(rej) => return Err(ApiError::BadRequest(rej.body_text())),
     };
@@ -578,14 +643,71 @@ async fn push(
 }
 
 /// Serves until `shutdown`, then drains in-flight requests.
+///
+/// Each connection needs a slot (`api.max_connections`); its request heads must arrive within
+/// `api.header_timeout` (which also closes idle keep-alive connections) and its bodies within
+/// `api.body_timeout` (see [`super::conn`]). On shutdown, connections finish their request in
+/// flight and close.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
+    gate: super::conn::Gate,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let limits = super::conn::Limits::from_config(&state.config.borrow().api);
+    let app = router(state).layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        limits.body_timeout,
+    ));
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) if super::conn::accept_error_is_transient(&e) => {
+                    tracing::debug!(error = %e, "HTTP accept failed; continuing");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        // Over the cap: closed at once (counted), so slow clients cannot use up descriptors.
+        let Some(slot) = gate.admit() else {
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        let stats = gate.stats.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                if e.is_timeout() {
+                    stats
+                        .timed_out
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
 }
 
 /// How long an HTTP client of the CLI waits for the agent.

@@ -1,6 +1,7 @@
 //! The local API: HTTP/JSON (axum) and gRPC (tonic) over the same state. Both answer from the
 //! history and the ingestor; neither owns anything.
 
+pub mod conn;
 pub mod grpc;
 pub mod http;
 
@@ -38,6 +39,17 @@ pub struct ApiState {
     /// The fleet mesh, when this node is in one.
     pub mesh: Option<augur_mesh::Mesh>,
     pub events: crate::fleet::EventLog,
+    /// Connection counters of the two listeners.
+    pub connections: Connections,
+    /// The prediction stage's memory and refusals.
+    pub predict_stats: crate::predict::PredictStats,
+}
+
+/// Connection counters of the HTTP and gRPC listeners.
+#[derive(Clone, Debug, Default)]
+pub struct Connections {
+    pub http: Arc<conn::ConnStats>,
+    pub grpc: Arc<conn::ConnStats>,
 }
 
 /// An API failure; one conversion each to an HTTP response and a gRPC status.
@@ -54,6 +66,9 @@ pub enum ApiError {
     /// The history's storage is failing (a full disk): HTTP 507.
     #[error("{0}")]
     InsufficientStorage(String),
+    /// The client sent its request too slowly: HTTP 408.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -80,6 +95,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Unavailable(_) | ApiError::InsufficientStorage(_) => {
                 tonic::Status::unavailable(msg)
             }
+            ApiError::RequestTimeout(_) => tonic::Status::deadline_exceeded(msg),
             ApiError::Internal(_) => tonic::Status::internal(msg),
         }
     }
@@ -184,26 +200,12 @@ impl<'a> PushBatch<'a> {
     /// Submits what passed and waits until it is durable.
     pub async fn commit(mut self) -> Result<PushOutcome, ApiError> {
         let samples = std::mem::take(&mut self.samples);
-        let described: Vec<(String, String)> = samples
-            .iter()
-            .map(|s| (s.resource_id.to_string(), s.resource_type.to_string()))
-            .collect();
         let written = self.ingestor.submit(self.source, samples).await?;
         self.outcome.accepted += written.accepted;
-        // Refused at write time (another push gave the resource a type first): listed like every
-        // other refusal, so the answer is 422 and says which and why.
-        for i in written.conflicted {
-            let (id, ty) = &described[i];
-            self.outcome.refuse(
-                self.indices[i],
-                Rejection::new(
-                    crate::ingest::RejectReason::TypeConflict,
-                    format!(
-                        "resource {id} was given another type by a concurrent push before this \
-                         {ty} sample was written"
-                    ),
-                ),
-            );
+        // Refused at write time (another push gave the resource a type first, or its metric names
+        // ran out): listed like every other refusal, so the answer is 422 and says which and why.
+        for (i, rejection) in written.refused {
+            self.outcome.refuse(self.indices[i], rejection);
         }
         Ok(self.outcome)
     }

@@ -9,8 +9,10 @@
 pub mod writer;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use augur_proto::{Event, ResourceId, ResourceType};
 use parking_lot::RwLock;
@@ -54,6 +56,16 @@ impl StoreError {
             _ => false,
         }
     }
+}
+
+/// After a full disk, writes resume once the file system has this much free space.
+pub const RESUME_FREE_BYTES: u64 = 8 << 20;
+
+/// Free bytes (for unprivileged users) on the file system holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let dir = path.parent().unwrap_or(path);
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(s.blocks_available().saturating_mul(s.fragment_size()))
 }
 
 /// Writes are failing: why, and since when.
@@ -109,6 +121,45 @@ struct Stored {
 struct Tracked {
     meta: ResourceMeta,
     window: VecDeque<Arc<Sample>>,
+    /// Hashes of the metric names the resource has used (in this run, and in its window when the
+    /// agent started), bounded by `ingest.max_metric_names`.
+    names: std::collections::HashSet<u64>,
+}
+
+impl Tracked {
+    fn new(meta: ResourceMeta, window: VecDeque<Arc<Sample>>, hasher: &RandomState) -> Self {
+        let mut names = std::collections::HashSet::new();
+        for s in &window {
+            names.extend(s.metrics.keys().map(|k| hasher.hash_one(k)));
+        }
+        Self {
+            meta,
+            window,
+            names,
+        }
+    }
+
+    /// Refuses a sample that would take the resource past `max` distinct metric names.
+    fn check_names(&self, s: &Sample, max: usize, hasher: &RandomState) -> Result<(), Rejection> {
+        let new = s
+            .metrics
+            .keys()
+            .filter(|k| !self.names.contains(&hasher.hash_one(k)))
+            .count();
+        if new > 0 && self.names.len() + new > max {
+            return Err(Rejection::new(
+                RejectReason::TooManyMetrics,
+                format!(
+                    "resource {} already has {} distinct metric names and this sample adds {new} \
+                     (ingest.max_metric_names is {max}); put varying parts in labels, not in \
+                     metric names",
+                    s.resource_id,
+                    self.names.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One resource as listed by the API.
@@ -130,9 +181,10 @@ pub struct QueryResult {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WriteOutcome {
     pub written: usize,
-    /// Indices of samples refused at write time because two concurrent pushes gave one new
-    /// resource different types (admission checks each push on its own).
-    pub conflicted: Vec<usize>,
+    /// Samples refused at write time (by index): two concurrent pushes gave one new resource
+    /// different types (admission checks each push on its own), or a resource's distinct metric
+    /// names would pass `ingest.max_metric_names` (collected samples are not admitted first).
+    pub refused: Vec<(usize, Rejection)>,
     /// The samples as committed (merged with what was already stored at the same time).
     pub committed: Vec<Arc<Sample>>,
 }
@@ -153,7 +205,13 @@ struct Inner {
     window: usize,
     state: RwLock<HashMap<ResourceId, Tracked>>,
     failure: RwLock<Option<StorageFailure>>,
+    hasher: RandomState,
+    /// Distinct metric names a resource may use (`ingest.max_metric_names`).
+    max_names: AtomicUsize,
 }
+
+/// `ingest.max_metric_names` by default.
+pub const DEFAULT_MAX_METRIC_NAMES: usize = 512;
 
 fn key_len(id: &str) -> u64 {
     id.len() as u64 + 8
@@ -178,6 +236,8 @@ impl History {
             tx.commit()?;
         }
         let mut state = HashMap::new();
+        // Keyed per process, so nobody can pick names that collide on purpose.
+        let hasher = RandomState::new();
         {
             let tx = db.begin_read()?;
             let resources = tx.open_table(RESOURCES)?;
@@ -210,7 +270,7 @@ impl History {
                         labels: stored.labels,
                     }));
                 }
-                state.insert(id, Tracked { meta, window: win });
+                state.insert(id, Tracked::new(meta, win, &hasher));
             }
         }
         Ok(Self {
@@ -221,6 +281,8 @@ impl History {
                 window,
                 state: RwLock::new(state),
                 failure: RwLock::new(None),
+                hasher,
+                max_names: AtomicUsize::new(DEFAULT_MAX_METRIC_NAMES),
             }),
         })
     }
@@ -238,6 +300,11 @@ impl History {
     /// Why writes are failing, if they are.
     pub fn failure(&self) -> Option<StorageFailure> {
         self.inner.failure.read().clone()
+    }
+
+    /// Sets `ingest.max_metric_names` (the writer does, from the configuration).
+    pub fn set_max_metric_names(&self, max: usize) {
+        self.inner.max_names.store(max.max(1), Ordering::Relaxed);
     }
 
     /// Records a storage failure (the first one's time is kept).
@@ -266,6 +333,14 @@ impl History {
     pub fn recover(&self, wait: std::time::Duration) -> Result<(), StoreError> {
         if let Some(f) = self.inner.failure.write().as_mut() {
             f.attempts += 1;
+        }
+        // A full disk is not retried until there is room again: the file's own free pages could
+        // take a small probe and a few writes, and writes would fail again at once.
+        if self.failure().is_some_and(|f| f.disk_full) {
+            let free = free_bytes(&self.inner.path);
+            if free.is_some_and(|b| b < RESUME_FREE_BYTES) {
+                return Err(StoreError::Reopening);
+            }
         }
         let old = self.inner.db.write().take();
         if let Some(old) = old {
@@ -303,6 +378,17 @@ impl History {
     /// resources is bounded.
     pub fn admit(&self, sample: &Sample, max_resources: usize) -> Result<(), Rejection> {
         let state = self.inner.state.read();
+        let max_names = self.inner.max_names.load(Ordering::Relaxed);
+        if sample.metrics.len() > max_names {
+            return Err(Rejection::new(
+                RejectReason::TooManyMetrics,
+                format!(
+                    "the sample has {} metrics; a resource may use {max_names} distinct names \
+                     (ingest.max_metric_names)",
+                    sample.metrics.len()
+                ),
+            ));
+        }
         match state.get(&sample.resource_id) {
             Some(t) if t.meta.resource_type != sample.resource_type => Err(Rejection::new(
                 RejectReason::TypeConflict,
@@ -311,7 +397,7 @@ impl History {
                     sample.resource_id, t.meta.resource_type, sample.resource_type
                 ),
             )),
-            Some(_) => Ok(()),
+            Some(t) => t.check_names(sample, max_names, &self.inner.hasher),
             None if state.len() >= max_resources => Err(Rejection::new(
                 RejectReason::TooManyResources,
                 format!(
@@ -329,12 +415,40 @@ impl History {
         let mut outcome = WriteOutcome::default();
         let mut touched: HashMap<ResourceId, ResourceMeta> = HashMap::new();
         let mut merged: Vec<Arc<Sample>> = Vec::with_capacity(samples.len());
+        let mut added: HashMap<ResourceId, std::collections::HashSet<u64>> = HashMap::new();
         let tx = self.db()?.begin_write()?;
         {
             let mut table = tx.open_table(SAMPLES)?;
             let mut resources = tx.open_table(RESOURCES)?;
             let state = self.inner.state.read();
+            let max_names = self.inner.max_names.load(Ordering::Relaxed);
             for (index, s) in samples.iter().enumerate() {
+                // Distinct metric names per resource are bounded over time, whatever the source.
+                let known = state.get(&s.resource_id).map(|t| &t.names);
+                let batch = added.entry(s.resource_id.clone()).or_default();
+                let new: Vec<u64> = s
+                    .metrics
+                    .keys()
+                    .map(|k| self.inner.hasher.hash_one(k))
+                    .filter(|h| !known.is_some_and(|k| k.contains(h)) && !batch.contains(h))
+                    .collect();
+                let have = known.map_or(0, |k| k.len()) + batch.len();
+                if !new.is_empty() && have + new.len() > max_names {
+                    outcome.refused.push((
+                        index,
+                        Rejection::new(
+                            RejectReason::TooManyMetrics,
+                            format!(
+                                "resource {} already has {have} distinct metric names and this \
+                                 sample adds {} (ingest.max_metric_names is {max_names}); put \
+                                 varying parts in labels, not in metric names",
+                                s.resource_id,
+                                new.len()
+                            ),
+                        ),
+                    ));
+                    continue;
+                }
                 let meta = match touched.get_mut(&s.resource_id) {
                     Some(m) => m,
                     None => {
@@ -352,9 +466,20 @@ impl History {
                     }
                 };
                 if meta.resource_type != s.resource_type {
-                    outcome.conflicted.push(index);
+                    outcome.refused.push((
+                        index,
+                        Rejection::new(
+                            RejectReason::TypeConflict,
+                            format!(
+                                "resource {} was given type {} by a concurrent push before this {} \
+                                 sample was written",
+                                s.resource_id, meta.resource_type, s.resource_type
+                            ),
+                        ),
+                    ));
                     continue;
                 }
+                batch.extend(new);
                 let id = s.resource_id.as_str();
                 let mut stored = Stored {
                     metrics: s.metrics.clone(),
@@ -414,11 +539,14 @@ impl History {
         tx.commit()?;
         let mut state = self.inner.state.write();
         for (id, meta) in touched {
+            let names = added.remove(&id).unwrap_or_default();
             let t = state.entry(id).or_insert_with(|| Tracked {
                 meta: meta.clone(),
                 window: VecDeque::with_capacity(self.inner.window),
+                names: std::collections::HashSet::new(),
             });
             t.meta = meta;
+            t.names.extend(names);
         }
         for s in &merged {
             if let Some(t) = state.get_mut(&s.resource_id) {
@@ -733,6 +861,42 @@ mod tests {
             event: None,
             labels: BTreeMap::new(),
         }
+    }
+
+    /// Finding 7: distinct metric names per resource are bounded over time, at admission (pushes)
+    /// and at write time (collected samples), and the bound holds across a restart.
+    #[test]
+    fn a_resource_cannot_grow_its_metric_names_without_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let named = |ts: i64, names: std::ops::Range<usize>| Sample {
+            metrics: names.map(|k| (format!("n{k}"), 1.0)).collect(),
+            ..sample("a", ts, 0.0)
+        };
+        {
+            let h = History::open(dir.path(), 1 << 20, 10).expect("open");
+            h.set_max_metric_names(100);
+            assert!(h.admit(&named(1, 0..60), 10).is_ok());
+            let out = h
+                .write(&[named(1, 0..60), named(2, 40..100), named(3, 90..110)])
+                .expect("write");
+            assert_eq!(out.written, 2);
+            assert_eq!(out.refused.len(), 1);
+            assert_eq!(out.refused[0].0, 2);
+            assert_eq!(out.refused[0].1.reason, RejectReason::TooManyMetrics);
+            // Known names go on; a new one is refused with a reason that says what to do.
+            assert!(h.admit(&named(4, 0..100), 10).is_ok());
+            let r = h.admit(&named(5, 99..101), 10).expect_err("new name");
+            assert_eq!(r.reason, RejectReason::TooManyMetrics);
+            assert!(r.message.contains("labels"), "{}", r.message);
+            // One sample may never carry more than the bound.
+            assert!(h.admit(&named(6, 1000..1101), 10).is_err());
+        }
+        let h = History::open(dir.path(), 1 << 20, 10).expect("reopen");
+        h.set_max_metric_names(100);
+        assert!(
+            h.admit(&named(7, 99..101), 10).is_err(),
+            "known from the window"
+        );
     }
 
     #[test]

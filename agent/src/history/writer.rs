@@ -29,9 +29,10 @@ pub struct WriteRequest {
 pub struct Written {
     /// Samples now durable.
     pub accepted: usize,
-    /// Positions (in the submitted order) of samples refused at write time because their
-    /// resource had meanwhile been given another type (by a concurrent submission).
-    pub conflicted: Vec<usize>,
+    /// Samples refused at write time, by position in the submitted order: their resource had
+    /// meanwhile been given another type (by a concurrent submission), or its distinct metric
+    /// names would pass `ingest.max_metric_names`.
+    pub refused: Vec<(usize, Rejection)>,
 }
 
 /// Why a submission did not become durable.
@@ -143,7 +144,12 @@ impl Ingestor {
         }
         match rx_done.await {
             Ok(Ok(written)) => Ok(written),
-            Ok(Err(e)) if e.is_storage_failure() => Err(SubmitError::Storage(e.to_string())),
+            Ok(Err(e)) if e.is_storage_failure() => {
+                for _ in 0..n {
+                    self.stats.rejected(source, RejectReason::StorageFailure);
+                }
+                Err(SubmitError::Storage(e.to_string()))
+            }
             Ok(Err(e)) => Err(SubmitError::Store(e)),
             Err(_) => Err(SubmitError::ShuttingDown),
         }
@@ -223,6 +229,7 @@ pub async fn run(
                         Err(_) => break,
                     }
                 }
+                history.set_max_metric_names(config.borrow().ingest.max_metric_names);
                 commit(&history, group, &tx_committed, &stats).await;
             }
             _ = retention.tick(), if history.failure().is_none() => {
@@ -295,20 +302,23 @@ async fn commit(
             if !committed.is_empty() && tx_committed.try_send(committed).is_err() {
                 stats.predict_dropped.inc_by(n_committed);
             }
-            let mut conflicted = outcome.conflicted.iter().peekable();
+            let mut refused = outcome.refused.into_iter().peekable();
             let mut offset = 0;
             for (source, n, done) in replies {
                 let mut lost = Vec::new();
-                while let Some(&i) = conflicted.next_if(|&&i| i < offset + n) {
-                    lost.push(i - offset);
-                    stats.rejected(source, RejectReason::TypeConflict);
+                while let Some((i, r)) = refused.next_if(|(i, _)| *i < offset + n) {
+                    stats.rejected(source, r.reason);
+                    if done.is_none() {
+                        tracing::debug!(source = source.as_str(), rejection = %r, "collected sample refused");
+                    }
+                    lost.push((i - offset, r));
                 }
                 offset += n;
                 stats.accepted(source, (n - lost.len()) as u64);
                 if let Some(done) = done {
                     let _ = done.send(Ok(Written {
                         accepted: n - lost.len(),
-                        conflicted: lost,
+                        refused: lost,
                     }));
                 }
             }

@@ -158,6 +158,16 @@ pub struct Novelty {
 }
 
 impl Novelty {
+    /// Bytes this detector may come to hold: its memories at their caps (they grow up to them as
+    /// it learns, so a budget counted on what it holds now would not hold later).
+    pub fn max_bytes(&self) -> usize {
+        let shapes = self.config.max_shapes;
+        // The caps are powers of two, which is where a growing vector's capacity stops.
+        std::mem::size_of::<Self>()
+            + 8 * (MAX_VALUES + shapes * SHAPE_CHUNKS + shapes)
+            + 9 * self.window_len
+    }
+
     /// A detector that learns for `learning` samples before it reports anything; the shape window
     /// and the rest after an alarm scale with it.
     pub fn new(learning: usize) -> Self {

@@ -68,6 +68,11 @@ const FAR_SCORE: f64 = 0.9999;
 const LEVEL_WINDOW: f64 = 2000.0;
 
 impl MetricScorer {
+    /// Bytes this scorer may come to hold (see [`Novelty::max_bytes`]).
+    pub fn max_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.novelty.max_bytes()
+    }
+
     /// `learning`: samples the novelty detector learns before it reports anything.
     pub fn new(holt: Holt, learning: usize, novelty: NoveltyConfig) -> Self {
         Self {

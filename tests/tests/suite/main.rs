@@ -7,5 +7,6 @@ mod http;
 mod lifecycle;
 mod mesh;
 mod predict;
+mod slow;
 mod sources;
 mod storage;
