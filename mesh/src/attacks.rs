@@ -486,3 +486,202 @@ async fn an_admitted_node_cannot_publish_events_in_anothers_name() {
     }
     assert_eq!(fleet.status("a", "c"), Some(MemberStatus::Alive));
 }
+
+/// SplitMix64, for seeded fuzzing.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+
+    fn addr(&mut self) -> SocketAddr {
+        let x = self.next();
+        SocketAddr::from((
+            [(x >> 8) as u8, (x >> 16) as u8, (x >> 24) as u8, x as u8],
+            (x >> 32) as u16,
+        ))
+    }
+
+    /// Truncates, flips bits in, or extends a frame.
+    fn mutate(&mut self, f: &[u8]) -> Vec<u8> {
+        let mut g = f.to_vec();
+        match self.below(4) {
+            0 => g.truncate(self.below(g.len() + 1)),
+            1 | 2 => {
+                for _ in 0..=self.below(8) {
+                    if !g.is_empty() {
+                        let i = self.below(g.len());
+                        g[i] ^= 1 << self.below(8);
+                    }
+                }
+            }
+            _ => {
+                let n = self.below(64);
+                let extra = self.bytes(n);
+                g.extend(extra);
+            }
+        }
+        g
+    }
+}
+
+/// Sends a round of outsider traffic to `a`: random bytes from random addresses (now and then a
+/// large datagram, or one that starts like a frame), and real frames `a` received, replayed,
+/// truncated or mutated, from their sender or from anyone. Returns datagrams sent.
+fn outsider_round(rng: &mut Rng, fleet: &SimFleet, a: SocketAddr) -> u64 {
+    let net = &fleet.transport;
+    let mut sent = 0;
+    for _ in 0..10 {
+        let len = if rng.below(20) == 0 {
+            rng.below(60_000)
+        } else {
+            rng.below(1_500)
+        };
+        let mut d = rng.bytes(len);
+        if rng.below(3) == 0 && d.len() > 2 {
+            d[0] = crate::secure::FRAME_VERSION;
+            d[1] = 1 + rng.below(3) as u8;
+        }
+        net.inject(rng.addr(), a, d);
+        sent += 1;
+    }
+    let recorded = net.recorded();
+    for _ in 0..5 {
+        if recorded.is_empty() {
+            break;
+        }
+        let (from, to, f) = &recorded[rng.below(recorded.len())];
+        let g = if rng.below(3) == 0 {
+            f.clone()
+        } else {
+            rng.mutate(f)
+        };
+        let src = if rng.below(2) == 0 { *from } else { rng.addr() };
+        net.inject(src, *to, g);
+        sent += 1;
+    }
+    sent
+}
+
+/// Issue 10's done-means, in the harness: two simulated minutes of random datagrams, truncated and
+/// mutated real frames, and replays sent to one node of a fleet; no task is lost, gossip never
+/// restarts, and liveness verdicts are what they would have been. (`augur-bench fuzz` runs the
+/// same against real agents over UDP and QUIC for ten minutes.)
+#[tokio::test(start_paused = true)]
+async fn a_seeded_fuzz_run_from_outside_leaves_every_task_and_verdict_intact() {
+    let mut fleet = SimFleet::new(26, gossip_only());
+    fleet.join_all(["a", "b", "c"]).await;
+    fleet.converge().await.expect("converges");
+    let a = fleet.gossip_addr("a");
+    fleet.transport.tap(a);
+    let mut rng = Rng(0xA66_0001);
+    let mut sent = 0u64;
+    for _ in 0..1_200 {
+        sent += outsider_round(&mut rng, &fleet, a);
+        fleet.run_for(Duration::from_millis(100)).await;
+    }
+    assert!(sent > 15_000, "{sent}");
+    no_restarts(&fleet);
+    for (o, t) in [("a", "b"), ("a", "c"), ("b", "a"), ("c", "a"), ("b", "c")] {
+        assert_eq!(
+            fleet.status(o, t),
+            Some(MemberStatus::Alive),
+            "{o} sees {t}"
+        );
+    }
+    let dropped = fleet.membership("a").sessions.stats.dropped_incoming();
+    assert!(dropped > 15_000, "{dropped}");
+    // Verdicts still work: a killed node is declared dead by both survivors.
+    fleet.kill("c");
+    fleet
+        .until(Duration::from_secs(30), |f| {
+            f.status("a", "c") == Some(MemberStatus::Dead)
+                && f.status("b", "c") == Some(MemberStatus::Dead)
+        })
+        .await
+        .expect("c declared dead");
+}
+
+/// An admitted node sends sealed random bytes and real chitchat messages mutated (what a buggy
+/// or hostile member could send): chitchat parses all of them and never stops. Liveness is not
+/// asserted here: a member can make another look dead with a heartbeat far ahead of its own (see
+/// docs/ARCHITECTURE.md, "Who can do what", for what bounds that).
+#[tokio::test(start_paused = true)]
+async fn a_seeded_fuzz_run_from_an_admitted_node_never_stops_gossip() {
+    for seed in [0xA66_0002_u64, 0xB0B, 0xC0FFEE] {
+        let mut fleet = SimFleet::new(27, gossip_only());
+        fleet.join_all(["a", "b", "c"]).await;
+        fleet.converge().await.expect("converges");
+        let net = fleet.transport.clone();
+        let a = fleet.gossip_addr("a");
+        let m = Insider::new(&fleet, &["a"]);
+        // What a answers the insider: real chitchat messages to mutate and send back, sealed.
+        let mut ear = net.bind(m.addr).await.expect("bind");
+        let (tx_heard, mut rx_heard) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let listener = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, _)) = ear.recv_from(&mut buf).await {
+                if tx_heard.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        let syn = bytes(ChitchatMessage::Syn {
+            cluster_id: format!("augur-{}", fleet.fleet.public().fleet_id()),
+            digest: wire::digest([]),
+        });
+        let mut rng = Rng(seed);
+        let mut heard: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..600 {
+            while let Ok(f) = rx_heard.try_recv() {
+                if let Ok(crate::secure::Opened::Message { bytes, .. }) = m.sessions.open(a, &f) {
+                    heard.push(bytes);
+                    if heard.len() > 64 {
+                        heard.remove(0);
+                    }
+                }
+            }
+            if let Ok(frame) = m.sessions.seal(a, &syn) {
+                net.inject(m.addr, a, frame);
+            }
+            for _ in 0..5 {
+                let payload = if !heard.is_empty() && rng.below(3) > 0 {
+                    let h = heard[rng.below(heard.len())].clone();
+                    rng.mutate(&h)
+                } else {
+                    let n = rng.below(2_000);
+                    rng.bytes(n)
+                };
+                if let Ok(frame) = m.sessions.seal(a, &payload) {
+                    net.inject(m.addr, a, frame);
+                }
+            }
+            fleet.run_for(Duration::from_millis(100)).await;
+        }
+        listener.abort();
+        assert!(heard.len() > 10, "a answered the insider");
+        let bad = fleet
+            .membership("a")
+            .sessions
+            .stats
+            .count(Dropped::BadMessage);
+        assert!(bad > 100, "undecodable messages counted: {bad}");
+        no_restarts(&fleet);
+        for o in ["b", "c"] {
+            assert!(fleet.view("a", o).is_some(), "a still lists {o}");
+        }
+    }
+}
