@@ -2,6 +2,8 @@
 //! processes on loopback (ports chosen by the kernel), read their JSON logs as events, signal them,
 //! and talk to their HTTP and gRPC APIs.
 
+pub mod fuzz;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -399,8 +401,18 @@ impl LocalFleet {
         })
     }
 
-    fn data_dir(&self, name: &str) -> PathBuf {
+    pub fn data_dir(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// A node's gossip and QUIC ports.
+    pub fn ports(&self, name: &str) -> Option<(u16, u16)> {
+        self.ports.get(name).copied()
+    }
+
+    /// The fleet key file (to issue tokens in-process).
+    pub fn fleet_key_path(&self) -> PathBuf {
+        self.dir.path().join("fleet.key")
     }
 
     /// Issues a token for `name` signed by `fleet_key` (this fleet's unless given).
@@ -554,6 +566,6 @@ impl LocalFleet {
     }
 }
 
-fn path_str(p: &Path) -> anyhow::Result<&str> {
+pub fn path_str(p: &Path) -> anyhow::Result<&str> {
     p.to_str().context("non-UTF-8 path")
 }

@@ -4,6 +4,8 @@
 //! - `augur-bench ingest`: samples per second accepted into durable history over HTTP and gRPC.
 //! - `augur-bench mesh`: a fleet of N agents on loopback: join convergence, failure detection after
 //!   SIGKILL, gossip bandwidth and CPU per node, and false deaths while one node is starved of CPU.
+//! - `augur-bench fuzz`: hostile datagrams at one agent's gossip and QUIC ports for minutes, in a
+//!   fleet; no task may be lost and no verdict change.
 //!
 //! Results print as a table, or as JSON with `--json`.
 
@@ -55,6 +57,18 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         kills: usize,
     },
+    /// Hostile datagrams at one agent of a three-agent fleet, on its gossip and QUIC ports: random,
+    /// frame-shaped, and real frames replayed and mutated. Fails if an agent exits, gossip
+    /// restarts, or anyone is declared dead; then times the detection of a killed node.
+    Fuzz {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Datagrams per second in all.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+    },
     /// Ingestion throughput into durable history.
     Ingest {
         #[arg(long, value_enum, default_value_t = Transport::Both)]
@@ -97,6 +111,21 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Idle { secs } => idle(secs, cli.json).await,
+        Cmd::Fuzz {
+            minutes,
+            seed,
+            rate,
+        } => {
+            let pb = bar(minutes * 60, "fuzz");
+            let report =
+                augur_tests::fuzz::run(seed, Duration::from_secs(minutes * 60), rate, |s| {
+                    pb.inc(s)
+                })
+                .await?;
+            pb.finish_and_clear();
+            println!("{}", serde_json::to_string_pretty(&report.json)?);
+            Ok(())
+        }
         Cmd::Mesh {
             nodes,
             observe,
