@@ -120,6 +120,7 @@ pub async fn run(
         models,
         Some(data_dir.join(predict::SNAPSHOT_FILE)),
         api_state.predict_stats.clone(),
+        augur_proto::ResourceId::parse(node_name.as_str()).ok(),
     );
     let writer = tokio::spawn(history::writer::run(
         history.clone(),

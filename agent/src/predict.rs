@@ -99,23 +99,25 @@ const EVICT_EVERY: Duration = Duration::from_secs(60);
 /// The engines' memory, estimated per engine and in total, against `models.max_engine_memory`.
 #[derive(Debug, Default)]
 struct Budget {
-    /// Per engine: its last estimate, and samples since.
-    per_engine: HashMap<ResourceId, (usize, u64)>,
+    /// Per engine: its last estimate, samples since, and how many metrics it tracked then.
+    per_engine: HashMap<ResourceId, (usize, u64, usize)>,
     total: usize,
     warned: Option<Instant>,
 }
 
 impl Budget {
+    /// Estimates the engine again when it tracks a different number of metrics (so the budget
+    /// overshoots by at most one sample's new metrics), and every `ESTIMATE_EVERY` samples.
     fn update(&mut self, id: &ResourceId, engine: &ResourceEngine) {
         let e = self
             .per_engine
             .entry(id.clone())
-            .or_insert((0, ESTIMATE_EVERY));
+            .or_insert((0, ESTIMATE_EVERY, usize::MAX));
         e.1 += 1;
-        if e.1 >= ESTIMATE_EVERY {
+        if e.1 >= ESTIMATE_EVERY || e.2 != engine.metric_count() {
             let bytes = engine.approx_bytes();
             self.total = self.total.saturating_sub(e.0) + bytes;
-            *e = (bytes, 0);
+            *e = (bytes, 0, engine.metric_count());
         }
     }
 
@@ -123,13 +125,13 @@ impl Budget {
     fn recount(&mut self, engines: &HashMap<ResourceId, ResourceEngine>) {
         self.per_engine = engines
             .iter()
-            .map(|(id, e)| (id.clone(), (e.approx_bytes(), 0)))
+            .map(|(id, e)| (id.clone(), (e.approx_bytes(), 0, e.metric_count())))
             .collect();
         self.total = self.per_engine.values().map(|e| e.0).sum();
     }
 
     fn remove(&mut self, id: &ResourceId) {
-        if let Some((bytes, _)) = self.per_engine.remove(id) {
+        if let Some((bytes, _, _)) = self.per_engine.remove(id) {
             self.total -= bytes.min(self.total);
         }
     }
@@ -167,6 +169,9 @@ struct Stage {
     models_seen: u64,
     budget: Budget,
     stats: PredictStats,
+    /// This node's own host resource: always given an engine, so pushed resources that spend
+    /// the budget cannot take the host's predictions away.
+    own: Option<ResourceId>,
 }
 
 /// File of the saved engine state, inside the data directory.
@@ -295,7 +300,10 @@ impl Stage {
             }
             let (engine_cfg, threshold) = engine_config(&cfg, s.resource_type.as_str());
             let over = self.budget.total >= budget_bytes;
-            if over && !self.engines.contains_key(&s.resource_id) {
+            if over
+                && !self.engines.contains_key(&s.resource_id)
+                && self.own.as_ref() != Some(&s.resource_id)
+            {
                 // The engines' memory budget is spent: this resource is stored, not predicted.
                 self.stats
                     .refused_samples
@@ -379,6 +387,7 @@ pub fn spawn(
     models: ModelStore,
     snapshot: Option<PathBuf>,
     stats: PredictStats,
+    own: Option<ResourceId>,
 ) -> tokio::task::JoinHandle<()> {
     let mut rx = rx_committed;
     tokio::task::spawn_blocking(move || {
@@ -390,6 +399,7 @@ pub fn spawn(
             models_seen: u64::MAX,
             budget: Budget::default(),
             stats,
+            own,
         };
         if let Some(path) = &snapshot {
             let restored = stage.restore(path);
@@ -475,6 +485,7 @@ mod tests {
             models_seen: u64::MAX,
             budget: Budget::default(),
             stats: PredictStats::default(),
+            own: Some(ResourceId::parse("this-host").expect("id")),
         }
     }
 
@@ -529,6 +540,15 @@ mod tests {
         assert_eq!(st.evict_gone(&history), 1);
         assert!(st.engines.is_empty() && st.predictions.get(&db1).is_none());
         assert_eq!(st.budget.total, 0);
+        // The node's own host resource is never refused.
+        st.budget.total = usize::MAX / 2;
+        st.observe(&[wide("this-host", 250, 0..5)]);
+        assert!(
+            st.engines
+                .contains_key(&ResourceId::parse("this-host").expect("id"))
+        );
+        st.engines.clear();
+        st.budget = Budget::default();
         // With room again, a new resource gets its engine.
         st.observe(&[wide("db-2", 300, 0..5)]);
         assert!(
