@@ -9,7 +9,12 @@
 pub mod writer;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+/// Hashes metric names, keyed per process (nobody can pick names that collide on purpose).
+type NameHasher = foldhash::quality::RandomState;
+/// A set of name hashes (already well mixed: a fast hasher suffices).
+type NameSet = std::collections::HashSet<u64, foldhash::fast::RandomState>;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -123,12 +128,12 @@ struct Tracked {
     window: VecDeque<Arc<Sample>>,
     /// Hashes of the metric names the resource has used (in this run, and in its window when the
     /// agent started), bounded by `ingest.max_metric_names`.
-    names: std::collections::HashSet<u64>,
+    names: NameSet,
 }
 
 impl Tracked {
-    fn new(meta: ResourceMeta, window: VecDeque<Arc<Sample>>, hasher: &RandomState) -> Self {
-        let mut names = std::collections::HashSet::new();
+    fn new(meta: ResourceMeta, window: VecDeque<Arc<Sample>>, hasher: &NameHasher) -> Self {
+        let mut names = NameSet::default();
         for s in &window {
             names.extend(s.metrics.keys().map(|k| hasher.hash_one(k)));
         }
@@ -140,7 +145,7 @@ impl Tracked {
     }
 
     /// Refuses a sample that would take the resource past `max` distinct metric names.
-    fn check_names(&self, s: &Sample, max: usize, hasher: &RandomState) -> Result<(), Rejection> {
+    fn check_names(&self, s: &Sample, max: usize, hasher: &NameHasher) -> Result<(), Rejection> {
         let new = s
             .metrics
             .keys()
@@ -205,7 +210,7 @@ struct Inner {
     window: usize,
     state: RwLock<HashMap<ResourceId, Tracked>>,
     failure: RwLock<Option<StorageFailure>>,
-    hasher: RandomState,
+    hasher: NameHasher,
     /// Distinct metric names a resource may use (`ingest.max_metric_names`).
     max_names: AtomicUsize,
 }
@@ -237,7 +242,7 @@ impl History {
         }
         let mut state = HashMap::new();
         // Keyed per process, so nobody can pick names that collide on purpose.
-        let hasher = RandomState::new();
+        let hasher = NameHasher::default();
         {
             let tx = db.begin_read()?;
             let resources = tx.open_table(RESOURCES)?;
@@ -415,7 +420,7 @@ impl History {
         let mut outcome = WriteOutcome::default();
         let mut touched: HashMap<ResourceId, ResourceMeta> = HashMap::new();
         let mut merged: Vec<Arc<Sample>> = Vec::with_capacity(samples.len());
-        let mut added: HashMap<ResourceId, std::collections::HashSet<u64>> = HashMap::new();
+        let mut added: HashMap<ResourceId, NameSet> = HashMap::new();
         let tx = self.db()?.begin_write()?;
         {
             let mut table = tx.open_table(SAMPLES)?;
@@ -543,7 +548,7 @@ impl History {
             let t = state.entry(id).or_insert_with(|| Tracked {
                 meta: meta.clone(),
                 window: VecDeque::with_capacity(self.inner.window),
-                names: std::collections::HashSet::new(),
+                names: NameSet::default(),
             });
             t.meta = meta;
             t.names.extend(names);
