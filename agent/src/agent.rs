@@ -118,9 +118,11 @@ pub async fn run(
         rx_config.clone(),
         predictions,
         models,
-        Some(data_dir.join(predict::SNAPSHOT_FILE)),
-        api_state.predict_stats.clone(),
-        augur_proto::ResourceId::parse(node_name.as_str()).ok(),
+        predict::StageSetup {
+            snapshot: Some(data_dir.join(predict::SNAPSHOT_FILE)),
+            stats: api_state.predict_stats.clone(),
+            own: augur_proto::ResourceId::parse(node_name.as_str()).ok(),
+        },
     );
     let writer = tokio::spawn(history::writer::run(
         history.clone(),

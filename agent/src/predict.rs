@@ -137,6 +137,16 @@ impl Budget {
     }
 }
 
+/// Where the prediction stage saves its engines, what it counts, and whose engine it never refuses.
+#[derive(Debug, Default)]
+pub struct StageSetup {
+    /// The engines' saved state (inside the data directory), if any.
+    pub snapshot: Option<PathBuf>,
+    pub stats: PredictStats,
+    /// This node's own host resource.
+    pub own: Option<ResourceId>,
+}
+
 /// Counters of the prediction stage the API reports.
 #[derive(Clone, Debug, Default)]
 pub struct PredictStats {
@@ -385,9 +395,11 @@ pub fn spawn(
     config: watch::Receiver<Arc<Config>>,
     predictions: Predictions,
     models: ModelStore,
-    snapshot: Option<PathBuf>,
-    stats: PredictStats,
-    own: Option<ResourceId>,
+    StageSetup {
+        snapshot,
+        stats,
+        own,
+    }: StageSetup,
 ) -> tokio::task::JoinHandle<()> {
     let mut rx = rx_committed;
     tokio::task::spawn_blocking(move || {

@@ -491,7 +491,7 @@ async fn an_admitted_node_cannot_publish_events_in_anothers_name() {
 struct Rng(u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -500,15 +500,15 @@ impl Rng {
     }
 
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 
     fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
+        (0..n).map(|_| self.next_u64() as u8).collect()
     }
 
     fn addr(&mut self) -> SocketAddr {
-        let x = self.next();
+        let x = self.next_u64();
         SocketAddr::from((
             [(x >> 8) as u8, (x >> 16) as u8, (x >> 24) as u8, x as u8],
             (x >> 32) as u16,
