@@ -23,7 +23,7 @@ fn vv(value: &str, version: u64) -> VersionedValue {
 }
 use crate::membership::MemberStatus;
 use crate::secure::{Dropped, SecureConfig, Sessions};
-use crate::sim::{SimConfig, SimFleet};
+use crate::sim::{FuzzRng as Rng, SimConfig, SimFleet};
 use crate::values::{Health, NodeValue};
 
 fn attacker_addr() -> SocketAddr {
@@ -485,57 +485,6 @@ async fn an_admitted_node_cannot_publish_events_in_anothers_name() {
         );
     }
     assert_eq!(fleet.status("a", "c"), Some(MemberStatus::Alive));
-}
-
-/// SplitMix64, for seeded fuzzing.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next_u64() as u8).collect()
-    }
-
-    fn addr(&mut self) -> SocketAddr {
-        let x = self.next_u64();
-        SocketAddr::from((
-            [(x >> 8) as u8, (x >> 16) as u8, (x >> 24) as u8, x as u8],
-            (x >> 32) as u16,
-        ))
-    }
-
-    /// Truncates, flips bits in, or extends a frame.
-    fn mutate(&mut self, f: &[u8]) -> Vec<u8> {
-        let mut g = f.to_vec();
-        match self.below(4) {
-            0 => g.truncate(self.below(g.len() + 1)),
-            1 | 2 => {
-                for _ in 0..=self.below(8) {
-                    if !g.is_empty() {
-                        let i = self.below(g.len());
-                        g[i] ^= 1 << self.below(8);
-                    }
-                }
-            }
-            _ => {
-                let n = self.below(64);
-                let extra = self.bytes(n);
-                g.extend(extra);
-            }
-        }
-        g
-    }
 }
 
 /// Sends a round of outsider traffic to `a`: random bytes from random addresses (now and then a

@@ -508,6 +508,76 @@ mod anyhow_free {
     pub type Result<T> = std::result::Result<T, String>;
 }
 
+/// Seeded bytes for fuzzing (SplitMix64): a run is reproducible from its seed. Used by the
+/// harness's attack tests and by `augur-bench fuzz`.
+#[derive(Debug)]
+pub struct FuzzRng(pub u64);
+
+impl FuzzRng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+
+    /// Truncates, flips bits in, or extends a datagram.
+    pub fn mutate(&mut self, f: &[u8]) -> Vec<u8> {
+        let mut g = f.to_vec();
+        match self.below(4) {
+            0 => g.truncate(self.below(g.len() + 1)),
+            1 | 2 => {
+                for _ in 0..=self.below(8) {
+                    if !g.is_empty() {
+                        let i = self.below(g.len());
+                        g[i] ^= 1 << self.below(8);
+                    }
+                }
+            }
+            _ => {
+                let n = self.below(64);
+                let extra = self.bytes(n);
+                g.extend(extra);
+            }
+        }
+        g
+    }
+
+    /// A random IPv4 address and port.
+    pub fn addr(&mut self) -> SocketAddr {
+        let x = self.next_u64();
+        SocketAddr::from((
+            [(x >> 8) as u8, (x >> 16) as u8, (x >> 24) as u8, x as u8],
+            (x >> 32) as u16,
+        ))
+    }
+
+    /// A datagram shaped like a QUIC v1 Initial packet (long header, connection ids, padded to
+    /// 1,200 bytes) with a payload that does not decrypt.
+    pub fn quic_initial(&mut self) -> Vec<u8> {
+        let mut p = vec![0xC0 | self.below(4) as u8, 0, 0, 0, 1];
+        let dcid = self.bytes(8);
+        p.push(8);
+        p.extend(&dcid);
+        p.push(8);
+        p.extend(self.bytes(8));
+        p.push(0); // token length
+        p.extend([0x44, 0x9A]); // length 1178 (varint)
+        let rest = 1200 - p.len();
+        p.extend(self.bytes(rest));
+        p
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

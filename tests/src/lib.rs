@@ -280,6 +280,14 @@ where
     }
 }
 
+/// The sum of the OpenMetrics samples in `text` whose line starts with `prefix` (0 when none).
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Builds a JSON-lines body of `n` samples for `resource` starting at `start_us` (1 ms apart).
 pub fn json_lines(resource: &str, start_us: i64, n: usize) -> String {
     let mut body = String::with_capacity(n * 120);

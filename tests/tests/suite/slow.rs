@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use augur_tests::{AgentOptions, AgentProcess, eventually, http};
+use augur_tests::{AgentOptions, AgentProcess, eventually, http, metric};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -20,14 +20,6 @@ async fn closed_within(mut s: TcpStream, limit: Duration) -> bool {
     })
     .await;
     r.is_ok()
-}
-
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use augur_tests::{AgentOptions, AgentProcess, eventually, http, json_lines, now_us};
+use augur_tests::{AgentOptions, AgentProcess, eventually, http, json_lines, metric, now_us};
 use serde_json::Value;
 
 /// A tmpfs of a fixed size, unmounted on drop.
@@ -71,14 +71,6 @@ async fn count(agent: &AgentProcess, id: &str) -> Option<u64> {
         .await
         .ok()?;
     Some(v["records"].as_array()?.len() as u64)
-}
-
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
