@@ -257,6 +257,8 @@ struct NodeView {
     /// Whether this node was ever alive in this view.
     was_alive: bool,
     admitted: bool,
+    /// The chitchat version of a signed gossip identity refused as not this node's (counted once).
+    identity_refused: Option<u64>,
     /// The PeerId as text, encoded once.
     peer_str: String,
     /// The member as its values describe it, rebuilt only when a value changes; each round sets
@@ -891,7 +893,6 @@ async fn run(
                     _ => None,
                 };
             }
-            let was_admitted = view.admitted;
             view.admitted = view
                 .token
                 .as_ref()
@@ -910,20 +911,22 @@ async fn run(
                 _ => None,
             };
             if identity != Some(true) {
-                // A missing statement is waited for; a different one is counted once per change.
-                if identity == Some(false) && (view.base.is_none() || was_admitted) {
+                // A missing statement is waited for; a different one is counted once per statement.
+                let statement = view.values.get(&ValueKind::Gossip).map(|e| e.0);
+                if identity == Some(false) && view.identity_refused != statement {
                     stats.reject(Rejected::WrongIdentity);
+                    view.identity_refused = statement;
                 }
                 view.admitted = false;
-                view.base = Some(Member::placeholder());
                 unadmitted += 1;
                 continue;
             }
-            if view.base.as_ref().is_none_or(Member::is_placeholder) {
-                if let Some(t) = &view.token {
-                    lp.sessions.learn(t, id.gossip_advertise_addr);
-                }
-                view.base = None;
+            view.identity_refused = None;
+            // A member whose values changed (or that is new) is told to the gossip sessions.
+            if view.base.is_none()
+                && let Some(t) = &view.token
+            {
+                lp.sessions.learn(t, id.gossip_advertise_addr);
             }
             let is_self = id.node_id.as_ref() == self_id;
             let leaving = matches!(
@@ -1087,32 +1090,5 @@ async fn run(
             }
         }
         *shared.members.write() = members;
-    }
-}
-
-impl Member {
-    /// Stands for a node whose identity did not check out (never listed).
-    fn placeholder() -> Self {
-        Self {
-            peer_id: String::new(),
-            node_name: None,
-            status: MemberStatus::Dead,
-            is_self: false,
-            gossip_addr: String::new(),
-            generation: 0,
-            health: None,
-            capacity: None,
-            zone: None,
-            labels: BTreeMap::new(),
-            services: Vec::new(),
-            endpoints: None,
-            models: BTreeMap::new(),
-            last_heard_ms: None,
-            rtt_ms: None,
-        }
-    }
-
-    fn is_placeholder(&self) -> bool {
-        self.peer_id.is_empty()
     }
 }
