@@ -12,8 +12,8 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, ApiState};
 use crate::collect;
 use crate::config::{Config, Sources};
-use crate::history::writer::Ingestor;
 use crate::history::{self, History};
+use crate::ingest::Ingestor;
 use crate::logging::LogReload;
 use crate::predict::{self, Predictions};
 
@@ -89,8 +89,8 @@ pub async fn run(
     )
     .context("cannot start the model trainer thread")?;
     let ingestor = Ingestor::new(tx_writes, history.clone(), stats.clone(), rx_config.clone());
-    let mesh = crate::fleet::start(&cfg, &identity, http_addr, grpc_addr).await?;
-    let events = crate::fleet::EventLog::new(cfg.mesh.event_buffer);
+    let mesh = crate::fleet::mesh::start(&cfg, &identity, http_addr, grpc_addr).await?;
+    let events = crate::fleet::events::EventLog::new(cfg.mesh.event_buffer);
     let api_state = ApiState {
         node_name: node_name.clone(),
         peer_id: identity.peer_id().to_string(),
@@ -135,9 +135,9 @@ pub async fn run(
 
     let tasks = TaskTracker::new();
     if let Some(m) = &mesh {
-        crate::fleet::spawn_pump(m, events.clone(), shutdown.child_token());
+        crate::fleet::events::spawn_pump(m, events.clone(), shutdown.child_token());
     }
-    crate::fleet::spawn_publisher(
+    crate::fleet::publisher::spawn_publisher(
         mesh.clone(),
         events.clone(),
         api_state.predictions.clone(),
@@ -324,7 +324,7 @@ async fn signals(
                             r.set_level(&new.log.level);
                         }
                         if let Some(m) = &mesh {
-                            match crate::fleet::reload_fleet_keys(m, &new.mesh.fleet_keys) {
+                            match crate::fleet::mesh::reload_fleet_keys(m, &new.mesh.fleet_keys) {
                                 Ok(true) => tracing::info!(keys = new.mesh.fleet_keys.len(), "trusted fleet keys replaced; peers no key admits are disconnected"),
                                 Ok(false) => {}
                                 Err(e) => tracing::error!(error = %e, "mesh.fleet_keys not applied"),

@@ -82,6 +82,9 @@ pub struct ApiConfig {
     pub idle_timeout: Duration,
 }
 
+/// `ingest.max_metric_names` by default.
+pub const DEFAULT_MAX_METRIC_NAMES: usize = 512;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
@@ -361,7 +364,7 @@ impl Default for IngestConfig {
             max_labels: 32,
             max_clock_skew: Duration::from_secs(300),
             max_resources: 10_000,
-            max_metric_names: crate::history::DEFAULT_MAX_METRIC_NAMES,
+            max_metric_names: DEFAULT_MAX_METRIC_NAMES,
             queue_depth: 1024,
             enqueue_timeout: Duration::from_secs(2),
         }
@@ -659,7 +662,7 @@ impl Config {
                 regex::Regex::new(p)
                     .map_err(|e| invalid(format!("logs[{i}].patterns"), e.to_string()))?;
             }
-            crate::ingest::check_metric_name(&log.metric)
+            crate::accept::check_metric_name(&log.metric)
                 .map_err(|e| invalid(format!("logs[{i}].metric"), e))?;
         }
         for (i, s) in self.scrape.iter().enumerate() {

@@ -153,6 +153,36 @@ pub fn failures(
     seconds: usize,
     as_json: bool,
 ) -> anyhow::Result<()> {
+    let r = failure_report(seed, per_scenario, seconds)?;
+    print_failures(&r, as_json)
+}
+
+/// What the failure-injection replay found: every detector's outcome on the same traces, each
+/// augur row paired with predict_linear, the calibration and the trained models.
+#[derive(Debug)]
+pub struct FailureReport {
+    pub seed: u64,
+    pub resources: usize,
+    pub samples: usize,
+    pub horizon_s: f64,
+    /// In the order of the table: the augur rows first, predict_linear last.
+    pub outcomes: Vec<augur_models::eval::failures::Outcome>,
+    pub pairs: Vec<(String, augur_models::eval::failures::Paired)>,
+    pub fit_seed: u64,
+    pub platt: augur_models::calibration::Platt,
+    pub brier_raw: f64,
+    pub brier_cal: f64,
+    pub judged: usize,
+    pub train_s: f64,
+    pub trained_meta: augur_models::trained::ModelMeta,
+}
+
+/// Runs the failure-injection replay (see [`failures`]).
+pub fn failure_report(
+    seed: u64,
+    per_scenario: usize,
+    seconds: usize,
+) -> anyhow::Result<FailureReport> {
     use augur_models::calibration::{Platt, brier};
     use augur_models::eval::failures::{
         self, Alarmer, EngineAlarm, PredictLinear, StaticThreshold,
@@ -178,7 +208,7 @@ pub fn failures(
     // The trained models: fitted, as the agent's trainer would, on the history of other resources
     // (the other seed's traces, failures labelled), then used on these.
     let train_started = std::time::Instant::now();
-    let trained = augur_models::trained::train(
+    let trained = augur_models::training::train(
         "host",
         &failures::as_history(&failures::generate(fit_seed, per_scenario, seconds)),
         1,
@@ -187,7 +217,7 @@ pub fn failures(
             limits: failures::limits(),
             ..Default::default()
         },
-        &augur_models::trained::TrainConfig {
+        &augur_models::training::TrainConfig {
             max_rows: usize::MAX,
             seed,
             ..Default::default()
@@ -259,6 +289,39 @@ pub fn failures(
                 .collect()
         })
         .unwrap_or_default();
+    Ok(FailureReport {
+        seed,
+        resources: traces.len(),
+        samples,
+        horizon_s,
+        outcomes,
+        pairs,
+        fit_seed,
+        platt,
+        brier_raw,
+        brier_cal,
+        judged: judged.len(),
+        train_s,
+        trained_meta,
+    })
+}
+
+fn print_failures(r: &FailureReport, as_json: bool) -> anyhow::Result<()> {
+    let FailureReport {
+        seed,
+        resources,
+        samples,
+        horizon_s,
+        outcomes,
+        pairs,
+        fit_seed,
+        platt,
+        brier_raw,
+        brier_cal,
+        judged,
+        train_s,
+        trained_meta,
+    } = r;
     if as_json {
         let rows: Vec<Value> = outcomes
             .iter()
@@ -282,21 +345,20 @@ pub fn failures(
                         "earlier": p.a_earlier, "later": p.b_earlier})).collect::<Vec<_>>(),
                     "calibration": {"fitted_on_seed": fit_seed, "weights": platt.w, "examples": platt.examples,
                         "positives": platt.positives, "brier_raw": brier_raw, "brier_calibrated": brier_cal,
-                        "judged_examples": judged.len()},
+                        "judged_examples": judged},
                     "trained_models": {"train_seconds": train_s, "meta": trained_meta}})
             )?
         );
         return Ok(());
     }
     println!(
-        "failure-injection replay: {} resources, {samples} samples (1 s apart), horizon {horizon_s} s, caught = alarm at least 30 s ahead",
-        traces.len()
+        "failure-injection replay: {resources} resources, {samples} samples (1 s apart), horizon {horizon_s} s, caught = alarm at least 30 s ahead"
     );
     println!(
         "{:<34} {:>8} {:>8} {:>12} {:>14}",
         "detector", "caught", "recall", "median lead", "false/res-hour"
     );
-    for o in &outcomes {
+    for o in outcomes {
         println!(
             "{:<34} {:>4}/{:<3} {:>8.2} {:>11} {:>14.3}",
             o.detector,
@@ -308,7 +370,7 @@ pub fn failures(
             o.false_alarms_per_resource_hour
         );
     }
-    for (d, p) in &pairs {
+    for (d, p) in pairs {
         let f = |x: Option<f64>| x.map_or("-".to_owned(), |l| format!("{l:.0} s"));
         println!(
             "{d} vs predict_linear on the {} failures both catch: median lead {} vs {}, median difference {}, earlier on {}, later on {}",
@@ -598,7 +660,24 @@ mod tests {
 
     #[test]
     fn the_failure_replay_runs_small() {
-        failures(3, 1, 900, true).expect("runs");
+        let r = failure_report(3, 1, 900).expect("runs");
+        // Every detector judged on the same failures; augur's rows paired with predict_linear.
+        assert_eq!(r.outcomes.len(), 6);
+        let failures = r.outcomes[0].failures;
+        assert!(failures > 0, "the traces hold failures");
+        for o in &r.outcomes {
+            assert_eq!(o.failures, failures, "{}", o.detector);
+            assert!(o.caught <= o.failures && (0.0..=1.0).contains(&o.recall));
+            assert!(o.false_alarms_per_resource_hour.is_finite());
+        }
+        assert!(r.outcomes[5].detector.starts_with("predict_linear"));
+        assert_eq!(r.pairs.len(), 4, "each augur row against predict_linear");
+        // The augur engine catches failures ahead of time even on this small a run.
+        let best = r.outcomes[..4].iter().map(|o| o.caught).max();
+        assert!(best > Some(0), "{:?}", r.outcomes);
+        assert!(r.brier_raw.is_finite() && r.brier_cal.is_finite() && r.judged > 0);
+        assert!(r.trained_meta.rows > 0);
+        print_failures(&r, true).expect("prints");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The augur agent: collects this host's telemetry and its workloads', keeps a durable history,
-//! serves the local API, and (as the models and the mesh land) predicts failures and moves work.
+//! predicts failures with the models, gossips health over the mesh, and serves the local API.
 
+pub mod accept;
 pub mod agent;
 pub mod api;
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod history;
 pub mod ingest;
 pub mod logging;
 pub mod models;
+pub mod net;
 pub mod predict;
 pub mod replay;
 pub mod sample;

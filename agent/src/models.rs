@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use augur_models::engine::{EngineConfig, MODEL_VERSION};
-use augur_models::trained::{ModelMeta, ResourceHistory, TrainConfig, TrainError, TrainedModels};
+use augur_models::trained::{ModelMeta, TrainedModels};
+use augur_models::training::{ResourceHistory, TrainConfig, TrainError};
 use augur_proto::{Event, ResourceType};
 use parking_lot::RwLock;
 use tokio::sync::{oneshot, watch};
@@ -264,7 +265,8 @@ pub fn train_type(
         ..EngineConfig::default()
     };
     let version = store.next_version(resource_type);
-    match augur_models::trained::train(resource_type, &data, version, &engine, &train_config(cfg)) {
+    match augur_models::training::train(resource_type, &data, version, &engine, &train_config(cfg))
+    {
         Ok(models) => {
             let meta = models.meta.clone();
             match store.install(models, cfg.models.keep_versions) {

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use augur_models::engine::{EngineConfig, ResourceEngine};
-use augur_models::trained::{ResourceHistory, TrainConfig, TrainedModels};
+use augur_models::trained::TrainedModels;
+use augur_models::training::{ResourceHistory, TrainConfig};
 use augur_proto::Event;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -166,7 +167,7 @@ pub fn replay_with(
                         .map(|id| training.histories[id].clone())
                         .collect()
                 };
-                match augur_models::trained::train(
+                match augur_models::training::train(
                     &rtype,
                     &data,
                     training.version + 1,

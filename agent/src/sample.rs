@@ -11,9 +11,26 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct UnixMicros(pub i64);
 
+/// The agent's one reading of wall-clock time: everything that needs "now" as a Unix time (sample
+/// times, token expiry, generations, failure times) asks here.
 impl UnixMicros {
     pub fn now() -> Self {
         Self::from_system(SystemTime::now())
+    }
+
+    /// Whole milliseconds since the epoch (0 before it).
+    pub fn as_unix_ms(self) -> u64 {
+        u64::try_from(self.0 / 1_000).unwrap_or(0)
+    }
+
+    /// Whole seconds since the epoch (0 before it).
+    pub fn as_unix_s(self) -> u64 {
+        u64::try_from(self.0 / 1_000_000).unwrap_or(0)
+    }
+
+    /// Microseconds since the epoch (0 before it).
+    pub fn as_unix_us(self) -> u64 {
+        u64::try_from(self.0).unwrap_or(0)
     }
 
     pub fn from_system(t: SystemTime) -> Self {

@@ -10,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::ingest::RejectReason;
+use crate::accept::RejectReason;
 
 /// Where a sample came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -17,14 +17,14 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use augur_mesh::chitchat::transport::ChannelTransport;
-use augur_mesh::chitchat::{
-    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
-    spawn_chitchat,
-};
 use augur_mesh::membership::MemberStatus;
 use augur_mesh::sim::{SimConfig, SimFleet};
 use augur_mesh::values::{Health, NodeValue};
+use chitchat::transport::ChannelTransport;
+use chitchat::{
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
+    spawn_chitchat,
+};
 use tokio::time::Instant;
 
 const INTERVAL: Duration = Duration::from_millis(300);

@@ -6,6 +6,7 @@
 pub mod admission;
 #[cfg(test)]
 mod attacks;
+pub mod clock;
 pub mod datagram;
 pub mod identity;
 pub mod membership;
@@ -16,9 +17,11 @@ pub mod swarm;
 pub mod transport;
 pub mod values;
 
+pub use clock::Clock;
 pub use identity::{IdentityError, NodeIdentity};
 pub use node::{FleetEvent, Mesh, MeshConfig, MeshError};
 
-pub use chitchat;
-pub use libp2p;
-pub use quinn;
+// The few foreign types in the mesh's public API; the crates behind them are the mesh's own
+// business (a caller that needs more of chitchat or libp2p depends on it by name).
+pub use libp2p::identity::Keypair;
+pub use libp2p::{Multiaddr, PeerId};

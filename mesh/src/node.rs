@@ -19,9 +19,10 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::admission::{JoinToken, Trust};
+use crate::clock::Clock;
 use crate::datagram::{Datagrams, Udp};
 use crate::membership::{
-    Clock, Member, MemberStatus, Membership, MembershipConfig, MembershipError, MembershipEvent,
+    Member, MemberStatus, Membership, MembershipConfig, MembershipError, MembershipEvent,
 };
 use crate::swarm::{self, EVENTS_TOPIC, SwarmConfig, SwarmError, SwarmEvent, SwarmHandle};
 use crate::values::{Endpoints, NodeValue};

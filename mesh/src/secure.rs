@@ -42,8 +42,8 @@ use libp2p::identity::Keypair;
 use sha2::{Digest as _, Sha256};
 
 use crate::admission::{JoinToken, Trust, public_key_of};
+use crate::clock::Clock;
 use crate::datagram::{DatagramSocket, Datagrams, MAX_DATAGRAM};
-use crate::membership::Clock;
 use crate::transport::GossipTraffic;
 
 /// The first byte of every augur gossip frame.

@@ -33,8 +33,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::admission::{FleetKey, FleetPublicKey, JoinToken, Trust};
+use crate::clock::Clock;
 use crate::datagram::MemoryDatagrams;
-use crate::membership::{Clock, Member, MemberStatus, Membership, MembershipConfig};
+use crate::membership::{Member, MemberStatus, Membership, MembershipConfig};
 use crate::node::{Mesh, MeshConfig};
 use crate::swarm::MemoryNet;
 use crate::values::{self, NodeValue};
@@ -180,7 +181,7 @@ impl SimFleet {
         token: JoinToken,
         trusted: Vec<FleetPublicKey>,
         admitted: bool,
-    ) -> anyhow_free::Result<()> {
+    ) -> harness_result::Result<()> {
         let keypair = self.keypair(name);
         let (addr, memory_port, generation) = match self.nodes.get(name) {
             Some(n) => (n.addr, n.memory_port, n.generation + 1),
@@ -503,8 +504,9 @@ impl SimFleet {
     }
 }
 
-/// Plain string errors, so the harness does not need anyhow.
-mod anyhow_free {
+/// The harness's results: a failed expectation as a plain message (the harness has no error type
+/// of its own; a test prints the message).
+mod harness_result {
     pub type Result<T> = std::result::Result<T, String>;
 }
 

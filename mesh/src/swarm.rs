@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::admission::{FleetPublicKey, JoinToken, Trust};
-use crate::membership::Clock;
+use crate::clock::Clock;
 
 /// The topic of fleet events.
 pub const EVENTS_TOPIC: &str = "augur/events/1";
@@ -171,6 +171,9 @@ pub enum SwarmError {
     Build(String),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: Multiaddr, reason: String },
+    /// Gossipsub refused a message (no peer subscribed to the topic, too large, a duplicate).
+    #[error("cannot publish on {topic}: {reason}")]
+    Publish { topic: String, reason: String },
     #[error("the mesh has stopped")]
     Stopped,
 }
@@ -201,7 +204,10 @@ impl SwarmHandle {
             .map_err(|_| SwarmError::Stopped)?;
         rx.await
             .map_err(|_| SwarmError::Stopped)?
-            .map_err(SwarmError::Build)
+            .map_err(|reason| SwarmError::Publish {
+                topic: topic.to_owned(),
+                reason,
+            })
     }
 
     /// Peers admitted on a live connection.

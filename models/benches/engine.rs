@@ -12,7 +12,8 @@ use augur_models::engine::{EngineConfig, ResourceEngine};
 use augur_models::forecast::mlp::{MlpConfig, MlpForecaster};
 use std::sync::Arc;
 
-use augur_models::trained::{CalibrationReport, ResourceHistory, TrainConfig, train};
+use augur_models::trained::CalibrationReport;
+use augur_models::training::{ResourceHistory, TrainConfig, train};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// A host-like sample: the host collector's 17 metrics.

@@ -140,18 +140,13 @@ pub struct AnomalyParts {
 /// Samples a metric needs before its forecast is trusted for a failure probability.
 pub const WARM_UP: u64 = 60;
 
-/// Smoothing of the engine's Holt forecaster (level, trend), per sample. Chosen on the failure
-/// replay's seed 1007 and then judged on seed 7 (`augur eval failures [--seed N]`): (0.3, 0.01), the
-/// first choice, alarmed later than predict_linear (paired median -13 s on 1007, -9 s on 7); (0.1,
-/// 0.03) was earlier but no fewer false alarms on 1007 (0.344 each); (0.2, 0.02) had more; (0.15, 0.02)
-/// was earlier (+10 s) with fewer false alarms (0.308 against 0.344) on 1007, and on 7 too (+9 s,
-/// 0.287 against 0.324). A faster trend reacts sooner to a ramp; less level smoothing keeps the trend
-/// from chasing noise.
+/// Smoothing of the engine's Holt forecaster (level, trend), per sample: a trend fast enough to
+/// react to a ramp, a level slow enough that the trend does not chase noise. Chosen on one seed of
+/// the failure replay and judged on another (docs/BENCHMARKS.md, "Failure-injection replay").
 pub const HOLT_ALPHA: f64 = 0.15;
 pub const HOLT_BETA: f64 = 0.02;
 
-/// The version string of this engine's models.
-pub const MODEL_VERSION: &str = "augur-engine-v7";
+pub use crate::MODEL_VERSION;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct MetricState {
@@ -551,14 +546,12 @@ impl ResourceEngine {
     }
 }
 
-/// The resource's anomaly score from its three detectors, each already a likelihood in [0, 1]: the
-/// per-metric level likelihood (largest over metrics), the burn MLP's residual likelihood and the
-/// Isolation Forest's. The trained detectors count where they agree (the smaller of the two), so
-/// either one's false alarms alone do not raise the score. Measured on NAB (standard profile, models
-/// trained on each file's probationary period; `augur eval nab`): level alone 44.21, this rule
-/// 43.83, the largest of all three 38.01, the level with the MLP 38.38, with the forest 43.45, the
-/// mean of the three 41.57, 0.9 / 0.05 / 0.05 weights 43.65. On SMD every rule gave the same
-/// composite F1 (0.589): the trained detectors never reach the level's top scores there.
+/// The resource's anomaly score from its three detectors, each already a likelihood in [0, 1]:
+/// the per-metric level likelihood (largest over metrics) and `trained`, where the burn MLP's
+/// residual likelihood and the Isolation Forest's agree (the smaller of the two, taken by the
+/// caller). The trained evidence counts only once it reaches an alarm, so either detector's false
+/// alarms alone do not raise the score. The alternatives measured on NAB and SMD are in
+/// docs/BENCHMARKS.md ("How the trained detectors are combined").
 fn combine_anomaly(level: f64, trained: f64) -> f64 {
     if trained >= crate::anomaly::novelty::ALARM_SCORE {
         level.max(trained)

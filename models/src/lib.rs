@@ -7,6 +7,10 @@ pub mod engine;
 pub mod eval;
 pub mod forecast;
 pub mod trained;
+pub mod training;
+
+/// The version string of the engine and its models (the engine's and the trained models' code together).
+pub const MODEL_VERSION: &str = "augur-engine-v7";
 
 use burn::tensor::Device;
 

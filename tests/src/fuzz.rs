@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use augur_mesh::Clock;
+use augur_mesh::Keypair;
 use augur_mesh::admission::{FleetKey, JoinToken, Trust};
-use augur_mesh::chitchat::wire;
-use augur_mesh::chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
-use augur_mesh::libp2p::identity::Keypair;
-use augur_mesh::membership::Clock;
 use augur_mesh::secure::{SecureConfig, Sessions};
+use chitchat::wire;
+use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 use serde_json::{Value, json};
 
 use augur_mesh::sim::FuzzRng as Rng;
@@ -89,7 +89,7 @@ pub async fn run(
         SecureConfig::new("augur".to_owned(), insider_addr),
     )
     .context("ed25519 key")?;
-    let n1_peer: augur_mesh::libp2p::PeerId = crate::augur_json(&[
+    let n1_peer: augur_mesh::PeerId = crate::augur_json(&[
         "fleet",
         "peer-id",
         "--data-dir",

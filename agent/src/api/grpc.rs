@@ -14,9 +14,10 @@ use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::http::{DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT};
-use super::{ApiError, ApiState, PushBatch};
-use crate::fleet::Delivery;
-use crate::ingest::RejectReason;
+use super::{ApiError, ApiState};
+use crate::accept::RejectReason;
+use crate::fleet::events::Delivery;
+use crate::ingest::PushBatch;
 use crate::sample::UnixMicros;
 use crate::stats::Source;
 
@@ -51,7 +52,7 @@ impl Telemetry for GrpcApi {
                     item = stream.next() => item,
                     () = tokio::time::sleep_until(at) => {
                         let due = std::mem::replace(&mut batch, PushBatch::new(ingestor, Source::Grpc));
-                        merge(&mut summary, due.commit().await.map_err(Status::from)?);
+                        merge(&mut summary, due.commit().await.map_err(|e| Status::from(ApiError::from(e)))?);
                         flush_at = None;
                         continue;
                     }
@@ -84,20 +85,31 @@ impl Telemetry for GrpcApi {
             index += 1;
             if batch.samples.len() >= PUSH_CHUNK {
                 let full = std::mem::replace(&mut batch, PushBatch::new(ingestor, Source::Grpc));
-                merge(&mut summary, full.commit().await.map_err(Status::from)?);
+                merge(
+                    &mut summary,
+                    full.commit()
+                        .await
+                        .map_err(|e| Status::from(ApiError::from(e)))?,
+                );
                 flush_at = None;
             }
         }
-        merge(&mut summary, batch.commit().await.map_err(Status::from)?);
+        merge(
+            &mut summary,
+            batch
+                .commit()
+                .await
+                .map_err(|e| Status::from(ApiError::from(e)))?,
+        );
         Ok(Response::new(summary))
     }
 }
 
-fn merge(summary: &mut PushSummary, outcome: super::PushOutcome) {
+fn merge(summary: &mut PushSummary, outcome: crate::ingest::PushOutcome) {
     summary.accepted += outcome.accepted as u64;
     summary.rejected += outcome.rejected as u64;
     for e in outcome.errors {
-        if summary.errors.len() < super::MAX_REPORTED_ERRORS {
+        if summary.errors.len() < crate::ingest::batch::MAX_REPORTED_ERRORS {
             summary.errors.push(RejectedSample {
                 index: e.index as u64,
                 error: format!("{}: {}", e.reason, e.error),
@@ -106,7 +118,7 @@ fn merge(summary: &mut PushSummary, outcome: super::PushOutcome) {
     }
 }
 
-fn event_msg(e: crate::fleet::Logged) -> FleetEventMsg {
+fn event_msg(e: crate::fleet::events::Logged) -> FleetEventMsg {
     FleetEventMsg {
         index: e.index,
         topic: e.event.topic,

@@ -14,10 +14,12 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ApiError, ApiState, PushBatch};
-use crate::fleet::Delivery;
+use super::{ApiError, ApiState};
+use crate::accept::RejectReason;
+use crate::fleet::events::Delivery;
 use crate::history::ResourceSummary;
-use crate::ingest::{RejectReason, parse_body};
+use crate::ingest::PushBatch;
+use crate::ingest::parse_body;
 use crate::sample::UnixMicros;
 use crate::stats::{Source, counter_family, escape_label, gauge_family};
 
@@ -91,7 +93,7 @@ async fn healthz(State(st): State<ApiState>) -> Json<serde_json::Value> {
             .load(std::sync::atomic::Ordering::Relaxed);
         let last = ms.last_gossip_failure.lock().clone();
         let running = mesh.membership.is_running();
-        let now_ms = augur_mesh::membership::Clock::system().now_ms();
+        let now_ms = augur_mesh::Clock::system().now_ms();
         let recent = last
             .as_ref()
             .is_some_and(|(_, at)| now_ms.saturating_sub(*at) < GOSSIP_RESTART_DEGRADES_MS);
@@ -709,9 +711,6 @@ pub async fn serve(
     connections.wait().await;
     Ok(())
 }
-
-/// How long an HTTP client of the CLI waits for the agent.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

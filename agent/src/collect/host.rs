@@ -5,7 +5,10 @@
 //! - `cpu_util`: busy fraction of all CPUs, 0..1
 //! - `load_1`, `load_5`, `load_15`: load averages
 //! - `mem_used_ratio`, `swap_used_ratio`: 0..1 (swap is 0 without swap)
+//! - `mem_available_bytes`: memory available to new work (the mesh's capacity value reads it)
 //! - `disk_used_ratio:<mount>` per mounted file system, and `disk_used_ratio_max` over them
+//! - `disk_free_bytes_min`: the least free space of any mounted file system (capacity reads it;
+//!   absent when no file system is listed)
 //! - `disk_read_bps`, `disk_write_bps`: bytes per second over all block devices
 //! - `net_rx_bps`, `net_tx_bps`: bytes per second over all interfaces (loopback excluded by default)
 //! - `net_rx_errors_ps`, `net_tx_errors_ps`: interface errors per second
@@ -25,19 +28,29 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::history::writer::Ingestor;
+use crate::ingest::Ingestor;
 use crate::sample::{Sample, UnixMicros};
 use crate::stats::Source;
 
+/// The host metrics other parts of the agent read by name (the mesh's capacity value).
+pub const CPU_UTIL: &str = "cpu_util";
+pub const MEM_AVAILABLE_BYTES: &str = "mem_available_bytes";
+pub const DISK_FREE_BYTES_MIN: &str = "disk_free_bytes_min";
+/// Per-mount disk metrics: this prefix, then the mount point.
+pub const DISK_USED_RATIO_PREFIX: &str = "disk_used_ratio:";
+
 /// Every fixed metric name the host collector emits (per-mount disk metrics come in addition).
+/// A test compares it with what a tick really emits, both ways.
 pub const HOST_METRICS: &[&str] = &[
-    "cpu_util",
+    CPU_UTIL,
     "load_1",
     "load_5",
     "load_15",
     "mem_used_ratio",
+    MEM_AVAILABLE_BYTES,
     "swap_used_ratio",
     "disk_used_ratio_max",
+    DISK_FREE_BYTES_MIN,
     "disk_read_bps",
     "disk_write_bps",
     "net_rx_bps",
@@ -140,7 +153,7 @@ impl HostCollector {
         self.sys.refresh_cpu_usage();
         self.sys.refresh_memory();
         m.insert(
-            "cpu_util".into(),
+            CPU_UTIL.into(),
             (f64::from(self.sys.global_cpu_usage()) / 100.0).clamp(0.0, 1.0),
         );
         if let Ok(load) = System::load_average() {
@@ -155,7 +168,7 @@ impl HostCollector {
                 ratio(self.sys.used_memory(), total),
             );
             m.insert(
-                "mem_available_bytes".into(),
+                MEM_AVAILABLE_BYTES.into(),
                 self.sys.available_memory() as f64,
             );
         }
@@ -184,14 +197,14 @@ impl HostCollector {
             min_free = Some(min_free.map_or(d.available_space(), |f| f.min(d.available_space())));
             let used = ratio(total.saturating_sub(d.available_space()), total);
             max_used = max_used.max(used);
-            let name = format!("disk_used_ratio:{}", d.mount_point().display());
-            if crate::ingest::check_metric_name(&name).is_ok() {
+            let name = format!("{DISK_USED_RATIO_PREFIX}{}", d.mount_point().display());
+            if crate::accept::check_metric_name(&name).is_ok() {
                 m.insert(name, used);
             }
         }
         m.insert("disk_used_ratio_max".into(), max_used);
         if let Some(f) = min_free {
-            m.insert("disk_free_bytes_min".into(), f as f64);
+            m.insert(DISK_FREE_BYTES_MIN.into(), f as f64);
         }
         let disk = self.disk_counters();
         let (r, w) = rate_sum(&self.prev_disk, &disk, dt);
@@ -356,10 +369,19 @@ mod tests {
         let mut c = HostCollector::new(false).expect("sysinfo works here");
         std::thread::sleep(Duration::from_millis(250)); // sysinfo ignores CPU refreshes within 200 ms
         let m = c.tick();
+        // Both ways: every listed metric is emitted (disk_free_bytes_min needs a listed file
+        // system), and every emitted one is listed (or is a per-mount disk metric).
+        let mounts = m.keys().any(|k| k.starts_with(DISK_USED_RATIO_PREFIX));
         for name in HOST_METRICS {
-            if cfg!(target_os = "linux") {
+            if cfg!(target_os = "linux") && (*name != DISK_FREE_BYTES_MIN || mounts) {
                 assert!(m.contains_key(*name), "missing {name}: {m:?}");
             }
+        }
+        for name in m.keys() {
+            assert!(
+                HOST_METRICS.contains(&name.as_str()) || name.starts_with(DISK_USED_RATIO_PREFIX),
+                "{name} is emitted but not in HOST_METRICS"
+            );
         }
         for (name, v) in &m {
             assert!(v.is_finite(), "{name} = {v}");
@@ -367,7 +389,7 @@ mod tests {
             {
                 assert!((0.0..=1.0).contains(v), "{name} = {v}");
             }
-            assert!(crate::ingest::check_metric_name(name).is_ok(), "{name}");
+            assert!(crate::accept::check_metric_name(name).is_ok(), "{name}");
         }
         assert!(m["agent_rss_bytes"] > 0.0);
         assert!(m["process_count"] >= 1.0);

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogConfig};
-use crate::history::writer::Ingestor;
+use crate::ingest::Ingestor;
 use crate::sample::{Sample, UnixMicros};
 use crate::stats::Source;
 

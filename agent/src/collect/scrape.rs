@@ -14,9 +14,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accept::{RejectReason, Rejection};
 use crate::config::{Config, ScrapeConfig};
-use crate::history::writer::Ingestor;
-use crate::ingest::{RejectReason, Rejection};
+use crate::ingest::Ingestor;
 use crate::sample::{Sample, UnixMicros};
 use crate::stats::Source;
 
@@ -121,7 +121,7 @@ pub fn to_sample(
         .series
         .into_iter()
         .filter(|(k, _)| include.is_none_or(|set| set.is_match(k)))
-        .filter(|(k, _)| crate::ingest::check_metric_name(k).is_ok())
+        .filter(|(k, _)| crate::accept::check_metric_name(k).is_ok())
         .collect();
     // Prometheus's `_ratio` convention matches augur's, but not every exporter keeps it.
     metrics.retain(|k, v| {
@@ -161,7 +161,7 @@ pub async fn run(
     mut config: watch::Receiver<Arc<Config>>,
     shutdown: CancellationToken,
 ) {
-    let client = match reqwest::Client::builder().no_proxy().build() {
+    let client = match crate::net::http_client(None) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the HTTP client; scraping is off");

@@ -24,7 +24,7 @@ use parking_lot::RwLock;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::ingest::{RejectReason, Rejection};
+use crate::accept::{self, RejectReason, Rejection, TypeFrom};
 use crate::sample::{Sample, UnixMicros};
 
 const SAMPLES: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("samples");
@@ -151,19 +151,7 @@ impl Tracked {
             .keys()
             .filter(|k| !self.names.contains(&hasher.hash_one(k)))
             .count();
-        if new > 0 && self.names.len() + new > max {
-            return Err(Rejection::new(
-                RejectReason::TooManyMetrics,
-                format!(
-                    "resource {} already has {} distinct metric names and this sample adds {new} \
-                     (ingest.max_metric_names is {max}); put varying parts in labels, not in \
-                     metric names",
-                    s.resource_id,
-                    self.names.len()
-                ),
-            ));
-        }
-        Ok(())
+        accept::metric_names(&s.resource_id, self.names.len(), new, max)
     }
 }
 
@@ -214,9 +202,6 @@ struct Inner {
     /// Distinct metric names a resource may use (`ingest.max_metric_names`).
     max_names: AtomicUsize,
 }
-
-/// `ingest.max_metric_names` by default.
-pub const DEFAULT_MAX_METRIC_NAMES: usize = 512;
 
 fn key_len(id: &str) -> u64 {
     id.len() as u64 + 8
@@ -287,7 +272,7 @@ impl History {
                 state: RwLock::new(state),
                 failure: RwLock::new(None),
                 hasher,
-                max_names: AtomicUsize::new(DEFAULT_MAX_METRIC_NAMES),
+                max_names: AtomicUsize::new(crate::config::DEFAULT_MAX_METRIC_NAMES),
             }),
         })
     }
@@ -395,23 +380,16 @@ impl History {
             ));
         }
         match state.get(&sample.resource_id) {
-            Some(t) if t.meta.resource_type != sample.resource_type => Err(Rejection::new(
-                RejectReason::TypeConflict,
-                format!(
-                    "resource {} is of type {}, not {}; use a new resource_id for a different kind",
-                    sample.resource_id, t.meta.resource_type, sample.resource_type
-                ),
-            )),
-            Some(t) => t.check_names(sample, max_names, &self.inner.hasher),
-            None if state.len() >= max_resources => Err(Rejection::new(
-                RejectReason::TooManyResources,
-                format!(
-                    "this agent already tracks {} resources (ingest.max_resources); {} is refused",
-                    state.len(),
-                    sample.resource_id
-                ),
-            )),
-            None => Ok(()),
+            Some(t) => {
+                accept::same_type(
+                    &sample.resource_id,
+                    &t.meta.resource_type,
+                    TypeFrom::Stored,
+                    &sample.resource_type,
+                )?;
+                t.check_names(sample, max_names, &self.inner.hasher)
+            }
+            None => accept::room_for(&sample.resource_id, state.len(), max_resources),
         }
     }
 
@@ -438,20 +416,8 @@ impl History {
                     .filter(|h| !known.is_some_and(|k| k.contains(h)) && !batch.contains(h))
                     .collect();
                 let have = known.map_or(0, |k| k.len()) + batch.len();
-                if !new.is_empty() && have + new.len() > max_names {
-                    outcome.refused.push((
-                        index,
-                        Rejection::new(
-                            RejectReason::TooManyMetrics,
-                            format!(
-                                "resource {} already has {have} distinct metric names and this \
-                                 sample adds {} (ingest.max_metric_names is {max_names}); put \
-                                 varying parts in labels, not in metric names",
-                                s.resource_id,
-                                new.len()
-                            ),
-                        ),
-                    ));
+                if let Err(r) = accept::metric_names(&s.resource_id, have, new.len(), max_names) {
+                    outcome.refused.push((index, r));
                     continue;
                 }
                 let meta = match touched.get_mut(&s.resource_id) {
@@ -470,18 +436,13 @@ impl History {
                         touched.entry(s.resource_id.clone()).or_insert(m)
                     }
                 };
-                if meta.resource_type != s.resource_type {
-                    outcome.refused.push((
-                        index,
-                        Rejection::new(
-                            RejectReason::TypeConflict,
-                            format!(
-                                "resource {} was given type {} by a concurrent push before this {} \
-                                 sample was written",
-                                s.resource_id, meta.resource_type, s.resource_type
-                            ),
-                        ),
-                    ));
+                if let Err(r) = accept::same_type(
+                    &s.resource_id,
+                    &meta.resource_type,
+                    TypeFrom::ConcurrentPush,
+                    &s.resource_type,
+                ) {
+                    outcome.refused.push((index, r));
                     continue;
                 }
                 batch.extend(new);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::engine::{EngineConfig, ResourceEngine};
 use crate::forecast::Holt;
-use crate::trained::{ResourceHistory, TrainConfig, train};
+use crate::training::{ResourceHistory, TrainConfig, train};
 
 /// A detector evaluated on univariate series.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

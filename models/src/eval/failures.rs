@@ -201,11 +201,11 @@ pub struct EngineAlarm {
 }
 
 /// The traces as training history: one resource each, its failure labelled.
-pub fn as_history(traces: &[Trace]) -> Vec<crate::trained::ResourceHistory> {
+pub fn as_history(traces: &[Trace]) -> Vec<crate::training::ResourceHistory> {
     traces
         .iter()
         .map(|tr| {
-            let mut h = crate::trained::ResourceHistory::default();
+            let mut h = crate::training::ResourceHistory::default();
             for (t, m) in tr.samples.iter().enumerate() {
                 h.push(t as f64, m.clone());
             }

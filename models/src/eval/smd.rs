@@ -256,7 +256,7 @@ impl SmdDetector {
                         .collect()
                 };
                 let mut t = 0.0;
-                let mut history = crate::trained::ResourceHistory::default();
+                let mut history = crate::training::ResourceHistory::default();
                 for row in &m.train {
                     t += 60.0;
                     let metrics = row_metrics(row);
@@ -264,11 +264,11 @@ impl SmdDetector {
                     history.push(t, metrics);
                 }
                 if self == SmdDetector::AugurTrained {
-                    let cfg = crate::trained::TrainConfig {
+                    let cfg = crate::training::TrainConfig {
                         seed,
                         ..Default::default()
                     };
-                    let models = crate::trained::train("smd", &[history], 1, &config, &cfg).ok();
+                    let models = crate::training::train("smd", &[history], 1, &config, &cfg).ok();
                     e.set_models(models.map(std::sync::Arc::new));
                 }
                 m.test

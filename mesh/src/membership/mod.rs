@@ -2,10 +2,14 @@
 //! signed (see [`crate::values`]) and every node admitted by its join token before anything it
 //! publishes is believed.
 //!
-//! One task owns the view: every gossip interval it re-reads chitchat's state, verifies what changed
-//! (verification results are cached per chitchat version, so a steady fleet costs no signature
-//! checks), derives each member's status (alive, suspect, dead, left), and emits events on changes.
-//! The same task re-signs and republishes this node's values so that they never look stale.
+//! One task owns the view: every gossip interval (and soon after a value arrives) it reads chitchat's
+//! state and hands it to [`view::View`], the decisions without I/O (what is believed, who is a
+//! member, each member's status, the events); the task carries out what the view returns. Values
+//! are verified once per chitchat version, so a steady fleet costs no signature checks. The same
+//! task re-signs and republishes this node's values so that they never look stale, and a
+//! supervisor starts chitchat again when it ends unexpectedly.
+
+pub mod view;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -22,62 +26,14 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::admission::{JoinToken, Trust};
+use crate::clock::Clock;
 use crate::datagram::Datagrams;
 use crate::secure::{SecureConfig, SecureTransport, Sessions};
 use crate::transport::GossipTraffic;
 use crate::values::{
     self, Capacity, Endpoints, GossipIdentity, Health, NodeValue, Rejected, ValueKind,
 };
-
-/// One node as read from chitchat: id, heartbeat, augur key-values (key, value, version), and the
-/// failure detector's current timeout.
-type NodeRow = (
-    ChitchatId,
-    u64,
-    Vec<(String, String, u64)>,
-    Option<Duration>,
-);
-
-/// A node learned from gossip that has not shown a heartbeat yet is judged dead by chitchat at
-/// once; it is listed as dead only if it stays so this long (or was alive before).
-const DEAD_ON_ARRIVAL: Duration = Duration::from_secs(10);
-
-/// A source of wall-clock time in unix milliseconds. Tests drive it from tokio's paused clock.
-#[derive(Clone)]
-pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
-
-impl Clock {
-    pub fn system() -> Self {
-        Self(Arc::new(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64)
-        }))
-    }
-
-    /// Wall time that starts at `start_ms` and advances with tokio's (possibly paused) clock.
-    pub fn tokio(start_ms: u64) -> Self {
-        let origin = Instant::now();
-        Self(Arc::new(move || {
-            start_ms + origin.elapsed().as_millis() as u64
-        }))
-    }
-
-    /// A clock that always reads `ms` (unit tests of logic that only compares times).
-    pub fn fixed(ms: u64) -> Self {
-        Self(Arc::new(move || ms))
-    }
-
-    pub fn now_ms(&self) -> u64 {
-        (self.0)()
-    }
-}
-
-impl std::fmt::Debug for Clock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Clock({})", self.now_ms())
-    }
-}
+use view::{Action, Count, Input, Liveness, Now, ObservedNode, View};
 
 /// Membership settings.
 #[derive(Clone, Debug)]
@@ -241,29 +197,6 @@ impl MembershipStats {
 struct Own {
     values: BTreeMap<ValueKind, NodeValue>,
     dirty: HashSet<ValueKind>,
-}
-
-#[derive(Default)]
-struct NodeView {
-    /// Verified values by kind, with the chitchat version they came from.
-    values: HashMap<ValueKind, (u64, Result<values::Opened, Rejected>)>,
-    heartbeat: u64,
-    last_heard: Option<Instant>,
-    first_seen: Option<Instant>,
-    peer: Option<PeerId>,
-    /// The admission value version whose token was last checked, and the token when valid.
-    token_checked: Option<u64>,
-    token: Option<JoinToken>,
-    /// Whether this node was ever alive in this view.
-    was_alive: bool,
-    admitted: bool,
-    /// The chitchat version of a signed gossip identity refused as not this node's (counted once).
-    identity_refused: Option<u64>,
-    /// The PeerId as text, encoded once.
-    peer_str: String,
-    /// The member as its values describe it, rebuilt only when a value changes; each round sets
-    /// only its status and silence.
-    base: Option<Member>,
 }
 
 struct Shared {
@@ -432,8 +365,8 @@ impl Membership {
                 shared: shared.clone(),
                 stats: stats.clone(),
                 events: events.clone(),
+                view: View::new(&config, &peer_id, trust),
                 keypair,
-                trust,
                 clock,
                 seq,
                 sessions: sessions.clone(),
@@ -604,42 +537,30 @@ async fn seal_own(
     }
 }
 
-/// How chitchat's failure detector judges a node this round.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Liveness {
-    Live,
-    Dead,
-    Unjudged,
-}
-
 /// What the view loop owns, kept across chitchat restarts.
 struct Loop {
     shared: Arc<Shared>,
     stats: Arc<MembershipStats>,
     events: broadcast::Sender<MembershipEvent>,
     keypair: Keypair,
-    trust: Trust,
     clock: Clock,
     seq: u64,
     sessions: Arc<Sessions>,
+    view: View,
 }
 
-/// How long after a restart of chitchat members missing from its (fresh) state are not reported
-/// removed: they come back within a few rounds.
-const RESTART_GRACE: Duration = Duration::from_secs(30);
 /// The least time between two restarts (a task that keeps failing does not spin).
 const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Runs the view loop, and starts chitchat again, with fresh state and a new generation, whenever
 /// it ends without being asked to (a panic on a peer's message, or a broken socket).
 async fn supervise(starter: Starter, mut lp: Loop) {
-    let mut state = ViewState::default();
     let mut generation = starter.config.generation;
     loop {
         let handle = lp.shared.chitchat.read().clone();
         let ended = tokio::select! {
             r = handle.termination_watcher() => r,
-            () = run(&starter.config, &mut lp, &mut state, &handle) => return,
+            () = run(&starter.config, &mut lp, &handle) => return,
         };
         if lp.shared.stopping.load(Ordering::SeqCst) {
             return;
@@ -670,7 +591,8 @@ async fn supervise(starter: Starter, mut lp: Loop) {
             match starter.spawn(generation, initial).await {
                 Ok(h) => {
                     *lp.shared.chitchat.write() = Arc::new(h);
-                    state.restarted = Some(Instant::now());
+                    let now = lp.now();
+                    lp.view.on_event(Input::Restarted, now);
                     break;
                 }
                 Err(e) => tracing::error!(error = %e, "cannot start gossip again; retrying"),
@@ -679,37 +601,84 @@ async fn supervise(starter: Starter, mut lp: Loop) {
     }
 }
 
-/// The view loop's memory across rounds (and restarts of chitchat).
-#[derive(Default)]
-struct ViewState {
-    views: HashMap<ChitchatId, NodeView>,
-    /// Highest sequence number accepted per node and kind, across its generations: a value
-    /// replayed under another chitchat identity is still older than what was accepted.
-    seqs: HashMap<(PeerId, ValueKind), u64>,
-    /// Each member's last reported status, and the round it was last seen in.
-    known: HashMap<String, (MemberStatus, u64)>,
-    /// Each peer's name, across its generations: a restarted node is listed (and its recovery
-    /// reported) before its new placement value arrives.
-    names: HashMap<String, String>,
-    unnamed_since: HashMap<String, Instant>,
-    round: u64,
-    restarted: Option<Instant>,
+impl Loop {
+    fn now(&self) -> Now {
+        Now {
+            mono: Instant::now(),
+            unix_ms: self.clock.now_ms(),
+        }
+    }
+
+    /// Carries out what the view decided.
+    fn apply(&self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::SetMembers(m) => *self.shared.members.write() = m,
+                Action::Emit(e) => {
+                    let _ = self.events.send(e);
+                }
+                Action::Learn { token, addr } => self.sessions.learn(&token, addr),
+                Action::Count(Count::ValueAccepted) => {
+                    self.stats.values_accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                Action::Count(Count::Rejected(r)) => self.stats.reject(r),
+                Action::Count(Count::SelfDoubt) => {
+                    self.stats.self_doubts.fetch_add(1, Ordering::Relaxed);
+                }
+                Action::Count(Count::HeldVerdict) => {
+                    self.stats.held_verdicts.fetch_add(1, Ordering::Relaxed);
+                }
+                Action::Unadmitted(n) => self.stats.unadmitted_nodes.store(n, Ordering::Relaxed),
+            }
+        }
+    }
 }
 
-async fn run(
-    config: &MembershipConfig,
-    lp: &mut Loop,
-    st: &mut ViewState,
-    chitchat: &ChitchatHandle,
-) {
-    let self_id = values::short_id(&lp.keypair.public().to_peer_id());
+/// chitchat's nodes as the view reads them: only values whose version the view has not verified
+/// are copied out (a steady fleet copies nothing).
+async fn observe(chitchat: &ChitchatHandle, view: &View) -> Vec<ObservedNode> {
+    let cc_arc = chitchat.chitchat();
+    let cc = cc_arc.lock().await;
+    let live: HashSet<&ChitchatId> = cc.live_nodes().collect();
+    let dead: HashSet<&ChitchatId> = cc.dead_nodes().collect();
+    cc.node_states()
+        .iter()
+        .map(|(id, node)| {
+            let values = node
+                .key_values_including_deleted()
+                .filter(|(k, v)| k.starts_with(values::KEY_PREFIX) && !v.is_deleted())
+                .filter(|(k, v)| {
+                    let seen =
+                        ValueKind::from_key(k).and_then(|kind| view.verified_version(id, kind));
+                    seen != Some(v.version)
+                })
+                .map(|(k, v)| (k.to_owned(), v.value.clone(), v.version))
+                .collect();
+            let liveness = if live.contains(id) {
+                Liveness::Live
+            } else if dead.contains(id) {
+                Liveness::Dead
+            } else {
+                Liveness::Unjudged
+            };
+            ObservedNode {
+                id: id.clone(),
+                heartbeat: u64::from(node.heartbeat()),
+                values,
+                liveness,
+                timeout: cc.failure_detection_timeout(id),
+            }
+        })
+        .collect()
+}
+
+/// The membership task's rounds: on the timer, sign what changed and judge this node's lateness;
+/// on every round (and soon after a value arrives), read chitchat and let the view decide.
+async fn run(config: &MembershipConfig, lp: &mut Loop, chitchat: &ChitchatHandle) {
     let shared = lp.shared.clone();
-    let stats = lp.stats.clone();
     let mut last_republish = Instant::now();
     let mut tick = tokio::time::interval(config.gossip_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_tick = Instant::now();
-    let mut doubt_until: Option<Instant> = None;
     // A value arriving from gossip triggers a pass before the next round (at most one every third
     // of a round), so a change reaches the member view without waiting for the round.
     let changed = Arc::new(tokio::sync::Notify::new());
@@ -734,17 +703,11 @@ async fn run(
         if !on_tick && last_pass.elapsed() < min_gap {
             tokio::time::sleep_until(last_pass + min_gap).await;
         }
-        st.round += 1;
-        let round = st.round;
-        let now_ms = lp.clock.now_ms();
         if on_tick {
-            let late = last_tick.elapsed().saturating_sub(config.gossip_interval);
-            last_tick = Instant::now();
-            if late > config.lateness_limit {
-                doubt_until = Some(last_tick + config.self_doubt);
-                stats.self_doubts.fetch_add(1, Ordering::Relaxed);
-            }
-            stats.gossip_rounds.fetch_add(1, Ordering::Relaxed);
+            let now = lp.now();
+            let actions = lp.view.on_event(Input::Tick, now);
+            lp.apply(actions);
+            lp.stats.gossip_rounds.fetch_add(1, Ordering::Relaxed);
             // Seal what changed (and everything, now and then, so nothing ages out).
             let all = last_republish.elapsed() >= config.republish_every;
             if all {
@@ -758,337 +721,16 @@ async fn run(
                 &lp.keypair,
                 &config.fleet_id,
                 &mut lp.seq,
-                now_ms,
+                now.unix_ms,
                 all,
             )
             .await;
         }
         last_pass = Instant::now();
-        let doubting = doubt_until.is_some_and(|t| t > last_pass);
-        let views = &mut st.views;
-        let nodes: Vec<(NodeRow, Liveness)> = {
-            let cc_arc = chitchat.chitchat();
-            let cc = cc_arc.lock().await;
-            let live: HashSet<&ChitchatId> = cc.live_nodes().collect();
-            let dead: HashSet<&ChitchatId> = cc.dead_nodes().collect();
-            cc.node_states()
-                .iter()
-                .map(|(id, node)| {
-                    // Only values whose version changed since they were last verified are copied
-                    // out (a steady fleet copies nothing).
-                    let cached = views.get(id);
-                    let kv = node
-                        .key_values_including_deleted()
-                        .filter(|(k, v)| k.starts_with(values::KEY_PREFIX) && !v.is_deleted())
-                        .filter(|(k, v)| {
-                            let seen = ValueKind::from_key(k).and_then(|kind| {
-                                cached.and_then(|c| c.values.get(&kind)).map(|e| e.0)
-                            });
-                            seen != Some(v.version)
-                        })
-                        .map(|(k, v)| (k.to_owned(), v.value.clone(), v.version))
-                        .collect();
-                    let liveness = if live.contains(id) {
-                        Liveness::Live
-                    } else if dead.contains(id) {
-                        Liveness::Dead
-                    } else {
-                        Liveness::Unjudged
-                    };
-                    (
-                        (
-                            id.clone(),
-                            u64::from(node.heartbeat()),
-                            kv,
-                            cc.failure_detection_timeout(id),
-                        ),
-                        liveness,
-                    )
-                })
-                .collect()
-        };
-        let now = Instant::now();
-        // In chitchat's order: by node id, then generation, so a node's generations are adjacent
-        // and its newest comes last.
-        let mut members: Vec<Member> = Vec::with_capacity(nodes.len());
-        let mut unadmitted = 0;
-        if views.len() > nodes.len() {
-            let present: HashSet<&ChitchatId> = nodes.iter().map(|n| &n.0.0).collect();
-            views.retain(|id, _| present.contains(id));
-        }
-        for ((id, heartbeat, kv, timeout), liveness) in nodes {
-            let view = views.entry(id.clone()).or_default();
-            let first_seen = *view.first_seen.get_or_insert(now);
-            if heartbeat != view.heartbeat || view.last_heard.is_none() {
-                view.heartbeat = heartbeat;
-                view.last_heard = Some(now);
-            }
-            // Node ids are short (see `values::short_id`): the PeerId comes from the node's
-            // admission value, whose token names it, and must match the id.
-            if view.peer.is_none() {
-                view.peer = kv
-                    .iter()
-                    .find(|(k, _, _)| k == ValueKind::Admission.key())
-                    .and_then(|(_, v, _)| values::claimed_peer(v))
-                    .filter(|p| values::short_id(p) == *id.node_id);
-                if let Some(p) = view.peer {
-                    view.peer_str = p.to_string();
-                }
-            }
-            let Some(peer) = view.peer else {
-                unadmitted += 1;
-                continue;
-            };
-            // Verify values whose chitchat version changed.
-            for (key, value, version) in kv {
-                let Some(kind) = ValueKind::from_key(&key) else {
-                    continue;
-                };
-                if view.values.get(&kind).is_some_and(|(v, _)| *v == version) {
-                    continue;
-                }
-                let mut opened = values::open(&config.fleet_id, &peer, &key, &value);
-                if let Ok(o) = &opened {
-                    let too_old = o.ts_ms + (config.max_value_age.as_millis() as u64) < now_ms;
-                    // Rollback is judged per node across its generations, and a value exactly as
-                    // old as the newest accepted is that value seen again under another identity.
-                    let newest = st.seqs.get(&(peer, kind)).copied();
-                    let replayed = newest.is_some_and(|s| o.seq < s);
-                    if too_old || replayed {
-                        opened = Err(Rejected::Stale);
-                    }
-                }
-                match &opened {
-                    Ok(o) => {
-                        let e = st.seqs.entry((peer, kind)).or_insert(0);
-                        *e = (*e).max(o.seq);
-                        stats.values_accepted.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(r) => stats.reject(*r),
-                }
-                // A rejected newer value does not erase the last good one.
-                if opened.is_ok() || !view.values.get(&kind).is_some_and(|(_, r)| r.is_ok()) {
-                    view.values.insert(kind, (version, opened));
-                    view.base = None;
-                } else if let Some(entry) = view.values.get_mut(&kind) {
-                    entry.0 = version;
-                }
-            }
-            let good = |view: &NodeView, kind: ValueKind| {
-                view.values
-                    .get(&kind)
-                    .and_then(|(_, r)| r.as_ref().ok())
-                    .map(|o| o.value.clone())
-            };
-            // The token's signature is checked once per admission value; its expiry and its fleet
-            // key's trust every round.
-            let admission_version = view.values.get(&ValueKind::Admission).map(|e| e.0);
-            if view.token_checked != admission_version {
-                view.token_checked = admission_version;
-                view.token = match good(view, ValueKind::Admission) {
-                    Some(NodeValue::Admission(t)) => t
-                        .parse::<JoinToken>()
-                        .ok()
-                        .filter(|t| lp.trust.verify(t, &peer, now_ms / 1000).is_ok()),
-                    _ => None,
-                };
-            }
-            view.admitted = view
-                .token
-                .as_ref()
-                .is_some_and(|t| now_ms / 1000 < t.expires_unix_s && lp.trust.trusts(&t.fleet));
-            if !view.admitted {
-                unadmitted += 1;
-                continue;
-            }
-            // chitchat's id (generation, address) is not signed: the node's own signed statement
-            // of them must match, or this is its identity replayed by someone else.
-            let identity = match good(view, ValueKind::Gossip) {
-                Some(NodeValue::Gossip(g)) => Some(
-                    g.generation == id.generation_id
-                        && g.addr == id.gossip_advertise_addr.to_string(),
-                ),
-                _ => None,
-            };
-            if identity != Some(true) {
-                // A missing statement is waited for; a different one is counted once per statement.
-                let statement = view.values.get(&ValueKind::Gossip).map(|e| e.0);
-                if identity == Some(false) && view.identity_refused != statement {
-                    stats.reject(Rejected::WrongIdentity);
-                    view.identity_refused = statement;
-                }
-                view.admitted = false;
-                unadmitted += 1;
-                continue;
-            }
-            view.identity_refused = None;
-            // A member whose values changed (or that is new) is told to the gossip sessions.
-            if view.base.is_none()
-                && let Some(t) = &view.token
-            {
-                lp.sessions.learn(t, id.gossip_advertise_addr);
-            }
-            let is_self = id.node_id.as_ref() == self_id;
-            let leaving = matches!(
-                good(view, ValueKind::Leaving),
-                Some(NodeValue::Leaving(true))
-            );
-            let silent = view.last_heard.map(|t| now.duration_since(t));
-            let status = if leaving {
-                MemberStatus::Left
-            } else if is_self || liveness == Liveness::Live {
-                match (silent, timeout) {
-                    (Some(s), Some(t)) if !is_self && s > t / 2 => MemberStatus::Suspect,
-                    _ => MemberStatus::Alive,
-                }
-            } else if liveness == Liveness::Dead
-                && (view.was_alive || now.duration_since(first_seen) > DEAD_ON_ARRIVAL)
-            {
-                let witnessed = shared
-                    .answered
-                    .read()
-                    .get(&view.peer_str)
-                    .is_some_and(|t| now.duration_since(*t) < config.ping_witness);
-                if view.was_alive && (doubting || witnessed) {
-                    stats.held_verdicts.fetch_add(1, Ordering::Relaxed);
-                    MemberStatus::Suspect
-                } else {
-                    MemberStatus::Dead
-                }
-            } else {
-                // Known to chitchat but not yet judged (no heartbeat interval yet).
-                continue;
-            };
-            view.was_alive |= status == MemberStatus::Alive;
-            if view.base.is_none() {
-                let mut m = Member {
-                    peer_id: view.peer_str.clone(),
-                    node_name: None,
-                    status,
-                    is_self,
-                    gossip_addr: id.gossip_advertise_addr.to_string(),
-                    generation: id.generation_id,
-                    health: None,
-                    capacity: None,
-                    zone: None,
-                    labels: BTreeMap::new(),
-                    services: Vec::new(),
-                    endpoints: None,
-                    models: BTreeMap::new(),
-                    last_heard_ms: None,
-                    rtt_ms: None,
-                };
-                for kind in ValueKind::ALL {
-                    match good(view, kind) {
-                        Some(NodeValue::Health(h)) => m.health = Some(h),
-                        Some(NodeValue::Capacity(c)) => m.capacity = Some(c),
-                        Some(NodeValue::Placement(p)) => {
-                            m.node_name = Some(p.node_name);
-                            m.zone = p.zone;
-                            m.labels = p.labels;
-                        }
-                        Some(NodeValue::Services(s)) => m.services = s,
-                        Some(NodeValue::Endpoints(e)) => m.endpoints = Some(e),
-                        Some(NodeValue::Models(v)) => m.models = v,
-                        _ => {}
-                    }
-                }
-                view.base = Some(m);
-            }
-            let Some(base) = &view.base else { continue };
-            let mut m = base.clone();
-            m.status = status;
-            m.last_heard_ms = (!is_self)
-                .then(|| silent.map(|s| s.as_millis() as u64))
-                .flatten();
-            // Several generations of one node (a restart) collapse to the newest, which comes last.
-            match members.last_mut() {
-                Some(prev) if prev.peer_id == m.peer_id => *prev = m,
-                _ => members.push(m),
-            }
-        }
-        stats.unadmitted_nodes.store(unadmitted, Ordering::Relaxed);
-        for m in &mut members {
-            match &m.node_name {
-                Some(n) => {
-                    if st.names.get(&m.peer_id) != Some(n) {
-                        st.names.insert(m.peer_id.clone(), n.clone());
-                    }
-                }
-                None => m.node_name = st.names.get(&m.peer_id).cloned(),
-            }
-        }
-        // Events on status changes.
-        for m in &members {
-            let before = match st.known.get_mut(&m.peer_id) {
-                Some((status, seen)) => {
-                    *seen = round;
-                    if *status == m.status {
-                        continue;
-                    }
-                    let before = *status;
-                    *status = m.status;
-                    Some(before)
-                }
-                None => {
-                    // A new member is announced once its name is known (or after a few seconds
-                    // without).
-                    if m.node_name.is_none() && !m.is_self {
-                        let since = *st.unnamed_since.entry(m.peer_id.clone()).or_insert(now);
-                        if now.duration_since(since) < Duration::from_secs(5) {
-                            continue;
-                        }
-                    }
-                    st.unnamed_since.remove(&m.peer_id);
-                    st.known.insert(m.peer_id.clone(), (m.status, round));
-                    None
-                }
-            };
-            let event = match (before, m.status) {
-                (None, MemberStatus::Alive | MemberStatus::Suspect) if !m.is_self => {
-                    Some(MembershipEvent::Joined(m.clone()))
-                }
-                (Some(MemberStatus::Dead | MemberStatus::Left), MemberStatus::Alive) => {
-                    Some(MembershipEvent::Recovered(m.clone()))
-                }
-                (Some(MemberStatus::Alive | MemberStatus::Suspect), MemberStatus::Dead) => {
-                    Some(MembershipEvent::Dead(m.clone()))
-                }
-                (Some(b), MemberStatus::Left) if b != MemberStatus::Left => {
-                    Some(MembershipEvent::Left(m.clone()))
-                }
-                _ => None,
-            };
-            if let Some(e) = event {
-                let _ = lp.events.send(e);
-            }
-        }
-        // Shortly after chitchat restarted with an empty state, members still to be heard again
-        // are kept as they were rather than reported removed.
-        let settling = st
-            .restarted
-            .is_some_and(|t| now.duration_since(t) < RESTART_GRACE);
-        if settling {
-            let listed: HashSet<String> = members.iter().map(|m| m.peer_id.clone()).collect();
-            let previous = shared.members.read().clone();
-            members.extend(
-                previous
-                    .into_iter()
-                    .filter(|m| !listed.contains(&m.peer_id)),
-            );
-        } else {
-            let gone: Vec<String> = st
-                .known
-                .iter()
-                .filter(|(_, (_, r))| *r != round)
-                .map(|(p, _)| p.clone())
-                .collect();
-            for p in gone {
-                st.known.remove(&p);
-                st.names.remove(&p);
-                let _ = lp.events.send(MembershipEvent::Removed { peer_id: p });
-            }
-        }
-        *shared.members.write() = members;
+        let nodes = observe(chitchat, &lp.view).await;
+        let answered = shared.answered.read().clone();
+        let now = lp.now();
+        let actions = lp.view.on_event(Input::Observed { nodes, answered }, now);
+        lp.apply(actions);
     }
 }

@@ -7,7 +7,12 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use crate::api::http::CLIENT_TIMEOUT;
+pub mod client;
+pub mod events;
+pub mod fleet;
+
+use client::{Agent, TRAIN_TIMEOUT};
+
 use crate::config::{ApiOverrides, Config, LogFormat, LogOverrides, Overrides, Sources};
 
 #[derive(Debug, Parser)]
@@ -386,7 +391,7 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status(c) => {
-            let v = get(&c.api, "/v1/status").await?;
+            let v = Agent::new(&c.api)?.get::<Value>("/v1/status", &[]).await?;
             if c.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if let Some(obj) = v.as_object() {
@@ -397,11 +402,9 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Predict { resource, client } => {
-            let mut url = reqwest::Url::parse(&client.api)
-                .with_context(|| format!("--api {:?} is not a URL", client.api))?
-                .join("/predict_failure")?;
-            url.query_pairs_mut().append_pair("resource_id", &resource);
-            let v = fetch(url).await?;
+            let v: Value = Agent::new(&client.api)?
+                .get("/predict_failure", &[("resource_id", &resource)])
+                .await?;
             if client.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
@@ -438,9 +441,9 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             println!("  at {} by {}", plain(&v["ts"]), plain(&v["model_version"]));
             Ok(())
         }
-        Command::Fleet(cmd) => crate::fleet::command(cmd),
+        Command::Fleet(cmd) => fleet::run(cmd),
         Command::Members(c) => {
-            let v = get(&c.api, "/v1/members").await?;
+            let v = Agent::new(&c.api)?.get::<Value>("/v1/members", &[]).await?;
             if c.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
@@ -487,16 +490,19 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             topics,
             since,
             client,
-        } => crate::fleet::events_command(&client.api, follow, &topics, since, client.json).await,
+        } => events::run(&client.api, follow, &topics, since, client.json).await,
         Command::Models { action, client } => {
             let v = match action {
-                None => get(&client.api, "/v1/models").await?,
+                None => {
+                    Agent::new(&client.api)?
+                        .get::<Value>("/v1/models", &[])
+                        .await?
+                }
                 Some(ModelsAction::Train) => {
-                    let url = reqwest::Url::parse(&client.api)
-                        .with_context(|| format!("--api {:?} is not a URL", client.api))?
-                        .join("/v1/models/train")?;
-                    let spinner = crate::cli::spinner("training models");
-                    let v = send(reqwest::Method::POST, url, TRAIN_TIMEOUT).await;
+                    let spinner = spinner("training models");
+                    let v = Agent::new(&client.api)?
+                        .post::<Value>("/v1/models/train", TRAIN_TIMEOUT)
+                        .await;
                     spinner.finish_and_clear();
                     v?
                 }
@@ -578,7 +584,9 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Resources(c) => {
-            let v = get(&c.api, "/v1/resources").await?;
+            let v = Agent::new(&c.api)?
+                .get::<Value>("/v1/resources", &[])
+                .await?;
             if c.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
@@ -605,16 +613,14 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             limit,
             client,
         } => {
-            let mut url = reqwest::Url::parse(&client.api)
-                .with_context(|| format!("--api {:?} is not a URL", client.api))?
-                .join(&format!("/v1/resources/{resource}/telemetry"))?;
-            url.query_pairs_mut()
-                .append_pair("since", &since)
-                .append_pair("limit", &limit.to_string());
+            let limit = limit.to_string();
+            let mut query = vec![("since", since.as_str()), ("limit", limit.as_str())];
             if let Some(u) = &until {
-                url.query_pairs_mut().append_pair("until", u);
+                query.push(("until", u));
             }
-            let v = fetch(url).await?;
+            let v: Value = Agent::new(&client.api)?
+                .get(&format!("/v1/resources/{resource}/telemetry"), &query)
+                .await?;
             if client.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
@@ -650,16 +656,6 @@ fn plain(v: &Value) -> String {
     }
 }
 
-async fn get(api: &str, path: &str) -> anyhow::Result<Value> {
-    let url = reqwest::Url::parse(api)
-        .with_context(|| format!("--api {api:?} is not a URL"))?
-        .join(path)?;
-    fetch(url).await
-}
-
-/// How long `augur models train` waits for the agent's answer.
-const TRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
-
 /// A spinner on stderr when it is a terminal (hidden otherwise).
 pub fn spinner(msg: &'static str) -> indicatif::ProgressBar {
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -670,31 +666,4 @@ pub fn spinner(msg: &'static str) -> indicatif::ProgressBar {
     } else {
         indicatif::ProgressBar::hidden()
     }
-}
-
-async fn fetch(url: reqwest::Url) -> anyhow::Result<Value> {
-    send(reqwest::Method::GET, url, CLIENT_TIMEOUT).await
-}
-
-async fn send(
-    method: reqwest::Method,
-    url: reqwest::Url,
-    timeout: std::time::Duration,
-) -> anyhow::Result<Value> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(timeout)
-        .build()?;
-    let resp = client.request(method, url.clone()).send().await.with_context(|| {
-        format!("cannot reach the augur agent at {url}: is it running (`augur agent`) and is --api right?")
-    })?;
-    let status = resp.status();
-    let body: Value = resp
-        .json()
-        .await
-        .with_context(|| format!("{url} did not answer with JSON"))?;
-    if !status.is_success() {
-        bail!("{url}: {status}: {}", plain(&body["error"]));
-    }
-    Ok(body)
 }

@@ -2,91 +2,23 @@
 //! every refusal. Nothing here can fail the agent: every bad input becomes a [`Rejection`] and a count.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 use augur_proto::{Event, ResourceId, ResourceType, TelemetryRecord, v1};
 
+pub mod batch;
+pub mod submit;
+
+pub use batch::{PushBatch, PushOutcome, RejectedItem};
+pub use submit::{Ingestor, SubmitError};
+
+use crate::accept::{RejectReason, Rejection, check_metric_name};
 use crate::sample::{Sample, UnixMicros};
 
 /// Largest absolute value accepted for a metric.
 pub const MAX_ABS_VALUE: f64 = 1e15;
 /// Longest label value accepted.
 pub const MAX_LABEL_VALUE_LEN: usize = 256;
-
-/// Why a sample (or a whole body) was refused; the label of `augur_samples_rejected_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RejectReason {
-    MalformedJson,
-    MissingField,
-    UnknownField,
-    BadId,
-    BadMetricName,
-    NonFinite,
-    OutOfRange,
-    TooManyMetrics,
-    TooManyLabels,
-    BadLabel,
-    Empty,
-    UnknownEvent,
-    ClockSkew,
-    TooOld,
-    TypeConflict,
-    TooManyResources,
-    Oversized,
-    Overloaded,
-    /// The history's storage is failing (a full disk): nothing can be made durable until it
-    /// recovers.
-    StorageFailure,
-}
-
-impl RejectReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::MalformedJson => "malformed_json",
-            RejectReason::MissingField => "missing_field",
-            RejectReason::UnknownField => "unknown_field",
-            RejectReason::BadId => "bad_id",
-            RejectReason::BadMetricName => "bad_metric_name",
-            RejectReason::NonFinite => "non_finite",
-            RejectReason::OutOfRange => "out_of_range",
-            RejectReason::TooManyMetrics => "too_many_metrics",
-            RejectReason::TooManyLabels => "too_many_labels",
-            RejectReason::BadLabel => "bad_label",
-            RejectReason::Empty => "empty",
-            RejectReason::UnknownEvent => "unknown_event",
-            RejectReason::ClockSkew => "clock_skew",
-            RejectReason::TooOld => "too_old",
-            RejectReason::TypeConflict => "type_conflict",
-            RejectReason::TooManyResources => "too_many_resources",
-            RejectReason::Oversized => "oversized",
-            RejectReason::Overloaded => "overloaded",
-            RejectReason::StorageFailure => "storage_failure",
-        }
-    }
-}
-
-/// A refused sample: the reason (for counters) and a message that says what to fix.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rejection {
-    pub reason: RejectReason,
-    pub message: String,
-}
-
-impl Rejection {
-    pub fn new(reason: RejectReason, message: impl Into<String>) -> Self {
-        Self {
-            reason,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.reason.as_str(), self.message)
-    }
-}
 
 /// The per-sample limits in force (from `[ingest]` and `[history]`).
 #[derive(Clone, Copy, Debug)]
@@ -107,24 +39,6 @@ impl Limits {
             max_age: cfg.history.max_age,
         }
     }
-}
-
-/// Checks a metric name: 1..=128 characters, no whitespace or control characters.
-pub fn check_metric_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("metric name is empty".to_owned());
-    }
-    let len = name.chars().count();
-    if len > augur_proto::MAX_NAME_LEN {
-        return Err(format!(
-            "metric name is {len} characters long; the limit is {}",
-            augur_proto::MAX_NAME_LEN
-        ));
-    }
-    if let Some(ch) = name.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("metric name {name:?} contains {ch:?}"));
-    }
-    Ok(())
 }
 
 /// Validates one metric value; `_ratio` metrics must lie in [0, 1].

@@ -1,0 +1,44 @@
+//! Wall-clock time, injectable: the system's in production, one driven by tokio's paused clock in
+//! tests and simulations, a fixed one for logic that only compares times. Every part of the mesh
+//! that reads wall time (token expiry, signed generations, gossip failure times) reads it here.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+/// A source of wall-clock time in unix milliseconds. Tests drive it from tokio's paused clock.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Self(Arc::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        }))
+    }
+
+    /// Wall time that starts at `start_ms` and advances with tokio's (possibly paused) clock.
+    pub fn tokio(start_ms: u64) -> Self {
+        let origin = Instant::now();
+        Self(Arc::new(move || {
+            start_ms + origin.elapsed().as_millis() as u64
+        }))
+    }
+
+    /// A clock that always reads `ms` (unit tests of logic that only compares times).
+    pub fn fixed(ms: u64) -> Self {
+        Self(Arc::new(move || ms))
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now_ms())
+    }
+}
