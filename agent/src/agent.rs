@@ -1,10 +1,11 @@
-//! The agent's start-up: one task per concern, one shutdown token, bounded channels between them.
+//! The agent's start-up: one task per concern on one tracker, in three groups stopped in order
+//! (sources, stages, the writer), joined by named bounded channels; see docs/ARCHITECTURE.md.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use augur_mesh::NodeIdentity;
+use augur_mesh::{Clock, NodeIdentity, Tasks};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -12,14 +13,15 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, ApiState};
 use crate::collect;
 use crate::config::{Config, Sources};
+use crate::fleet::events::EventLog;
 use crate::history::{self, History};
 use crate::ingest::Ingestor;
 use crate::logging::LogReload;
 use crate::predict::{self, Predictions};
+use crate::stats::Stats;
 
 /// Batches of committed samples waiting for the prediction stage.
 const PREDICT_QUEUE: usize = 64;
-use crate::stats::Stats;
 
 /// What `run` reports when the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -75,78 +77,124 @@ pub async fn run(
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
 
-    let stats = Arc::new(Stats::new());
+    // One tracker for every task, in three groups stopped in this order: the sources (collectors,
+    // APIs, signals, the mesh), then the stages (predictor, trainer, publisher, event pump), then
+    // the writer, which writes what was queued before it returns.
+    let tracker = TaskTracker::new();
+    let writer_group = Tasks::new(tracker.clone(), CancellationToken::new(), Clock::system());
+    let stage_group = writer_group.child();
+    let source_group = stage_group.child();
+
+    // The named channels between them.
     let (tx_config, rx_config) = watch::channel(Arc::new(cfg.clone()));
+    // Sources -> writer: batches to make durable.
     let (tx_writes, rx_writes) = mpsc::channel(cfg.ingest.queue_depth);
+    // Writer -> predictor: batches now durable.
     let (tx_committed, rx_committed) = mpsc::channel(PREDICT_QUEUE);
+    // Predictor -> publisher: predictions crossing their threshold, either way.
+    let (tx_crossings, rx_crossings) = mpsc::channel(predict::CROSSINGS_QUEUE);
+
+    let stats = Arc::new(Stats::new());
     let predictions = Predictions::default();
     let models = crate::models::ModelStore::open(&data_dir);
-    let (trainer, trainer_thread) = crate::models::spawn_trainer(
+    let (trainer, trainer_task) = crate::models::trainer(
         history.clone(),
         models.clone(),
         rx_config.clone(),
         stats.clone(),
-    )
-    .context("cannot start the model trainer thread")?;
+    );
     let ingestor = Ingestor::new(tx_writes, history.clone(), stats.clone(), rx_config.clone());
-    let mesh = crate::fleet::mesh::start(&cfg, &identity, http_addr, grpc_addr).await?;
-    let events = crate::fleet::events::EventLog::new(cfg.mesh.event_buffer);
-    let api_state = ApiState {
-        node_name: node_name.clone(),
-        peer_id: identity.peer_id().to_string(),
+    let mesh =
+        crate::fleet::mesh::start(&cfg, &identity, http_addr, grpc_addr, &source_group).await?;
+    let events = EventLog::new(cfg.mesh.event_buffer);
+    let predict_stats = predict::PredictStats::default();
+    let connections = api::Connections::default();
+    stats.register_collector(Box::new(api::metrics::Scraped {
+        history: history.clone(),
         started,
+        predict: predict_stats.clone(),
+        connections: connections.clone(),
+        tasks: writer_group.health().clone(),
+        mesh: mesh.clone(),
+    }));
+    let api_state = ApiState {
+        node: Arc::new(api::NodeInfo {
+            node_name: node_name.clone(),
+            peer_id: identity.peer_id().to_string(),
+            started,
+            http_addr,
+            grpc_addr,
+        }),
         history: history.clone(),
         ingestor: ingestor.clone(),
         stats: stats.clone(),
         config: rx_config.clone(),
-        http_addr,
-        grpc_addr,
         predictions: predictions.clone(),
         models: models.clone(),
         trainer: Some(trainer),
-        mesh: mesh.clone(),
-        events: events.clone(),
-        connections: api::Connections::default(),
-        predict_stats: predict::PredictStats::default(),
+        fleet: api::Fleet {
+            mesh: mesh.clone(),
+            events: events.clone(),
+        },
+        tasks: writer_group.health().clone(),
     };
 
-    // The writer stops last: it drains what the others queued.
-    let writer_token = CancellationToken::new();
-    let predictor = predict::spawn(
-        history.clone(),
-        rx_committed,
-        rx_config.clone(),
-        predictions,
-        models,
-        predict::StageSetup {
-            snapshot: Some(data_dir.join(predict::SNAPSHOT_FILE)),
-            stats: api_state.predict_stats.clone(),
-            own: augur_proto::ResourceId::parse(node_name.as_str()).ok(),
-        },
-    );
-    let writer = tokio::spawn(history::writer::run(
-        history.clone(),
-        rx_writes,
-        tx_committed,
-        rx_config.clone(),
-        stats.clone(),
-        writer_token.clone(),
-    ));
+    let mut writer_tasks = vec![writer_group.spawn(
+        "history.writer",
+        history::writer::run(
+            history.clone(),
+            rx_writes,
+            tx_committed,
+            rx_config.clone(),
+            stats.clone(),
+            writer_group.token(),
+        ),
+    )];
 
-    let tasks = TaskTracker::new();
+    let mut stage_tasks = vec![
+        stage_group.spawn(
+            "predict",
+            predict::run(
+                history.clone(),
+                rx_committed,
+                rx_config.clone(),
+                predictions.clone(),
+                models.clone(),
+                predict::StageSetup {
+                    snapshot: Some(data_dir.join(predict::SNAPSHOT_FILE)),
+                    stats: predict_stats,
+                    own: augur_proto::ResourceId::parse(node_name.as_str()).ok(),
+                    tx_crossings: Some(tx_crossings),
+                },
+                stage_group.token(),
+            ),
+        ),
+        stage_group.spawn("models.trainer", trainer_task.run(stage_group.token())),
+        stage_group.spawn(
+            "fleet.publisher",
+            crate::fleet::publisher::run(
+                crate::fleet::publisher::Publisher {
+                    mesh: mesh.clone(),
+                    log: events.clone(),
+                    predictions,
+                    history: history.clone(),
+                    models,
+                    config: rx_config.clone(),
+                    node_name: node_name.to_string(),
+                },
+                rx_crossings,
+                stage_group.token(),
+            ),
+        ),
+    ];
     if let Some(m) = &mesh {
-        crate::fleet::events::spawn_pump(m, events.clone(), shutdown.child_token());
+        stage_tasks.push(stage_group.spawn(
+            "fleet.events",
+            crate::fleet::events::pump(m.subscribe(), events.clone(), stage_group.token()),
+        ));
     }
-    crate::fleet::publisher::spawn_publisher(
-        mesh.clone(),
-        events.clone(),
-        api_state.predictions.clone(),
-        history.clone(),
-        api_state.models.clone(),
-        rx_config.clone(),
-        node_name.to_string(),
-        shutdown.child_token(),
-    );
+
+    let mut source_tasks = Vec::new();
     if cfg.collect.host {
         let extra: Option<collect::host::ExtraMetrics> = mesh.clone().map(|m| {
             Arc::new(move || {
@@ -159,56 +207,63 @@ pub async fn run(
                 v
             }) as collect::host::ExtraMetrics
         });
-        tasks.spawn(collect::host::run(
+        source_tasks.push(source_group.spawn(
+            "collect.host",
+            collect::host::run(
+                node_name.clone(),
+                ingestor.clone(),
+                rx_config.clone(),
+                extra,
+                source_group.token(),
+            ),
+        ));
+    }
+    source_tasks.push(source_group.spawn(
+        "collect.logs",
+        collect::logs::run(
             node_name.clone(),
             ingestor.clone(),
             rx_config.clone(),
-            extra,
-            shutdown.child_token(),
-        ));
-    }
-    tasks.spawn(collect::logs::run(
-        node_name.clone(),
-        ingestor.clone(),
-        rx_config.clone(),
-        shutdown.child_token(),
+            source_group.token(),
+        ),
     ));
-    tasks.spawn(collect::scrape::run(
-        ingestor.clone(),
-        rx_config.clone(),
-        shutdown.child_token(),
+    source_tasks.push(source_group.spawn(
+        "collect.scrape",
+        collect::scrape::run(ingestor.clone(), rx_config.clone(), source_group.token()),
     ));
-    let http_token = shutdown.child_token();
-    let http_state = api_state.clone();
     let max_connections = cfg.api.max_connections;
-    let http_gate = api::conn::Gate::new(max_connections, api_state.connections.http.clone());
-    let grpc_gate = api::conn::Gate::new(max_connections, api_state.connections.grpc.clone());
-    tasks.spawn(async move {
+    let http_gate = api::conn::Gate::new(max_connections, connections.http.clone());
+    let grpc_gate = api::conn::Gate::new(max_connections, connections.grpc.clone());
+    let (http_state, http_token) = (api_state.clone(), source_group.token());
+    source_tasks.push(source_group.spawn("api.http", async move {
         if let Err(e) = api::http::serve(http_listener, http_state, http_gate, http_token).await {
             tracing::error!(error = %e, "HTTP API stopped");
         }
-    });
-    let grpc_token = shutdown.child_token();
-    tasks.spawn(async move {
+    }));
+    let grpc_token = source_group.token();
+    source_tasks.push(source_group.spawn("api.grpc", async move {
         if let Err(e) = api::grpc::serve(grpc_listener, api_state, grpc_gate, grpc_token).await {
             tracing::error!(error = %e, "gRPC API stopped");
         }
-    });
+    }));
     // Handlers are installed before "ready" is logged, so no signal can find the default action.
     let handlers = Signals::install().context("cannot install signal handlers")?;
-    tasks.spawn(signals(
-        handlers,
-        Reloader {
-            sources,
-            current: cfg.clone(),
-            tx_config,
-            log_reload,
-            stats: stats.clone(),
-            mesh: mesh.clone(),
-        },
-        shutdown.clone(),
+    source_tasks.push(source_group.spawn(
+        "signals",
+        signals(
+            handlers,
+            Reloader {
+                sources,
+                current: cfg.clone(),
+                tx_config,
+                log_reload,
+                stats: stats.clone(),
+                mesh: mesh.clone(),
+            },
+            shutdown.clone(),
+            source_group.token(),
+        ),
     ));
-    tasks.close();
     drop(ingestor);
 
     match &mesh {
@@ -237,24 +292,24 @@ pub async fn run(
         // Members see this node leave rather than die.
         m.leave(cfg.mesh.gossip_interval * 4).await;
     }
-    let grace = cfg.shutdown_grace;
-    let deadline = tokio::time::Instant::now() + grace;
-    let stopped = tokio::time::timeout_at(deadline, tasks.wait()).await;
-    writer_token.cancel();
-    let drained = tokio::time::timeout_at(deadline, writer).await;
-    let predicted = tokio::time::timeout_at(deadline, predictor).await;
-    if stopped.is_err() || drained.is_err() || predicted.is_err() {
-        return Err(AgentError::ShutdownTimeout(grace).into());
+    let deadline = tokio::time::Instant::now() + cfg.shutdown_grace;
+    let mut in_time = true;
+    for (group, handles) in [
+        (&source_group, &mut source_tasks),
+        (&stage_group, &mut stage_tasks),
+        (&writer_group, &mut writer_tasks),
+    ] {
+        group.stop();
+        in_time &= tokio::time::timeout_at(deadline, futures::future::join_all(handles.drain(..)))
+            .await
+            .is_ok();
     }
-    // Every trainer handle was in the API state, dropped with the API tasks: the thread ends after
-    // the training it may be running.
-    let trained = tokio::time::timeout_at(
-        deadline,
-        tokio::task::spawn_blocking(move || trainer_thread.join()),
-    )
-    .await;
-    if trained.is_err() {
-        return Err(AgentError::ShutdownTimeout(grace).into());
+    tracker.close();
+    in_time &= tokio::time::timeout_at(deadline, tracker.wait())
+        .await
+        .is_ok();
+    if !in_time {
+        return Err(AgentError::ShutdownTimeout(cfg.shutdown_grace).into());
     }
     tracing::info!("stopped");
     Ok(())
@@ -305,12 +360,13 @@ async fn signals(
         mesh,
     }: Reloader,
     shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = term.recv() => { tracing::info!("SIGTERM"); shutdown.cancel(); return; }
-            _ = int.recv() => { tracing::info!("SIGINT"); shutdown.cancel(); return; }
+            () = stop.cancelled() => return,
+            _ = term.recv() => { tracing::info!("SIGTERM"); shutdown.cancel(); }
+            _ = int.recv() => { tracing::info!("SIGINT"); shutdown.cancel(); }
             _ = hup.recv() => {
                 match Config::load(&sources) {
                     Ok(new) => {

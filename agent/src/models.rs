@@ -22,6 +22,7 @@ use augur_models::training::{ResourceHistory, TrainConfig, TrainError};
 use augur_proto::{Event, ResourceType};
 use parking_lot::RwLock;
 use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ModelChoice};
 use crate::history::History;
@@ -179,6 +180,62 @@ fn load(path: &Path) -> Result<TrainedModels, String> {
 }
 
 /// The training settings the agent's configuration implies.
+/// The engine settings and alarm threshold of `resource_type` under `cfg`: the one place the live
+/// prediction stage, training and `augur replay` take them from (DESIGN.md decision 5).
+pub fn engine_config(cfg: &Config, resource_type: &str) -> (EngineConfig, f64) {
+    let rt = cfg.type_config(resource_type);
+    (
+        EngineConfig {
+            horizon_s: rt.horizon.as_secs_f64(),
+            limits: rt.limits,
+            anomaly_learning: cfg.anomaly_learning_samples(resource_type),
+            max_metrics: cfg.ingest.max_metric_names,
+            ..EngineConfig::default()
+        },
+        rt.threshold,
+    )
+}
+
+/// When a resource type's models are trained, in seconds of whatever clock the caller runs on
+/// (the agent's, or the data's in `augur replay`): first `first_s` after the type is first seen,
+/// then every `every_s` after a training, and `retry_s` after one that could not run (too little
+/// history). The agent's trainer and the replay both follow it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Schedule {
+    pub first_s: f64,
+    pub every_s: f64,
+    pub retry_s: f64,
+}
+
+/// The first training attempt after a type appears, and the longest wait to retry one that could
+/// not run (the trainer checks at least this often).
+pub const FIRST_ATTEMPT: Duration = Duration::from_secs(600);
+
+impl Schedule {
+    /// Training every `every`.
+    pub fn every(every: Duration) -> Self {
+        Self {
+            first_s: FIRST_ATTEMPT.as_secs_f64(),
+            every_s: every.as_secs_f64(),
+            retry_s: every.min(FIRST_ATTEMPT).as_secs_f64(),
+        }
+    }
+
+    pub fn from_config(cfg: &Config) -> Self {
+        Self::every(cfg.models.retrain_interval)
+    }
+
+    /// Whether a type whose next training is `next` (None: first seen now) is due at `t`.
+    pub fn due(&self, next: &mut Option<f64>, t: f64) -> bool {
+        t >= *next.get_or_insert(t + self.first_s)
+    }
+
+    /// Records a training at `t` that ran (`trained`) or could not.
+    pub fn done(&self, next: &mut Option<f64>, t: f64, trained: bool) {
+        *next = Some(t + if trained { self.every_s } else { self.retry_s });
+    }
+}
+
 pub fn train_config(cfg: &Config) -> TrainConfig {
     TrainConfig {
         max_rows: cfg.models.max_training_samples,
@@ -223,7 +280,7 @@ pub fn read_history(
 }
 
 /// Result of training one type.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct TrainOutcome {
     pub resource_type: String,
     /// The new models' metadata, when a training succeeded.
@@ -257,13 +314,7 @@ pub fn train_type(
         Ok(d) => d,
         Err(e) => return outcome(None, Some(format!("cannot read history: {e}"))),
     };
-    let rt = cfg.type_config(resource_type);
-    let engine = EngineConfig {
-        horizon_s: rt.horizon.as_secs_f64(),
-        limits: rt.limits,
-        anomaly_learning: cfg.anomaly_learning_samples(resource_type),
-        ..EngineConfig::default()
-    };
+    let (engine, _) = engine_config(cfg, resource_type);
     let version = store.next_version(resource_type);
     match augur_models::training::train(resource_type, &data, version, &engine, &train_config(cfg))
     {
@@ -284,16 +335,36 @@ pub type TrainRequest = oneshot::Sender<Vec<TrainOutcome>>;
 /// Handle on the trainer thread.
 #[derive(Clone, Debug)]
 pub struct Trainer {
-    tx: std::sync::mpsc::SyncSender<TrainRequest>,
+    tx: std::sync::mpsc::SyncSender<TrainerMsg>,
+}
+
+/// What the trainer thread is asked.
+#[derive(Debug)]
+enum TrainerMsg {
+    /// Train every type now and answer.
+    Train(TrainRequest),
+    /// End after the training under way (if any).
+    Stop,
 }
 
 impl Trainer {
     /// Asks for a training of every type now and waits for its outcome.
     pub async fn train_now(&self) -> Option<Vec<TrainOutcome>> {
         let (tx, rx) = oneshot::channel();
-        self.tx.try_send(tx).ok()?;
+        self.tx.try_send(TrainerMsg::Train(tx)).ok()?;
         rx.await.ok()
     }
+}
+
+/// The trainer thread, not started yet: [`TrainerTask::run`] runs it until asked to stop.
+#[derive(Debug)]
+pub struct TrainerTask {
+    history: History,
+    store: ModelStore,
+    config: watch::Receiver<Arc<Config>>,
+    stats: Arc<Stats>,
+    tx: std::sync::mpsc::SyncSender<TrainerMsg>,
+    rx: std::sync::mpsc::Receiver<TrainerMsg>,
 }
 
 /// Types with history that train under `cfg`.
@@ -309,63 +380,131 @@ fn trainable_types(history: &History, cfg: &Config) -> Vec<String> {
     types
 }
 
-/// Starts the trainer thread. It stops when every [`Trainer`] handle is dropped.
-pub fn spawn_trainer(
+/// The trainer: the API's handle, and the task that runs it.
+pub fn trainer(
     history: History,
     store: ModelStore,
     config: watch::Receiver<Arc<Config>>,
     stats: Arc<Stats>,
-) -> std::io::Result<(Trainer, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<TrainRequest>(4);
-    let handle = std::thread::Builder::new()
-        .name("augur-trainer".into())
-        .spawn(move || {
-            let mut last: HashMap<String, Instant> = HashMap::new();
-            // Types whose installed models came from disk count as trained at start.
-            for m in store.all() {
-                last.insert(m.resource_type, Instant::now());
-            }
-            // Check soon after start, then at least every 10 minutes for types that became due.
-            let mut wait = Duration::from_secs(60);
-            loop {
-                let request = match rx.recv_timeout(wait) {
-                    Ok(reply) => Some(reply),
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-                };
-                let cfg = config.borrow().clone();
-                wait = cfg.models.retrain_interval.min(Duration::from_secs(600));
-                let mut outcomes = Vec::new();
-                for t in trainable_types(&history, &cfg) {
-                    let due = last
-                        .get(&t)
-                        .is_none_or(|at| at.elapsed() >= cfg.models.retrain_interval);
-                    if request.is_none() && (!cfg.models.train || !due) {
-                        continue;
-                    }
-                    let started = Instant::now();
-                    let o = train_type(&history, &store, &cfg, &t);
-                    stats.training(&t, o.trained.is_some(), started.elapsed());
-                    match (&o.trained, &o.skipped) {
-                        (Some(m), _) => {
-                            last.insert(t.clone(), Instant::now());
-                            tracing::info!(resource_type = %t, version = m.version, rows = m.rows, train_ms = m.train_ms,
-                                mlp_preferred = m.mlp.as_ref().is_some_and(|r| r.preferred),
-                                calibrated = m.calibration.as_ref().is_some_and(|c| c.used), "models trained");
-                        }
-                        (None, Some(why)) => {
-                            tracing::debug!(resource_type = %t, reason = %why, "models not trained")
-                        }
-                        (None, None) => {}
-                    }
-                    outcomes.push(o);
+) -> (Trainer, TrainerTask) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<TrainerMsg>(4);
+    (
+        Trainer { tx: tx.clone() },
+        TrainerTask {
+            history,
+            store,
+            config,
+            stats,
+            tx,
+            rx,
+        },
+    )
+}
+
+impl TrainerTask {
+    /// Runs the trainer on its own thread (trainings take seconds of CPU) until `stop`; a training
+    /// under way finishes first.
+    pub async fn run(self, stop: CancellationToken) {
+        let TrainerTask {
+            history,
+            store,
+            config,
+            stats,
+            tx,
+            rx,
+        } = self;
+        let (done, finished) = oneshot::channel::<()>();
+        let thread_stop = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("augur-trainer".into())
+            .spawn(move || {
+                train_loop(&history, &store, &config, &stats, &rx, &thread_stop);
+                let _ = done.send(());
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the model trainer thread; models are not trained");
+            return;
+        }
+        let mut finished = std::pin::pin!(finished);
+        tokio::select! {
+            r = &mut finished => {
+                if r.is_err() {
+                    panic!("the trainer thread panicked");
                 }
-                if let Some(reply) = request {
-                    let _ = reply.send(outcomes);
-                }
+                return;
             }
-        })?;
-    Ok((Trainer { tx }, handle))
+            () = stop.cancelled() => {}
+        }
+        // Wakes the thread if it waits; if its queue is full it sees `stop` after those requests.
+        let _ = tx.try_send(TrainerMsg::Stop);
+        let _ = finished.await;
+    }
+}
+
+fn train_loop(
+    history: &History,
+    store: &ModelStore,
+    config: &watch::Receiver<Arc<Config>>,
+    stats: &Stats,
+    rx: &std::sync::mpsc::Receiver<TrainerMsg>,
+    stop: &CancellationToken,
+) {
+    let started = Instant::now();
+    let now_s = || started.elapsed().as_secs_f64();
+    // Each type's next training (seconds since the trainer started), on the shared schedule.
+    let mut next: HashMap<String, Option<f64>> = HashMap::new();
+    // Types whose installed models came from disk count as trained at start.
+    let schedule = Schedule::from_config(&config.borrow());
+    for m in store.all() {
+        schedule.done(next.entry(m.resource_type).or_default(), 0.0, true);
+    }
+    let mut wait = Duration::ZERO;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let request = match rx.recv_timeout(wait) {
+            Ok(TrainerMsg::Train(reply)) => Some(reply),
+            Ok(TrainerMsg::Stop) => return,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let cfg = config.borrow().clone();
+        let schedule = Schedule::from_config(&cfg);
+        let mut outcomes = Vec::new();
+        for t in trainable_types(history, &cfg) {
+            let state = next.entry(t.clone()).or_default();
+            let due = schedule.due(state, now_s());
+            if request.is_none() && (!cfg.models.train || !due) {
+                continue;
+            }
+            let began = Instant::now();
+            let o = train_type(history, store, &cfg, &t);
+            stats.training(&t, o.trained.is_some(), began.elapsed());
+            schedule.done(state, now_s(), o.trained.is_some());
+            match (&o.trained, &o.skipped) {
+                (Some(m), _) => {
+                    tracing::info!(resource_type = %t, version = m.version, rows = m.rows, train_ms = m.train_ms,
+                        mlp_preferred = m.mlp.as_ref().is_some_and(|r| r.preferred),
+                        calibrated = m.calibration.as_ref().is_some_and(|c| c.used), "models trained");
+                }
+                (None, Some(why)) => {
+                    tracing::debug!(resource_type = %t, reason = %why, "models not trained")
+                }
+                (None, None) => {}
+            }
+            outcomes.push(o);
+        }
+        if let Some(reply) = request {
+            let _ = reply.send(outcomes);
+        }
+        // Until the next type falls due; at least every minute, so a new type is seen soon.
+        let soonest = next
+            .values()
+            .flatten()
+            .fold(f64::INFINITY, |a, &b| a.min(b));
+        wait = Duration::from_secs_f64((soonest - now_s()).clamp(1.0, 60.0));
+    }
 }
 
 /// Whether `resource_type` uses trained models under `cfg`.

@@ -7,21 +7,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use augur_models::engine::{EngineConfig, Prediction, ResourceEngine};
+use augur_models::engine::{Prediction, ResourceEngine};
 use augur_proto::{ResourceId, ResourceType};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::history::History;
-use crate::models::{ModelStore, uses_trained};
+use crate::models::{ModelStore, engine_config, uses_trained};
 use crate::sample::{Sample, UnixMicros};
 
 /// The latest prediction of one resource, as the API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PredictionView {
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(with = "crate::sample::rfc3339")]
     pub ts: UnixMicros,
     pub resource_id: ResourceId,
     pub resource_type: ResourceType,
@@ -29,10 +30,6 @@ pub struct PredictionView {
     pub prediction: Prediction,
     pub threshold: f64,
     pub above_threshold: bool,
-}
-
-fn rfc3339<S: serde::Serializer>(ts: &UnixMicros, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&ts.to_rfc3339())
 }
 
 impl PredictionView {
@@ -75,20 +72,6 @@ impl Predictions {
         });
         v
     }
-}
-
-fn engine_config(cfg: &Config, resource_type: &str) -> (EngineConfig, f64) {
-    let rt = cfg.type_config(resource_type);
-    (
-        EngineConfig {
-            horizon_s: rt.horizon.as_secs_f64(),
-            limits: rt.limits,
-            anomaly_learning: cfg.anomaly_learning_samples(resource_type),
-            max_metrics: cfg.ingest.max_metric_names,
-            ..EngineConfig::default()
-        },
-        rt.threshold,
-    )
 }
 
 /// An engine's memory is estimated again after this many of its samples (and when created).
@@ -145,7 +128,12 @@ pub struct StageSetup {
     pub stats: PredictStats,
     /// This node's own host resource.
     pub own: Option<ResourceId>,
+    /// Where predictions crossing their threshold (either way) go: the fleet publisher.
+    pub tx_crossings: Option<mpsc::Sender<PredictionView>>,
 }
+
+/// Crossings waiting for the publisher (a burst beyond this is dropped and counted).
+pub const CROSSINGS_QUEUE: usize = 256;
 
 /// Counters of the prediction stage the API reports.
 #[derive(Clone, Debug, Default)]
@@ -157,6 +145,8 @@ pub struct PredictStats {
     pub engine_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// Engines dropped because their resource left the history (retention).
     pub evicted: Arc<std::sync::atomic::AtomicU64>,
+    /// Threshold crossings not delivered to the publisher (its queue was full).
+    pub crossings_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The trained models an engine of `resource_type` uses under `cfg`.
@@ -182,6 +172,7 @@ struct Stage {
     /// This node's own host resource: always given an engine, so pushed resources that spend
     /// the budget cannot take the host's predictions away.
     own: Option<ResourceId>,
+    tx_crossings: Option<mpsc::Sender<PredictionView>>,
 }
 
 /// File of the saved engine state, inside the data directory.
@@ -350,9 +341,28 @@ impl Stage {
                 threshold,
             });
         }
-        let mut latest = self.predictions.latest.write();
-        for u in updates {
-            latest.insert(u.resource_id.clone(), u);
+        let mut crossings = Vec::new();
+        {
+            let mut latest = self.predictions.latest.write();
+            for u in updates {
+                // A first prediction counts as coming from below.
+                let was = latest
+                    .get(&u.resource_id)
+                    .is_some_and(|p| p.above_threshold);
+                if was != u.above_threshold {
+                    crossings.push(u.clone());
+                }
+                latest.insert(u.resource_id.clone(), u);
+            }
+        }
+        if let Some(tx) = &self.tx_crossings {
+            for c in crossings {
+                if tx.try_send(c).is_err() {
+                    self.stats
+                        .crossings_dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
         }
         self.stats.engine_bytes.store(
             self.budget.total as u64,
@@ -385,13 +395,14 @@ impl Stage {
     }
 }
 
-/// Runs the stage on a blocking thread until the writer drops its sender. On start it restores the
+/// Runs the stage until `stop` (or until the writer's channel closes). On start it restores the
 /// engines saved in `snapshot` (if any, and of this model version), then feeds each engine the
 /// samples of the history's window it has not seen, so a restart resumes rather than starting cold.
-/// It saves the engines every few minutes and when it stops.
-pub fn spawn(
+/// The engines run on blocking threads, one batch at a time; they are saved every few minutes and
+/// when the stage stops.
+pub async fn run(
     history: History,
-    rx_committed: mpsc::Receiver<Vec<Arc<Sample>>>,
+    mut rx_committed: mpsc::Receiver<Vec<Arc<Sample>>>,
     config: watch::Receiver<Arc<Config>>,
     predictions: Predictions,
     models: ModelStore,
@@ -399,10 +410,13 @@ pub fn spawn(
         snapshot,
         stats,
         own,
+        tx_crossings,
     }: StageSetup,
-) -> tokio::task::JoinHandle<()> {
-    let mut rx = rx_committed;
-    tokio::task::spawn_blocking(move || {
+    stop: CancellationToken,
+) {
+    let h = history.clone();
+    let restore_from = snapshot.clone();
+    let start = tokio::task::spawn_blocking(move || {
         let mut stage = Stage {
             engines: HashMap::new(),
             config,
@@ -412,8 +426,9 @@ pub fn spawn(
             budget: Budget::default(),
             stats,
             own,
+            tx_crossings,
         };
-        if let Some(path) = &snapshot {
+        if let Some(path) = &restore_from {
             let restored = stage.restore(path);
             if restored > 0 {
                 tracing::info!(
@@ -422,52 +437,85 @@ pub fn spawn(
                 );
             }
         }
-        for r in history.resources() {
+        for r in h.resources() {
             let seen = stage
                 .engines
                 .get(&r.resource_id)
                 .and_then(ResourceEngine::last_ts_s);
-            let unseen: Vec<Arc<Sample>> = history
+            let unseen: Vec<Arc<Sample>> = h
                 .window(&r.resource_id)
                 .into_iter()
                 .filter(|s| seen.is_none_or(|t| s.ts.0 as f64 / 1e6 > t))
                 .collect();
             stage.observe(&unseen);
         }
-        stage.evict_gone(&history);
+        stage.evict_gone(&h);
         stage.budget.recount(&stage.engines);
-        let mut last_save = Instant::now();
-        let mut last_evict = Instant::now();
-        let save = |stage: &Stage| {
-            if let Some(path) = &snapshot {
-                match stage.save(path) {
-                    Ok(n) => tracing::debug!(resources = n, "prediction engines saved"),
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot save prediction engines")
+        stage
+    });
+    let Ok(mut stage) = start.await else {
+        panic!("the prediction stage failed to start");
+    };
+    let save = move |stage: Stage| {
+        let snapshot = snapshot.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                if let Some(path) = &snapshot {
+                    match stage.save(path) {
+                        Ok(n) => tracing::debug!(resources = n, "prediction engines saved"),
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), error = %e, "cannot save prediction engines")
+                        }
                     }
                 }
-            }
+                stage
+            })
+            .await
+        }
+    };
+    let mut last_save = Instant::now();
+    let mut last_evict = Instant::now();
+    loop {
+        let batch = tokio::select! {
+            () = stop.cancelled() => break,
+            b = rx_committed.recv() => match b {
+                Some(b) => b,
+                None => break,
+            },
         };
-        while let Some(batch) = rx.blocking_recv() {
+        let evict = last_evict.elapsed() >= EVICT_EVERY;
+        let h = history.clone();
+        let observed = tokio::task::spawn_blocking(move || {
             stage.observe(&batch);
-            if last_evict.elapsed() >= EVICT_EVERY {
-                let n = stage.evict_gone(&history);
+            if evict {
+                let n = stage.evict_gone(&h);
                 if n > 0 {
                     tracing::debug!(
                         engines = n,
                         "engines of resources no longer in the history dropped"
                     );
                 }
-                last_evict = Instant::now();
             }
-            if last_save.elapsed() >= SNAPSHOT_EVERY {
-                save(&stage);
-                last_save = Instant::now();
-            }
+            stage
+        })
+        .await;
+        stage = match observed {
+            Ok(s) => s,
+            Err(e) => panic!("the prediction engines failed: {e}"),
+        };
+        if evict {
+            last_evict = Instant::now();
         }
-        save(&stage);
-        tracing::debug!("prediction stage stopped");
-    })
+        if last_save.elapsed() >= SNAPSHOT_EVERY {
+            stage = match save(stage).await {
+                Ok(s) => s,
+                Err(e) => panic!("saving the prediction engines failed: {e}"),
+            };
+            last_save = Instant::now();
+        }
+    }
+    let _ = save(stage).await;
+    tracing::debug!("prediction stage stopped");
 }
 
 #[cfg(test)]
@@ -498,6 +546,140 @@ mod tests {
             budget: Budget::default(),
             stats: PredictStats::default(),
             own: Some(ResourceId::parse("this-host").expect("id")),
+            tx_crossings: None,
+        }
+    }
+
+    /// DESIGN.md decision 5: `augur replay` and the live prediction stage run the same engines with
+    /// the same per-type configuration. The same samples of a `service` resource with its own
+    /// horizon, threshold, anomaly learning and limits go through both; every prediction matches.
+    #[test]
+    fn replay_predicts_what_the_live_stage_predicts_under_a_type_configuration() {
+        let cfg = Config::from_toml(
+            r#"
+            [resource_types.service]
+            horizon = "2m"
+            threshold = 0.6
+            anomaly_learning = "3m"
+            limits = [
+                { prefix = "latency_ms", value = 500.0, direction = "above" },
+                { prefix = "free_slots", value = 2.0, direction = "below" },
+            ]
+            "#,
+        )
+        .expect("config");
+        let (default, _) = crate::models::engine_config(&Config::default(), "service");
+        let (custom, threshold) = crate::models::engine_config(&cfg, "service");
+        assert_ne!(
+            custom, default,
+            "the type's configuration differs from the defaults"
+        );
+        assert_eq!(threshold, 0.6);
+        let samples: Vec<Arc<Sample>> = (0..900i64)
+            .map(|t| {
+                let x = t as f64;
+                Arc::new(Sample {
+                    ts: UnixMicros(1_700_000_000_000_000 + t * 1_000_000),
+                    resource_id: ResourceId::parse("api-1").expect("id"),
+                    resource_type: ResourceType::parse("service").expect("type"),
+                    metrics: BTreeMap::from([
+                        (
+                            "latency_ms".to_owned(),
+                            120.0 + 0.4 * x + 5.0 * (x * 0.3).sin(),
+                        ),
+                        ("free_slots".to_owned(), 40.0 - 0.04 * x),
+                        ("cpu".to_owned(), 0.3 + 0.05 * (x * 0.1).cos()),
+                    ]),
+                    event: None,
+                    labels: BTreeMap::new(),
+                })
+            })
+            .collect();
+        // Both read the samples as JSON lines (the live agent gets them so over HTTP), so both see
+        // the same numbers.
+        let lines: Vec<String> = samples
+            .iter()
+            .map(|s| serde_json::to_string(&s.to_record()).expect("json"))
+            .collect();
+        let limits = crate::ingest::Limits::from_config(&cfg);
+        let samples: Vec<Arc<Sample>> = lines
+            .iter()
+            .map(|l| {
+                let rec = serde_json::from_str(l).expect("record");
+                let now = UnixMicros(1_700_000_000_000_000 + 1_000_000_000);
+                Arc::new(crate::ingest::validate_record(rec, &limits, now).expect("valid"))
+            })
+            .collect();
+        // Live: the stage with that configuration, one batch at a time.
+        let (_tx, rx) = watch::channel(Arc::new(cfg.clone()));
+        let mut live = stage();
+        live.config = rx;
+        let mut live_predictions = Vec::new();
+        for s in &samples {
+            live.observe(std::slice::from_ref(s));
+            let view = live.predictions.get(&s.resource_id).expect("predicted");
+            live_predictions.push(view.prediction);
+        }
+        // Replay: the same samples from a file, with the same configuration, no training.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, lines.join("\n")).expect("write");
+        let output = dir.path().join("out.jsonl");
+        let mut options = crate::replay::ReplayOptions::for_config(cfg);
+        options.schedule = None;
+        crate::replay::replay_with(&input, &output, false, &options).expect("replays");
+        // Compared as the replay's output text (bit-identical numbers print identically).
+        let text = std::fs::read_to_string(&output).expect("read");
+        let replayed_lines: Vec<&str> = text.lines().collect();
+        assert_eq!(replayed_lines.len(), live_predictions.len());
+        for (i, (p, s)) in live_predictions.iter().zip(&samples).enumerate() {
+            let live_line = serde_json::to_string(&crate::replay::PredictionRecord {
+                ts: s.ts.to_rfc3339(),
+                resource_id: s.resource_id.as_str(),
+                prediction: p,
+            })
+            .expect("json");
+            assert_eq!(live_line, replayed_lines[i], "sample {i}");
+        }
+        let replayed = &live_predictions;
+        // The type's settings took effect: its horizon, and an alarm on its own limit.
+        assert_eq!(replayed[0].horizon_s, 120.0);
+        assert!(
+            replayed.iter().any(|p| p.failure_probability >= threshold),
+            "latency climbing to its 500 ms limit is predicted"
+        );
+    }
+
+    /// The stage reports a resource crossing its threshold, each way, once per crossing, on the
+    /// crossings channel (the publisher turns them into fleet events).
+    #[test]
+    fn crossings_are_sent_once_each_way() {
+        let (tx, mut rx) = mpsc::channel(CROSSINGS_QUEUE);
+        let mut s = stage();
+        s.tx_crossings = Some(tx);
+        // Steady, then memory climbing to its limit (0.95), then back down for a long while.
+        let steady: Vec<_> = (0..600)
+            .map(|t| sample(t, 0.5 + 0.001 * (t % 7) as f64))
+            .collect();
+        let climb: Vec<_> = (600..900)
+            .map(|t| sample(t, 0.5 + 0.0016 * (t - 600) as f64))
+            .collect();
+        let back: Vec<_> = (900..2400)
+            .map(|t| sample(t, 0.5 + 0.001 * (t % 7) as f64))
+            .collect();
+        s.observe(&steady);
+        assert!(rx.try_recv().is_err(), "no crossing while steady");
+        s.observe(&climb);
+        let up = rx.try_recv().expect("crossed upwards");
+        assert!(up.above_threshold && up.prediction.failure_probability >= up.threshold);
+        s.observe(&back);
+        let down = rx.try_recv().expect("crossed back down");
+        assert!(!down.above_threshold && down.ts > up.ts);
+        // Every further crossing would alternate: none repeats the previous direction.
+        let mut last = false;
+        while let Ok(c) = rx.try_recv() {
+            assert_ne!(c.above_threshold, last);
+            last = c.above_threshold;
         }
     }
 

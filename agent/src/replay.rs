@@ -9,14 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use augur_models::engine::{EngineConfig, ResourceEngine};
+use augur_models::engine::ResourceEngine;
 use augur_models::trained::TrainedModels;
 use augur_models::training::{ResourceHistory, TrainConfig};
 use augur_proto::Event;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::config::Config;
 use crate::ingest::{Limits, validate_record};
+use crate::models::{Schedule, engine_config};
 use crate::sample::UnixMicros;
 
 /// One output line (DESIGN.md's prediction record).
@@ -39,35 +41,41 @@ pub struct ReplaySummary {
     pub trainings: u64,
 }
 
-/// How a replay trains models: like the agent, every `retrain_every` of the data's time, from the
-/// history seen so far (never from later samples).
+/// How a replay predicts and trains: each resource type's engine as the agent configures it
+/// (`config`, the agent's configuration), and models trained on the agent's schedule in the data's
+/// time, from the history seen so far (never from later samples).
 #[derive(Clone, Debug)]
 pub struct ReplayOptions {
+    pub config: Config,
     /// None: no trained models, the online statistical models only.
-    pub retrain_every: Option<Duration>,
+    pub schedule: Option<Schedule>,
     pub train: TrainConfig,
 }
 
 impl Default for ReplayOptions {
     fn default() -> Self {
-        let agent = crate::config::Config::default();
-        Self {
-            retrain_every: Some(agent.models.retrain_interval),
-            train: crate::models::train_config(&agent),
-        }
+        Self::for_config(Config::default())
     }
 }
 
-/// First training attempt after a type's first sample, and the retry delay while history is short
-/// (the agent's trainer checks as often).
-const FIRST_ATTEMPT_S: f64 = 600.0;
+impl ReplayOptions {
+    /// As the agent with `config` runs.
+    pub fn for_config(config: Config) -> Self {
+        Self {
+            schedule: Some(Schedule::from_config(&config)),
+            train: crate::models::train_config(&config),
+            config,
+        }
+    }
+}
 
 /// The training state of one resource type during a replay.
 #[derive(Default)]
 struct TypeTraining {
     histories: HashMap<String, ResourceHistory>,
     models: Option<Arc<TrainedModels>>,
-    next_attempt_s: Option<f64>,
+    /// The next training, on the agent's schedule.
+    next: Option<f64>,
     version: u64,
 }
 
@@ -155,11 +163,13 @@ pub fn replay_with(
         };
         let t = sample.ts.0 as f64 / 1e6;
         let rtype = sample.resource_type.to_string();
-        if let Some(every) = options.retrain_every {
+        let trains = options
+            .schedule
+            .filter(|_| crate::models::uses_trained(&options.config, &sample.resource_type));
+        if let Some(schedule) = trains {
             let training = types.entry(rtype.clone()).or_default();
             training.remember(sample.resource_id.as_str(), &sample, options.train.max_rows);
-            let due = *training.next_attempt_s.get_or_insert(t + FIRST_ATTEMPT_S);
-            if t >= due {
+            if schedule.due(&mut training.next, t) {
                 let data: Vec<ResourceHistory> = {
                     let mut ids: Vec<&String> = training.histories.keys().collect();
                     ids.sort();
@@ -167,27 +177,23 @@ pub fn replay_with(
                         .map(|id| training.histories[id].clone())
                         .collect()
                 };
-                match augur_models::training::train(
+                let (engine, _) = engine_config(&options.config, &rtype);
+                let trained = augur_models::training::train(
                     &rtype,
                     &data,
                     training.version + 1,
-                    &EngineConfig::default(),
+                    &engine,
                     &options.train,
-                ) {
-                    Ok(m) => {
-                        training.version += 1;
-                        training.models = Some(Arc::new(m));
-                        training.next_attempt_s = Some(t + every.as_secs_f64());
-                        summary.trainings += 1;
-                        for (ty, e) in engines.values_mut() {
-                            if *ty == rtype {
-                                e.set_models(training.models.clone());
-                            }
+                );
+                schedule.done(&mut training.next, t, trained.is_ok());
+                if let Ok(m) = trained {
+                    training.version += 1;
+                    training.models = Some(Arc::new(m));
+                    summary.trainings += 1;
+                    for (ty, e) in engines.values_mut() {
+                        if *ty == rtype {
+                            e.set_models(training.models.clone());
                         }
-                    }
-                    Err(_) => {
-                        training.next_attempt_s =
-                            Some(t + every.as_secs_f64().min(FIRST_ATTEMPT_S));
                     }
                 }
             }
@@ -198,7 +204,7 @@ pub fn replay_with(
         let (_, engine) = engines
             .entry(sample.resource_id.to_string())
             .or_insert_with(|| {
-                let mut e = ResourceEngine::new(EngineConfig::default());
+                let mut e = ResourceEngine::new(engine_config(&options.config, &rtype).0);
                 e.set_models(types.get(&rtype).and_then(|tt| tt.models.clone()));
                 (rtype.clone(), e)
             });
@@ -298,7 +304,8 @@ mod tests {
         }
         std::fs::write(&input, text).expect("write");
         let options = ReplayOptions {
-            retrain_every: Some(Duration::from_secs(600)),
+            schedule: Some(Schedule::every(Duration::from_secs(600))),
+            config: Config::default(),
             train: TrainConfig {
                 mlp: augur_models::forecast::mlp::MlpConfig {
                     epochs: 1,

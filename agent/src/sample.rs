@@ -149,3 +149,21 @@ mod tests {
         assert_eq!(UnixMicros(0).to_rfc3339(), "1970-01-01T00:00:00Z");
     }
 }
+
+/// `UnixMicros` as an RFC 3339 string in JSON (`#[serde(with = "crate::sample::rfc3339")]`).
+pub mod rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::UnixMicros;
+
+    pub fn serialize<S: Serializer>(ts: &UnixMicros, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&ts.to_rfc3339())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<UnixMicros, D::Error> {
+        let text = String::deserialize(d)?;
+        time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+            .map(UnixMicros::from_offset)
+            .map_err(serde::de::Error::custom)
+    }
+}

@@ -1,9 +1,11 @@
 //! The agent's own counters, exposed on `GET /metrics` in OpenMetrics text. Each event is counted
-//! where it happens; nothing here decides anything.
+//! where it happens; nothing here decides anything. Values read at scrape time come from a
+//! collector registered once (`crate::api::metrics`).
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -58,7 +60,7 @@ struct OutcomeLabels {
 /// All counters of one agent.
 #[derive(Debug)]
 pub struct Stats {
-    registry: Registry,
+    registry: Mutex<Registry>,
     accepted: Family<SourceLabels, Counter>,
     rejected: Family<RejectLabels, Counter>,
     accepted_total: AtomicU64,
@@ -164,7 +166,7 @@ impl Stats {
             reloads.clone(),
         );
         Self {
-            registry,
+            registry: Mutex::new(registry),
             accepted,
             rejected,
             accepted_total: AtomicU64::new(0),
@@ -251,68 +253,18 @@ impl Stats {
             .inc();
     }
 
-    /// Renders the registry plus `extra` lines (gauges computed at scrape time) as OpenMetrics text.
-    pub fn render(&self, extra: &str) -> String {
-        let mut out = String::with_capacity(4096 + extra.len());
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+    /// Adds the values read at scrape time (once, at start).
+    pub fn register_collector(&self, collector: Box<dyn Collector>) {
+        self.registry.lock().register_collector(collector);
+    }
+
+    /// Renders every metric as OpenMetrics text.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry.lock()).is_err() {
             out.clear();
         }
-        if let Some(stripped) = out.strip_suffix("# EOF\n") {
-            out.truncate(stripped.len());
-        }
-        out.push_str(extra);
-        out.push_str("# EOF\n");
         out
-    }
-}
-
-/// Escapes a label value for the text exposition format.
-pub fn escape_label(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
-}
-
-/// Appends one gauge family (`# TYPE`, `# HELP`, then samples) to `out`.
-pub fn gauge_family<'a>(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (String, f64)> + 'a,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} gauge");
-    for (labels, v) in samples {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {v}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {v}");
-        }
-    }
-}
-
-/// Writes one counter family (OpenMetrics: the samples carry the `_total` suffix).
-pub fn counter_family<'a>(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (String, f64)> + 'a,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} counter");
-    for (labels, v) in samples {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name}_total {v}");
-        } else {
-            let _ = writeln!(out, "{name}_total{{{labels}}} {v}");
-        }
     }
 }
 
@@ -326,7 +278,7 @@ mod tests {
         s.rejected(Source::Http, RejectReason::NonFinite);
         s.rejected(Source::Http, RejectReason::NonFinite);
         s.accepted(Source::Grpc, 5);
-        let text = s.render("");
+        let text = s.render();
         assert!(
             text.contains(r#"augur_samples_rejected_total{source="http",reason="non_finite"} 2"#),
             "{text}"
@@ -337,10 +289,5 @@ mod tests {
         );
         assert!(text.ends_with("# EOF\n"));
         assert_eq!(s.rejected_total(), 2);
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

@@ -442,18 +442,29 @@ async fn an_admitted_node_cannot_publish_events_in_anothers_name() {
     fleet.converge().await.expect("converges");
     let mut at_a = fleet.mesh("a").subscribe();
     let c = fleet.peer_id("c");
-    let lie = |topic: &str| crate::node::FleetEvent {
-        topic: topic.to_owned(),
+    let lie = |kind: crate::node::EventKind| crate::node::FleetEvent {
         ts_ms: fleet.clock().now_ms(),
         peer_id: c.clone(),
         node_name: Some("c".into()),
         resource_id: Some("db-1".into()),
         origin: c.clone(),
-        detail: serde_json::json!({"generation": 1}),
+        kind,
     };
     let refused = fleet.mesh("a").events_refused.clone();
-    for topic in ["member.dead", "prediction.above_threshold"] {
-        let data = serde_json::to_vec(&lie(topic)).expect("json");
+    let dead = crate::node::EventKind::MemberDead(crate::node::MemberChange {
+        status: MemberStatus::Dead,
+        gossip_addr: "10.0.0.3:1".into(),
+        generation: 1,
+    });
+    let above = crate::node::EventKind::PredictionAbove(crate::node::Crossing {
+        failure_probability: 0.99,
+        threshold: 0.75,
+        eta_s: None,
+        drivers: Vec::new(),
+        model_version: "v".into(),
+    });
+    for kind in [dead, above] {
+        let data = serde_json::to_vec(&lie(kind)).expect("json");
         let mesh_b = fleet.mesh("b").clone();
         let mut ok = false;
         for _ in 0..50 {
@@ -480,7 +491,7 @@ async fn an_admitted_node_cannot_publish_events_in_anothers_name() {
         assert!(
             e.peer_id != c,
             "a delivered a lie about c: {} from {}",
-            e.topic,
+            e.topic(),
             e.origin
         );
     }

@@ -14,12 +14,14 @@ pub mod node;
 pub mod secure;
 pub mod sim;
 pub mod swarm;
+pub mod tasks;
 pub mod transport;
 pub mod values;
 
 pub use clock::Clock;
 pub use identity::{IdentityError, NodeIdentity};
-pub use node::{FleetEvent, Mesh, MeshConfig, MeshError};
+pub use node::{Crossing, EventKind, FleetEvent, MemberChange, Mesh, MeshConfig, MeshError};
+pub use tasks::Tasks;
 
 // The few foreign types in the mesh's public API; the crates behind them are the mesh's own
 // business (a caller that needs more of chitchat or libp2p depends on it by name).

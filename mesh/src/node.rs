@@ -25,24 +25,119 @@ use crate::membership::{
     Member, MemberStatus, Membership, MembershipConfig, MembershipError, MembershipEvent,
 };
 use crate::swarm::{self, EVENTS_TOPIC, SwarmConfig, SwarmError, SwarmEvent, SwarmHandle};
+use crate::tasks::Tasks;
 use crate::values::{Endpoints, NodeValue};
 
-/// A fleet event, as local subscribers receive it.
+/// A fleet event, as local subscribers receive it: who it is about, who reported it, when, and
+/// what happened ([`EventKind`], with its typed details). On the wire (gossipsub, the HTTP and gRPC
+/// APIs) it is JSON: the envelope's fields, `topic` and `detail`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FleetEvent {
-    /// `member.joined`, `member.left`, `member.dead`, `member.recovered`, `member.removed`,
-    /// `prediction.above_threshold`, `prediction.below_threshold`, ...; subscribers filter by prefix.
-    pub topic: String,
     /// Unix milliseconds when the event happened (at its origin).
     pub ts_ms: u64,
     /// The node the event is about.
     pub peer_id: String,
     pub node_name: Option<String>,
+    /// The resource the event is about, if any.
     pub resource_id: Option<String>,
     /// The node that reported it (this node for membership events).
     pub origin: String,
-    #[serde(default)]
-    pub detail: serde_json::Value,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened. Topics are dotted (`member.dead`); subscribers filter by prefix.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "topic", content = "detail")]
+pub enum EventKind {
+    #[serde(rename = "member.joined")]
+    MemberJoined(MemberChange),
+    #[serde(rename = "member.dead")]
+    MemberDead(MemberChange),
+    #[serde(rename = "member.recovered")]
+    MemberRecovered(MemberChange),
+    #[serde(rename = "member.left")]
+    MemberLeft(MemberChange),
+    /// Forgotten after the dead-node grace period.
+    #[serde(rename = "member.removed")]
+    MemberRemoved,
+    /// One of the origin's resources crossed its failure threshold upwards.
+    #[serde(rename = "prediction.above_threshold")]
+    PredictionAbove(Crossing),
+    /// ... or back down.
+    #[serde(rename = "prediction.below_threshold")]
+    PredictionBelow(Crossing),
+}
+
+/// A member's change as the reporting node saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberChange {
+    pub status: MemberStatus,
+    pub gossip_addr: String,
+    /// The chitchat generation (restart) of the member the change is about.
+    pub generation: u64,
+}
+
+/// A resource's prediction crossing its threshold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Crossing {
+    pub failure_probability: f64,
+    pub threshold: f64,
+    pub eta_s: Option<f64>,
+    pub drivers: Vec<String>,
+    pub model_version: String,
+}
+
+impl EventKind {
+    /// The event's topic.
+    pub fn topic(&self) -> &'static str {
+        match self {
+            EventKind::MemberJoined(_) => "member.joined",
+            EventKind::MemberDead(_) => "member.dead",
+            EventKind::MemberRecovered(_) => "member.recovered",
+            EventKind::MemberLeft(_) => "member.left",
+            EventKind::MemberRemoved => "member.removed",
+            EventKind::PredictionAbove(_) => "prediction.above_threshold",
+            EventKind::PredictionBelow(_) => "prediction.below_threshold",
+        }
+    }
+
+    /// The event's details as JSON (`null` for an event without any), as the wire form's `detail`.
+    pub fn detail(&self) -> serde_json::Value {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|mut v| v.get_mut("detail").map(serde_json::Value::take))
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Whether it is a membership report (about another node than its origin, possibly).
+    pub fn is_membership(&self) -> bool {
+        matches!(
+            self,
+            EventKind::MemberJoined(_)
+                | EventKind::MemberDead(_)
+                | EventKind::MemberRecovered(_)
+                | EventKind::MemberLeft(_)
+                | EventKind::MemberRemoved
+        )
+    }
+
+    /// The generation of the member a membership report is about (0 when it does not say).
+    fn generation(&self) -> u64 {
+        match self {
+            EventKind::MemberJoined(c)
+            | EventKind::MemberDead(c)
+            | EventKind::MemberRecovered(c)
+            | EventKind::MemberLeft(c) => c.generation,
+            _ => 0,
+        }
+    }
+}
+
+impl FleetEvent {
+    pub fn topic(&self) -> &'static str {
+        self.kind.topic()
+    }
 }
 
 /// How long a membership fact (topic, node, generation) is remembered, so that the same death
@@ -50,16 +145,16 @@ pub struct FleetEvent {
 const REPORT_MEMORY: Duration = Duration::from_secs(600);
 
 /// Whether `e` is the first report of its fact (membership events; every other event is unique).
-fn first_report(reported: &mut HashMap<(String, String, u64), Instant>, e: &FleetEvent) -> bool {
-    if !e.topic.starts_with("member.") {
+fn first_report(
+    reported: &mut HashMap<(&'static str, String, u64), Instant>,
+    e: &FleetEvent,
+) -> bool {
+    if !e.kind.is_membership() {
         return true;
     }
-    let generation = e.detail["generation"].as_u64().unwrap_or(0);
+    let generation = e.kind.generation();
     reported
-        .insert(
-            (e.topic.clone(), e.peer_id.clone(), generation),
-            Instant::now(),
-        )
+        .insert((e.topic(), e.peer_id.clone(), generation), Instant::now())
         .is_none()
 }
 
@@ -87,8 +182,8 @@ pub struct Mesh {
     /// Gossiped events refused: about another node than their signed origin, or a membership
     /// fact this node's own view contradicts.
     pub events_refused: Arc<std::sync::atomic::AtomicU64>,
-    /// The task tying membership and swarm together.
-    task: Arc<parking_lot::Mutex<Option<tokio::task::AbortHandle>>>,
+    /// The mesh's group of tasks (swarm, membership, and the task tying them together).
+    tasks: Tasks,
 }
 
 /// What the mesh needs to start.
@@ -114,8 +209,9 @@ impl Mesh {
         trusted: Trust,
         config: MeshConfig,
         clock: Clock,
+        tasks: &Tasks,
     ) -> Result<Self, MeshError> {
-        Self::start_on(keypair, token, trusted, config, clock, Arc::new(Udp)).await
+        Self::start_on(keypair, token, trusted, config, clock, Arc::new(Udp), tasks).await
     }
 
     /// Starts the mesh with gossip over `gossip` (UDP in the agent, an in-memory network in the
@@ -127,7 +223,9 @@ impl Mesh {
         config: MeshConfig,
         clock: Clock,
         gossip: Arc<dyn Datagrams>,
+        tasks: &Tasks,
     ) -> Result<Self, MeshError> {
+        let tasks = tasks.child();
         let swarm = swarm::start(
             keypair.clone(),
             SwarmConfig {
@@ -139,6 +237,7 @@ impl Mesh {
                 ping_interval: config.ping_interval,
                 memory: config.memory.clone(),
             },
+            &tasks,
         )
         .await?;
         let membership = Membership::start(
@@ -148,6 +247,7 @@ impl Mesh {
             trusted.clone(),
             clock.clone(),
             gossip,
+            &tasks,
         )
         .await;
         let membership = match membership {
@@ -180,20 +280,19 @@ impl Mesh {
             clock,
             rtt: Arc::default(),
             traffic,
-            task: Arc::default(),
+            tasks: tasks.clone(),
         };
-        let task = tokio::spawn(mesh.clone().run(config.membership.gossip_interval));
-        *mesh.task.lock() = Some(task.abort_handle());
+        tasks.spawn(
+            "mesh.events",
+            mesh.clone().run(config.membership.gossip_interval),
+        );
         Ok(mesh)
     }
 
     /// Stops everything at once, as a crash would: gossip stops and QUIC connections close.
     pub fn shutdown(&self) {
-        if let Some(t) = self.task.lock().take() {
-            t.abort();
-        }
         self.membership.shutdown();
-        self.swarm.shutdown();
+        self.tasks.stop();
     }
 
     /// Announces this node's departure, lets it spread for `linger`, then stops.
@@ -226,7 +325,7 @@ impl Mesh {
             && let Err(e) = self.swarm.publish(EVENTS_TOPIC, data).await
         {
             // Alone in the fleet, or the mesh still forming: local subscribers have it.
-            tracing::debug!(error = %e, topic = %event.topic, "event not gossiped");
+            tracing::debug!(error = %e, topic = event.topic(), "event not gossiped");
         }
     }
 
@@ -250,7 +349,7 @@ impl Mesh {
     /// another node is a membership report, believed only when this node's own view agrees (the
     /// reporter saw it first, but one admitted node cannot declare another dead, or alive).
     fn believable(&self, e: &FleetEvent) -> Result<(), &'static str> {
-        if !e.topic.starts_with("member.") {
+        if !e.kind.is_membership() {
             return if e.peer_id == e.origin {
                 Ok(())
             } else {
@@ -261,13 +360,15 @@ impl Mesh {
             return Err("a membership report about this node");
         }
         let local = self.membership.member(&e.peer_id).map(|m| m.status);
-        let agrees = match e.topic.as_str() {
-            "member.dead" => matches!(local, Some(MemberStatus::Suspect | MemberStatus::Dead)),
-            "member.joined" | "member.recovered" => {
+        let agrees = match e.kind {
+            EventKind::MemberDead(_) => {
+                matches!(local, Some(MemberStatus::Suspect | MemberStatus::Dead))
+            }
+            EventKind::MemberJoined(_) | EventKind::MemberRecovered(_) => {
                 matches!(local, Some(MemberStatus::Alive | MemberStatus::Suspect))
             }
-            "member.left" => local == Some(MemberStatus::Left),
-            "member.removed" => local.is_none(),
+            EventKind::MemberLeft(_) => local == Some(MemberStatus::Left),
+            EventKind::MemberRemoved => local.is_none(),
             _ => false,
         };
         if agrees {
@@ -277,15 +378,18 @@ impl Mesh {
         }
     }
 
-    fn member_event(&self, topic: &str, m: &Member) -> FleetEvent {
+    fn member_event(&self, kind: fn(MemberChange) -> EventKind, m: &Member) -> FleetEvent {
         FleetEvent {
-            topic: topic.to_owned(),
             ts_ms: self.clock.now_ms(),
             peer_id: m.peer_id.clone(),
             node_name: m.node_name.clone(),
             resource_id: None,
             origin: self.peer_id().to_string(),
-            detail: serde_json::json!({ "status": m.status, "gossip_addr": m.gossip_addr, "generation": m.generation }),
+            kind: kind(MemberChange {
+                status: m.status,
+                gossip_addr: m.gossip_addr.clone(),
+                generation: m.generation,
+            }),
         }
     }
 
@@ -293,11 +397,12 @@ impl Mesh {
         let mut membership_events = self.membership.subscribe();
         let mut swarm_events = self.swarm.subscribe();
         let mut dialled: HashMap<PeerId, Instant> = HashMap::new();
-        let mut reported: HashMap<(String, String, u64), Instant> = HashMap::new();
+        let mut reported: HashMap<(&'static str, String, u64), Instant> = HashMap::new();
         let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
         let redial_after = Duration::from_secs(10);
         loop {
             tokio::select! {
+                () = self.tasks.stopped() => return,
                 ev = membership_events.recv() => {
                     let ev = match ev {
                         Ok(ev) => ev,
@@ -305,21 +410,20 @@ impl Mesh {
                         Err(broadcast::error::RecvError::Closed) => return,
                     };
                     let event = match &ev {
-                        MembershipEvent::Joined(m) => self.member_event("member.joined", m),
-                        MembershipEvent::Dead(m) => self.member_event("member.dead", m),
-                        MembershipEvent::Recovered(m) => self.member_event("member.recovered", m),
-                        MembershipEvent::Left(m) => self.member_event("member.left", m),
+                        MembershipEvent::Joined(m) => self.member_event(EventKind::MemberJoined, m),
+                        MembershipEvent::Dead(m) => self.member_event(EventKind::MemberDead, m),
+                        MembershipEvent::Recovered(m) => self.member_event(EventKind::MemberRecovered, m),
+                        MembershipEvent::Left(m) => self.member_event(EventKind::MemberLeft, m),
                         MembershipEvent::Removed { peer_id } => FleetEvent {
-                            topic: "member.removed".to_owned(),
                             ts_ms: self.clock.now_ms(),
                             peer_id: peer_id.clone(),
                             node_name: None,
                             resource_id: None,
                             origin: self.peer_id().to_string(),
-                            detail: serde_json::Value::Null,
+                            kind: EventKind::MemberRemoved,
                         },
                     };
-                    tracing::info!(topic = %event.topic, peer_id = %event.peer_id, node_name = ?event.node_name, "fleet event");
+                    tracing::info!(topic = event.topic(), peer_id = %event.peer_id, node_name = ?event.node_name, "fleet event");
                     // Delivered here, and gossiped so that nodes whose detector has not (yet) come
                     // to the same verdict hear it; receivers deliver each fact once.
                     if first_report(&mut reported, &event) {
@@ -352,7 +456,7 @@ impl Mesh {
                                     e.origin = origin.to_string();
                                     if let Err(why) = self.believable(&e) {
                                         self.events_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                        tracing::info!(%origin, topic = %e.topic, peer_id = %e.peer_id, why, "fleet event refused");
+                                        tracing::info!(%origin, topic = e.topic(), peer_id = %e.peer_id, why, "fleet event refused");
                                     } else if first_report(&mut reported, &e) {
                                         let _ = self.events.send(e);
                                     }

@@ -38,6 +38,7 @@ use crate::datagram::MemoryDatagrams;
 use crate::membership::{Member, MemberStatus, Membership, MembershipConfig};
 use crate::node::{Mesh, MeshConfig};
 use crate::swarm::MemoryNet;
+use crate::tasks::Tasks;
 use crate::values::{self, NodeValue};
 
 /// libp2p's memory transport has one port space per process; fleets in parallel tests must not
@@ -216,6 +217,7 @@ impl SimFleet {
                 },
                 self.clock.clone(),
                 Arc::new(self.transport.clone()),
+                &Tasks::default(),
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -228,6 +230,7 @@ impl SimFleet {
                 trusted,
                 self.clock.clone(),
                 Arc::new(self.transport.clone()),
+                &Tasks::default(),
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -867,13 +870,18 @@ mod tests {
     }
     fn prediction_event(fleet: &SimFleet, node: &str) -> crate::node::FleetEvent {
         crate::node::FleetEvent {
-            topic: "prediction.above_threshold".to_owned(),
             ts_ms: fleet.clock().now_ms(),
             peer_id: fleet.peer_id(node),
             node_name: Some(node.to_owned()),
             resource_id: Some("db-1".to_owned()),
             origin: String::new(),
-            detail: serde_json::json!({ "failure_probability": 0.9 }),
+            kind: crate::node::EventKind::PredictionAbove(crate::node::Crossing {
+                failure_probability: 0.9,
+                threshold: 0.75,
+                eta_s: None,
+                drivers: Vec::new(),
+                model_version: "v".to_owned(),
+            }),
         }
     }
 
@@ -886,7 +894,7 @@ mod tests {
         tokio::time::timeout(limit, async {
             loop {
                 match rx.recv().await {
-                    Ok(e) if e.topic == topic => return Some(e),
+                    Ok(e) if e.topic() == topic => return Some(e),
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }

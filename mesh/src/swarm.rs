@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::admission::{FleetPublicKey, JoinToken, Trust};
 use crate::clock::Clock;
+use crate::tasks::Tasks;
 
 /// The topic of fleet events.
 pub const EVENTS_TOPIC: &str = "augur/events/1";
@@ -145,7 +146,6 @@ enum Command {
     },
     Listeners(oneshot::Sender<Vec<Multiaddr>>),
     Disconnect(PeerId),
-    Shutdown,
 }
 
 /// Cloneable handle on the swarm task.
@@ -157,6 +157,8 @@ pub struct SwarmHandle {
     pub stats: Arc<SwarmStats>,
     /// Peers admitted on a live connection, as the swarm task last left them.
     admitted: Arc<parking_lot::RwLock<HashSet<PeerId>>>,
+    /// The swarm task's group (stopping it closes every connection).
+    tasks: Tasks,
 }
 
 impl std::fmt::Debug for Command {
@@ -226,7 +228,7 @@ impl SwarmHandle {
 
     /// Stops the swarm task; its connections close, as when the process dies.
     pub fn shutdown(&self) {
-        let _ = self.tx.try_send(Command::Shutdown);
+        self.tasks.stop();
     }
 
     /// The addresses the swarm listens on.
@@ -250,7 +252,12 @@ fn message_id(m: &gossipsub::Message) -> MessageId {
 }
 
 /// Starts the swarm task; returns once it listens on every configured address.
-pub async fn start(keypair: Keypair, config: SwarmConfig) -> Result<SwarmHandle, SwarmError> {
+pub async fn start(
+    keypair: Keypair,
+    config: SwarmConfig,
+    tasks: &Tasks,
+) -> Result<SwarmHandle, SwarmError> {
+    let tasks = tasks.child();
     let peer_id = keypair.public().to_peer_id();
     let gossip_config = gossipsub::ConfigBuilder::default()
         .heartbeat_interval(Duration::from_millis(500))
@@ -370,17 +377,22 @@ pub async fn start(keypair: Keypair, config: SwarmConfig) -> Result<SwarmHandle,
         peer_id,
         stats: stats.clone(),
         admitted: Arc::default(),
+        tasks: tasks.clone(),
     };
-    tokio::spawn(run(
+    let task = run(
         swarm,
         rx,
         events,
         stats,
         config,
-        listening,
-        listener_ids,
+        Listening {
+            addrs: listening,
+            ids: listener_ids,
+        },
         handle.admitted.clone(),
-    ));
+        tasks.clone(),
+    );
+    tasks.spawn("mesh.swarm", task);
     Ok(handle)
 }
 
@@ -397,6 +409,12 @@ struct State {
     asked: HashSet<PeerId>,
 }
 
+/// The swarm's listen addresses and the listeners behind them.
+struct Listening {
+    addrs: Vec<Multiaddr>,
+    ids: Vec<libp2p::core::transport::ListenerId>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run(
     mut swarm: libp2p::Swarm<Behaviour>,
@@ -404,10 +422,13 @@ async fn run(
     events: broadcast::Sender<SwarmEvent>,
     stats: Arc<SwarmStats>,
     config: SwarmConfig,
-    mut listening: Vec<Multiaddr>,
-    listener_ids: Vec<libp2p::core::transport::ListenerId>,
+    Listening {
+        addrs: mut listening,
+        ids: listener_ids,
+    }: Listening,
     // Peers admitted on a live connection; the handle reads the same set.
     admitted: Arc<parking_lot::RwLock<HashSet<PeerId>>>,
+    tasks: Tasks,
 ) {
     // Stopping frees the listen addresses at once (the memory transport keeps a port until its
     // listener is removed, so a restarted simulated node could not bind it again).
@@ -441,6 +462,10 @@ async fn run(
     };
     loop {
         tokio::select! {
+            () = tasks.stopped() => {
+                stop(&mut swarm);
+                return;
+            }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else {
                     stop(&mut swarm);
@@ -469,10 +494,6 @@ async fn run(
                     }
                     Command::Disconnect(peer) => {
                         let _ = swarm.disconnect_peer_id(peer);
-                    }
-                    Command::Shutdown => {
-                        stop(&mut swarm);
-                        return;
                     }
                 }
             }
@@ -540,7 +561,15 @@ async fn run(
                     }
                 }
                 LibSwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                    st.pending.remove(&peer_id);
+                    // Gone before it was admitted: refused (a peer that refuses our token hangs up
+                    // at once, and its own request may never arrive).
+                    if st.pending.remove(&peer_id).is_some() {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        let _ = events.send(SwarmEvent::Refused {
+                            peer: peer_id,
+                            reason: "disconnected before presenting a valid join token".to_owned(),
+                        });
+                    }
                     st.asked.remove(&peer_id);
                     st.credentials.remove(&peer_id);
                     if admitted.write().remove(&peer_id) {
@@ -638,6 +667,7 @@ mod tests {
                 ping_interval: Duration::from_millis(500),
                 memory: None,
             },
+            &Tasks::default(),
         )
         .await
         .expect("starts");
@@ -646,6 +676,7 @@ mod tests {
     }
 
     async fn wait_for<T>(
+        what: &str,
         rx: &mut broadcast::Receiver<SwarmEvent>,
         mut f: impl FnMut(&SwarmEvent) -> Option<T>,
     ) -> T {
@@ -659,7 +690,7 @@ mod tests {
             }
         })
         .await
-        .expect("event in time")
+        .unwrap_or_else(|_| panic!("{what} within 20 s"))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -672,11 +703,11 @@ mod tests {
         let mut b_events = b.subscribe();
         a.dial(b_addr.clone()).await.expect("dials");
         let b_id = b.peer_id;
-        wait_for(&mut a_events, |e| {
+        wait_for("b admitted by a", &mut a_events, |e| {
             matches!(e, SwarmEvent::Admitted(p) if *p == b_id).then_some(())
         })
         .await;
-        let rtt = wait_for(&mut a_events, |e| match e {
+        let rtt = wait_for("a ping round trip", &mut a_events, |e| match e {
             SwarmEvent::Rtt { peer, rtt } if *peer == b_id => Some(*rtt),
             _ => None,
         })
@@ -693,7 +724,7 @@ mod tests {
         })
         .await;
         assert!(published.is_ok(), "published");
-        let got = wait_for(&mut b_events, |e| match e {
+        let got = wait_for("a's message at b", &mut b_events, |e| match e {
             SwarmEvent::Message { data, origin, .. } => Some((data.clone(), *origin)),
             _ => None,
         })
@@ -705,7 +736,7 @@ mod tests {
         let (x, _) = node(&rogue, &[rogue.public()]).await;
         x.dial(b_addr).await.expect("dials");
         let x_id = x.peer_id;
-        wait_for(&mut b_events, |e| {
+        wait_for("x refused by b", &mut b_events, |e| {
             matches!(e, SwarmEvent::Refused { peer, .. } if *peer == x_id).then_some(())
         })
         .await;

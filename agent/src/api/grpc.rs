@@ -121,13 +121,13 @@ fn merge(summary: &mut PushSummary, outcome: crate::ingest::PushOutcome) {
 fn event_msg(e: crate::fleet::events::Logged) -> FleetEventMsg {
     FleetEventMsg {
         index: e.index,
-        topic: e.event.topic,
+        topic: e.event.topic().to_owned(),
         ts: Some(UnixMicros((e.event.ts_ms as i64).saturating_mul(1000)).to_timestamp()),
         peer_id: e.event.peer_id,
         node_name: e.event.node_name.unwrap_or_default(),
         resource_id: e.event.resource_id.unwrap_or_default(),
         origin: e.event.origin,
-        detail_json: e.event.detail.to_string(),
+        detail_json: e.event.kind.detail().to_string(),
         missed: 0,
     }
 }
@@ -144,7 +144,7 @@ impl Agent for GrpcApi {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let r = request.into_inner();
-        let stream = self.state.events.follow(r.since, r.topics).map(|d| {
+        let stream = self.state.fleet.events.follow(r.since, r.topics).map(|d| {
             Ok(match d {
                 Delivery::Event(e) => event_msg(e),
                 Delivery::Missed { count, after } => FleetEventMsg {

@@ -1,6 +1,6 @@
 //! The HTTP/JSON API (axum): health, Prometheus metrics, resources, telemetry queries and pushes.
 
-use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use augur_proto::{ResourceId, TELEMETRY_SCHEMA};
@@ -11,17 +11,23 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
+use super::answers::{
+    MemberList, Missed, ModelList, PredictionList, ResourceList, ResourceView, TelemetryPage,
+    TrainAnswer,
+};
 use super::{ApiError, ApiState};
 use crate::accept::RejectReason;
 use crate::fleet::events::Delivery;
-use crate::history::ResourceSummary;
+use crate::history::History;
 use crate::ingest::PushBatch;
 use crate::ingest::parse_body;
+use crate::models::ModelStore;
+use crate::predict::Predictions;
 use crate::sample::UnixMicros;
-use crate::stats::{Source, counter_family, escape_label, gauge_family};
+use crate::stats::{Source, Stats};
 
 /// Default and largest number of samples one telemetry query returns.
 pub const DEFAULT_QUERY_LIMIT: usize = 10_000;
@@ -70,44 +76,27 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint; see the API table in the README".to_owned())
 }
 
-/// A restart of the gossip task keeps the node "degraded" this long (recent instability).
-const GOSSIP_RESTART_DEGRADES_MS: u64 = 10 * 60 * 1000;
-
-async fn healthz(State(st): State<ApiState>) -> Json<serde_json::Value> {
-    let mut status = "ok";
-    let mut body = json!({
-        "node_name": st.node_name.as_str(),
-        "version": env!("CARGO_PKG_VERSION"),
-    });
-    // Writes failing under the history (a full disk): pushes get 507 and collected samples are
-    // dropped (counted) until the writer reopens the store by itself.
-    let failure = st.history.failure();
-    if failure.is_some() {
-        status = "degraded";
-    }
-    body["storage"] = json!({ "writable": failure.is_none(), "failure": failure });
-    if let Some(mesh) = &st.mesh {
+async fn healthz(State(st): State<ApiState>) -> Json<super::health::Health> {
+    let gossip = st.fleet.mesh.as_ref().map(|mesh| {
         let ms = &mesh.membership.stats;
-        let restarts = ms
-            .gossip_restarts
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let last = ms.last_gossip_failure.lock().clone();
-        let running = mesh.membership.is_running();
-        let now_ms = augur_mesh::Clock::system().now_ms();
-        let recent = last
-            .as_ref()
-            .is_some_and(|(_, at)| now_ms.saturating_sub(*at) < GOSSIP_RESTART_DEGRADES_MS);
-        if !running || recent {
-            status = "degraded";
+        super::health::GossipState {
+            running: mesh.membership.is_running(),
+            restarts: ms
+                .gossip_restarts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            last_failure: ms.last_gossip_failure.lock().clone(),
         }
-        body["mesh"] = json!({
-            "gossip": if running { "running" } else { "stopped" },
-            "gossip_restarts": restarts,
-            "last_gossip_failure": last.map(|(reason, at)| json!({"reason": reason, "at_unix_ms": at})),
-        });
-    }
-    body["status"] = json!(status);
-    Json(body)
+    });
+    Json(super::health::assess(super::health::Observed {
+        node_name: st.node.node_name.to_string(),
+        // Writes failing under the history (a full disk): pushes get 507 and collected samples
+        // are dropped (counted) until the writer reopens the store by itself.
+        storage_failure: st.history.failure(),
+        gossip,
+        tasks_ended: st.tasks.ended_total(),
+        tasks_recent: st.tasks.recent(),
+        now_unix_ms: UnixMicros::now().as_unix_ms(),
+    }))
 }
 
 async fn status(State(st): State<ApiState>) -> Json<super::Status> {
@@ -122,260 +111,24 @@ async fn schema() -> Response {
         .into_response()
 }
 
-async fn metrics(State(st): State<ApiState>) -> Response {
-    let mut extra = String::new();
-    let (resources, samples, bytes) = st.history.totals();
-    gauge_family(
-        &mut extra,
-        "augur_history_resources",
-        "Resources tracked",
-        [(String::new(), resources as f64)],
-    );
-    gauge_family(
-        &mut extra,
-        "augur_history_samples",
-        "Samples stored on disk",
-        [(String::new(), samples as f64)],
-    );
-    gauge_family(
-        &mut extra,
-        "augur_history_bytes",
-        "Logical bytes of stored samples",
-        [(String::new(), bytes as f64)],
-    );
-    gauge_family(
-        &mut extra,
-        "augur_uptime_seconds",
-        "Seconds since the agent started",
-        [(String::new(), st.started.elapsed().as_secs_f64())],
-    );
-    let mut latest = Vec::new();
-    for r in st.history.resources() {
-        if let Some(s) = &r.latest {
-            for (name, v) in &s.metrics {
-                let mut labels = String::new();
-                let _ = write!(
-                    labels,
-                    "resource_id=\"{}\",resource_type=\"{}\",metric=\"{}\"",
-                    escape_label(r.resource_id.as_str()),
-                    escape_label(r.meta.resource_type.as_str()),
-                    escape_label(name)
-                );
-                latest.push((labels, *v));
-            }
-        }
-    }
-    gauge_family(
-        &mut extra,
-        "augur_sample",
-        "Latest value of each metric of each resource",
-        latest,
-    );
-    {
-        use std::sync::atomic::Ordering::Relaxed;
-        let p = &st.predict_stats;
-        gauge_family(
-            &mut extra,
-            "augur_predict_engine_bytes",
-            "Estimated memory of the prediction engines (budget: models.max_engine_memory)",
-            [(String::new(), p.engine_bytes.load(Relaxed) as f64)],
-        );
-        counter_family(
-            &mut extra,
-            "augur_predict_refused",
-            "Samples stored but not predicted: the engines' memory budget was spent when their resource first came",
-            [(String::new(), p.refused_samples.load(Relaxed) as f64)],
-        );
-        counter_family(
-            &mut extra,
-            "augur_predict_engines_evicted",
-            "Prediction engines dropped because retention removed their resource",
-            [(String::new(), p.evicted.load(Relaxed) as f64)],
-        );
-        let c = &st.connections;
-        let per = |f: fn(&super::conn::ConnStats) -> &std::sync::atomic::AtomicU64| {
-            [("http", &c.http), ("grpc", &c.grpc)]
-                .map(|(l, s)| (format!("listener=\"{l}\""), f(s).load(Relaxed) as f64))
-        };
-        gauge_family(
-            &mut extra,
-            "augur_api_connections",
-            "Open API connections, by listener",
-            per(|s| &s.open),
-        );
-        counter_family(
-            &mut extra,
-            "augur_api_connections_refused",
-            "API connections closed on arrival because api.max_connections were open",
-            per(|s| &s.refused),
-        );
-        counter_family(
-            &mut extra,
-            "augur_api_connections_timed_out",
-            "API connections closed for sending their request head or preface too slowly, or for idling",
-            per(|s| &s.timed_out),
-        );
-    }
-    if let Some(mesh) = &st.mesh {
-        use std::sync::atomic::Ordering::Relaxed;
-        let ms = &mesh.membership.stats;
-        counter_family(
-            &mut extra,
-            "augur_mesh_values_rejected",
-            "Gossiped values dropped, by reason (unsigned, bad_signature, malformed, stale, unadmitted, wrong_identity)",
-            ms.rejected()
-                .into_iter()
-                .map(|(r, n)| (format!("reason=\"{r}\""), n as f64)),
-        );
-        counter_family(
-            &mut extra,
-            "augur_mesh_values_accepted",
-            "Gossiped values verified and accepted",
-            [(String::new(), ms.values_accepted.load(Relaxed) as f64)],
-        );
-        counter_family(
-            &mut extra,
-            "augur_mesh_held_verdicts",
-            "Gossip rounds in which a member the failure detector judged dead stayed suspect (this node doubted itself, or the member answered a recent ping)",
-            [(String::new(), ms.held_verdicts.load(Relaxed) as f64)],
-        );
-        counter_family(
-            &mut extra,
-            "augur_mesh_self_doubts",
-            "Gossip rounds this node ran late enough to doubt its own verdicts (it is starved)",
-            [(String::new(), ms.self_doubts.load(Relaxed) as f64)],
-        );
-        gauge_family(
-            &mut extra,
-            "augur_mesh_unadmitted_nodes",
-            "Nodes gossiping without a valid join token (ignored)",
-            [(String::new(), ms.unadmitted_nodes.load(Relaxed) as f64)],
-        );
-        let t = &mesh.traffic;
-        counter_family(
-            &mut extra,
-            "augur_mesh_gossip_bytes",
-            "Membership gossip (chitchat) bytes, by direction",
-            [
-                (
-                    "direction=\"sent\"".to_owned(),
-                    t.bytes_sent.load(Relaxed) as f64,
-                ),
-                (
-                    "direction=\"received\"".to_owned(),
-                    t.bytes_received.load(Relaxed) as f64,
-                ),
-            ],
-        );
-        let sec = &mesh.membership.sessions.stats;
-        counter_family(
-            &mut extra,
-            "augur_mesh_gossip_dropped",
-            "Gossip datagrams dropped before chitchat saw them (incoming: malformed, unknown_sender, bad_tag, replayed, unadmitted, bad_probe, rate_limited, bad_message, too_many_peers) or not sent (unbound_destination, oversize)",
-            sec.dropped()
-                .into_iter()
-                .map(|(d, n)| (format!("reason=\"{}\"", d.as_str()), n as f64)),
-        );
-        gauge_family(
-            &mut extra,
-            "augur_mesh_gossip_sessions",
-            "Admitted peers holding an authenticated gossip session",
-            [(String::new(), sec.sessions.load(Relaxed) as f64)],
-        );
-        counter_family(
-            &mut extra,
-            "augur_mesh_gossip_restarts",
-            "Times the gossip task ended unexpectedly and was started again with fresh state",
-            [(String::new(), ms.gossip_restarts.load(Relaxed) as f64)],
-        );
-        counter_family(
-            &mut extra,
-            "augur_mesh_events_refused",
-            "Gossiped fleet events refused (about another node than their origin, or contradicted by this node's view)",
-            [(String::new(), mesh.events_refused.load(Relaxed) as f64)],
-        );
-        let ss = &mesh.swarm.stats;
-        counter_family(
-            &mut extra,
-            "augur_mesh_peers_refused",
-            "libp2p peers disconnected for lacking a valid join token",
-            [(String::new(), ss.refused.load(Relaxed) as f64)],
-        );
-        counter_family(
-            &mut extra,
-            "augur_mesh_peers_revoked",
-            "Admitted libp2p peers disconnected because their token expired or its fleet key was removed",
-            [(String::new(), ss.revoked.load(Relaxed) as f64)],
-        );
-        counter_family(
-            &mut extra,
-            "augur_mesh_messages_rejected",
-            "Gossipsub messages rejected (origin or forwarder not admitted)",
-            [(String::new(), ss.messages_rejected.load(Relaxed) as f64)],
-        );
-        let members = mesh.members();
-        let by_status = ["alive", "suspect", "dead", "left"].map(|s| {
-            (
-                format!("status=\"{s}\""),
-                members
-                    .iter()
-                    .filter(|m| serde_json::to_value(m.status).ok() == Some(json!(s)))
-                    .count() as f64,
-            )
-        });
-        gauge_family(
-            &mut extra,
-            "augur_mesh_members",
-            "Members by status, this node included",
-            by_status,
-        );
-    }
+async fn metrics(State(stats): State<Arc<Stats>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        st.stats.render(&extra),
+        stats.render(),
     )
         .into_response()
 }
 
-/// A resource as the HTTP API shows it.
-#[derive(Debug, Serialize)]
-pub struct ResourceView {
-    pub resource_id: String,
-    pub resource_type: String,
-    pub first_ts: String,
-    pub last_ts: String,
-    pub samples: u64,
-    pub bytes: u64,
-    pub latest: Option<serde_json::Value>,
-}
-
-impl From<ResourceSummary> for ResourceView {
-    fn from(r: ResourceSummary) -> Self {
-        Self {
-            resource_id: r.resource_id.to_string(),
-            resource_type: r.meta.resource_type.to_string(),
-            first_ts: r.meta.first_ts.to_rfc3339(),
-            last_ts: r.meta.last_ts.to_rfc3339(),
-            samples: r.meta.samples,
-            bytes: r.meta.bytes,
-            latest: r
-                .latest
-                .and_then(|s| serde_json::to_value(s.to_record()).ok()),
-        }
-    }
-}
-
-async fn resources(State(st): State<ApiState>) -> Json<serde_json::Value> {
-    let list: Vec<ResourceView> = st
-        .history
+async fn resources(State(history): State<History>) -> Json<ResourceList> {
+    let resources: Vec<ResourceView> = history
         .resources()
         .into_iter()
         .map(ResourceView::from)
         .collect();
-    Json(json!({ "resources": list }))
+    Json(ResourceList { resources })
 }
 
 fn parse_id(id: &str) -> Result<ResourceId, ApiError> {
@@ -389,11 +142,11 @@ fn unknown(id: &ResourceId) -> ApiError {
 }
 
 async fn resource(
-    State(st): State<ApiState>,
+    State(history): State<History>,
     Path(id): Path<String>,
 ) -> Result<Json<ResourceView>, ApiError> {
     let id = parse_id(&id)?;
-    st.history
+    history
         .resource(&id)
         .map(|r| Json(r.into()))
         .ok_or_else(|| unknown(&id))
@@ -421,10 +174,10 @@ pub fn parse_time(s: &str, now: UnixMicros) -> Result<UnixMicros, String> {
 }
 
 async fn telemetry(
-    State(st): State<ApiState>,
+    State(history): State<History>,
     Path(id): Path<String>,
     Query(q): Query<RangeQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<TelemetryPage>, ApiError> {
     let id = parse_id(&id)?;
     let now = UnixMicros::now();
     let until = match &q.until {
@@ -439,21 +192,19 @@ async fn telemetry(
         .limit
         .unwrap_or(DEFAULT_QUERY_LIMIT)
         .clamp(1, MAX_QUERY_LIMIT);
-    let history = st.history.clone();
     let qid = id.clone();
     let result = tokio::task::spawn_blocking(move || history.query(&qid, since, until, limit))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .ok_or_else(|| unknown(&id))?;
-    let records: Vec<_> = result.samples.iter().map(|s| s.to_record()).collect();
-    Ok(Json(json!({
-        "resource_id": id.as_str(),
-        "since": since.to_rfc3339(),
-        "until": until.to_rfc3339(),
-        "records": records,
-        "truncated": result.truncated,
-    })))
+    Ok(Json(TelemetryPage {
+        resource_id: id.to_string(),
+        since: since.to_rfc3339(),
+        until: until.to_rfc3339(),
+        records: result.samples.iter().map(|s| s.to_record()).collect(),
+        truncated: result.truncated,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -488,16 +239,21 @@ async fn predict_post(
     st.prediction(&q.resource_id).map(Json)
 }
 
-async fn predictions(State(st): State<ApiState>) -> Json<serde_json::Value> {
-    Json(json!({ "predictions": st.predictions.all() }))
+async fn predictions(State(predictions): State<Predictions>) -> Json<PredictionList> {
+    Json(PredictionList {
+        predictions: predictions.all(),
+    })
 }
 
-async fn models(State(st): State<ApiState>) -> Json<serde_json::Value> {
-    Json(json!({ "engine": augur_models::engine::MODEL_VERSION, "models": st.models.all() }))
+async fn models(State(models): State<ModelStore>) -> Json<ModelList> {
+    Json(ModelList {
+        engine: augur_models::MODEL_VERSION.to_owned(),
+        models: models.all(),
+    })
 }
 
 /// Trains every resource type's models now (in the trainer thread) and answers what happened.
-async fn train_models(State(st): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn train_models(State(st): State<ApiState>) -> Result<Json<TrainAnswer>, ApiError> {
     let trainer = st.trainer.as_ref().ok_or_else(|| {
         ApiError::Unavailable("this agent runs without a model trainer".to_owned())
     })?;
@@ -506,11 +262,11 @@ async fn train_models(State(st): State<ApiState>) -> Result<Json<serde_json::Val
             "the trainer is busy with earlier requests or stopped; try again shortly".to_owned(),
         )
     })?;
-    Ok(Json(json!({ "outcomes": outcomes })))
+    Ok(Json(TrainAnswer { outcomes }))
 }
 
-async fn members(State(st): State<ApiState>) -> Json<serde_json::Value> {
-    match &st.mesh {
+async fn members(State(fleet): State<super::Fleet>) -> Json<MemberList> {
+    match &fleet.mesh {
         Some(mesh) => {
             let mut members = mesh.members();
             members.sort_by(|a, b| {
@@ -518,18 +274,27 @@ async fn members(State(st): State<ApiState>) -> Json<serde_json::Value> {
                     .cmp(&a.is_self)
                     .then_with(|| a.node_name.cmp(&b.node_name))
             });
-            Json(json!({ "mesh": true, "peer_id": mesh.peer_id().to_string(), "members": members }))
+            Json(MemberList {
+                mesh: true,
+                peer_id: Some(mesh.peer_id().to_string()),
+                members,
+                message: None,
+            })
         }
-        None => Json(json!({
-            "mesh": false,
-            "members": [],
-            "message": "this agent is not in a fleet: no join token is configured (see `augur fleet init` and `augur fleet token`)",
-        })),
+        None => Json(MemberList {
+            mesh: false,
+            peer_id: None,
+            members: Vec::new(),
+            message: Some("this agent is not in a fleet: no join token is configured (see `augur fleet init` and `augur fleet token`)".to_owned()),
+        }),
     }
 }
 
 #[derive(Debug, Deserialize)]
 struct EventsQuery {
+    /// Topic prefixes (repeatable); none means every topic.
+    #[serde(default)]
+    topic: Vec<String>,
     /// Resume after this index.
     since: Option<u64>,
     /// Keep the connection open (server-sent events).
@@ -542,24 +307,17 @@ struct EventsQuery {
 /// or the `Last-Event-ID` header resumes. A stream first sends a `missed` event when the buffer no
 /// longer holds everything after the requested index.
 async fn events(
-    State(st): State<ApiState>,
+    State(super::Fleet { events, .. }): State<super::Fleet>,
     headers: axum::http::HeaderMap,
-    raw: axum::extract::RawQuery,
-    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<axum_extra::extract::Query<EventsQuery>, axum_extra::extract::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| {
+    let axum_extra::extract::Query(q) = q.map_err(|e| {
         ApiError::BadRequest(format!(
             "{}; use /v1/events?topic=member&since=N&follow=true",
             e.body_text()
         ))
     })?;
-    let topics: Vec<String> = raw
-        .0
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("topic="))
-        .map(|t| t.replace("%2E", ".").replace("%2e", "."))
-        .collect();
+    let topics = q.topic;
     let last_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -571,18 +329,22 @@ async fn events(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("text/event-stream"));
     if !wants_stream {
-        return Ok(Json(st.events.since(after, &topics).0).into_response());
+        return Ok(Json(events.since(after, &topics).0).into_response());
     }
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures::StreamExt as _;
-    let stream = st.events.follow(after, topics).map(|d| {
+    let stream = events.follow(after, topics).map(|d| {
         Ok::<_, std::convert::Infallible>(match d {
             Delivery::Event(e) => Event::default()
                 .id(e.index.to_string())
                 .data(serde_json::to_string(&e).unwrap_or_default()),
-            Delivery::Missed { count, after } => Event::default()
-                .event("missed")
-                .data(json!({ "missed": count, "after": after }).to_string()),
+            Delivery::Missed { count, after } => Event::default().event("missed").data(
+                serde_json::to_string(&Missed {
+                    missed: count,
+                    after,
+                })
+                .unwrap_or_default(),
+            ),
         })
     });
     Ok(Sse::new(stream)

@@ -1,15 +1,18 @@
 //! The local API: HTTP/JSON (axum) and gRPC (tonic) over the same state. Both answer from the
 //! history and the ingestor; neither owns anything.
 
+pub mod answers;
 pub mod conn;
 pub mod grpc;
+pub mod health;
 pub mod http;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use augur_proto::NodeName;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -17,31 +20,59 @@ use crate::history::History;
 use crate::ingest::{Ingestor, SubmitError};
 use crate::stats::Stats;
 
-/// What the API handlers can reach: handles, not the tasks' state.
+/// What the API handlers can reach: handles, not the tasks' state. A handler takes the part it
+/// uses (`State<History>`, `State<Arc<Stats>>`, ...: see the `FromRef` impls below).
 #[derive(Clone, Debug)]
 pub struct ApiState {
-    pub node_name: NodeName,
-    pub peer_id: String,
-    pub started: Instant,
+    pub node: Arc<NodeInfo>,
     pub history: History,
     pub ingestor: Ingestor,
     pub stats: Arc<Stats>,
     pub config: watch::Receiver<Arc<Config>>,
-    /// The addresses actually bound (a configured port 0 becomes a real port).
-    pub http_addr: std::net::SocketAddr,
-    pub grpc_addr: std::net::SocketAddr,
     pub predictions: crate::predict::Predictions,
     pub models: crate::models::ModelStore,
     /// The background trainer; None when the agent runs without one.
     pub trainer: Option<crate::models::Trainer>,
-    /// The fleet mesh, when this node is in one.
+    pub fleet: Fleet,
+    /// Tasks that ended unexpectedly (for `/healthz`).
+    pub tasks: Arc<augur_mesh::tasks::TaskHealth>,
+}
+
+/// Who this agent is and where it listens.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub node_name: NodeName,
+    pub peer_id: String,
+    pub started: Instant,
+    /// The addresses actually bound (a configured port 0 becomes a real port).
+    pub http_addr: std::net::SocketAddr,
+    pub grpc_addr: std::net::SocketAddr,
+}
+
+/// The fleet as the API shows it.
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    /// The mesh, when this node is in one.
     pub mesh: Option<augur_mesh::Mesh>,
     pub events: crate::fleet::events::EventLog,
-    /// Connection counters of the two listeners.
-    pub connections: Connections,
-    /// The prediction stage's memory and refusals.
-    pub predict_stats: crate::predict::PredictStats,
 }
+
+macro_rules! state_part {
+    ($($field:ident: $t:ty),*) => {$(
+        impl axum::extract::FromRef<ApiState> for $t {
+            fn from_ref(st: &ApiState) -> Self {
+                st.$field.clone()
+            }
+        }
+    )*};
+}
+state_part!(
+    history: History,
+    stats: Arc<Stats>,
+    predictions: crate::predict::Predictions,
+    models: crate::models::ModelStore,
+    fleet: Fleet
+);
 
 /// Connection counters of the HTTP and gRPC listeners.
 #[derive(Clone, Debug, Default)]
@@ -100,11 +131,11 @@ impl From<ApiError> for tonic::Status {
 }
 
 /// The agent's status, shared by `GET /v1/status`, gRPC `Status` and `augur status`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub node_name: String,
     pub peer_id: String,
-    pub version: &'static str,
+    pub version: String,
     pub uptime_s: u64,
     pub resources: u64,
     pub samples_stored: u64,
@@ -137,17 +168,17 @@ impl ApiState {
     pub fn status(&self) -> Status {
         let (resources, samples, bytes) = self.history.totals();
         Status {
-            node_name: self.node_name.to_string(),
-            peer_id: self.peer_id.clone(),
-            version: env!("CARGO_PKG_VERSION"),
-            uptime_s: self.started.elapsed().as_secs(),
+            node_name: self.node.node_name.to_string(),
+            peer_id: self.node.peer_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_s: self.node.started.elapsed().as_secs(),
             resources,
             samples_stored: samples,
             samples_accepted: self.stats.accepted_total(),
             samples_rejected: self.stats.rejected_total(),
             history_bytes: bytes,
-            http_addr: self.http_addr.to_string(),
-            grpc_addr: self.grpc_addr.to_string(),
+            http_addr: self.node.http_addr.to_string(),
+            grpc_addr: self.node.grpc_addr.to_string(),
         }
     }
 }

@@ -1,6 +1,10 @@
 //! `augur events`: a page of the agent's fleet events, or (with `--follow`) its server-sent stream.
 
+use anyhow::Context as _;
+
 use super::client::Agent;
+use crate::api::answers::Missed;
+use crate::fleet::events::{Logged, Page};
 
 /// `augur events`.
 pub async fn run(
@@ -16,34 +20,31 @@ pub async fn run(
     if let Some(s) = &since {
         query.push(("since", s));
     }
-    let print = |v: &serde_json::Value| {
+    let print = |e: &Logged| -> anyhow::Result<()> {
         if json {
-            println!("{v}");
+            println!("{}", serde_json::to_string(e)?);
         } else {
-            let who = v["node_name"]
-                .as_str()
-                .unwrap_or_else(|| v["peer_id"].as_str().unwrap_or(""));
-            let res = v["resource_id"]
-                .as_str()
+            let who = e.event.node_name.as_deref().unwrap_or(&e.event.peer_id);
+            let res = e
+                .event
+                .resource_id
+                .as_deref()
                 .map(|r| format!(" {r}"))
                 .unwrap_or_default();
-            println!(
-                "#{:<6} {:<28} {who}{res}",
-                v["index"],
-                v["topic"].as_str().unwrap_or("")
-            );
+            println!("#{:<6} {:<28} {who}{res}", e.index, e.event.topic());
         }
+        Ok(())
     };
     if !follow {
-        let page: serde_json::Value = agent.get("/v1/events", &query).await?;
-        if page["missed"].as_u64().unwrap_or(0) > 0 && !json {
+        let page: Page = agent.get("/v1/events", &query).await?;
+        if page.missed > 0 && !json {
             eprintln!(
                 "({} earlier events were dropped from the agent's buffer)",
-                page["missed"]
+                page.missed
             );
         }
-        for e in page["events"].as_array().into_iter().flatten() {
-            print(e);
+        for e in &page.events {
+            print(e)?;
         }
         return Ok(());
     }
@@ -62,18 +63,23 @@ pub async fn run(
             if let Some(k) = line.strip_prefix("event:") {
                 kind = k.trim().to_owned();
             } else if let Some(d) = line.strip_prefix("data:") {
-                let v: serde_json::Value = serde_json::from_str(d.trim()).unwrap_or_default();
                 if kind == "missed" {
+                    let m: Missed = serde_json::from_str(d.trim()).context(
+                        "the agent sent a `missed` notice this augur does not understand",
+                    )?;
                     if json {
-                        println!("{v}");
+                        println!("{}", serde_json::to_string(&m)?);
                     } else {
                         eprintln!(
                             "({} events were dropped before they could be sent)",
-                            v["missed"]
+                            m.missed
                         );
                     }
                 } else {
-                    print(&v);
+                    let e: Logged = serde_json::from_str(d.trim()).context(
+                        "the agent sent an event this augur does not understand (is it another version?)",
+                    )?;
+                    print(&e)?;
                 }
             } else if line.is_empty() {
                 kind.clear();

@@ -5,13 +5,17 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
-use serde_json::Value;
 
 pub mod client;
 pub mod events;
 pub mod fleet;
 
 use client::{Agent, TRAIN_TIMEOUT};
+
+use crate::api::Status;
+use crate::api::answers::{MemberList, ModelList, ResourceList, TelemetryPage, TrainAnswer};
+use crate::predict::PredictionView;
+use crate::sample::UnixMicros;
 
 use crate::config::{ApiOverrides, Config, LogFormat, LogOverrides, Overrides, Sources};
 
@@ -47,10 +51,15 @@ pub enum Command {
         input: PathBuf,
         #[arg(long)]
         output: PathBuf,
-        /// Retrain the models every this much of the data's time, like the agent (from the samples
-        /// before that point only).
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-        retrain_every: std::time::Duration,
+        /// The agent's configuration file: each resource type's horizon, limits, anomaly learning
+        /// and model choice, and the retraining interval, as the agent with it would run (the
+        /// defaults without it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Retrain the models every this much of the data's time (from the samples before that
+        /// point only); the configuration's `models.retrain_interval` by default.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retrain_every: Option<std::time::Duration>,
         /// Use the online statistical models only (no trained models).
         #[arg(long)]
         no_train: bool,
@@ -316,15 +325,29 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
         Command::Replay {
             input,
             output,
+            config,
             retrain_every,
             no_train,
             json,
         } => {
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let options = crate::replay::ReplayOptions {
-                retrain_every: (!no_train).then_some(retrain_every),
-                ..Default::default()
+            let cfg = match &config {
+                Some(file) => {
+                    let text = std::fs::read_to_string(file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    Config::from_toml(&text).with_context(|| {
+                        format!("{} is not a valid augur configuration", file.display())
+                    })?
+                }
+                None => Config::default(),
             };
+            let mut options = crate::replay::ReplayOptions::for_config(cfg);
+            if let Some(every) = retrain_every {
+                options.schedule = Some(crate::models::Schedule::every(every));
+            }
+            if no_train {
+                options.schedule = None;
+            }
             let s = tokio::task::spawn_blocking(move || {
                 crate::replay::replay_with(&input, &output, progress, &options)
             })
@@ -391,96 +414,101 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status(c) => {
-            let v = Agent::new(&c.api)?.get::<Value>("/v1/status", &[]).await?;
+            let v: Status = Agent::new(&c.api)?.get("/v1/status", &[]).await?;
             if c.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else if let Some(obj) = v.as_object() {
-                for (k, v) in obj {
-                    println!("{k:<18} {}", plain(v));
-                }
+                return print_json(&v);
+            }
+            let Status {
+                node_name,
+                peer_id,
+                version,
+                uptime_s,
+                resources,
+                samples_stored,
+                samples_accepted,
+                samples_rejected,
+                history_bytes,
+                http_addr,
+                grpc_addr,
+            } = v;
+            for (k, v) in [
+                ("node_name", node_name),
+                ("peer_id", peer_id),
+                ("version", version),
+                ("uptime_s", uptime_s.to_string()),
+                ("resources", resources.to_string()),
+                ("samples_stored", samples_stored.to_string()),
+                ("samples_accepted", samples_accepted.to_string()),
+                ("samples_rejected", samples_rejected.to_string()),
+                ("history_bytes", history_bytes.to_string()),
+                ("http_addr", http_addr),
+                ("grpc_addr", grpc_addr),
+            ] {
+                println!("{k:<18} {v}");
             }
             Ok(())
         }
         Command::Predict { resource, client } => {
-            let v: Value = Agent::new(&client.api)?
+            let v: PredictionView = Agent::new(&client.api)?
                 .get("/predict_failure", &[("resource_id", &resource)])
                 .await?;
             if client.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
+                return print_json(&v);
             }
-            let p = v["failure_probability"].as_f64().unwrap_or(0.0);
-            let verdict = if v["above_threshold"].as_bool() == Some(true) {
+            let p = &v.prediction;
+            let verdict = if v.above_threshold {
                 "PREDICTED TO FAIL"
             } else {
                 "ok"
             };
-            println!("{}  {verdict}", plain(&v["resource_id"]));
+            println!("{}  {verdict}", v.resource_id);
             println!(
                 "  failure probability  {:.3} within {} s (threshold {})",
-                p,
-                plain(&v["horizon_s"]),
-                plain(&v["threshold"])
+                p.failure_probability, p.horizon_s, v.threshold
             );
-            if let Some(eta) = v["eta_s"].as_f64() {
+            if let Some(eta) = p.eta_s {
                 println!("  expected in          {eta:.0} s");
             }
-            println!(
-                "  anomaly score        {:.3}",
-                v["anomaly_score"].as_f64().unwrap_or(0.0)
-            );
-            let drivers: Vec<String> = v["drivers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(plain)
-                .collect();
-            if !drivers.is_empty() {
-                println!("  drivers              {}", drivers.join(", "));
+            println!("  anomaly score        {:.3}", p.anomaly_score);
+            if !p.drivers.is_empty() {
+                println!("  drivers              {}", p.drivers.join(", "));
             }
-            println!("  at {} by {}", plain(&v["ts"]), plain(&v["model_version"]));
+            println!("  at {} by {}", v.ts.to_rfc3339(), p.model_version);
             Ok(())
         }
         Command::Fleet(cmd) => fleet::run(cmd),
         Command::Members(c) => {
-            let v = Agent::new(&c.api)?.get::<Value>("/v1/members", &[]).await?;
+            let v: MemberList = Agent::new(&c.api)?.get("/v1/members", &[]).await?;
             if c.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
+                return print_json(&v);
             }
-            if v["mesh"] == false {
-                println!("{}", plain(&v["message"]));
+            if !v.mesh {
+                println!("{}", v.message.unwrap_or_default());
                 return Ok(());
             }
             println!(
                 "{:<20} {:<9} {:>7} {:>9} {:>8} {:<24} {:<10}",
                 "NODE", "STATUS", "RTT_MS", "HEARD_MS", "MAX_P", "RISKIEST", "PEER"
             );
-            for m in v["members"].as_array().into_iter().flatten() {
-                let name = m["node_name"].as_str().unwrap_or("?");
-                let me = if m["is_self"] == true { "*" } else { "" };
+            for m in &v.members {
+                let name = m.node_name.as_deref().unwrap_or("?");
+                let me = if m.is_self { "*" } else { "" };
+                let peer = &m.peer_id[m.peer_id.len().saturating_sub(8)..];
                 println!(
                     "{:<20} {:<9} {:>7} {:>9} {:>8} {:<24} {:<10}",
                     format!("{name}{me}"),
-                    plain(&m["status"]),
-                    m["rtt_ms"]
-                        .as_f64()
-                        .map_or("-".to_owned(), |r| format!("{r:.1}")),
-                    m["last_heard_ms"]
-                        .as_u64()
-                        .map_or("-".to_owned(), |r| r.to_string()),
-                    m["health"]["max_failure_probability"]
-                        .as_f64()
-                        .map_or("-".to_owned(), |p| format!("{p:.3}")),
-                    m["health"]["resource_id"].as_str().unwrap_or("-"),
-                    plain(&m["peer_id"])
-                        .chars()
-                        .rev()
-                        .take(8)
-                        .collect::<String>()
-                        .chars()
-                        .rev()
-                        .collect::<String>()
+                    m.status.as_str(),
+                    m.rtt_ms.map_or("-".to_owned(), |r| format!("{r:.1}")),
+                    m.last_heard_ms.map_or("-".to_owned(), |r| r.to_string()),
+                    m.health.as_ref().map_or("-".to_owned(), |h| format!(
+                        "{:.3}",
+                        h.max_failure_probability
+                    )),
+                    m.health
+                        .as_ref()
+                        .and_then(|h| h.resource_id.as_deref())
+                        .unwrap_or("-"),
+                    peer
                 );
             }
             Ok(())
@@ -492,48 +520,40 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             client,
         } => events::run(&client.api, follow, &topics, since, client.json).await,
         Command::Models { action, client } => {
-            let v = match action {
-                None => {
-                    Agent::new(&client.api)?
-                        .get::<Value>("/v1/models", &[])
-                        .await?
+            let agent = Agent::new(&client.api)?;
+            if let Some(ModelsAction::Train) = action {
+                let spinner = spinner("training models");
+                let v = agent
+                    .post::<TrainAnswer>("/v1/models/train", TRAIN_TIMEOUT)
+                    .await;
+                spinner.finish_and_clear();
+                let v = v?;
+                if client.json {
+                    return print_json(&v);
                 }
-                Some(ModelsAction::Train) => {
-                    let spinner = spinner("training models");
-                    let v = Agent::new(&client.api)?
-                        .post::<Value>("/v1/models/train", TRAIN_TIMEOUT)
-                        .await;
-                    spinner.finish_and_clear();
-                    v?
-                }
-            };
-            if client.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            if let Some(outcomes) = v["outcomes"].as_array() {
-                for o in outcomes {
-                    match o["trained"].as_object() {
-                        Some(m) => println!(
+                for o in &v.outcomes {
+                    match (&o.trained, &o.skipped) {
+                        (Some(m), _) => println!(
                             "{:<16} trained v{} on {} samples in {} ms",
-                            plain(&o["resource_type"]),
-                            plain(&m["version"]),
-                            plain(&m["rows"]),
-                            plain(&m["train_ms"])
+                            o.resource_type, m.version, m.rows, m.train_ms
                         ),
-                        None => println!(
+                        (None, why) => println!(
                             "{:<16} not trained: {}",
-                            plain(&o["resource_type"]),
-                            plain(&o["skipped"])
+                            o.resource_type,
+                            why.as_deref().unwrap_or("-")
                         ),
                     }
                 }
-                if outcomes.is_empty() {
+                if v.outcomes.is_empty() {
                     println!(
                         "no resource type to train (no history yet, or every type is statistical)"
                     );
                 }
                 return Ok(());
+            }
+            let v: ModelList = agent.get("/v1/models", &[]).await?;
+            if client.json {
+                return print_json(&v);
             }
             println!(
                 "{:<16} {:>7} {:>8} {:>9} {:<24} {:<22}",
@@ -544,64 +564,45 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 "MLP (MSE vs HOLT)",
                 "CALIBRATION (BRIER)"
             );
-            for m in v["models"].as_array().into_iter().flatten() {
-                let mlp = match m["mlp"].as_object() {
+            for m in &v.models {
+                let mlp = match &m.mlp {
                     Some(r) => format!(
                         "{:.3} vs {:.3}{}",
-                        r["mse_mlp"].as_f64().unwrap_or(f64::NAN),
-                        r["mse_holt"].as_f64().unwrap_or(f64::NAN),
-                        if r["preferred"].as_bool() == Some(true) {
-                            " used"
-                        } else {
-                            ""
-                        }
+                        r.mse_mlp,
+                        r.mse_holt,
+                        if r.preferred { " used" } else { "" }
                     ),
                     None => "none".to_owned(),
                 };
-                let cal = match m["calibration"].as_object() {
+                let cal = match &m.calibration {
                     Some(c) => format!(
                         "{:.4} vs {:.4}{}",
-                        c["brier_calibrated"].as_f64().unwrap_or(f64::NAN),
-                        c["brier_raw"].as_f64().unwrap_or(f64::NAN),
-                        if c["used"].as_bool() == Some(true) {
-                            " used"
-                        } else {
-                            ""
-                        }
+                        c.brier_calibrated,
+                        c.brier_raw,
+                        if c.used { " used" } else { "" }
                     ),
                     None => "no failures seen".to_owned(),
                 };
                 println!(
                     "{:<16} {:>7} {:>8} {:>9} {:<24} {:<22}",
-                    plain(&m["resource_type"]),
-                    plain(&m["version"]),
-                    plain(&m["rows"]),
-                    plain(&m["train_ms"]),
-                    mlp,
-                    cal
+                    m.resource_type, m.version, m.rows, m.train_ms, mlp, cal
                 );
             }
             Ok(())
         }
         Command::Resources(c) => {
-            let v = Agent::new(&c.api)?
-                .get::<Value>("/v1/resources", &[])
-                .await?;
+            let v: ResourceList = Agent::new(&c.api)?.get("/v1/resources", &[]).await?;
             if c.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
+                return print_json(&v);
             }
             println!(
                 "{:<32} {:<12} {:>10} {:<28}",
                 "RESOURCE", "TYPE", "SAMPLES", "LAST"
             );
-            for r in v["resources"].as_array().into_iter().flatten() {
+            for r in &v.resources {
                 println!(
                     "{:<32} {:<12} {:>10} {:<28}",
-                    plain(&r["resource_id"]),
-                    plain(&r["resource_type"]),
-                    plain(&r["samples"]),
-                    plain(&r["last_ts"])
+                    r.resource_id, r.resource_type, r.samples, r.last_ts
                 );
             }
             Ok(())
@@ -618,30 +619,29 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             if let Some(u) = &until {
                 query.push(("until", u));
             }
-            let v: Value = Agent::new(&client.api)?
+            let v: TelemetryPage = Agent::new(&client.api)?
                 .get(&format!("/v1/resources/{resource}/telemetry"), &query)
                 .await?;
             if client.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
+                return print_json(&v);
             }
-            for r in v["records"].as_array().into_iter().flatten() {
-                let metrics = r["metrics"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| format!("{k}={}", plain(v)))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    })
-                    .unwrap_or_default();
+            for r in &v.records {
+                let metrics = r
+                    .metrics
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 let event = r
-                    .get("event")
-                    .map(|e| format!(" event={}", plain(e)))
+                    .event
+                    .map(|e| format!(" event={}", e.as_str()))
                     .unwrap_or_default();
-                println!("{} {metrics}{event}", plain(&r["ts"]));
+                let ts =
+                    r.ts.map(|t| UnixMicros::from_offset(t).to_rfc3339())
+                        .unwrap_or_default();
+                println!("{ts} {metrics}{event}");
             }
-            if v["truncated"].as_bool() == Some(true) {
+            if v.truncated {
                 eprintln!("(more samples matched; raise --limit or narrow --since/--until)");
             }
             Ok(())
@@ -649,11 +649,10 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
     }
 }
 
-fn plain(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// Prints an answer as the JSON the agent sent (`--json`).
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
 }
 
 /// A spinner on stderr when it is a terminal (hidden otherwise).

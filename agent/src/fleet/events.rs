@@ -4,14 +4,14 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use augur_mesh::{FleetEvent, Mesh};
+use augur_mesh::FleetEvent;
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 /// One logged event with its index.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Logged {
     pub index: u64,
     #[serde(flatten)]
@@ -33,8 +33,8 @@ struct LogInner {
     capacity: usize,
 }
 
-/// Events after an index.
-#[derive(Debug, Serialize)]
+/// Events after an index: the answer of `GET /v1/events`.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Page {
     pub events: Vec<Logged>,
     /// Index to resume from.
@@ -91,7 +91,7 @@ impl EventLog {
         let events: Vec<Logged> = inner
             .events
             .iter()
-            .filter(|e| e.index > after && matches(&e.event.topic, topics))
+            .filter(|e| e.index > after && matches(e.event.topic(), topics))
             .cloned()
             .collect();
         let page = Page {
@@ -132,7 +132,7 @@ impl EventLog {
             |(mut rx, topics, last)| async move {
                 loop {
                     match rx.recv().await {
-                        Ok(e) if e.index > last && matches(&e.event.topic, &topics) => {
+                        Ok(e) if e.index > last && matches(e.event.topic(), &topics) => {
                             let next = e.index;
                             return Some((Delivery::Event(e), (rx, topics, next)));
                         }
@@ -153,23 +153,24 @@ impl EventLog {
     }
 }
 
-/// Feeds the mesh's events into the log until shutdown.
-pub fn spawn_pump(mesh: &Mesh, log: EventLog, shutdown: CancellationToken) {
-    let mut rx = mesh.subscribe();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                ev = rx.recv() => match ev {
-                    Ok(e) => { log.push(e); }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(dropped = n, "fleet event log fell behind");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
+/// Feeds the mesh's events (`rx_mesh_events`) into the log until `stop`.
+pub async fn pump(
+    mut rx_mesh_events: broadcast::Receiver<FleetEvent>,
+    log: EventLog,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            ev = rx_mesh_events.recv() => match ev {
+                Ok(e) => { log.push(e); }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(dropped = n, "fleet event log fell behind");
                 }
+                Err(broadcast::error::RecvError::Closed) => return,
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]
@@ -177,15 +178,46 @@ mod tests {
     use super::*;
 
     fn event(topic: &str) -> FleetEvent {
-        FleetEvent {
-            topic: topic.to_owned(),
+        use augur_mesh::membership::MemberStatus;
+        use augur_mesh::{Crossing, EventKind, MemberChange};
+        let change = MemberChange {
+            status: MemberStatus::Alive,
+            gossip_addr: "10.0.0.1:1".into(),
+            generation: 1,
+        };
+        let crossing = Crossing {
+            failure_probability: 0.9,
+            threshold: 0.75,
+            eta_s: None,
+            drivers: Vec::new(),
+            model_version: "v".into(),
+        };
+        let kind = match topic {
+            "member.joined" => EventKind::MemberJoined(change),
+            "member.dead" => EventKind::MemberDead(change),
+            "member.recovered" => EventKind::MemberRecovered(change),
+            "member.left" => EventKind::MemberLeft(change),
+            "member.removed" => EventKind::MemberRemoved,
+            "prediction.above_threshold" => EventKind::PredictionAbove(crossing),
+            _ => EventKind::PredictionBelow(crossing),
+        };
+        let e = FleetEvent {
             ts_ms: 0,
             peer_id: "p".into(),
             node_name: None,
             resource_id: None,
             origin: "p".into(),
-            detail: serde_json::Value::Null,
-        }
+            kind,
+        };
+        assert_eq!(e.topic(), topic);
+        // The wire form: the envelope, `topic` and `detail`; it decodes into the same event.
+        let wire = serde_json::to_value(&e).expect("encodes");
+        assert_eq!(wire["topic"], topic);
+        assert_eq!(
+            serde_json::from_value::<FleetEvent>(wire).expect("decodes"),
+            e
+        );
+        e
     }
 
     #[test]
@@ -212,7 +244,7 @@ mod tests {
         assert_eq!(
             page.events
                 .iter()
-                .map(|e| e.event.topic.as_str())
+                .map(|e| e.event.topic())
                 .collect::<Vec<_>>(),
             vec!["member.dead", "member.recovered"]
         );

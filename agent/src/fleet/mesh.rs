@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use augur_mesh::admission::{FleetPublicKey, JoinToken, Trust};
 use augur_mesh::membership::MembershipConfig;
-use augur_mesh::{Clock, Mesh, MeshConfig, Multiaddr, NodeIdentity};
+use augur_mesh::{Clock, Mesh, MeshConfig, Multiaddr, NodeIdentity, Tasks};
 
 use crate::config::Config;
 use crate::sample::UnixMicros;
@@ -46,6 +46,7 @@ pub async fn start(
     identity: &NodeIdentity,
     http_addr: SocketAddr,
     grpc_addr: SocketAddr,
+    tasks: &Tasks,
 ) -> anyhow::Result<Option<Mesh>> {
     let m = &cfg.mesh;
     let token_text = match (&m.join_token, &m.join_token_file) {
@@ -92,6 +93,7 @@ pub async fn start(
             memory: None,
         },
         Clock::system(),
+        tasks,
     )
     .await
     .with_context(|| {

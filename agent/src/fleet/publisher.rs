@@ -1,13 +1,13 @@
 //! Every few seconds: this node's signed values (health, capacity, placement, services, model
 //! versions) to the mesh, and predictions crossing their threshold as fleet events.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use augur_mesh::values::{Capacity, Health, NodeValue, Placement};
-use augur_mesh::{FleetEvent, Mesh};
-use tokio::sync::watch;
+use augur_mesh::{Crossing, EventKind, FleetEvent, Mesh};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::events::EventLog;
@@ -15,67 +15,70 @@ use crate::collect::host::{CPU_UTIL, DISK_FREE_BYTES_MIN, MEM_AVAILABLE_BYTES};
 use crate::config::Config;
 use crate::history::History;
 use crate::models::ModelStore;
-use crate::predict::Predictions;
+use crate::predict::{PredictionView, Predictions};
 
-/// Every few seconds: publishes this node's health, capacity, placement and model versions, and
-/// turns predictions crossing their threshold (either way) into fleet events. Without a mesh the
-/// events still reach the local log.
-#[allow(clippy::too_many_arguments)]
-pub fn spawn_publisher(
-    mesh: Option<Mesh>,
-    log: EventLog,
-    predictions: Predictions,
-    history: History,
-    models: ModelStore,
-    config: watch::Receiver<Arc<Config>>,
-    node_name: String,
-    shutdown: CancellationToken,
+/// What the publisher reads and where it publishes.
+#[derive(Debug)]
+pub struct Publisher {
+    /// The mesh, when this node is in a fleet; without one, events reach the local log only.
+    pub mesh: Option<Mesh>,
+    pub log: EventLog,
+    /// The latest prediction of each resource (for the health value).
+    pub predictions: Predictions,
+    pub history: History,
+    pub models: ModelStore,
+    pub config: watch::Receiver<Arc<Config>>,
+    pub node_name: String,
+}
+
+/// How often this node's values are signed and published again (when they changed).
+const VALUES_EVERY: Duration = Duration::from_secs(2);
+
+/// Turns each threshold crossing the prediction stage sends (`rx_crossings`) into a fleet event at
+/// once, and every few seconds publishes this node's health, capacity, placement, services and
+/// model versions, until `stop`.
+pub async fn run(
+    p: Publisher,
+    mut rx_crossings: mpsc::Receiver<PredictionView>,
+    stop: CancellationToken,
 ) {
-    tokio::spawn(async move {
-        let mut above: HashMap<String, bool> = HashMap::new();
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
-        let self_id = mesh
-            .as_ref()
-            .map(|m| m.peer_id().to_string())
-            .unwrap_or_default();
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let all = predictions.all();
-            for p in &all {
-                let id = p.resource_id.to_string();
-                let was = above.insert(id.clone(), p.above_threshold).unwrap_or(false);
-                if was != p.above_threshold {
-                    let event = FleetEvent {
-                        topic: if p.above_threshold {
-                            "prediction.above_threshold".to_owned()
-                        } else {
-                            "prediction.below_threshold".to_owned()
-                        },
-                        ts_ms: (p.ts.0 / 1000).max(0) as u64,
-                        peer_id: self_id.clone(),
-                        node_name: Some(node_name.clone()),
-                        resource_id: Some(id),
-                        origin: self_id.clone(),
-                        detail: serde_json::json!({
-                            "failure_probability": p.prediction.failure_probability,
-                            "threshold": p.threshold,
-                            "eta_s": p.prediction.eta_s,
-                            "drivers": p.prediction.drivers,
-                            "model_version": p.prediction.model_version,
-                        }),
-                    };
-                    tracing::info!(topic = %event.topic, resource_id = ?event.resource_id, "fleet event");
-                    match &mesh {
-                        Some(m) => m.publish_event(event).await,
-                        None => {
-                            log.push(event);
-                        }
+    let Publisher {
+        mesh,
+        log,
+        predictions,
+        history,
+        models,
+        config,
+        node_name,
+    } = p;
+    let mut tick = tokio::time::interval(VALUES_EVERY);
+    let self_id = mesh
+        .as_ref()
+        .map(|m| m.peer_id().to_string())
+        .unwrap_or_default();
+    let mut crossings_open = true;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            c = rx_crossings.recv(), if crossings_open => {
+                let Some(p) = c else {
+                    crossings_open = false;
+                    continue;
+                };
+                let event = crossing_event(&p, &self_id, &node_name);
+                tracing::info!(topic = event.topic(), resource_id = ?event.resource_id, "fleet event");
+                match &mesh {
+                    Some(m) => m.publish_event(event).await,
+                    None => {
+                        log.push(event);
                     }
                 }
+                continue;
             }
+            _ = tick.tick() => {}
+        }
+        {
+            let all = predictions.all();
             let Some(mesh) = &mesh else { continue };
             let riskiest = all.first();
             mesh.publish_value(NodeValue::Health(Health {
@@ -124,5 +127,28 @@ pub fn spawn_publisher(
                 .collect();
             mesh.publish_value(NodeValue::Models(versions));
         }
-    });
+    }
+}
+
+/// The fleet event of a crossing.
+fn crossing_event(p: &PredictionView, self_id: &str, node_name: &str) -> FleetEvent {
+    let crossing = Crossing {
+        failure_probability: p.prediction.failure_probability,
+        threshold: p.threshold,
+        eta_s: p.prediction.eta_s,
+        drivers: p.prediction.drivers.clone(),
+        model_version: p.prediction.model_version.clone(),
+    };
+    FleetEvent {
+        ts_ms: p.ts.as_unix_ms(),
+        peer_id: self_id.to_owned(),
+        node_name: Some(node_name.to_owned()),
+        resource_id: Some(p.resource_id.to_string()),
+        origin: self_id.to_owned(),
+        kind: if p.above_threshold {
+            EventKind::PredictionAbove(crossing)
+        } else {
+            EventKind::PredictionBelow(crossing)
+        },
+    }
 }

@@ -74,7 +74,7 @@ fn free_bytes(path: &Path) -> Option<u64> {
 }
 
 /// Writes are failing: why, and since when.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StorageFailure {
     pub error: String,
     pub disk_full: bool,

@@ -21,7 +21,7 @@ use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use parking_lot::RwLock;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
@@ -29,6 +29,7 @@ use crate::admission::{JoinToken, Trust};
 use crate::clock::Clock;
 use crate::datagram::Datagrams;
 use crate::secure::{SecureConfig, SecureTransport, Sessions};
+use crate::tasks::Tasks;
 use crate::transport::GossipTraffic;
 use crate::values::{
     self, Capacity, Endpoints, GossipIdentity, Health, NodeValue, Rejected, ValueKind,
@@ -95,7 +96,7 @@ impl MembershipConfig {
 }
 
 /// A member's liveness.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberStatus {
     Alive,
@@ -106,8 +107,26 @@ pub enum MemberStatus {
     Left,
 }
 
+impl MemberStatus {
+    pub const ALL: [MemberStatus; 4] = [
+        MemberStatus::Alive,
+        MemberStatus::Suspect,
+        MemberStatus::Dead,
+        MemberStatus::Left,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberStatus::Alive => "alive",
+            MemberStatus::Suspect => "suspect",
+            MemberStatus::Dead => "dead",
+            MemberStatus::Left => "left",
+        }
+    }
+}
+
 /// One admitted member, as this node sees it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Member {
     pub peer_id: String,
     pub node_name: Option<String>,
@@ -224,6 +243,8 @@ pub struct Membership {
     events: broadcast::Sender<MembershipEvent>,
     peer_id: PeerId,
     task: Arc<tokio::task::JoinHandle<()>>,
+    /// The supervisor's group: stopping it ends the membership task.
+    tasks: Tasks,
 }
 
 impl std::fmt::Debug for Membership {
@@ -314,7 +335,9 @@ impl Membership {
         trust: Trust,
         clock: Clock,
         datagrams: Arc<dyn Datagrams>,
+        tasks: &Tasks,
     ) -> Result<Self, MembershipError> {
+        let tasks = tasks.child();
         let peer_id = keypair.public().to_peer_id();
         trust.verify(&token, &peer_id, clock.now_ms() / 1000)?;
         let mut secure = SecureConfig::new(config.fleet_id.clone(), config.advertise_addr);
@@ -359,19 +382,23 @@ impl Membership {
         });
         let stats = Arc::new(MembershipStats::default());
         let (events, _) = broadcast::channel(1024);
-        let task = tokio::spawn(supervise(
-            starter,
-            Loop {
-                shared: shared.clone(),
-                stats: stats.clone(),
-                events: events.clone(),
-                view: View::new(&config, &peer_id, trust),
-                keypair,
-                clock,
-                seq,
-                sessions: sessions.clone(),
-            },
-        ));
+        let task = tasks.spawn(
+            "mesh.membership",
+            supervise(
+                starter,
+                Loop {
+                    shared: shared.clone(),
+                    stats: stats.clone(),
+                    events: events.clone(),
+                    view: View::new(&config, &peer_id, trust),
+                    keypair,
+                    clock,
+                    seq,
+                    sessions: sessions.clone(),
+                    tasks: tasks.clone(),
+                },
+            ),
+        );
         Ok(Self {
             shared,
             stats,
@@ -380,6 +407,7 @@ impl Membership {
             events,
             peer_id,
             task: Arc::new(task),
+            tasks,
         })
     }
 
@@ -456,7 +484,7 @@ impl Membership {
     pub fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         let _ = self.shared.chitchat.read().initiate_shutdown();
-        self.task.abort();
+        self.tasks.stop();
     }
 
     /// Whether the supervisor still runs (it ends only on shutdown).
@@ -547,6 +575,8 @@ struct Loop {
     seq: u64,
     sessions: Arc<Sessions>,
     view: View,
+    /// Stopping it ends the supervisor (and the round loop).
+    tasks: Tasks,
 }
 
 /// The least time between two restarts (a task that keeps failing does not spin).
@@ -558,7 +588,9 @@ async fn supervise(starter: Starter, mut lp: Loop) {
     let mut generation = starter.config.generation;
     loop {
         let handle = lp.shared.chitchat.read().clone();
+        let stop = lp.tasks.clone();
         let ended = tokio::select! {
+            () = stop.stopped() => return,
             r = handle.termination_watcher() => r,
             () = run(&starter.config, &mut lp, &handle) => return,
         };
@@ -573,7 +605,10 @@ async fn supervise(starter: Starter, mut lp: Loop) {
         *lp.stats.last_gossip_failure.lock() = Some((reason.clone(), lp.clock.now_ms()));
         tracing::error!(%reason, "gossip (chitchat) ended unexpectedly; starting it again with fresh state");
         loop {
-            tokio::time::sleep(RESTART_BACKOFF).await;
+            tokio::select! {
+                () = stop.stopped() => return,
+                () = tokio::time::sleep(RESTART_BACKOFF) => {}
+            }
             // A new generation: peers hold this node's old versions, which a fresh state could not
             // overtake under the old one.
             generation = generation.max(lp.clock.now_ms() * 1000) + 1;

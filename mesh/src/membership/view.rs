@@ -528,6 +528,17 @@ impl View {
     }
 }
 
+/// The membership view is a [`Machine`](augur_orchestrate::Machine) like the orchestration cores.
+impl augur_orchestrate::Machine for View {
+    type Event = Input;
+    type Action = Action;
+    type Now = Now;
+
+    fn on_event(&mut self, event: Input, now: Now) -> Vec<Action> {
+        View::on_event(self, event, now)
+    }
+}
+
 fn view_values(
     values: &HashMap<ValueKind, (u64, Result<values::Opened, Rejected>)>,
 ) -> impl Iterator<Item = NodeValue> + '_ {

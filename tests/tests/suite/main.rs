@@ -4,6 +4,7 @@
 mod crash;
 mod grpc;
 mod http;
+mod layout;
 mod lifecycle;
 mod mesh;
 mod predict;

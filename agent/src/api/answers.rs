@@ -1,0 +1,95 @@
+//! The HTTP API's answers, as types: the handlers encode them and the CLI decodes the same types
+//! (a field renamed on one side fails to compile on the other, not silently at run time).
+
+use augur_mesh::membership::Member;
+use augur_models::trained::ModelMeta;
+use augur_proto::TelemetryRecord;
+use serde::{Deserialize, Serialize};
+
+use crate::history::ResourceSummary;
+use crate::models::TrainOutcome;
+use crate::predict::PredictionView;
+
+/// A resource as the HTTP API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResourceView {
+    pub resource_id: String,
+    pub resource_type: String,
+    pub first_ts: String,
+    pub last_ts: String,
+    pub samples: u64,
+    pub bytes: u64,
+    pub latest: Option<TelemetryRecord>,
+}
+
+impl From<ResourceSummary> for ResourceView {
+    fn from(r: ResourceSummary) -> Self {
+        Self {
+            resource_id: r.resource_id.to_string(),
+            resource_type: r.meta.resource_type.to_string(),
+            first_ts: r.meta.first_ts.to_rfc3339(),
+            last_ts: r.meta.last_ts.to_rfc3339(),
+            samples: r.meta.samples,
+            bytes: r.meta.bytes,
+            latest: r.latest.map(|s| s.to_record()),
+        }
+    }
+}
+
+/// `GET /v1/resources`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResourceList {
+    pub resources: Vec<ResourceView>,
+}
+
+/// `GET /v1/resources/{id}/telemetry`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryPage {
+    pub resource_id: String,
+    pub since: String,
+    pub until: String,
+    pub records: Vec<TelemetryRecord>,
+    /// More samples matched than the limit.
+    pub truncated: bool,
+}
+
+/// `GET /v1/predictions`: riskiest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PredictionList {
+    pub predictions: Vec<PredictionView>,
+}
+
+/// `GET /v1/models`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelList {
+    /// The engine the models serve.
+    pub engine: String,
+    pub models: Vec<ModelMeta>,
+}
+
+/// `POST /v1/models/train`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TrainAnswer {
+    pub outcomes: Vec<TrainOutcome>,
+}
+
+/// `GET /v1/members`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberList {
+    /// Whether this agent is in a fleet.
+    pub mesh: bool,
+    /// This node's PeerId, when in a fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_id: Option<String>,
+    pub members: Vec<Member>,
+    /// What to do, when not in a fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The `missed` notice of the event stream: `missed` events after index `after` were dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Missed {
+    pub missed: u64,
+    pub after: u64,
+}

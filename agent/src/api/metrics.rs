@@ -1,0 +1,374 @@
+//! The values `/metrics` reads at scrape time (history totals, each resource's latest sample, the
+//! prediction stage, the API's connections, unexpected task ends, the mesh), as one
+//! prometheus-client collector registered once with the agent's registry (`crate::stats`), which
+//! keeps the counters incremented where things happen.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use augur_mesh::Mesh;
+use augur_mesh::membership::MemberStatus;
+use augur_mesh::tasks::TaskHealth;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use super::Connections;
+use crate::history::History;
+use crate::predict::PredictStats;
+
+/// What the collector reads.
+#[derive(Debug)]
+pub struct Scraped {
+    pub history: History,
+    pub started: Instant,
+    pub predict: PredictStats,
+    pub connections: Connections,
+    pub tasks: Arc<TaskHealth>,
+    pub mesh: Option<Mesh>,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Writes one family: a gauge or counter per label set.
+fn family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Labels, f64)>,
+) -> fmt::Result {
+    let mut metric = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in samples {
+        let e = if labels.is_empty() {
+            metric.encode_family(&NoLabels)?
+        } else {
+            metric.encode_family(&labels)?
+        };
+        // Whole numbers print as integers (`3`, not `3.0`).
+        let whole = v.fract() == 0.0 && v.abs() < 9.0e15;
+        match (kind, whole) {
+            (MetricType::Counter, true) => ConstCounter::new(v as u64).encode(e)?,
+            (MetricType::Counter, false) => ConstCounter::new(v).encode(e)?,
+            (_, true) => ConstGauge::new(v as i64).encode(e)?,
+            (_, false) => ConstGauge::new(v).encode(e)?,
+        }
+    }
+    Ok(())
+}
+
+/// A family member without labels.
+#[derive(Debug)]
+struct NoLabels;
+
+impl EncodeLabelSet for NoLabels {
+    fn encode(&self, _: &mut prometheus_client::encoding::LabelSetEncoder) -> fmt::Result {
+        Ok(())
+    }
+}
+
+fn one(v: f64) -> [(Labels, f64); 1] {
+    [(Vec::new(), v)]
+}
+
+fn load(a: &AtomicU64) -> f64 {
+    a.load(Relaxed) as f64
+}
+
+impl Collector for Scraped {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let (resources, samples, bytes) = self.history.totals();
+        family(
+            &mut enc,
+            "history_resources",
+            "Resources tracked",
+            Gauge,
+            one(resources as f64),
+        )?;
+        family(
+            &mut enc,
+            "history_samples",
+            "Samples stored on disk",
+            Gauge,
+            one(samples as f64),
+        )?;
+        family(
+            &mut enc,
+            "history_bytes",
+            "Logical bytes of stored samples",
+            Gauge,
+            one(bytes as f64),
+        )?;
+        family(
+            &mut enc,
+            "uptime_seconds",
+            "Seconds since the agent started",
+            Gauge,
+            one(self.started.elapsed().as_secs_f64()),
+        )?;
+        let mut latest = Vec::new();
+        for r in self.history.resources() {
+            if let Some(s) = &r.latest {
+                for (name, v) in &s.metrics {
+                    let labels = vec![
+                        ("resource_id", r.resource_id.to_string()),
+                        ("resource_type", r.meta.resource_type.to_string()),
+                        ("metric", name.clone()),
+                    ];
+                    latest.push((labels, *v));
+                }
+            }
+        }
+        family(
+            &mut enc,
+            "sample",
+            "Latest value of each metric of each resource",
+            Gauge,
+            latest,
+        )?;
+        let p = &self.predict;
+        family(
+            &mut enc,
+            "predict_engine_bytes",
+            "Estimated memory of the prediction engines (budget: models.max_engine_memory)",
+            Gauge,
+            one(load(&p.engine_bytes)),
+        )?;
+        family(
+            &mut enc,
+            "predict_refused",
+            "Samples stored but not predicted: the engines' memory budget was spent when their resource first came",
+            Counter,
+            one(load(&p.refused_samples)),
+        )?;
+        family(
+            &mut enc,
+            "predict_engines_evicted",
+            "Prediction engines dropped because retention removed their resource",
+            Counter,
+            one(load(&p.evicted)),
+        )?;
+        family(
+            &mut enc,
+            "predict_crossings_dropped",
+            "Threshold crossings the fleet publisher's queue had no room for (no fleet event was sent)",
+            Counter,
+            one(load(&p.crossings_dropped)),
+        )?;
+        family(
+            &mut enc,
+            "tasks_ended_unexpectedly",
+            "Agent tasks that ended while the agent was not stopping (they are not restarted; /healthz lists them)",
+            Counter,
+            one(self.tasks.ended_total() as f64),
+        )?;
+        let c = &self.connections;
+        let per = |f: fn(&super::conn::ConnStats) -> &AtomicU64| {
+            [("http", &c.http), ("grpc", &c.grpc)]
+                .map(|(l, s)| (vec![("listener", l.to_owned())], load(f(s))))
+        };
+        family(
+            &mut enc,
+            "api_connections",
+            "Open API connections, by listener",
+            Gauge,
+            per(|s| &s.open),
+        )?;
+        family(
+            &mut enc,
+            "api_connections_refused",
+            "API connections closed on arrival because api.max_connections were open",
+            Counter,
+            per(|s| &s.refused),
+        )?;
+        family(
+            &mut enc,
+            "api_connections_timed_out",
+            "API connections closed for sending their request head or preface too slowly, or for idling",
+            Counter,
+            per(|s| &s.timed_out),
+        )?;
+        if let Some(mesh) = &self.mesh {
+            encode_mesh(&mut enc, mesh)?;
+        }
+        Ok(())
+    }
+}
+
+fn encode_mesh(enc: &mut DescriptorEncoder, mesh: &Mesh) -> fmt::Result {
+    use MetricType::{Counter, Gauge};
+    let ms = &mesh.membership.stats;
+    let reason = |r: &str| vec![("reason", r.to_owned())];
+    family(
+        enc,
+        "mesh_values_rejected",
+        "Gossiped values dropped, by reason (unsigned, bad_signature, malformed, stale, unadmitted, wrong_identity)",
+        Counter,
+        ms.rejected()
+            .into_iter()
+            .map(|(r, n)| (reason(r), n as f64)),
+    )?;
+    family(
+        enc,
+        "mesh_values_accepted",
+        "Gossiped values verified and accepted",
+        Counter,
+        one(load(&ms.values_accepted)),
+    )?;
+    family(
+        enc,
+        "mesh_held_verdicts",
+        "Gossip rounds in which a member the failure detector judged dead stayed suspect (this node doubted itself, or the member answered a recent ping)",
+        Counter,
+        one(load(&ms.held_verdicts)),
+    )?;
+    family(
+        enc,
+        "mesh_self_doubts",
+        "Gossip rounds this node ran late enough to doubt its own verdicts (it is starved)",
+        Counter,
+        one(load(&ms.self_doubts)),
+    )?;
+    family(
+        enc,
+        "mesh_unadmitted_nodes",
+        "Nodes gossiping without a valid join token (ignored)",
+        Gauge,
+        one(load(&ms.unadmitted_nodes)),
+    )?;
+    let t = &mesh.traffic;
+    family(
+        enc,
+        "mesh_gossip_bytes",
+        "Membership gossip (chitchat) bytes, by direction",
+        Counter,
+        [
+            (vec![("direction", "sent".to_owned())], load(&t.bytes_sent)),
+            (
+                vec![("direction", "received".to_owned())],
+                load(&t.bytes_received),
+            ),
+        ],
+    )?;
+    let sec = &mesh.membership.sessions.stats;
+    family(
+        enc,
+        "mesh_gossip_dropped",
+        "Gossip datagrams dropped before chitchat saw them (incoming: malformed, unknown_sender, bad_tag, replayed, unadmitted, bad_probe, rate_limited, bad_message, too_many_peers) or not sent (unbound_destination, oversize)",
+        Counter,
+        sec.dropped()
+            .into_iter()
+            .map(|(d, n)| (reason(d.as_str()), n as f64)),
+    )?;
+    family(
+        enc,
+        "mesh_gossip_sessions",
+        "Admitted peers holding an authenticated gossip session",
+        Gauge,
+        one(load(&sec.sessions)),
+    )?;
+    family(
+        enc,
+        "mesh_gossip_restarts",
+        "Times the gossip task ended unexpectedly and was started again with fresh state",
+        Counter,
+        one(load(&ms.gossip_restarts)),
+    )?;
+    family(
+        enc,
+        "mesh_events_refused",
+        "Gossiped fleet events refused (about another node than their origin, or contradicted by this node's view)",
+        Counter,
+        one(load(&mesh.events_refused)),
+    )?;
+    let ss = &mesh.swarm.stats;
+    family(
+        enc,
+        "mesh_peers_refused",
+        "libp2p peers disconnected for lacking a valid join token",
+        Counter,
+        one(load(&ss.refused)),
+    )?;
+    family(
+        enc,
+        "mesh_peers_revoked",
+        "Admitted libp2p peers disconnected because their token expired or its fleet key was removed",
+        Counter,
+        one(load(&ss.revoked)),
+    )?;
+    family(
+        enc,
+        "mesh_messages_rejected",
+        "Gossipsub messages rejected (origin or forwarder not admitted)",
+        Counter,
+        one(load(&ss.messages_rejected)),
+    )?;
+    let members = mesh.members();
+    family(
+        enc,
+        "mesh_members",
+        "Members by status, this node included",
+        Gauge,
+        MemberStatus::ALL.map(|s| {
+            (
+                vec![("status", s.as_str().to_owned())],
+                members.iter().filter(|m| m.status == s).count() as f64,
+            )
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use augur_proto::{ResourceId, ResourceType};
+
+    use super::*;
+    use crate::sample::{Sample, UnixMicros};
+    use crate::stats::Stats;
+
+    #[test]
+    fn scrape_time_values_are_rendered_with_the_counters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let history = History::open(dir.path(), 1 << 20, 10).expect("history");
+        history
+            .write(&[Sample {
+                ts: UnixMicros::now(),
+                resource_id: ResourceId::parse("web-1").expect("id"),
+                resource_type: ResourceType::parse("service").expect("type"),
+                metrics: BTreeMap::from([("lat\"ency".to_owned(), 12.5)]),
+                event: None,
+                labels: BTreeMap::new(),
+            }])
+            .expect("written");
+        let stats = Stats::new();
+        let connections = Connections::default();
+        connections.http.refused.fetch_add(3, Relaxed);
+        stats.register_collector(Box::new(Scraped {
+            history,
+            started: Instant::now(),
+            predict: PredictStats::default(),
+            connections,
+            tasks: Arc::default(),
+            mesh: None,
+        }));
+        let text = stats.render();
+        for line in [
+            "augur_history_resources 1",
+            "augur_history_samples 1",
+            r#"augur_sample{resource_id="web-1",resource_type="service",metric="lat\"ency"} 12.5"#,
+            r#"augur_api_connections_refused_total{listener="http"} 3"#,
+            "augur_tasks_ended_unexpectedly_total 0",
+            "# TYPE augur_api_connections gauge",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
