@@ -35,10 +35,26 @@ impl Clock {
     pub fn now_ms(&self) -> u64 {
         (self.0)()
     }
+
+    /// Now, both ways: tokio's monotonic instant and this clock's wall time.
+    pub fn now(&self) -> Now {
+        Now {
+            mono: Instant::now(),
+            unix_ms: self.now_ms(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Clock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Clock({})", self.now_ms())
     }
+}
+
+/// The time of an event as the state machines see it: monotonic (for silences, deadlines and
+/// graces) and wall (for signed times and token expiry).
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub mono: Instant,
+    pub unix_ms: u64,
 }

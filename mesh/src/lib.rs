@@ -8,6 +8,7 @@ pub mod admission;
 mod attacks;
 pub mod clock;
 pub mod datagram;
+pub mod gatekeeper;
 pub mod identity;
 pub mod membership;
 pub mod node;

@@ -8,7 +8,7 @@
 //! ignores it (blacklisted), and any message it originates or forwards is rejected, so nothing an
 //! unadmitted node says reaches the fleet.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -25,10 +25,10 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent as LibSwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, noise, ping, yamux};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio::time::Instant;
 
-use crate::admission::{FleetPublicKey, JoinToken, Trust};
+use crate::admission::{JoinToken, Trust};
 use crate::clock::Clock;
+use crate::gatekeeper::{Gate, Gatekeeper, Input as GateInput};
 use crate::tasks::Tasks;
 
 /// The topic of fleet events.
@@ -399,14 +399,73 @@ pub async fn start(
 /// How often pending admissions and the admitted peers' credentials are checked.
 pub const ADMISSION_SWEEP: Duration = Duration::from_millis(250);
 
-struct State {
-    /// Connected peers not yet admitted, with their deadline.
-    pending: HashMap<PeerId, Instant>,
-    /// The credential each admitted peer presented: its expiry and fleet key, rechecked every
-    /// sweep for as long as the connection lives.
-    credentials: HashMap<PeerId, (u64, FleetPublicKey)>,
-    /// Peers we sent our token to.
-    asked: HashSet<PeerId>,
+/// Where the swarm task's decisions land: reports, counters and the admitted set the handle reads.
+struct Outlet<'a> {
+    events: &'a broadcast::Sender<SwarmEvent>,
+    stats: &'a SwarmStats,
+    admitted: &'a parking_lot::RwLock<HashSet<PeerId>>,
+    our_token: &'a str,
+}
+
+impl Outlet<'_> {
+    /// Carries out the gatekeeper's decisions; an answer goes back on `channel`.
+    fn apply(
+        &self,
+        swarm: &mut libp2p::Swarm<Behaviour>,
+        actions: Vec<Gate>,
+        mut channel: Option<request_response::ResponseChannel<AdmissionResponse>>,
+    ) {
+        for a in actions {
+            match a {
+                Gate::Blacklist(p) => swarm.behaviour_mut().gossipsub.blacklist_peer(&p),
+                Gate::SendToken(p) => {
+                    swarm.behaviour_mut().admission.send_request(
+                        &p,
+                        AdmissionRequest {
+                            token: self.our_token.to_owned(),
+                        },
+                    );
+                }
+                Gate::Answer {
+                    admitted: ok,
+                    error,
+                } => {
+                    if let Some(ch) = channel.take() {
+                        let response = AdmissionResponse {
+                            token: ok.then(|| self.our_token.to_owned()),
+                            error,
+                        };
+                        let _ = swarm.behaviour_mut().admission.send_response(ch, response);
+                    }
+                }
+                Gate::Admit(p) => {
+                    self.admitted.write().insert(p);
+                    swarm.behaviour_mut().gossipsub.remove_blacklisted_peer(&p);
+                    self.stats.admitted.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.events.send(SwarmEvent::Admitted(p));
+                }
+                Gate::Refuse { peer, reason } => {
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%peer, %reason, "peer refused");
+                    let _ = self.events.send(SwarmEvent::Refused { peer, reason });
+                    let _ = swarm.disconnect_peer_id(peer);
+                }
+                Gate::Revoke { peer, reason } => {
+                    self.admitted.write().remove(&peer);
+                    swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
+                    self.stats.revoked.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%peer, %reason, "admission revoked; disconnecting");
+                    let _ = self.events.send(SwarmEvent::Refused { peer, reason });
+                    let _ = self.events.send(SwarmEvent::Disconnected(peer));
+                    let _ = swarm.disconnect_peer_id(peer);
+                }
+                Gate::Gone(p) => {
+                    self.admitted.write().remove(&p);
+                    let _ = self.events.send(SwarmEvent::Disconnected(p));
+                }
+            }
+        }
+    }
 }
 
 /// The swarm's listen addresses and the listeners behind them.
@@ -439,27 +498,24 @@ async fn run(
         }
     };
     let our_token = config.token.to_string();
-    let mut st = State {
-        pending: HashMap::new(),
-        credentials: HashMap::new(),
-        asked: HashSet::new(),
-    };
+    let mut gate = Gatekeeper::new(config.trusted.clone(), config.admission_timeout);
     for a in &listening {
         let _ = events.send(SwarmEvent::Listening(a.clone()));
     }
     let mut sweep = tokio::time::interval(ADMISSION_SWEEP);
     let clock = config.clock.clone();
-    let now_s = move || clock.now_ms() / 1000;
-    let verify = |peer: &PeerId, token: &str| -> Result<JoinToken, String> {
-        let t: JoinToken = token
-            .parse()
-            .map_err(|e: crate::admission::AdmissionError| e.to_string())?;
-        config
-            .trusted
-            .verify(&t, peer, now_s())
-            .map_err(|e| e.to_string())?;
-        Ok(t)
+    let out = Outlet {
+        events: &events,
+        stats: &stats,
+        admitted: &admitted,
+        our_token: &our_token,
     };
+    let apply =
+        |swarm: &mut libp2p::Swarm<Behaviour>,
+         actions: Vec<Gate>,
+         channel: Option<request_response::ResponseChannel<AdmissionResponse>>| {
+            out.apply(swarm, actions, channel)
+        };
     loop {
         tokio::select! {
             () = tasks.stopped() => {
@@ -498,121 +554,37 @@ async fn run(
                 }
             }
             _ = sweep.tick() => {
-                let now = Instant::now();
-                let late: Vec<PeerId> = st
-                    .pending
-                    .iter()
-                    .filter(|(_, d)| **d <= now)
-                    .map(|(p, _)| *p)
-                    .collect();
-                for p in late {
-                    st.pending.remove(&p);
-                    stats.refused.fetch_add(1, Ordering::Relaxed);
-                    let _ = events.send(SwarmEvent::Refused {
-                        peer: p,
-                        reason: "no valid join token within the admission timeout".to_owned(),
-                    });
-                    let _ = swarm.disconnect_peer_id(p);
-                }
-                // Admission holds for the life of a connection: a token that expired, or whose
-                // fleet key was removed, ends it.
-                let now = now_s();
-                let revoked: Vec<(PeerId, String)> = st
-                    .credentials
-                    .iter()
-                    .filter_map(|(p, (expires, fleet))| {
-                        if now >= *expires {
-                            Some((*p, format!("its join token expired at {expires}")))
-                        } else if !config.trusted.trusts(fleet) {
-                            Some((*p, format!("fleet key {} is no longer trusted", fleet.fleet_id())))
-                        } else {
-                            None
-                        }
-                    })
-                    .collect();
-                for (p, reason) in revoked {
-                    st.credentials.remove(&p);
-                    admitted.write().remove(&p);
-                    swarm.behaviour_mut().gossipsub.blacklist_peer(&p);
-                    stats.revoked.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(peer = %p, %reason, "admission revoked; disconnecting");
-                    let _ = events.send(SwarmEvent::Refused { peer: p, reason });
-                    let _ = events.send(SwarmEvent::Disconnected(p));
-                    let _ = swarm.disconnect_peer_id(p);
-                }
+                let actions = gate.on_event(GateInput::Sweep, clock.now());
+                apply(&mut swarm, actions, None);
             }
             ev = swarm.select_next_some() => match ev {
                 LibSwarmEvent::NewListenAddr { address, .. } => {
                     listening.push(address.clone());
                     let _ = events.send(SwarmEvent::Listening(address));
                 }
-                LibSwarmEvent::ConnectionEstablished { peer_id, .. } if !admitted.read().contains(&peer_id) => {
-                    {
-                        swarm.behaviour_mut().gossipsub.blacklist_peer(&peer_id);
-                        st.pending
-                            .entry(peer_id)
-                            .or_insert_with(|| Instant::now() + config.admission_timeout);
-                        if st.asked.insert(peer_id) {
-                            swarm.behaviour_mut().admission.send_request(
-                                &peer_id,
-                                AdmissionRequest { token: our_token.clone() },
-                            );
-                        }
-                    }
+                LibSwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    let actions = gate.on_event(GateInput::Connected(peer_id), clock.now());
+                    apply(&mut swarm, actions, None);
                 }
                 LibSwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                    // Gone before it was admitted: refused (a peer that refuses our token hangs up
-                    // at once, and its own request may never arrive).
-                    if st.pending.remove(&peer_id).is_some() {
-                        stats.refused.fetch_add(1, Ordering::Relaxed);
-                        let _ = events.send(SwarmEvent::Refused {
-                            peer: peer_id,
-                            reason: "disconnected before presenting a valid join token".to_owned(),
-                        });
-                    }
-                    st.asked.remove(&peer_id);
-                    st.credentials.remove(&peer_id);
-                    if admitted.write().remove(&peer_id) {
-                        let _ = events.send(SwarmEvent::Disconnected(peer_id));
-                    }
+                    let actions = gate.on_event(GateInput::Closed(peer_id), clock.now());
+                    apply(&mut swarm, actions, None);
                 }
                 LibSwarmEvent::Behaviour(BehaviourEvent::Admission(request_response::Event::Message { peer, message, .. })) => {
-                    let answer = match message {
+                    match message {
                         request_response::Message::Request { request, channel, .. } => {
-                            let ok = verify(&peer, &request.token);
-                            let response = AdmissionResponse {
-                                token: ok.is_ok().then(|| our_token.clone()),
-                                error: ok.as_ref().err().cloned(),
-                            };
-                            let _ = swarm.behaviour_mut().admission.send_response(channel, response);
-                            ok
+                            let input = GateInput::Request { peer, token: request.token };
+                            let actions = gate.on_event(input, clock.now());
+                            apply(&mut swarm, actions, Some(channel));
                         }
                         request_response::Message::Response { response, .. } => {
-                            match response.token {
-                                Some(t) => verify(&peer, &t),
-                                None => Err(format!(
-                                    "the peer refused our token: {}",
-                                    response.error.unwrap_or_default()
-                                )),
-                            }
-                        }
-                    };
-                    match answer {
-                        Ok(token) => {
-                            st.pending.remove(&peer);
-                            st.credentials.insert(peer, (token.expires_unix_s, token.fleet.clone()));
-                            if admitted.write().insert(peer) {
-                                swarm.behaviour_mut().gossipsub.remove_blacklisted_peer(&peer);
-                                stats.admitted.fetch_add(1, Ordering::Relaxed);
-                                let _ = events.send(SwarmEvent::Admitted(peer));
-                            }
-                        }
-                        Err(reason) => {
-                            st.pending.remove(&peer);
-                            stats.refused.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(%peer, %reason, "peer refused");
-                            let _ = events.send(SwarmEvent::Refused { peer, reason });
-                            let _ = swarm.disconnect_peer_id(peer);
+                            let input = GateInput::Response {
+                                peer,
+                                token: response.token,
+                                error: response.error,
+                            };
+                            let actions = gate.on_event(input, clock.now());
+                            apply(&mut swarm, actions, None);
                         }
                     }
                 }
@@ -651,7 +623,7 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::FleetKey;
+    use crate::admission::{FleetKey, FleetPublicKey};
 
     async fn node(fleet: &FleetKey, trusted: &[FleetPublicKey]) -> (SwarmHandle, Multiaddr) {
         let kp = Keypair::generate_ed25519();

@@ -285,11 +285,11 @@ fn process_count() -> Option<usize> {
     None
 }
 
-/// Runs the host collector until `shutdown`: one sample of the host resource per interval of the
-/// `host` resource type (re-read on reload).
 /// Metrics other parts of the agent add to the host's sample (the mesh's peer round trips).
 pub type ExtraMetrics = Arc<dyn Fn() -> Vec<(String, f64)> + Send + Sync>;
 
+/// Runs the host collector until `shutdown`: one sample of the host resource per interval of the
+/// `host` resource type (re-read on reload).
 pub async fn run(
     node: NodeName,
     ingestor: Ingestor,

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::{Member, MemberStatus, MembershipConfig, MembershipEvent};
 use crate::admission::{JoinToken, Trust};
+pub use crate::clock::Now;
 use crate::values::{self, NodeValue, Rejected, ValueKind};
 
 /// A node learned from gossip that has not shown a heartbeat yet is judged dead by chitchat at
@@ -33,14 +34,6 @@ pub const RESTART_GRACE: Duration = Duration::from_secs(30);
 /// A new member without a name yet is announced after this long (it is named as soon as its
 /// placement value arrives, usually in the same round).
 pub const UNNAMED_ANNOUNCE: Duration = Duration::from_secs(5);
-
-/// The time of an event: monotonic (for silences and graces) and wall (for signed times and
-/// token expiry).
-#[derive(Clone, Copy, Debug)]
-pub struct Now {
-    pub mono: Instant,
-    pub unix_ms: u64,
-}
 
 /// How chitchat's failure detector judges a node this round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
