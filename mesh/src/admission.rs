@@ -55,6 +55,15 @@ impl FleetPublicKey {
         self.0.to_bytes()
     }
 
+    pub(crate) fn from_bytes(bytes: &[u8; 32]) -> Option<Self> {
+        ed25519::PublicKey::try_from_bytes(bytes).ok().map(Self)
+    }
+
+    /// Whether `sig` is this key's signature over `msg`.
+    pub(crate) fn verifies(&self, msg: &[u8], sig: &[u8]) -> bool {
+        self.0.verify(msg, sig)
+    }
+
     /// A short id of the fleet (first 8 bytes of the key, hex), used to keep fleets' gossip apart.
     pub fn fleet_id(&self) -> String {
         self.0.to_bytes()[..8]
@@ -186,6 +195,11 @@ impl FleetKey {
         kp.try_into_ed25519()
             .map(Self)
             .map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Signs `msg` (other credentials of the fleet, see `crate::operator`).
+    pub(crate) fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.0.sign(msg)
     }
 
     /// Issues a join token for `peer` valid until `expires_unix_s`.

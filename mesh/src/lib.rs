@@ -12,6 +12,7 @@ pub mod gatekeeper;
 pub mod identity;
 pub mod membership;
 pub mod node;
+pub mod operator;
 pub mod secure;
 pub mod sim;
 pub mod swarm;

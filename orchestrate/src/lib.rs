@@ -5,7 +5,8 @@
 //! with plain values, table-driven and with seeded random histories, without sockets or sleeps.
 //!
 //! The membership view (`augur_mesh::membership::view`) is the first machine written this way;
-//! the ones to come live here, each in its own module:
+//! `spec` holds the service catalog's unit of desired state, the input of placement; the ones to
+//! come live here, each in its own module:
 //! - `lease`: majority leases with fencing tokens (who holds the right to act on a resource);
 //! - `election`: which peer acts for a failing node (never two, never from a minority);
 //! - `budget`: the disruption budget (how much may move at once, fleet-wide);
@@ -15,6 +16,9 @@
 //! (`agent/src/...`) and the proxy's (`proxy/`).
 
 use std::fmt::Debug;
+
+pub mod catalog;
+pub mod spec;
 
 /// A protocol as a state machine: given an event and the time it happened, it changes its state
 /// and answers with what should be done.

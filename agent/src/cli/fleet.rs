@@ -3,6 +3,7 @@
 use anyhow::{Context as _, bail};
 use augur_mesh::NodeIdentity;
 use augur_mesh::admission::FleetKey;
+use augur_mesh::operator::{OperatorCredential, Role};
 
 use super::FleetCommand;
 use crate::config::Config;
@@ -65,6 +66,31 @@ pub fn run(cmd: FleetCommand) -> anyhow::Result<()> {
                 );
             } else {
                 println!("{token}");
+            }
+            Ok(())
+        }
+        FleetCommand::Operator {
+            fleet_key,
+            out,
+            ttl,
+            json,
+        } => {
+            let key = FleetKey::load(&fleet_key)
+                .with_context(|| "create one with `augur fleet init`".to_owned())?;
+            let expires = UnixMicros::now().as_unix_s() + ttl.as_secs();
+            let cred = OperatorCredential::create(&key, Role::Operator, expires);
+            cred.save(&out)
+                .with_context(|| format!("cannot write the credential to {}", out.display()))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"operator_credential_file": out, "role": "operator", "expires_unix_s": expires, "fleet_id": key.public().fleet_id()})
+                );
+            } else {
+                println!(
+                    "operator credential written to {} (valid until unix {expires}; keep it off the fleet's hosts)",
+                    out.display()
+                );
             }
             Ok(())
         }

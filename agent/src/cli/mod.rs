@@ -148,6 +148,21 @@ pub enum FleetCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Create an operator credential: a key of its own and the fleet key's grant of the operator
+    /// role (changing the service catalog). Keep it off the fleet's hosts.
+    Operator {
+        /// The fleet key file from `augur fleet init`.
+        #[arg(long, default_value = "fleet.key")]
+        fleet_key: PathBuf,
+        /// Where to write the credential (mode 0600; never overwritten).
+        #[arg(long, default_value = "operator.cred")]
+        out: PathBuf,
+        /// How long the credential is valid.
+        #[arg(long, default_value = "90days", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print this node's PeerId (creating its key in the data directory if needed).
     PeerId {
         #[arg(long)]
