@@ -10,6 +10,9 @@
 
 use std::collections::BTreeMap;
 
+pub mod pick;
+pub mod tcp;
+
 use serde::{Deserialize, Serialize};
 
 /// A backend's weight: 0 (drained) to [`MAX_WEIGHT`].

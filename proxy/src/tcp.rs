@@ -1,0 +1,361 @@
+//! The embedded L4 proxy of one service: accepts connections on the service's port and relays
+//! each to a backend chosen by smooth weighted round-robin among the usable ones. The backend
+//! table is replaced whole (readers see the old table or the new, never a mix); a backend that
+//! refuses the connection is skipped for the next one, so a dead instance costs a retry, not a
+//! failed request; a draining backend takes no new connections and its open ones are cut after a
+//! grace period. Bounded: at most `max_connections` at once, more are closed on arrival (counted).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::Weight;
+use crate::pick::SmoothWrr;
+
+/// Limits of one service's proxy.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: u64,
+    /// How long a connect to a backend may take before the next backend is tried.
+    pub connect_timeout: Duration,
+    /// Backends tried for one connection, at most.
+    pub max_attempts: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            connect_timeout: Duration::from_secs(2),
+            max_attempts: 3,
+        }
+    }
+}
+
+/// Counters of one service's proxy.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    /// Closed on arrival: `max_connections` were open.
+    pub over_capacity: AtomicU64,
+    /// Connects to a backend that failed (the next backend was tried).
+    pub connect_failures: AtomicU64,
+    /// Connections closed because no backend could be reached.
+    pub no_backend: AtomicU64,
+    /// Open connections now.
+    pub open: AtomicU64,
+    /// Connections cut at the end of their backend's drain.
+    pub cut_by_drain: AtomicU64,
+}
+
+/// One backend's live state, kept across table replacements.
+#[derive(Debug, Default)]
+struct BackendState {
+    open: AtomicU64,
+    /// Cancelled when the backend's drain grace ends: its connections close.
+    cut: CancellationToken,
+}
+
+#[derive(Debug, Clone)]
+struct Row {
+    addr: SocketAddr,
+    weight: Weight,
+    draining: bool,
+    state: Arc<BackendState>,
+}
+
+/// A service's proxy: its table of backends and its counters. Cloneable handle.
+#[derive(Clone, Debug, Default)]
+pub struct Proxy {
+    table: Arc<RwLock<Arc<Vec<Row>>>>,
+    picker: Arc<Mutex<SmoothWrr>>,
+    pub stats: Arc<Stats>,
+    /// The drains' timers (each only cancels its backend's token when its grace ends).
+    timers: TaskTracker,
+}
+
+impl Proxy {
+    /// Replaces the backends (address and weight; weight 0 takes no new connections). Backends
+    /// that stay keep their open connections; a removed one is drained with `grace`.
+    pub fn set_backends(&self, backends: &[(SocketAddr, Weight)], grace: Duration) {
+        let mut table = self.table.write();
+        let old: HashMap<SocketAddr, Row> = table.iter().map(|r| (r.addr, r.clone())).collect();
+        let rows: Vec<Row> = backends
+            .iter()
+            .map(|&(addr, weight)| {
+                let state = old
+                    .get(&addr)
+                    .map_or_else(Arc::default, |r| r.state.clone());
+                Row {
+                    addr,
+                    weight,
+                    draining: false,
+                    state,
+                }
+            })
+            .collect();
+        for (addr, row) in old {
+            if !backends.iter().any(|(a, _)| *a == addr) {
+                self.cut_after(row.state, grace);
+            }
+        }
+        *table = Arc::new(rows);
+    }
+
+    /// Stops sending new connections to `addr`; its open ones may finish within `grace`, then are
+    /// cut. Returns whether `addr` was a backend.
+    pub fn drain(&self, addr: SocketAddr, grace: Duration) -> bool {
+        let mut table = self.table.write();
+        let mut rows: Vec<Row> = table.as_ref().clone();
+        let Some(row) = rows.iter_mut().find(|r| r.addr == addr) else {
+            return false;
+        };
+        row.draining = true;
+        self.cut_after(row.state.clone(), grace);
+        *table = Arc::new(rows);
+        true
+    }
+
+    /// Open connections to `addr`.
+    pub fn open_to(&self, addr: SocketAddr) -> u64 {
+        self.table
+            .read()
+            .iter()
+            .find(|r| r.addr == addr)
+            .map_or(0, |r| r.state.open.load(Ordering::Relaxed))
+    }
+
+    /// Accepts on `listener` until `stop`, then closes what is open and returns.
+    pub async fn serve(&self, listener: TcpListener, limits: Limits, stop: CancellationToken) {
+        let connections = TaskTracker::new();
+        loop {
+            let (client, _) = tokio::select! {
+                () = stop.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of descriptors, or the peer reset before accept: keep serving.
+                        tracing::debug!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+            };
+            if self.stats.open.load(Ordering::Relaxed) >= limits.max_connections {
+                self.stats.over_capacity.fetch_add(1, Ordering::Relaxed);
+                drop(client);
+                continue;
+            }
+            self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            self.stats.open.fetch_add(1, Ordering::Relaxed);
+            let proxy = self.clone();
+            let stop = stop.clone();
+            connections.spawn(async move {
+                proxy.relay(client, limits, stop).await;
+                proxy.stats.open.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+        connections.close();
+        connections.wait().await;
+        // Drains still pending finish on their own: each only cancels a token, and the
+        // connections it would cut are closed already.
+        self.timers.close();
+    }
+
+    /// Connects to a backend (the next one when a connect fails) and relays both ways.
+    async fn relay(&self, mut client: TcpStream, limits: Limits, stop: CancellationToken) {
+        let table = self.table.read().clone();
+        let mut tried = vec![false; table.len()];
+        let mut upstream = None;
+        for _ in 0..limits.max_attempts.max(1) {
+            let weights: Vec<Weight> = table.iter().map(|r| r.weight).collect();
+            let pick = self
+                .picker
+                .lock()
+                .pick(&weights, |i| !tried[i] && !table[i].draining);
+            let Some(i) = pick else { break };
+            tried[i] = true;
+            let row = &table[i];
+            match tokio::time::timeout(limits.connect_timeout, TcpStream::connect(row.addr)).await {
+                Ok(Ok(s)) => {
+                    upstream = Some((s, row.state.clone()));
+                    break;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(backend = %row.addr, error = %e, "backend refused; trying the next");
+                    self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    tracing::debug!(backend = %row.addr, "backend connect timed out; trying the next");
+                    self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let Some((mut server, state)) = upstream else {
+            self.stats.no_backend.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        state.open.fetch_add(1, Ordering::Relaxed);
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+            () = state.cut.cancelled() => {
+                self.stats.cut_by_drain.fetch_add(1, Ordering::Relaxed);
+            }
+            () = stop.cancelled() => {}
+        }
+        state.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Proxy {
+    /// Cuts a backend's connections once `grace` has passed.
+    fn cut_after(&self, state: Arc<BackendState>, grace: Duration) {
+        self.timers.spawn(async move {
+            tokio::time::sleep(grace).await;
+            state.cut.cancel();
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A backend that answers every connection with its name, then echoes.
+    async fn backend(name: &'static str) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        TaskTracker::new().spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                TaskTracker::new().spawn(async move {
+                    let _ = s.write_all(name.as_bytes()).await;
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn start(proxy: &Proxy, limits: Limits) -> (SocketAddr, CancellationToken) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let (p, s) = (proxy.clone(), stop.clone());
+        TaskTracker::new().spawn(async move { p.serve(l, limits, s).await });
+        (addr, stop)
+    }
+
+    async fn who(addr: SocketAddr) -> (String, TcpStream) {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 1];
+        let n = s.read(&mut buf).await.expect("read");
+        (String::from_utf8_lossy(&buf[..n]).into_owned(), s)
+    }
+
+    /// A dead address: bound and closed at once, so connects are refused.
+    async fn dead() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        l.local_addr().expect("addr")
+    }
+
+    #[tokio::test]
+    async fn weights_are_followed_and_a_refusing_backend_is_skipped() {
+        let (a, b) = (backend("a").await, backend("b").await);
+        let gone = dead().await;
+        let proxy = Proxy::default();
+        proxy.set_backends(&[(a, 2), (b, 1), (gone, 1)], Duration::from_secs(1));
+        let (addr, stop) = start(&proxy, Limits::default()).await;
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for _ in 0..40 {
+            let (name, _) = who(addr).await;
+            *counts.entry(name).or_default() += 1;
+        }
+        // Every connection was served; the dead backend's turns went to the next pick.
+        assert_eq!(counts.values().sum::<usize>(), 40, "{counts:?}");
+        assert_eq!(counts.get(""), None, "no connection failed");
+        assert!(counts["a"] > counts["b"], "{counts:?}");
+        assert_eq!(proxy.stats.connect_failures.load(Ordering::Relaxed), 10);
+        assert_eq!(proxy.stats.no_backend.load(Ordering::Relaxed), 0);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_drained_backend_takes_nothing_new_and_its_connections_end_after_the_grace() {
+        let (a, b) = (backend("a").await, backend("b").await);
+        let proxy = Proxy::default();
+        proxy.set_backends(&[(a, 1), (b, 1)], Duration::from_secs(1));
+        let (addr, stop) = start(&proxy, Limits::default()).await;
+        // Find a connection on a.
+        let mut on_a = None;
+        for _ in 0..4 {
+            let (name, s) = who(addr).await;
+            if name == "a" {
+                on_a = Some(s);
+                break;
+            }
+        }
+        let mut on_a = on_a.expect("a connection on a");
+        assert!(proxy.drain(a, Duration::from_millis(300)));
+        for _ in 0..6 {
+            assert_eq!(who(addr).await.0, "b", "nothing new to a draining backend");
+        }
+        // The open connection still works within the grace...
+        on_a.write_all(b"x").await.expect("write");
+        let mut buf = [0u8; 1];
+        assert_eq!(on_a.read(&mut buf).await.expect("echo"), 1);
+        // ...and is closed after it.
+        let end = tokio::time::timeout(Duration::from_secs(5), on_a.read(&mut buf)).await;
+        assert!(matches!(end, Ok(Ok(0)) | Ok(Err(_))), "closed: {end:?}");
+        assert_eq!(proxy.stats.cut_by_drain.load(Ordering::Relaxed), 1);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_and_counted() {
+        let a = backend("a").await;
+        let proxy = Proxy::default();
+        proxy.set_backends(&[(a, 1)], Duration::from_secs(1));
+        let limits = Limits {
+            max_connections: 2,
+            ..Limits::default()
+        };
+        let (addr, stop) = start(&proxy, limits).await;
+        let (_n1, _c1) = who(addr).await;
+        let (_n2, _c2) = who(addr).await;
+        let (third, _c3) = who(addr).await;
+        assert_eq!(third, "", "closed on arrival");
+        assert_eq!(proxy.stats.over_capacity.load(Ordering::Relaxed), 1);
+        // With no backend at all, a connection is closed and counted.
+        proxy.set_backends(&[], Duration::from_millis(10));
+        drop((_c1, _c2));
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while proxy.stats.open.load(Ordering::Relaxed) > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the first two close");
+        assert_eq!(who(addr).await.0, "");
+        assert_eq!(proxy.stats.no_backend.load(Ordering::Relaxed), 1);
+        stop.cancel();
+    }
+}
