@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+pub mod haproxy;
 pub mod pick;
 pub mod tcp;
 
