@@ -18,6 +18,8 @@
 use std::fmt::Debug;
 
 pub mod catalog;
+pub mod health;
+pub mod placement;
 pub mod spec;
 
 /// A protocol as a state machine: given an event and the time it happened, it changes its state
