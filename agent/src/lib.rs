@@ -18,4 +18,5 @@ pub mod net;
 pub mod predict;
 pub mod replay;
 pub mod sample;
+pub mod services;
 pub mod stats;
