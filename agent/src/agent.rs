@@ -117,6 +117,19 @@ pub async fn run(
         tasks: writer_group.health().clone(),
         mesh: mesh.clone(),
     }));
+    // The catalog checks operator signatures against the fleet keys the mesh trusts (or, without
+    // a mesh, the configured ones).
+    let trust = match &mesh {
+        Some(m) => m.trust.clone(),
+        None => augur_mesh::admission::Trust::new(crate::fleet::mesh::parse_fleet_keys(
+            &cfg.mesh.fleet_keys,
+        )?),
+    };
+    let catalog = crate::services::catalog::CatalogStore::open(
+        &data_dir,
+        trust,
+        crate::sample::UnixMicros::now().as_unix_s(),
+    );
     let api_state = ApiState {
         node: Arc::new(api::NodeInfo {
             node_name: node_name.clone(),
@@ -136,6 +149,7 @@ pub async fn run(
             mesh: mesh.clone(),
             events: events.clone(),
         },
+        catalog,
         tasks: writer_group.health().clone(),
     };
 

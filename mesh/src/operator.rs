@@ -265,6 +265,32 @@ pub struct SignedDocument {
     sig: Vec<u8>,
 }
 
+const DOCUMENT_PREFIX: &str = "augur-doc:";
+
+impl fmt::Display for SignedDocument {
+    /// The text form (`augur-doc:<base64url CBOR>`), for APIs and files.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = Vec::new();
+        // Writing CBOR into a Vec cannot fail.
+        let _ = ciborium::into_writer(self, &mut out);
+        write!(f, "{DOCUMENT_PREFIX}{}", B64.encode(out))
+    }
+}
+
+impl std::str::FromStr for SignedDocument {
+    type Err = OperatorError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |e: String| OperatorError::Malformed(e);
+        let b64 = s
+            .trim()
+            .strip_prefix(DOCUMENT_PREFIX)
+            .ok_or_else(|| bad(format!("expected {DOCUMENT_PREFIX}...")))?;
+        let bytes = B64.decode(b64).map_err(|e| bad(e.to_string()))?;
+        ciborium::from_reader(bytes.as_slice()).map_err(|e| bad(e.to_string()))
+    }
+}
+
 impl SignedDocument {
     /// Checks the operator's token against the trusted fleet keys at `now_unix_s` and the
     /// signature over kind, name, version and body.
@@ -309,6 +335,8 @@ mod tests {
         assert_eq!(doc.verify(&trust, NOW), Ok(()));
         // The credential survives its text form.
         let again: OperatorCredential = op.to_string().parse().expect("parses");
+        let text: SignedDocument = doc.to_string().parse().expect("the document's text form");
+        assert_eq!(text, doc);
         assert_eq!(
             again
                 .sign("service", "web", 3, b"spec".to_vec())

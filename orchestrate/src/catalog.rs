@@ -73,6 +73,11 @@ impl Catalog {
             .filter_map(|(n, e)| e.spec.as_ref().map(|s| (n.as_str(), e.version, s)))
     }
 
+    /// Every service's version held, deletions included.
+    pub fn versions(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.entries.iter().map(|(n, e)| (n.as_str(), e.version))
+    }
+
     /// The version held for `name` (a deletion included).
     pub fn version(&self, name: &str) -> Option<u64> {
         self.entries.get(name).map(|e| e.version)

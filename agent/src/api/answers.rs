@@ -93,3 +93,26 @@ pub struct Missed {
     pub missed: u64,
     pub after: u64,
 }
+
+/// `GET /v1/services`: the catalog as this node holds it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceList {
+    pub services: Vec<crate::services::catalog::ServiceEntry>,
+    /// Every service's version, deleted ones included: a change must carry a higher one.
+    pub versions: std::collections::BTreeMap<String, u64>,
+}
+
+/// `POST /v1/services`: a signed catalog change (`augur-doc:...`, made by `augur service apply`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CatalogChange {
+    pub document: String,
+}
+
+/// What became of a catalog change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CatalogAnswer {
+    pub name: String,
+    pub version: u64,
+    /// `accepted`, or `duplicate` when this node had it already.
+    pub outcome: String,
+}

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::answers::{
-    MemberList, Missed, ModelList, PredictionList, ResourceList, ResourceView, TelemetryPage,
-    TrainAnswer,
+    CatalogAnswer, CatalogChange, MemberList, Missed, ModelList, PredictionList, ResourceList,
+    ResourceView, ServiceList, TelemetryPage, TrainAnswer,
 };
 use super::{ApiError, ApiState};
 use crate::accept::RejectReason;
@@ -42,6 +42,8 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, Json(json!({ "error": self.to_string() }))).into_response()
@@ -67,6 +69,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/models/train", post(train_models))
         .route("/v1/schema/telemetry", get(schema))
+        .route("/v1/services", get(services).post(change_service))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -263,6 +266,48 @@ async fn train_models(State(st): State<ApiState>) -> Result<Json<TrainAnswer>, A
         )
     })?;
     Ok(Json(TrainAnswer { outcomes }))
+}
+
+async fn services(
+    State(catalog): State<crate::services::catalog::CatalogStore>,
+) -> Json<ServiceList> {
+    Json(ServiceList {
+        services: catalog.services(),
+        versions: catalog.versions(),
+    })
+}
+
+/// A catalog change: an operator-signed document (403 if no trusted operator signed it, 400 if
+/// the spec is not valid, 409 if this node holds a newer version).
+async fn change_service(
+    State(catalog): State<crate::services::catalog::CatalogStore>,
+    body: Result<Json<CatalogChange>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<CatalogAnswer>, ApiError> {
+    let Json(change) = body.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{}; send {{\"document\": \"augur-doc:...\"}} (augur service apply makes one)",
+            e.body_text()
+        ))
+    })?;
+    let doc: augur_mesh::operator::SignedDocument = change
+        .document
+        .parse()
+        .map_err(|e: augur_mesh::operator::OperatorError| ApiError::BadRequest(e.to_string()))?;
+    let (name, version) = (doc.name.clone(), doc.version);
+    let catalog2 = catalog.clone();
+    let outcome =
+        tokio::task::spawn_blocking(move || catalog2.offer(doc, UnixMicros::now().as_unix_s()))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(CatalogAnswer {
+        name,
+        version,
+        outcome: match outcome {
+            augur_orchestrate::catalog::Outcome::Accepted => "accepted",
+            _ => "duplicate",
+        }
+        .to_owned(),
+    }))
 }
 
 async fn members(State(fleet): State<super::Fleet>) -> Json<MemberList> {

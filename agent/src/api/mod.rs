@@ -34,6 +34,8 @@ pub struct ApiState {
     /// The background trainer; None when the agent runs without one.
     pub trainer: Option<crate::models::Trainer>,
     pub fleet: Fleet,
+    /// The fleet's service catalog, as this node holds it.
+    pub catalog: crate::services::catalog::CatalogStore,
     /// Tasks that ended unexpectedly (for `/healthz`).
     pub tasks: Arc<augur_mesh::tasks::TaskHealth>,
 }
@@ -71,7 +73,8 @@ state_part!(
     stats: Arc<Stats>,
     predictions: crate::predict::Predictions,
     models: crate::models::ModelStore,
-    fleet: Fleet
+    fleet: Fleet,
+    catalog: crate::services::catalog::CatalogStore
 );
 
 /// Connection counters of the HTTP and gRPC listeners.
@@ -98,6 +101,12 @@ pub enum ApiError {
     /// The client sent its request too slowly: HTTP 408.
     #[error("{0}")]
     RequestTimeout(String),
+    /// Not signed by a credential this node trusts: HTTP 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Older than what this node holds: HTTP 409.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -125,6 +134,8 @@ impl From<ApiError> for tonic::Status {
                 tonic::Status::unavailable(msg)
             }
             ApiError::RequestTimeout(_) => tonic::Status::deadline_exceeded(msg),
+            ApiError::Forbidden(_) => tonic::Status::permission_denied(msg),
+            ApiError::Conflict(_) => tonic::Status::failed_precondition(msg),
             ApiError::Internal(_) => tonic::Status::internal(msg),
         }
     }
@@ -179,6 +190,19 @@ impl ApiState {
             history_bytes: bytes,
             http_addr: self.node.http_addr.to_string(),
             grpc_addr: self.node.grpc_addr.to_string(),
+        }
+    }
+}
+
+impl From<crate::services::catalog::CatalogError> for ApiError {
+    fn from(e: crate::services::catalog::CatalogError) -> Self {
+        use crate::services::catalog::CatalogError as E;
+        let msg = e.to_string();
+        match e {
+            E::Unauthorized(_) => ApiError::Forbidden(msg),
+            E::Invalid(_) | E::Malformed(_) => ApiError::BadRequest(msg),
+            E::Stale { .. } => ApiError::Conflict(msg),
+            E::Storage { .. } => ApiError::InsufficientStorage(msg),
         }
     }
 }

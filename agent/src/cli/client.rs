@@ -68,6 +68,20 @@ impl Agent {
         .await
     }
 
+    /// POSTs `body` as JSON to `path` and decodes the answer.
+    pub async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let url = self.url(path, &[])?;
+        let client = crate::net::http_client(Some(CLIENT_TIMEOUT))?;
+        let resp = client.post(url.clone()).json(body).send().await.with_context(|| {
+            format!("cannot reach the augur agent at {url}: is it running (`augur agent`) and is --api right?")
+        })?;
+        decode(url, resp).await
+    }
+
     /// GETs a stream (server-sent events): the response, once its status says success.
     pub async fn stream(
         &self,

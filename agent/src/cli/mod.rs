@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 pub mod client;
 pub mod events;
 pub mod fleet;
+pub mod service;
 
 use client::{Agent, TRAIN_TIMEOUT};
 
@@ -82,6 +83,11 @@ pub enum Command {
     Fleet(FleetCommand),
     /// List the fleet's members as this agent sees them.
     Members(ClientArgs),
+    /// Change the fleet's service catalog with an operator credential (docs/SERVICES.md).
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// List the fleet's services (the catalog as this agent holds it).
+    Services(ClientArgs),
     /// Show fleet events (membership changes, predictions crossing thresholds).
     Events {
         /// Keep the connection open and print events as they happen.
@@ -116,6 +122,27 @@ pub enum Command {
         /// Most samples to show.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Check a spec file, sign it with the next version and send it to the agent.
+    Apply {
+        file: PathBuf,
+        /// The operator credential (`augur fleet operator`).
+        #[arg(long, default_value = "operator.cred")]
+        credential: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a service from the catalog.
+    Delete {
+        name: String,
+        #[arg(long, default_value = "operator.cred")]
+        credential: PathBuf,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -492,6 +519,17 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Fleet(cmd) => fleet::run(cmd),
+        Command::Service(ServiceCommand::Apply {
+            file,
+            credential,
+            client,
+        }) => service::apply(&client.api, &file, &credential, client.json).await,
+        Command::Service(ServiceCommand::Delete {
+            name,
+            credential,
+            client,
+        }) => service::delete(&client.api, &name, &credential, client.json).await,
+        Command::Services(c) => service::list(&c.api, c.json).await,
         Command::Members(c) => {
             let v: MemberList = Agent::new(&c.api)?.get("/v1/members", &[]).await?;
             if c.json {

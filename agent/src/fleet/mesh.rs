@@ -22,7 +22,7 @@ fn quic_addr(a: SocketAddr) -> Multiaddr {
         .unwrap_or_else(|_| Multiaddr::empty())
 }
 
-fn parse_fleet_keys(keys: &[String]) -> anyhow::Result<Vec<FleetPublicKey>> {
+pub fn parse_fleet_keys(keys: &[String]) -> anyhow::Result<Vec<FleetPublicKey>> {
     keys.iter()
         .map(|k| k.parse())
         .collect::<Result<_, _>>()

@@ -8,6 +8,7 @@ mod layout;
 mod lifecycle;
 mod mesh;
 mod predict;
+mod services;
 mod slow;
 mod sources;
 mod storage;

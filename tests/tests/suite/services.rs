@@ -1,0 +1,153 @@
+//! The service catalog through the real CLI and HTTP API: an operator applies a spec with its
+//! credential, lists it, changes and deletes it; an unsigned or foreign change is refused with 403,
+//! an invalid spec with a message naming the field, and the catalog survives a restart.
+
+use augur_tests::{AgentOptions, AgentProcess, augur_json, http, path_str};
+
+const SPEC: &str = r#"
+[service]
+name = "web"
+port = 18080
+replicas = 2
+
+[service.driver]
+kind = "process"
+command = "/usr/bin/web"
+
+[service.health]
+http = "/healthz"
+"#;
+
+#[tokio::test]
+async fn operators_change_the_catalog_and_nobody_else_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("fleet.key");
+    let init = augur_json(&[
+        "fleet",
+        "init",
+        "--out",
+        path_str(&key).expect("path"),
+        "--json",
+    ])
+    .expect("fleet init");
+    let public = init["fleet_public_key"]
+        .as_str()
+        .expect("public key")
+        .to_owned();
+    let cred = dir.path().join("operator.cred");
+    augur_json(&[
+        "fleet",
+        "operator",
+        "--fleet-key",
+        path_str(&key).expect("path"),
+        "--out",
+        path_str(&cred).expect("path"),
+        "--json",
+    ])
+    .expect("operator credential");
+    let data = dir.path().join("data");
+    let config = format!("[mesh]\nfleet_keys = [\"{public}\"]\n");
+    let mut agent = AgentProcess::start(AgentOptions {
+        data_dir: Some(data.clone()),
+        config: config.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("agent starts");
+    let api = agent.url("");
+    let spec = dir.path().join("web.toml");
+    std::fs::write(&spec, SPEC).expect("spec");
+    let apply = |file: &std::path::Path| {
+        augur_json(&[
+            "service",
+            "apply",
+            path_str(file).expect("path"),
+            "--credential",
+            path_str(&cred).expect("path"),
+            "--api",
+            &api,
+            "--json",
+        ])
+    };
+    let a = apply(&spec).expect("applied");
+    assert_eq!(
+        (a["version"].as_u64(), a["outcome"].as_str()),
+        (Some(1), Some("accepted"))
+    );
+    std::fs::write(&spec, SPEC.replace("replicas = 2", "replicas = 3")).expect("spec");
+    let a = apply(&spec).expect("changed");
+    assert_eq!(a["version"].as_u64(), Some(2));
+    let list = augur_json(&["services", "--api", &api, "--json"]).expect("services");
+    assert_eq!(list["services"][0]["spec"]["replicas"], 3);
+
+    // An invalid spec is refused before anything is sent, naming the field.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, SPEC.replace("port = 18080", "port = 0")).expect("spec");
+    let e = apply(&bad).expect_err("invalid").to_string();
+    assert!(e.contains("service.port"), "{e}");
+    // A change signed by another fleet's operator, or no document at all: 403 / 400.
+    let other_key = dir.path().join("other.key");
+    augur_json(&[
+        "fleet",
+        "init",
+        "--out",
+        path_str(&other_key).expect("path"),
+        "--json",
+    ])
+    .expect("other fleet");
+    let other_cred = dir.path().join("other.cred");
+    augur_json(&[
+        "fleet",
+        "operator",
+        "--fleet-key",
+        path_str(&other_key).expect("path"),
+        "--out",
+        path_str(&other_cred).expect("path"),
+        "--json",
+    ])
+    .expect("other operator");
+    let e = augur_json(&[
+        "service",
+        "apply",
+        path_str(&spec).expect("path"),
+        "--credential",
+        path_str(&other_cred).expect("path"),
+        "--api",
+        &api,
+    ])
+    .expect_err("foreign operator")
+    .to_string();
+    assert!(e.contains("403"), "{e}");
+    let resp = http()
+        .post(agent.url("/v1/services"))
+        .json(&serde_json::json!({"document": "augur-doc:AAAA"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 400);
+
+    // Deleted; then a restart keeps the deletion.
+    let d = augur_json(&[
+        "service",
+        "delete",
+        "web",
+        "--credential",
+        path_str(&cred).expect("path"),
+        "--api",
+        &api,
+        "--json",
+    ])
+    .expect("deleted");
+    assert_eq!(d["version"].as_u64(), Some(3));
+    agent.terminate().await.expect("stops");
+    let agent = AgentProcess::start(AgentOptions {
+        data_dir: Some(data),
+        config,
+        ..Default::default()
+    })
+    .await
+    .expect("restarts");
+    let list = augur_json(&["services", "--api", &agent.url(""), "--json"]).expect("services");
+    assert_eq!(list["services"].as_array().map(Vec::len), Some(0));
+    assert_eq!(list["versions"]["web"], 3);
+}
