@@ -4,9 +4,10 @@ use augur_proto::ResourceId;
 use augur_proto::v1::agent_server::{Agent, AgentServer};
 use augur_proto::v1::telemetry_server::{Telemetry, TelemetryServer};
 use augur_proto::v1::{
-    FleetEvent as FleetEventMsg, ListResourcesRequest, ListResourcesResponse,
-    PredictFailureRequest, Prediction, PushSummary, QueryTelemetryRequest, QueryTelemetryResponse,
-    RejectedSample, ResourceInfo, StatusRequest, StatusResponse, SubscribeRequest, TelemetrySample,
+    ChangeServiceRequest, ChangeServiceResponse, FleetEvent as FleetEventMsg, ListResourcesRequest,
+    ListResourcesResponse, ListServicesRequest, ListServicesResponse, PredictFailureRequest,
+    Prediction, PushSummary, QueryTelemetryRequest, QueryTelemetryResponse, RejectedSample,
+    ResourceInfo, ServiceInfo, StatusRequest, StatusResponse, SubscribeRequest, TelemetrySample,
 };
 use std::time::Duration;
 
@@ -202,6 +203,54 @@ impl Agent for GrpcApi {
             })
             .collect();
         Ok(Response::new(ListResourcesResponse { resources }))
+    }
+
+    async fn list_services(
+        &self,
+        _: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
+        let catalog = &self.state.catalog;
+        let services = catalog
+            .services()
+            .into_iter()
+            .map(|s| ServiceInfo {
+                spec_json: serde_json::to_string(&s.spec).unwrap_or_default(),
+                name: s.name,
+                version: s.version,
+            })
+            .collect();
+        Ok(Response::new(ListServicesResponse {
+            services,
+            versions: catalog.versions().into_iter().collect(),
+        }))
+    }
+
+    async fn change_service(
+        &self,
+        request: Request<ChangeServiceRequest>,
+    ) -> Result<Response<ChangeServiceResponse>, Status> {
+        let doc: augur_mesh::operator::SignedDocument =
+            request.into_inner().document.parse().map_err(
+                |e: augur_mesh::operator::OperatorError| {
+                    Status::from(ApiError::BadRequest(e.to_string()))
+                },
+            )?;
+        let (name, version) = (doc.name.clone(), doc.version);
+        let catalog = self.state.catalog.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || catalog.offer(doc, UnixMicros::now().as_unix_s()))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::from(ApiError::from(e)))?;
+        Ok(Response::new(ChangeServiceResponse {
+            name,
+            version,
+            outcome: match outcome {
+                augur_orchestrate::catalog::Outcome::Accepted => "accepted",
+                _ => "duplicate",
+            }
+            .to_owned(),
+        }))
     }
 
     async fn query_telemetry(

@@ -1,6 +1,7 @@
 //! The service catalog through the real CLI and HTTP API: an operator applies a spec with its
-//! credential, lists it, changes and deletes it; an unsigned or foreign change is refused with 403,
-//! an invalid spec with a message naming the field, and the catalog survives a restart.
+//! credential, lists it, changes and deletes it, over HTTP (the CLI) and gRPC; an unsigned or
+//! foreign change is refused with 403, an invalid spec with a message naming the field, an older
+//! version with FAILED_PRECONDITION, and the catalog survives a restart.
 
 use augur_tests::{AgentOptions, AgentProcess, augur_json, http, path_str};
 
@@ -126,6 +127,44 @@ async fn operators_change_the_catalog_and_nobody_else_does() {
         .expect("post");
     assert_eq!(resp.status(), 400);
 
+    // The same over gRPC: listed, and changed with a document the operator signed.
+    let mut grpc = augur_proto::v1::agent_client::AgentClient::connect(agent.grpc_url())
+        .await
+        .expect("grpc");
+    let listed = grpc
+        .list_services(augur_proto::v1::ListServicesRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.versions.get("web"), Some(&2));
+    let spec_json: serde_json::Value =
+        serde_json::from_str(&listed.services[0].spec_json).expect("spec json");
+    assert_eq!(spec_json["replicas"], 3);
+    let op = augur_mesh::operator::OperatorCredential::load(&cred).expect("credential");
+    let doc = op.sign(
+        "service",
+        "web",
+        3,
+        SPEC.replace("replicas = 2", "replicas = 1").into_bytes(),
+    );
+    let changed = grpc
+        .change_service(augur_proto::v1::ChangeServiceRequest {
+            document: doc.to_string(),
+        })
+        .await
+        .expect("changed")
+        .into_inner();
+    assert_eq!((changed.version, changed.outcome.as_str()), (3, "accepted"));
+    let stale = grpc
+        .change_service(augur_proto::v1::ChangeServiceRequest {
+            document: op
+                .sign("service", "web", 2, SPEC.as_bytes().to_vec())
+                .to_string(),
+        })
+        .await
+        .expect_err("older");
+    assert_eq!(stale.code(), tonic::Code::FailedPrecondition);
+
     // Deleted; then a restart keeps the deletion.
     let d = augur_json(&[
         "service",
@@ -138,7 +177,7 @@ async fn operators_change_the_catalog_and_nobody_else_does() {
         "--json",
     ])
     .expect("deleted");
-    assert_eq!(d["version"].as_u64(), Some(3));
+    assert_eq!(d["version"].as_u64(), Some(4));
     agent.terminate().await.expect("stops");
     let agent = AgentProcess::start(AgentOptions {
         data_dir: Some(data),
@@ -149,5 +188,5 @@ async fn operators_change_the_catalog_and_nobody_else_does() {
     .expect("restarts");
     let list = augur_json(&["services", "--api", &agent.url(""), "--json"]).expect("services");
     assert_eq!(list["services"].as_array().map(Vec::len), Some(0));
-    assert_eq!(list["versions"]["web"], 3);
+    assert_eq!(list["versions"]["web"], 4);
 }
