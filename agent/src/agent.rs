@@ -149,7 +149,7 @@ pub async fn run(
             mesh: mesh.clone(),
             events: events.clone(),
         },
-        catalog,
+        catalog: catalog.clone(),
         tasks: writer_group.health().clone(),
     };
 
@@ -202,6 +202,10 @@ pub async fn run(
         ),
     ];
     if let Some(m) = &mesh {
+        stage_tasks.push(stage_group.spawn(
+            "services.catalog_sync",
+            crate::services::sync::run(m.clone(), catalog, stage_group.token()),
+        ));
         stage_tasks.push(stage_group.spawn(
             "fleet.events",
             crate::fleet::events::pump(m.subscribe(), events.clone(), stage_group.token()),

@@ -24,7 +24,9 @@ use crate::datagram::{Datagrams, Udp};
 use crate::membership::{
     Member, MemberStatus, Membership, MembershipConfig, MembershipError, MembershipEvent,
 };
-use crate::swarm::{self, EVENTS_TOPIC, SwarmConfig, SwarmError, SwarmEvent, SwarmHandle};
+use crate::swarm::{
+    self, CATALOG_TOPIC, EVENTS_TOPIC, SwarmConfig, SwarmError, SwarmEvent, SwarmHandle,
+};
 use crate::tasks::Tasks;
 use crate::values::{Endpoints, NodeValue};
 
@@ -140,6 +142,14 @@ impl FleetEvent {
     }
 }
 
+/// Catalog documents as gossiped: the documents are verified by their receivers (operator
+/// signatures), the time makes every sending a new gossipsub message.
+#[derive(Debug, Serialize, Deserialize)]
+struct CatalogMessage {
+    sent_ms: u64,
+    documents: Vec<String>,
+}
+
 /// How long a membership fact (topic, node, generation) is remembered, so that the same death
 /// reported by several nodes reaches subscribers once.
 const REPORT_MEMORY: Duration = Duration::from_secs(600);
@@ -173,6 +183,8 @@ pub struct Mesh {
     pub membership: Membership,
     pub swarm: SwarmHandle,
     events: broadcast::Sender<FleetEvent>,
+    /// Catalog documents received from peers (their text forms), for the agent to verify.
+    catalog: broadcast::Sender<Vec<String>>,
     clock: Clock,
     rtt: Arc<parking_lot::RwLock<HashMap<PeerId, Duration>>>,
     /// Gossip bytes and messages through this node's chitchat socket.
@@ -270,6 +282,7 @@ impl Mesh {
             p2p,
         }));
         let (events, _) = broadcast::channel(4096);
+        let (catalog, _) = broadcast::channel(64);
         let traffic = membership.traffic.clone();
         let mesh = Self {
             events_refused: Arc::default(),
@@ -277,6 +290,7 @@ impl Mesh {
             membership,
             swarm,
             events,
+            catalog,
             clock,
             rtt: Arc::default(),
             traffic,
@@ -327,6 +341,22 @@ impl Mesh {
             // Alone in the fleet, or the mesh still forming: local subscribers have it.
             tracing::debug!(error = %e, topic = event.topic(), "event not gossiped");
         }
+    }
+
+    /// Sends catalog documents (their text forms) to every admitted peer. Each sending is a new
+    /// message (it carries the time), so a document sent again reaches peers that joined since.
+    pub async fn publish_catalog(&self, documents: Vec<String>) -> Result<(), SwarmError> {
+        let message = CatalogMessage {
+            sent_ms: self.clock.now_ms(),
+            documents,
+        };
+        let data = serde_json::to_vec(&message).unwrap_or_default();
+        self.swarm.publish(CATALOG_TOPIC, data).await
+    }
+
+    /// Catalog documents from peers, as they arrive (not verified: the receiver checks each).
+    pub fn subscribe_catalog(&self) -> broadcast::Receiver<Vec<String>> {
+        self.catalog.subscribe()
     }
 
     /// Admitted peers with a ping round trip (connected over QUIC).
@@ -448,6 +478,14 @@ impl Mesh {
                             self.rtt.write().remove(&peer);
                             self.membership.clear_rtt(&peer);
                             dialled.remove(&peer);
+                        }
+                        SwarmEvent::Message { topic, data, .. } if topic == CATALOG_TOPIC => {
+                            match serde_json::from_slice::<CatalogMessage>(&data) {
+                                Ok(m) => {
+                                    let _ = self.catalog.send(m.documents);
+                                }
+                                Err(e) => tracing::debug!(error = %e, "undecodable catalog message"),
+                            }
                         }
                         SwarmEvent::Message { topic, origin, data } if topic == EVENTS_TOPIC => {
                             match serde_json::from_slice::<FleetEvent>(&data) {

@@ -33,6 +33,8 @@ use crate::tasks::Tasks;
 
 /// The topic of fleet events.
 pub const EVENTS_TOPIC: &str = "augur/events/1";
+/// The topic of the service catalog's operator-signed documents.
+pub const CATALOG_TOPIC: &str = "augur/catalog/1";
 const ADMISSION_PROTOCOL: &str = "/augur/admission/1";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -328,11 +330,13 @@ pub async fn start(
         .map_err(|e| SwarmError::Build(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
-    swarm
-        .behaviour_mut()
-        .gossipsub
-        .subscribe(&IdentTopic::new(EVENTS_TOPIC))
-        .map_err(|e| SwarmError::Build(e.to_string()))?;
+    for topic in [EVENTS_TOPIC, CATALOG_TOPIC] {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&IdentTopic::new(topic))
+            .map_err(|e| SwarmError::Build(e.to_string()))?;
+    }
     let mut listener_ids = Vec::new();
     for addr in &config.listen {
         let id = swarm

@@ -79,6 +79,8 @@ pub struct CatalogStore {
     path: PathBuf,
     trust: Trust,
     inner: Arc<Mutex<Inner>>,
+    /// Bumped on every accepted change (the sync task sends the catalog to peers).
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
     pub accepted: Arc<AtomicU64>,
     pub refused: Arc<AtomicU64>,
 }
@@ -118,6 +120,7 @@ impl CatalogStore {
             path: data_dir.join(CATALOG_FILE),
             trust,
             inner: Arc::default(),
+            changes: Arc::new(tokio::sync::watch::channel(0).0),
             accepted: Arc::default(),
             refused: Arc::default(),
         };
@@ -156,6 +159,7 @@ impl CatalogStore {
         match &result {
             Ok(Outcome::Accepted) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
+                self.changes.send_modify(|g| *g += 1);
             }
             Ok(_) => {}
             Err(e) => {
@@ -218,6 +222,21 @@ impl CatalogStore {
                 version,
                 spec: spec.clone(),
             })
+            .collect()
+    }
+
+    /// Notified on every accepted change.
+    pub fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Every document held (a service's spec or deletion), in text form, to send to peers.
+    pub fn documents(&self) -> Vec<String> {
+        self.inner
+            .lock()
+            .docs
+            .values()
+            .map(ToString::to_string)
             .collect()
     }
 

@@ -5,3 +5,4 @@
 pub mod catalog;
 pub mod health;
 pub mod process;
+pub mod sync;

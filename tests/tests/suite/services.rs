@@ -190,3 +190,62 @@ async fn operators_change_the_catalog_and_nobody_else_does() {
     assert_eq!(list["services"].as_array().map(Vec::len), Some(0));
     assert_eq!(list["versions"]["web"], 4);
 }
+
+/// Three agents in a fleet: a change applied on one reaches the others over libp2p; an agent that
+/// joins later catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_reaches_every_node_and_a_late_joiner() {
+    use std::time::Duration;
+
+    let mut fleet = augur_tests::LocalFleet::new().expect("fleet key");
+    for n in ["n1", "n2", "n3"] {
+        fleet.start(n).await.expect("starts");
+    }
+    for n in ["n1", "n2", "n3"] {
+        fleet
+            .until_all_see(n, "alive", Duration::from_secs(30))
+            .await
+            .expect("the fleet forms");
+    }
+    let key = fleet.fleet_key_path();
+    let cred = fleet.dir.path().join("operator.cred");
+    augur_json(&[
+        "fleet",
+        "operator",
+        "--fleet-key",
+        path_str(&key).expect("path"),
+        "--out",
+        path_str(&cred).expect("path"),
+        "--json",
+    ])
+    .expect("operator credential");
+    let spec = fleet.dir.path().join("web.toml");
+    std::fs::write(&spec, SPEC).expect("spec");
+    augur_json(&[
+        "service",
+        "apply",
+        path_str(&spec).expect("path"),
+        "--credential",
+        path_str(&cred).expect("path"),
+        "--api",
+        &fleet.agents["n1"].url(""),
+        "--json",
+    ])
+    .expect("applied on n1");
+    let holds = |fleet: &augur_tests::LocalFleet, n: &'static str| {
+        let url = fleet.agents[n].url("/v1/services");
+        async move {
+            let v: serde_json::Value = http().get(url).send().await.ok()?.json().await.ok()?;
+            (v["versions"]["web"] == 1).then_some(())
+        }
+    };
+    for n in ["n2", "n3"] {
+        augur_tests::eventually(&format!("web on {n}"), || holds(&fleet, n))
+            .await
+            .expect("replicated");
+    }
+    fleet.start("n4").await.expect("n4 starts");
+    augur_tests::eventually("web on the late joiner", || holds(&fleet, "n4"))
+        .await
+        .expect("caught up");
+}
