@@ -107,16 +107,6 @@ pub async fn run(
     let mesh =
         crate::fleet::mesh::start(&cfg, &identity, http_addr, grpc_addr, &source_group).await?;
     let events = EventLog::new(cfg.mesh.event_buffer);
-    let predict_stats = predict::PredictStats::default();
-    let connections = api::Connections::default();
-    stats.register_collector(Box::new(api::metrics::Scraped {
-        history: history.clone(),
-        started,
-        predict: predict_stats.clone(),
-        connections: connections.clone(),
-        tasks: writer_group.health().clone(),
-        mesh: mesh.clone(),
-    }));
     // The catalog checks operator signatures against the fleet keys the mesh trusts (or, without
     // a mesh, the configured ones).
     let trust = match &mesh {
@@ -130,6 +120,17 @@ pub async fn run(
         trust,
         crate::sample::UnixMicros::now().as_unix_s(),
     );
+    let predict_stats = predict::PredictStats::default();
+    let connections = api::Connections::default();
+    stats.register_collector(Box::new(api::metrics::Scraped {
+        history: history.clone(),
+        started,
+        predict: predict_stats.clone(),
+        connections: connections.clone(),
+        tasks: writer_group.health().clone(),
+        mesh: mesh.clone(),
+        catalog: Some(catalog.clone()),
+    }));
     let api_state = ApiState {
         node: Arc::new(api::NodeInfo {
             node_name: node_name.clone(),

@@ -232,6 +232,10 @@ impl Agent for GrpcApi {
         let doc: augur_mesh::operator::SignedDocument =
             request.into_inner().document.parse().map_err(
                 |e: augur_mesh::operator::OperatorError| {
+                    self.state
+                        .catalog
+                        .refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     Status::from(ApiError::BadRequest(e.to_string()))
                 },
             )?;

@@ -289,10 +289,16 @@ async fn change_service(
             e.body_text()
         ))
     })?;
-    let doc: augur_mesh::operator::SignedDocument = change
-        .document
-        .parse()
-        .map_err(|e: augur_mesh::operator::OperatorError| ApiError::BadRequest(e.to_string()))?;
+    let doc: augur_mesh::operator::SignedDocument =
+        change
+            .document
+            .parse()
+            .map_err(|e: augur_mesh::operator::OperatorError| {
+                catalog
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ApiError::BadRequest(e.to_string())
+            })?;
     let (name, version) = (doc.name.clone(), doc.version);
     let catalog2 = catalog.clone();
     let outcome =

@@ -30,6 +30,8 @@ pub struct Scraped {
     pub connections: Connections,
     pub tasks: Arc<TaskHealth>,
     pub mesh: Option<Mesh>,
+    /// The service catalog's accepted and refused changes.
+    pub catalog: Option<crate::services::catalog::CatalogStore>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -193,6 +195,22 @@ impl Collector for Scraped {
             Counter,
             per(|s| &s.timed_out),
         )?;
+        if let Some(c) = &self.catalog {
+            family(
+                &mut enc,
+                "catalog_changes_accepted",
+                "Service catalog changes accepted (from the API or from peers)",
+                Counter,
+                one(load(&c.accepted)),
+            )?;
+            family(
+                &mut enc,
+                "catalog_changes_refused",
+                "Service catalog changes refused: not signed by a trusted operator, an invalid spec, an older version, or unreadable",
+                Counter,
+                one(load(&c.refused)),
+            )?;
+        }
         if let Some(mesh) = &self.mesh {
             encode_mesh(&mut enc, mesh)?;
         }
@@ -357,6 +375,7 @@ mod tests {
             connections,
             tasks: Arc::default(),
             mesh: None,
+            catalog: None,
         }));
         let text = stats.render();
         for line in [

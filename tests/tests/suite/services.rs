@@ -164,6 +164,17 @@ async fn operators_change_the_catalog_and_nobody_else_does() {
         .await
         .expect_err("older");
     assert_eq!(stale.code(), tonic::Code::FailedPrecondition);
+    // Every refusal the agent saw is counted: the foreign operator, the unreadable document, the
+    // older version (the invalid spec never left the CLI).
+    let metrics = agent.get_text("/metrics").await.expect("metrics");
+    assert_eq!(
+        augur_tests::metric(&metrics, "augur_catalog_changes_refused_total"),
+        3.0
+    );
+    assert_eq!(
+        augur_tests::metric(&metrics, "augur_catalog_changes_accepted_total"),
+        3.0
+    );
 
     // Deleted; then a restart keeps the deletion.
     let d = augur_json(&[
