@@ -151,6 +151,7 @@ pub async fn run(
             events: events.clone(),
         },
         catalog: catalog.clone(),
+        instances: Arc::default(),
         tasks: writer_group.health().clone(),
     };
 
@@ -202,6 +203,20 @@ pub async fn run(
             ),
         ),
     ];
+    stage_tasks.push(
+        stage_group.spawn(
+            "services.runtime",
+            crate::services::runtime::Runtime {
+                catalog: catalog.clone(),
+                mesh: mesh.clone(),
+                history: history.clone(),
+                node_name: node_name.to_string(),
+                pid_dir: data_dir.join("instances"),
+                view: api_state.instances.clone(),
+            }
+            .run(stage_group.token()),
+        ),
+    );
     if let Some(m) = &mesh {
         stage_tasks.push(stage_group.spawn(
             "services.catalog_sync",

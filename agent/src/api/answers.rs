@@ -100,6 +100,9 @@ pub struct ServiceList {
     pub services: Vec<crate::services::catalog::ServiceEntry>,
     /// Every service's version, deleted ones included: a change must carry a higher one.
     pub versions: std::collections::BTreeMap<String, u64>,
+    /// The instances running on this node, with their health.
+    #[serde(default)]
+    pub instances: Vec<crate::services::runtime::InstanceView>,
 }
 
 /// `POST /v1/services`: a signed catalog change (`augur-doc:...`, made by `augur service apply`).

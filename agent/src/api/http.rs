@@ -268,12 +268,11 @@ async fn train_models(State(st): State<ApiState>) -> Result<Json<TrainAnswer>, A
     Ok(Json(TrainAnswer { outcomes }))
 }
 
-async fn services(
-    State(catalog): State<crate::services::catalog::CatalogStore>,
-) -> Json<ServiceList> {
+async fn services(State(st): State<ApiState>) -> Json<ServiceList> {
     Json(ServiceList {
-        services: catalog.services(),
-        versions: catalog.versions(),
+        services: st.catalog.services(),
+        versions: st.catalog.versions(),
+        instances: st.instances.read().clone(),
     })
 }
 

@@ -36,6 +36,8 @@ pub struct ApiState {
     pub fleet: Fleet,
     /// The fleet's service catalog, as this node holds it.
     pub catalog: crate::services::catalog::CatalogStore,
+    /// The service instances running on this node.
+    pub instances: Arc<parking_lot::RwLock<Vec<crate::services::runtime::InstanceView>>>,
     /// Tasks that ended unexpectedly (for `/healthz`).
     pub tasks: Arc<augur_mesh::tasks::TaskHealth>,
 }

@@ -5,4 +5,5 @@
 pub mod catalog;
 pub mod health;
 pub mod process;
+pub mod runtime;
 pub mod sync;

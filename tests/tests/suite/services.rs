@@ -260,3 +260,103 @@ async fn the_catalog_reaches_every_node_and_a_late_joiner() {
         .await
         .expect("caught up");
 }
+
+/// A service applied to a lone agent runs here: the instance is started with its port, passes its
+/// health checks and answers; deleting the service stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applied_service_runs_and_a_deleted_one_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("fleet.key");
+    let init = augur_json(&[
+        "fleet",
+        "init",
+        "--out",
+        path_str(&key).expect("path"),
+        "--json",
+    ])
+    .expect("fleet init");
+    let public = init["fleet_public_key"]
+        .as_str()
+        .expect("public key")
+        .to_owned();
+    let cred = dir.path().join("operator.cred");
+    augur_json(&[
+        "fleet",
+        "operator",
+        "--fleet-key",
+        path_str(&key).expect("path"),
+        "--out",
+        path_str(&cred).expect("path"),
+        "--json",
+    ])
+    .expect("operator credential");
+    let agent = AgentProcess::start(AgentOptions {
+        config: format!("[mesh]\nfleet_keys = [\"{public}\"]\n"),
+        ..Default::default()
+    })
+    .await
+    .expect("agent starts");
+    let api = agent.url("");
+    let spec = dir.path().join("echo.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[service]\nname = \"echo\"\nport = 18181\n\
+             [service.driver]\nkind = \"process\"\ncommand = \"{}\"\nstop_grace = \"2s\"\n\
+             [service.health]\nhttp = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nsuccesses = 1\n",
+            env!("CARGO_BIN_EXE_augur-echo")
+        ),
+    )
+    .expect("spec");
+    let cred_s = path_str(&cred).expect("path").to_owned();
+    augur_json(&[
+        "service",
+        "apply",
+        path_str(&spec).expect("path"),
+        "--credential",
+        &cred_s,
+        "--api",
+        &api,
+        "--json",
+    ])
+    .expect("applied");
+    let port = augur_tests::eventually("the instance healthy", || async {
+        let v = agent.get_json("/v1/services").await.ok()?;
+        let i = v["instances"].as_array()?.first()?.clone();
+        (i["health"] == "healthy" && i["id"] == "echo-0").then(|| i["port"].as_u64())?
+    })
+    .await
+    .expect("runs");
+    let answer = http()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(answer.trim(), "echo-0");
+    augur_json(&[
+        "service",
+        "delete",
+        "echo",
+        "--credential",
+        &cred_s,
+        "--api",
+        &api,
+        "--json",
+    ])
+    .expect("deleted");
+    augur_tests::eventually("the instance stopped", || async {
+        let v = agent.get_json("/v1/services").await.ok()?;
+        v["instances"].as_array()?.is_empty().then_some(())
+    })
+    .await
+    .expect("stops");
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port as u16))
+            .await
+            .is_err(),
+        "its port is closed"
+    );
+}
