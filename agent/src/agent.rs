@@ -197,6 +197,10 @@ pub async fn run(
                     models,
                     config: rx_config.clone(),
                     node_name: node_name.to_string(),
+                    instances: api_state.instances.clone(),
+                    // Instances listen on this node's loopback unless told otherwise; peers reach
+                    // them at its advertised address.
+                    instance_ip: cfg.mesh.advertise_addr.unwrap_or(cfg.mesh.gossip_addr).ip(),
                 },
                 rx_crossings,
                 stage_group.token(),

@@ -39,10 +39,12 @@ pub enum ValueKind {
     /// The chitchat generation and gossip address this node runs under: chitchat's own node id
     /// is not signed, so a member is believed only at the generation and address it signed.
     Gossip,
+    /// The service instances this node runs, with their addresses and health.
+    Instances,
 }
 
 impl ValueKind {
-    pub const ALL: [ValueKind; 9] = [
+    pub const ALL: [ValueKind; 10] = [
         ValueKind::Admission,
         ValueKind::Health,
         ValueKind::Capacity,
@@ -52,6 +54,7 @@ impl ValueKind {
         ValueKind::Models,
         ValueKind::Leaving,
         ValueKind::Gossip,
+        ValueKind::Instances,
     ];
 
     pub fn key(self) -> &'static str {
@@ -65,6 +68,7 @@ impl ValueKind {
             ValueKind::Models => "augur.models",
             ValueKind::Leaving => "augur.leaving",
             ValueKind::Gossip => "augur.gossip",
+            ValueKind::Instances => "augur.instances",
         }
     }
 
@@ -109,6 +113,19 @@ pub struct Endpoints {
 }
 
 /// Where and as what a node gossips (see [`ValueKind::Gossip`]).
+/// One service instance a node runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceValue {
+    pub id: String,
+    pub service: String,
+    /// The catalog version of the spec it runs.
+    pub version: u64,
+    /// Where it is reached (the node's advertised address and the instance's port).
+    pub addr: String,
+    /// `unknown`, `healthy` or `unhealthy`, by the node's own checks.
+    pub health: String,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GossipIdentity {
     pub generation: u64,
@@ -129,6 +146,7 @@ pub enum NodeValue {
     Models(BTreeMap<String, String>),
     Leaving(bool),
     Gossip(GossipIdentity),
+    Instances(Vec<InstanceValue>),
 }
 
 impl NodeValue {
@@ -143,6 +161,7 @@ impl NodeValue {
             NodeValue::Models(_) => ValueKind::Models,
             NodeValue::Leaving(_) => ValueKind::Leaving,
             NodeValue::Gossip(_) => ValueKind::Gossip,
+            NodeValue::Instances(_) => ValueKind::Instances,
         }
     }
 }

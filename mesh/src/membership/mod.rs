@@ -139,6 +139,9 @@ pub struct Member {
     pub zone: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub services: Vec<String>,
+    /// The service instances it runs (its signed `augur.instances`).
+    #[serde(default)]
+    pub instances: Vec<values::InstanceValue>,
     pub endpoints: Option<Endpoints>,
     pub models: BTreeMap<String, String>,
     /// Milliseconds since its heartbeat last advanced (None for this node).

@@ -562,6 +562,7 @@ fn describe(
         zone: None,
         labels: BTreeMap::new(),
         services: Vec::new(),
+        instances: Vec::new(),
         endpoints: None,
         models: BTreeMap::new(),
         last_heard_ms: None,
@@ -577,6 +578,7 @@ fn describe(
                 m.labels = p.labels;
             }
             NodeValue::Services(s) => m.services = s,
+            NodeValue::Instances(i) => m.instances = i,
             NodeValue::Endpoints(e) => m.endpoints = Some(e),
             NodeValue::Models(v) => m.models = v,
             _ => {}

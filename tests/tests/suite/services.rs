@@ -259,6 +259,67 @@ async fn the_catalog_reaches_every_node_and_a_late_joiner() {
     augur_tests::eventually("web on the late joiner", || holds(&fleet, "n4"))
         .await
         .expect("caught up");
+
+    // A runnable service with two replicas: two nodes each start one, and every node sees both
+    // instances, healthy, in the members' signed values.
+    let echo = fleet.dir.path().join("echo.toml");
+    std::fs::write(
+        &echo,
+        format!(
+            "[service]\nname = \"echo\"\nport = 18282\nreplicas = 2\n\
+             [service.driver]\nkind = \"process\"\ncommand = \"{}\"\nstop_grace = \"2s\"\n\
+             [service.health]\nhttp = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nsuccesses = 1\n",
+            env!("CARGO_BIN_EXE_augur-echo")
+        ),
+    )
+    .expect("spec");
+    augur_json(&[
+        "service",
+        "apply",
+        path_str(&echo).expect("path"),
+        "--credential",
+        path_str(&cred).expect("path"),
+        "--api",
+        &fleet.agents["n2"].url(""),
+        "--json",
+    ])
+    .expect("applied on n2");
+    for n in ["n1", "n2", "n3", "n4"] {
+        let url = fleet.agents[n].url("/v1/members");
+        let hosts = augur_tests::eventually(&format!("both echo instances seen from {n}"), || {
+            let url = url.clone();
+            async move {
+                let v: serde_json::Value = http().get(url).send().await.ok()?.json().await.ok()?;
+                let mut hosts = Vec::new();
+                for m in v["members"].as_array()? {
+                    for i in m["instances"].as_array().into_iter().flatten() {
+                        if i["service"] == "echo" && i["health"] == "healthy" {
+                            hosts.push((
+                                m["node_name"].as_str()?.to_owned(),
+                                i["addr"].as_str()?.to_owned(),
+                            ));
+                        }
+                    }
+                }
+                (hosts.len() == 2).then_some(hosts)
+            }
+        })
+        .await
+        .expect("published");
+        assert_ne!(hosts[0].0, hosts[1].0, "anti-affinity: two nodes");
+        // Each answers at its published address.
+        for (_, addr) in &hosts {
+            let body = http()
+                .get(format!("http://{addr}/"))
+                .send()
+                .await
+                .expect("request")
+                .text()
+                .await
+                .expect("body");
+            assert!(body.starts_with("echo-"), "{body}");
+        }
+    }
 }
 
 /// A service applied to a lone agent runs here: the instance is started with its port, passes its
