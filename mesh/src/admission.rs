@@ -237,24 +237,8 @@ struct TokenWire {
     peer: Vec<u8>,
     fleet: [u8; 32],
     expires: u64,
-    #[serde(with = "serde_bytes_vec")]
+    #[serde(with = "crate::cbor_bytes")]
     sig: Vec<u8>,
-}
-
-mod serde_bytes_vec {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let b: ciborium::Value = Deserialize::deserialize(d)?;
-        match b {
-            ciborium::Value::Bytes(b) => Ok(b),
-            _ => Err(serde::de::Error::custom("expected bytes")),
-        }
-    }
 }
 
 impl JoinToken {

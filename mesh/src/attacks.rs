@@ -434,6 +434,49 @@ async fn admission_ends_when_a_token_expires_or_its_fleet_key_is_removed() {
     assert!(took <= Duration::from_secs(1), "took {took:?}");
 }
 
+/// The catalog topic from an admitted node: garbage is dropped and counted, well-formed messages
+/// reach the agent only as unverified texts (its catalog checks every operator signature).
+#[tokio::test(start_paused = true)]
+async fn garbage_on_the_catalog_topic_is_dropped_and_counted() {
+    let mut fleet = SimFleet::new(26, SimConfig::default());
+    fleet.join_all(["a", "b"]).await;
+    fleet.converge().await.expect("converges");
+    let mut at_a = fleet.mesh("a").subscribe_catalog();
+    let counted = fleet.mesh("a").catalog_undecodable.clone();
+    let b = fleet.mesh("b").clone();
+    let mut sent = false;
+    for _ in 0..50 {
+        if b.swarm
+            .publish(crate::swarm::CATALOG_TOPIC, b"\xff not json".to_vec())
+            .await
+            .is_ok()
+        {
+            sent = true;
+            break;
+        }
+        fleet.run_for(Duration::from_millis(200)).await;
+    }
+    assert!(sent, "b publishes");
+    fleet
+        .until(Duration::from_secs(10), |_| {
+            counted.load(Ordering::Relaxed) >= 1
+        })
+        .await
+        .expect("a counts the garbage");
+    b.publish_catalog(vec!["augur-doc:forged".to_owned()])
+        .await
+        .expect("b publishes a forged document");
+    let got = tokio::time::timeout(Duration::from_secs(10), at_a.recv())
+        .await
+        .expect("delivered")
+        .expect("texts");
+    assert_eq!(
+        got,
+        vec!["augur-doc:forged".to_owned()],
+        "delivered as text, for the agent to check"
+    );
+}
+
 /// Finding 6: an admitted node cannot declare another dead or speak for it.
 #[tokio::test(start_paused = true)]
 async fn an_admitted_node_cannot_publish_events_in_anothers_name() {

@@ -6,6 +6,7 @@
 pub mod admission;
 #[cfg(test)]
 mod attacks;
+mod cbor_bytes;
 pub mod clock;
 pub mod datagram;
 pub mod gatekeeper;

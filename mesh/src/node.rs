@@ -194,6 +194,9 @@ pub struct Mesh {
     /// Gossiped events refused: about another node than their signed origin, or a membership
     /// fact this node's own view contradicts.
     pub events_refused: Arc<std::sync::atomic::AtomicU64>,
+    /// Catalog messages from peers that could not be decoded (the documents inside are checked,
+    /// and counted, by the agent's catalog).
+    pub catalog_undecodable: Arc<std::sync::atomic::AtomicU64>,
     /// The mesh's group of tasks (swarm, membership, and the task tying them together).
     tasks: Tasks,
 }
@@ -286,6 +289,7 @@ impl Mesh {
         let traffic = membership.traffic.clone();
         let mesh = Self {
             events_refused: Arc::default(),
+            catalog_undecodable: Arc::default(),
             trust: trusted,
             membership,
             swarm,
@@ -484,7 +488,10 @@ impl Mesh {
                                 Ok(m) => {
                                     let _ = self.catalog.send(m.documents);
                                 }
-                                Err(e) => tracing::debug!(error = %e, "undecodable catalog message"),
+                                Err(e) => {
+                                    self.catalog_undecodable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    tracing::debug!(error = %e, "undecodable catalog message");
+                                }
                             }
                         }
                         SwarmEvent::Message { topic, origin, data } if topic == EVENTS_TOPIC => {

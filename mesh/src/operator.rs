@@ -67,7 +67,7 @@ pub struct OperatorToken {
     fleet: [u8; 32],
     pub role: Role,
     pub expires_unix_s: u64,
-    #[serde(with = "bytes")]
+    #[serde(with = "crate::cbor_bytes")]
     sig: Vec<u8>,
 }
 
@@ -154,7 +154,7 @@ impl fmt::Debug for OperatorCredential {
 
 #[derive(Serialize, Deserialize)]
 struct CredentialWire {
-    #[serde(with = "bytes")]
+    #[serde(with = "crate::cbor_bytes")]
     secret: Vec<u8>,
     token: OperatorToken,
 }
@@ -258,10 +258,10 @@ pub struct SignedDocument {
     pub kind: String,
     pub name: String,
     pub version: u64,
-    #[serde(with = "bytes")]
+    #[serde(with = "crate::cbor_bytes")]
     pub body: Vec<u8>,
     pub token: OperatorToken,
-    #[serde(with = "bytes")]
+    #[serde(with = "crate::cbor_bytes")]
     sig: Vec<u8>,
 }
 
@@ -301,21 +301,6 @@ impl SignedDocument {
             Ok(())
         } else {
             Err(OperatorError::BadSignature)
-        }
-    }
-}
-
-mod bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        match ciborium::Value::deserialize(d)? {
-            ciborium::Value::Bytes(b) => Ok(b),
-            _ => Err(serde::de::Error::custom("expected bytes")),
         }
     }
 }

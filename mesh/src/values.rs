@@ -170,25 +170,10 @@ impl NodeValue {
 struct Envelope {
     seq: u64,
     ts_ms: u64,
-    #[serde(with = "bytes")]
+    #[serde(with = "crate::cbor_bytes")]
     payload: Vec<u8>,
-    #[serde(with = "bytes")]
+    #[serde(with = "crate::cbor_bytes")]
     sig: Vec<u8>,
-}
-
-mod bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        match ciborium::Value::deserialize(d)? {
-            ciborium::Value::Bytes(b) => Ok(b),
-            _ => Err(serde::de::Error::custom("expected bytes")),
-        }
-    }
 }
 
 /// Why a value was dropped.

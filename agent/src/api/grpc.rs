@@ -229,23 +229,14 @@ impl Agent for GrpcApi {
         &self,
         request: Request<ChangeServiceRequest>,
     ) -> Result<Response<ChangeServiceResponse>, Status> {
-        let doc: augur_mesh::operator::SignedDocument =
-            request.into_inner().document.parse().map_err(
-                |e: augur_mesh::operator::OperatorError| {
-                    self.state
-                        .catalog
-                        .refused
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Status::from(ApiError::BadRequest(e.to_string()))
-                },
-            )?;
-        let (name, version) = (doc.name.clone(), doc.version);
+        let document = request.into_inner().document;
         let catalog = self.state.catalog.clone();
-        let outcome =
-            tokio::task::spawn_blocking(move || catalog.offer(doc, UnixMicros::now().as_unix_s()))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| Status::from(ApiError::from(e)))?;
+        let (name, version, outcome) = tokio::task::spawn_blocking(move || {
+            catalog.offer_text(&document, UnixMicros::now().as_unix_s())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::from(ApiError::from(e)))?;
         Ok(Response::new(ChangeServiceResponse {
             name,
             version,

@@ -288,22 +288,11 @@ async fn change_service(
             e.body_text()
         ))
     })?;
-    let doc: augur_mesh::operator::SignedDocument =
-        change
-            .document
-            .parse()
-            .map_err(|e: augur_mesh::operator::OperatorError| {
-                catalog
-                    .refused
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                ApiError::BadRequest(e.to_string())
-            })?;
-    let (name, version) = (doc.name.clone(), doc.version);
-    let catalog2 = catalog.clone();
-    let outcome =
-        tokio::task::spawn_blocking(move || catalog2.offer(doc, UnixMicros::now().as_unix_s()))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let (name, version, outcome) = tokio::task::spawn_blocking(move || {
+        catalog.offer_text(&change.document, UnixMicros::now().as_unix_s())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
     Ok(Json(CatalogAnswer {
         name,
         version,

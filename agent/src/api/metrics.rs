@@ -299,6 +299,13 @@ fn encode_mesh(enc: &mut DescriptorEncoder, mesh: &Mesh) -> fmt::Result {
     )?;
     family(
         enc,
+        "mesh_catalog_messages_undecodable",
+        "Catalog messages from peers that could not be decoded (dropped)",
+        Counter,
+        one(load(&mesh.catalog_undecodable)),
+    )?;
+    family(
+        enc,
         "mesh_events_refused",
         "Gossiped fleet events refused (about another node than their origin, or contradicted by this node's view)",
         Counter,

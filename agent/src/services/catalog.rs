@@ -153,6 +153,22 @@ impl CatalogStore {
         store
     }
 
+    /// Offers a change in its text form (`augur-doc:...`, as the API and peers send it): an
+    /// unreadable one is refused and counted like any other. Returns the service, the version
+    /// and what became of it.
+    pub fn offer_text(
+        &self,
+        text: &str,
+        now_unix_s: u64,
+    ) -> Result<(String, u64, Outcome), CatalogError> {
+        let doc: SignedDocument = text.parse().map_err(|e: OperatorError| {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            CatalogError::Malformed(e.to_string())
+        })?;
+        let (name, version) = (doc.name.clone(), doc.version);
+        self.offer(doc, now_unix_s).map(|o| (name, version, o))
+    }
+
     /// Offers a signed change; on acceptance it is saved before this returns.
     pub fn offer(&self, doc: SignedDocument, now_unix_s: u64) -> Result<Outcome, CatalogError> {
         let result = self.try_offer(doc, now_unix_s);

@@ -46,15 +46,7 @@ pub async fn run(mesh: Mesh, catalog: CatalogStore, stop: CancellationToken) {
                     let c = catalog.clone();
                     let _ = tokio::task::spawn_blocking(move || {
                         for text in docs {
-                            match text.parse() {
-                                Ok(doc) => {
-                                    let _ = c.offer(doc, UnixMicros::now().as_unix_s());
-                                }
-                                Err(e) => {
-                                    c.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                    tracing::debug!(error = %e, "undecodable catalog document from a peer");
-                                }
-                            }
+                            let _ = c.offer_text(&text, UnixMicros::now().as_unix_s());
                         }
                     })
                     .await;

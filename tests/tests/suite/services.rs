@@ -19,33 +19,43 @@ command = "/usr/bin/web"
 http = "/healthz"
 "#;
 
-#[tokio::test]
-async fn operators_change_the_catalog_and_nobody_else_does() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = dir.path().join("fleet.key");
+/// Creates a fleet key at `path`; returns its public key.
+fn fleet_key(path: &std::path::Path) -> String {
     let init = augur_json(&[
         "fleet",
         "init",
         "--out",
-        path_str(&key).expect("path"),
+        path_str(path).expect("path"),
         "--json",
     ])
     .expect("fleet init");
-    let public = init["fleet_public_key"]
+    init["fleet_public_key"]
         .as_str()
         .expect("public key")
-        .to_owned();
-    let cred = dir.path().join("operator.cred");
+        .to_owned()
+}
+
+/// Creates an operator credential at `out` under the fleet key at `key`.
+fn operator(key: &std::path::Path, out: &std::path::Path) {
     augur_json(&[
         "fleet",
         "operator",
         "--fleet-key",
-        path_str(&key).expect("path"),
+        path_str(key).expect("path"),
         "--out",
-        path_str(&cred).expect("path"),
+        path_str(out).expect("path"),
         "--json",
     ])
     .expect("operator credential");
+}
+
+#[tokio::test]
+async fn operators_change_the_catalog_and_nobody_else_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("fleet.key");
+    let public = fleet_key(&key);
+    let cred = dir.path().join("operator.cred");
+    operator(&key, &cred);
     let data = dir.path().join("data");
     let config = format!("[mesh]\nfleet_keys = [\"{public}\"]\n");
     let mut agent = AgentProcess::start(AgentOptions {
@@ -88,25 +98,9 @@ async fn operators_change_the_catalog_and_nobody_else_does() {
     assert!(e.contains("service.port"), "{e}");
     // A change signed by another fleet's operator, or no document at all: 403 / 400.
     let other_key = dir.path().join("other.key");
-    augur_json(&[
-        "fleet",
-        "init",
-        "--out",
-        path_str(&other_key).expect("path"),
-        "--json",
-    ])
-    .expect("other fleet");
+    fleet_key(&other_key);
     let other_cred = dir.path().join("other.cred");
-    augur_json(&[
-        "fleet",
-        "operator",
-        "--fleet-key",
-        path_str(&other_key).expect("path"),
-        "--out",
-        path_str(&other_cred).expect("path"),
-        "--json",
-    ])
-    .expect("other operator");
+    operator(&other_key, &other_cred);
     let e = augur_json(&[
         "service",
         "apply",
@@ -220,16 +214,7 @@ async fn the_catalog_reaches_every_node_and_a_late_joiner() {
     }
     let key = fleet.fleet_key_path();
     let cred = fleet.dir.path().join("operator.cred");
-    augur_json(&[
-        "fleet",
-        "operator",
-        "--fleet-key",
-        path_str(&key).expect("path"),
-        "--out",
-        path_str(&cred).expect("path"),
-        "--json",
-    ])
-    .expect("operator credential");
+    operator(&key, &cred);
     let spec = fleet.dir.path().join("web.toml");
     std::fs::write(&spec, SPEC).expect("spec");
     augur_json(&[
@@ -328,29 +313,9 @@ async fn the_catalog_reaches_every_node_and_a_late_joiner() {
 async fn an_applied_service_runs_and_a_deleted_one_stops() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = dir.path().join("fleet.key");
-    let init = augur_json(&[
-        "fleet",
-        "init",
-        "--out",
-        path_str(&key).expect("path"),
-        "--json",
-    ])
-    .expect("fleet init");
-    let public = init["fleet_public_key"]
-        .as_str()
-        .expect("public key")
-        .to_owned();
+    let public = fleet_key(&key);
     let cred = dir.path().join("operator.cred");
-    augur_json(&[
-        "fleet",
-        "operator",
-        "--fleet-key",
-        path_str(&key).expect("path"),
-        "--out",
-        path_str(&cred).expect("path"),
-        "--json",
-    ])
-    .expect("operator credential");
+    operator(&key, &cred);
     let agent = AgentProcess::start(AgentOptions {
         config: format!("[mesh]\nfleet_keys = [\"{public}\"]\n"),
         ..Default::default()
