@@ -477,7 +477,10 @@ impl View {
             let before = match self.known.get_mut(&m.peer_id) {
                 Some((status, seen)) => {
                     *seen = round;
-                    if *status == m.status {
+                    // Suspect between down and up is not a change: a member that comes back
+                    // through suspect (a restart heard late) has still recovered.
+                    let down = matches!(status, MemberStatus::Dead | MemberStatus::Left);
+                    if *status == m.status || (down && m.status == MemberStatus::Suspect) {
                         continue;
                     }
                     let before = *status;
@@ -974,6 +977,20 @@ mod tests {
                     Observe(0, vec![me(), (1, Live, 1, Vals::Good)]),
                     Observe(5000, vec![me(), (1, Dead, 1, Vals::Good)]),
                     Observe(6000, vec![me(), (1, Live, 2, Vals::Good)]),
+                ],
+                members: vec![(0, Alive), (1, Alive)],
+                events: vec![("joined", 1), ("dead", 1), ("recovered", 1)],
+                counts: vec![],
+                unadmitted: 0,
+            },
+            Case {
+                name: "a dead member that comes back through suspect has recovered",
+                steps: vec![
+                    Observe(0, vec![me(), (1, Live, 1, Vals::Good)]),
+                    Observe(5000, vec![me(), (1, Dead, 1, Vals::Good)]),
+                    // Live again, but not heard for more than half the timeout: suspect.
+                    Observe(10_000, vec![me(), (1, Live, 1, Vals::Good)]),
+                    Observe(11_000, vec![me(), (1, Live, 2, Vals::Good)]),
                 ],
                 members: vec![(0, Alive), (1, Alive)],
                 events: vec![("joined", 1), ("dead", 1), ("recovered", 1)],
