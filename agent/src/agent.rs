@@ -121,6 +121,7 @@ pub async fn run(
         crate::sample::UnixMicros::now().as_unix_s(),
     );
     let predict_stats = predict::PredictStats::default();
+    let service_stats = Arc::new(crate::services::ServiceStats::default());
     let connections = api::Connections::default();
     stats.register_collector(Box::new(api::metrics::Scraped {
         history: history.clone(),
@@ -130,6 +131,7 @@ pub async fn run(
         tasks: writer_group.health().clone(),
         mesh: mesh.clone(),
         catalog: Some(catalog.clone()),
+        services: Some(service_stats.clone()),
     }));
     let api_state = ApiState {
         node: Arc::new(api::NodeInfo {
@@ -152,6 +154,7 @@ pub async fn run(
         },
         catalog: catalog.clone(),
         instances: Arc::default(),
+        routes: Arc::default(),
         tasks: writer_group.health().clone(),
     };
 
@@ -197,16 +200,23 @@ pub async fn run(
                     models,
                     config: rx_config.clone(),
                     node_name: node_name.to_string(),
-                    instances: api_state.instances.clone(),
-                    // Instances listen on this node's loopback unless told otherwise; peers reach
-                    // them at its advertised address.
-                    instance_ip: cfg.mesh.advertise_addr.unwrap_or(cfg.mesh.gossip_addr).ip(),
                 },
                 rx_crossings,
                 stage_group.token(),
             ),
         ),
     ];
+    // Instances listen on the node's advertised address (loopback unless told otherwise) and
+    // peers reach them there.
+    let instance_ip = cfg
+        .services
+        .instance_ip
+        .unwrap_or_else(|| cfg.mesh.advertise_addr.unwrap_or(cfg.mesh.gossip_addr).ip());
+    let emitter = crate::fleet::events::Emitter {
+        mesh: mesh.clone(),
+        log: events.clone(),
+        node_name: node_name.to_string(),
+    };
     stage_tasks.push(
         stage_group.spawn(
             "services.runtime",
@@ -217,6 +227,25 @@ pub async fn run(
                 node_name: node_name.to_string(),
                 pid_dir: data_dir.join("instances"),
                 view: api_state.instances.clone(),
+                instance_ip,
+                events: emitter.clone(),
+                stats: service_stats.clone(),
+                drain: cfg.services.drain_grace,
+            }
+            .run(stage_group.token()),
+        ),
+    );
+    stage_tasks.push(
+        stage_group.spawn(
+            "services.traffic",
+            crate::services::traffic::Traffic {
+                catalog: catalog.clone(),
+                mesh: mesh.clone(),
+                local: api_state.instances.clone(),
+                settings: cfg.services.clone(),
+                events: emitter,
+                stats: service_stats,
+                routes: api_state.routes.clone(),
             }
             .run(stage_group.token()),
         ),

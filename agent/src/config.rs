@@ -51,6 +51,7 @@ pub struct Config {
     pub log: LogOutputConfig,
     pub models: ModelsConfig,
     pub mesh: MeshSettings,
+    pub services: ServicesConfig,
     /// How long shutdown may take before the agent gives up waiting for its tasks.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -227,6 +228,56 @@ pub enum ModelChoice {
     Statistical,
 }
 
+/// The fleet's services on this node: the proxies that carry their traffic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServicesConfig {
+    /// Run the embedded proxy: one listener per service, on `proxy_ip` and the service's port.
+    pub proxy: bool,
+    /// The address the embedded proxies listen on (loopback: only this host's clients).
+    pub proxy_ip: std::net::IpAddr,
+    /// How long a backend leaving the routes keeps its open connections.
+    #[serde(with = "humantime_serde")]
+    pub drain_grace: Duration,
+    /// Open connections per service's proxy, at most (more are closed on arrival, counted).
+    pub max_connections: u64,
+    /// The address instances listen on and peers reach them at (handed to them in `HOST`).
+    /// Default: the mesh's advertised address, else its gossip address.
+    pub instance_ip: Option<std::net::IpAddr>,
+    /// An HAProxy to keep in step with the routes, through its Runtime API.
+    pub haproxy: Option<HaproxySettings>,
+}
+
+/// HAProxy, driven through its admin socket: one backend per service, declared in haproxy.cfg
+/// with a dynamic balancing algorithm (`roundrobin`, `leastconn`; not `static-rr`); augur adds,
+/// weighs, drains and removes its servers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaproxySettings {
+    /// The admin socket (`stats socket ... level admin` in haproxy.cfg).
+    pub socket: PathBuf,
+    /// The backend of each service: `{service}` is replaced by the service's name.
+    #[serde(default = "haproxy_backend")]
+    pub backend: String,
+}
+
+fn haproxy_backend() -> String {
+    "{service}".to_owned()
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        Self {
+            proxy: true,
+            proxy_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            drain_grace: Duration::from_secs(10),
+            max_connections: 10_000,
+            instance_ip: None,
+            haproxy: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectConfig {
@@ -337,6 +388,7 @@ impl Default for Config {
             log: LogOutputConfig::default(),
             models: ModelsConfig::default(),
             mesh: MeshSettings::default(),
+            services: ServicesConfig::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -632,6 +684,29 @@ impl Config {
         }
         if self.mesh.event_buffer == 0 {
             return Err(invalid("mesh.event_buffer", "must be at least 1"));
+        }
+        if self.services.max_connections == 0 {
+            return Err(invalid("services.max_connections", "must be at least 1"));
+        }
+        if let Some(h) = &self.services.haproxy {
+            if h.socket.as_os_str().is_empty() {
+                return Err(invalid(
+                    "services.haproxy.socket",
+                    "must name HAProxy's admin socket",
+                ));
+            }
+            let probe = h.backend.replace("{service}", "web");
+            if !h.backend.contains("{service}")
+                || probe.is_empty()
+                || !probe
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+            {
+                return Err(invalid(
+                    "services.haproxy.backend",
+                    "must contain {service} and otherwise only letters, digits, '-', '_', '.' and ':'",
+                ));
+            }
         }
         if self.models.retrain_interval < Duration::from_secs(60) {
             return Err(invalid("models.retrain_interval", "must be at least 1m"));

@@ -23,7 +23,10 @@ pub mod values;
 
 pub use clock::Clock;
 pub use identity::{IdentityError, NodeIdentity};
-pub use node::{Crossing, EventKind, FleetEvent, MemberChange, Mesh, MeshConfig, MeshError};
+pub use node::{
+    Crossing, EventKind, FleetEvent, InstanceChange, MemberChange, Mesh, MeshConfig, MeshError,
+    TrafficProblem,
+};
 pub use tasks::Tasks;
 
 // The few foreign types in the mesh's public API; the crates behind them are the mesh's own

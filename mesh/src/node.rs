@@ -69,6 +69,45 @@ pub enum EventKind {
     /// ... or back down.
     #[serde(rename = "prediction.below_threshold")]
     PredictionBelow(Crossing),
+    /// A service instance started on the origin (its resource id is the instance's).
+    #[serde(rename = "instance.started")]
+    InstanceStarted(InstanceChange),
+    /// ... exited without being asked to, or could not start (`reason` says which).
+    #[serde(rename = "instance.exited")]
+    InstanceExited(InstanceChange),
+    /// ... passed its health checks (it takes traffic).
+    #[serde(rename = "instance.healthy")]
+    InstanceHealthy(InstanceChange),
+    /// ... failed them (it takes no traffic).
+    #[serde(rename = "instance.unhealthy")]
+    InstanceUnhealthy(InstanceChange),
+    /// ... was stopped by its node (no longer placed there, or its spec changed).
+    #[serde(rename = "instance.stopped")]
+    InstanceStopped(InstanceChange),
+    /// A proxy on the origin could not do what the routes ask (a port in use, HAProxy's socket
+    /// missing or answering an error); it keeps serving the rest.
+    #[serde(rename = "traffic.error")]
+    TrafficError(TrafficProblem),
+}
+
+/// A service instance's change, as its node reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceChange {
+    pub instance: String,
+    pub service: String,
+    /// The catalog version of the spec it runs.
+    pub version: u64,
+    pub addr: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// What a proxy could not do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrafficProblem {
+    pub service: String,
+    /// `embedded` or `haproxy`.
+    pub proxy: String,
+    pub reason: String,
 }
 
 /// A member's change as the reporting node saw it.
@@ -101,6 +140,12 @@ impl EventKind {
             EventKind::MemberRemoved => "member.removed",
             EventKind::PredictionAbove(_) => "prediction.above_threshold",
             EventKind::PredictionBelow(_) => "prediction.below_threshold",
+            EventKind::InstanceStarted(_) => "instance.started",
+            EventKind::InstanceExited(_) => "instance.exited",
+            EventKind::InstanceHealthy(_) => "instance.healthy",
+            EventKind::InstanceUnhealthy(_) => "instance.unhealthy",
+            EventKind::InstanceStopped(_) => "instance.stopped",
+            EventKind::TrafficError(_) => "traffic.error",
         }
     }
 

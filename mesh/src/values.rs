@@ -112,7 +112,6 @@ pub struct Endpoints {
     pub p2p: Vec<String>,
 }
 
-/// Where and as what a node gossips (see [`ValueKind::Gossip`]).
 /// One service instance a node runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceValue {
@@ -122,10 +121,17 @@ pub struct InstanceValue {
     pub version: u64,
     /// Where it is reached (the node's advertised address and the instance's port).
     pub addr: String,
-    /// `unknown`, `healthy` or `unhealthy`, by the node's own checks.
+    /// `unknown`, `healthy`, `unhealthy` (by the node's own checks) or `down` (its process is
+    /// not running: exited, or restarting after a backoff).
     pub health: String,
+    /// Which run of the instance this is: when it was started here (Unix milliseconds). Of two
+    /// claims on one instance id, the higher epoch is the current one; the migrations' leases
+    /// replace it with the fencing epoch of the lease the instance was started under.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
+/// Where and as what a node gossips (see [`ValueKind::Gossip`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GossipIdentity {
     pub generation: u64,

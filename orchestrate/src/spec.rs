@@ -195,6 +195,13 @@ pub fn check_name(s: &str) -> Result<(), String> {
 }
 
 impl ServiceSpec {
+    /// Whether an instance running `self` goes on running under `next`: only a change of what
+    /// runs (the driver and its settings) starts instances anew; replicas, placement, the health
+    /// check, the strategy and the proxies' port apply to running instances as they are.
+    pub fn same_instance(&self, next: &ServiceSpec) -> bool {
+        self.driver == next.driver
+    }
+
     /// Parses a spec file and checks it.
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {
         let file: SpecFile = toml::from_str(text).map_err(|e| {

@@ -8,6 +8,8 @@
 //! hashing algorithm without `hash-type consistent`, which is reported as
 //! [`HaproxyError::StaticBalancing`] with what to change.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -128,7 +130,7 @@ impl RuntimeApi {
         &self,
         backend: &str,
         server: &str,
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         weight: Weight,
     ) -> Result<(), HaproxyError> {
         let command = format!("add server {backend}/{server} {addr} weight {weight}");
@@ -225,15 +227,313 @@ impl RuntimeApi {
     }
 }
 
+/// The servers augur adds to a backend are named with this prefix; the others (declared in
+/// haproxy.cfg) are left alone.
+pub const SERVER_PREFIX: &str = "augur-";
+
+/// The name of augur's server for a backend address (`augur-10.0.0.5-4001`).
+pub fn server_name(addr: SocketAddr) -> String {
+    format!("{SERVER_PREFIX}{}-{}", addr.ip(), addr.port())
+}
+
+/// `admin_state` bits that mean maintenance (forced, inherited, or from a resolver).
+const ADMIN_MAINT: u8 = 0x01 | 0x02 | 0x20;
+/// `admin_state` bit of a forced drain.
+const ADMIN_DRAIN: u8 = 0x08;
+
+/// One step of keeping a backend in step with its routes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `add server` then `enable server`.
+    Add {
+        server: String,
+        addr: SocketAddr,
+        weight: Weight,
+    },
+    SetWeight {
+        server: String,
+        weight: Weight,
+    },
+    /// Back to `ready` (a wanted server found draining or in maintenance).
+    Ready {
+        server: String,
+    },
+    /// No new connections; the open ones go on (for the grace).
+    Drain {
+        server: String,
+    },
+    /// `maint`, `shutdown sessions`, `del server`: its grace is over.
+    Remove {
+        server: String,
+    },
+}
+
+/// What takes a backend's servers (`have`) to `want` (address and weight): augur's servers
+/// only. A server no longer wanted is drained first, and removed once it has drained for `grace`
+/// (`drains`: when each drain began, kept by the caller).
+pub fn plan(
+    have: &[ServerState],
+    want: &BTreeMap<SocketAddr, Weight>,
+    drains: &HashMap<String, tokio::time::Instant>,
+    now: tokio::time::Instant,
+    grace: Duration,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mine: HashMap<&str, &ServerState> = have
+        .iter()
+        .filter(|s| s.name.starts_with(SERVER_PREFIX))
+        .map(|s| (s.name.as_str(), s))
+        .collect();
+    for (&addr, &weight) in want {
+        let server = server_name(addr);
+        match mine.get(server.as_str()) {
+            None => ops.push(Op::Add {
+                server,
+                addr,
+                weight,
+            }),
+            Some(s) => {
+                if s.admin_state & (ADMIN_MAINT | ADMIN_DRAIN) != 0 {
+                    ops.push(Op::Ready {
+                        server: server.clone(),
+                    });
+                }
+                if s.weight != u32::from(weight) {
+                    ops.push(Op::SetWeight { server, weight });
+                }
+            }
+        }
+    }
+    let wanted: HashSet<String> = want.keys().map(|a| server_name(*a)).collect();
+    let mut gone: Vec<&&ServerState> = mine
+        .values()
+        .filter(|s| !wanted.contains(&s.name))
+        .collect();
+    gone.sort_by(|a, b| a.name.cmp(&b.name));
+    for s in gone {
+        let server = s.name.clone();
+        let drained_enough = drains
+            .get(&s.name)
+            .is_some_and(|since| now.duration_since(*since) >= grace);
+        if s.admin_state & ADMIN_MAINT != 0 || drained_enough {
+            ops.push(Op::Remove { server });
+        } else if s.admin_state & ADMIN_DRAIN == 0 || !drains.contains_key(&s.name) {
+            ops.push(Op::Drain { server });
+        }
+    }
+    ops
+}
+
+/// Keeps HAProxy backends in step with routes, one backend at a time: reads the backend's
+/// servers, applies [`plan`], and remembers the drains it started.
+#[derive(Debug)]
+pub struct BackendSync {
+    pub api: RuntimeApi,
+    pub grace: Duration,
+    /// (backend, server) -> when its drain began.
+    drains: HashMap<(String, String), tokio::time::Instant>,
+}
+
+impl BackendSync {
+    pub fn new(api: RuntimeApi, grace: Duration) -> Self {
+        Self {
+            api,
+            grace,
+            drains: HashMap::new(),
+        }
+    }
+
+    /// Brings `backend` to `want`. Returns whether drains are still under way (sync again
+    /// later to finish them).
+    pub async fn sync(
+        &mut self,
+        backend: &str,
+        want: &BTreeMap<SocketAddr, Weight>,
+    ) -> Result<bool, HaproxyError> {
+        let have = self.api.servers(backend).await?;
+        let now = tokio::time::Instant::now();
+        let drains: HashMap<String, tokio::time::Instant> = self
+            .drains
+            .iter()
+            .filter(|((b, _), _)| b == backend)
+            .map(|((_, s), t)| (s.clone(), *t))
+            .collect();
+        for op in plan(&have, want, &drains, now, self.grace) {
+            match op {
+                Op::Add {
+                    server,
+                    addr,
+                    weight,
+                } => {
+                    self.api.add_server(backend, &server, addr, weight).await?;
+                    self.api.enable(backend, &server).await?;
+                }
+                Op::SetWeight { server, weight } => {
+                    self.api.set_weight(backend, &server, weight).await?;
+                }
+                Op::Ready { server } => {
+                    self.drains.remove(&(backend.to_owned(), server.clone()));
+                    self.api
+                        .set_state(backend, &server, AdminState::Ready)
+                        .await?;
+                }
+                Op::Drain { server } => {
+                    self.api
+                        .set_state(backend, &server, AdminState::Drain)
+                        .await?;
+                    self.drains.insert((backend.to_owned(), server), now);
+                }
+                Op::Remove { server } => {
+                    self.api
+                        .set_state(backend, &server, AdminState::Maint)
+                        .await?;
+                    self.api.shutdown_sessions(backend, &server).await?;
+                    self.api.del_server(backend, &server).await?;
+                    self.drains.remove(&(backend.to_owned(), server));
+                }
+            }
+        }
+        Ok(self.drains.keys().any(|(b, _)| b == backend))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-    use std::net::SocketAddr;
-
     use tokio::net::{TcpListener, TcpStream};
     use tokio_util::task::TaskTracker;
 
     use super::*;
+
+    fn server(addr: &str, admin_state: u8, weight: u32) -> ServerState {
+        let a: SocketAddr = addr.parse().expect("addr");
+        ServerState {
+            name: server_name(a),
+            addr: a.ip().to_string(),
+            port: a.port(),
+            op_state: 2,
+            admin_state,
+            weight,
+        }
+    }
+
+    #[test]
+    fn a_backend_is_brought_to_its_routes_draining_before_removing() {
+        let t0 = tokio::time::Instant::now();
+        let grace = Duration::from_secs(10);
+        let a: SocketAddr = "10.0.0.1:80".parse().expect("a");
+        let b: SocketAddr = "10.0.0.2:80".parse().expect("b");
+        let name = |x: SocketAddr| server_name(x);
+        let want = |list: &[(SocketAddr, Weight)]| list.iter().copied().collect::<BTreeMap<_, _>>();
+        type Case = (
+            &'static str,
+            Vec<ServerState>,
+            BTreeMap<SocketAddr, Weight>,
+            Vec<(String, u64)>,
+            u64,
+            Vec<Op>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "new backends are added (and enabled)",
+                vec![],
+                want(&[(a, 256)]),
+                vec![],
+                0,
+                vec![Op::Add {
+                    server: name(a),
+                    addr: a,
+                    weight: 256,
+                }],
+            ),
+            (
+                "a weight that differs is set; one that matches is left",
+                vec![server("10.0.0.1:80", 0, 256), server("10.0.0.2:80", 0, 100)],
+                want(&[(a, 256), (b, 50)]),
+                vec![],
+                0,
+                vec![Op::SetWeight {
+                    server: name(b),
+                    weight: 50,
+                }],
+            ),
+            (
+                "a server no longer wanted is drained first",
+                vec![server("10.0.0.1:80", 0, 256), server("10.0.0.2:80", 0, 256)],
+                want(&[(a, 256)]),
+                vec![],
+                0,
+                vec![Op::Drain { server: name(b) }],
+            ),
+            (
+                "... and left draining within its grace",
+                vec![
+                    server("10.0.0.1:80", 0, 256),
+                    server("10.0.0.2:80", 0x08, 256),
+                ],
+                want(&[(a, 256)]),
+                vec![(name(b), 0)],
+                5,
+                vec![],
+            ),
+            (
+                "... and removed once the grace is over",
+                vec![
+                    server("10.0.0.1:80", 0, 256),
+                    server("10.0.0.2:80", 0x08, 256),
+                ],
+                want(&[(a, 256)]),
+                vec![(name(b), 0)],
+                10,
+                vec![Op::Remove { server: name(b) }],
+            ),
+            (
+                "a drain nobody remembers (the agent restarted) starts again",
+                vec![server("10.0.0.2:80", 0x08, 256)],
+                want(&[]),
+                vec![],
+                60,
+                vec![Op::Drain { server: name(b) }],
+            ),
+            (
+                "a server in maintenance that is not wanted is removed at once",
+                vec![server("10.0.0.2:80", 0x01, 256)],
+                want(&[]),
+                vec![],
+                0,
+                vec![Op::Remove { server: name(b) }],
+            ),
+            (
+                "a wanted server found draining or in maintenance is made ready",
+                vec![
+                    server("10.0.0.1:80", 0x08, 256),
+                    server("10.0.0.2:80", 0x01, 256),
+                ],
+                want(&[(a, 256), (b, 256)]),
+                vec![(name(a), 0)],
+                1,
+                vec![Op::Ready { server: name(a) }, Op::Ready { server: name(b) }],
+            ),
+            (
+                "servers declared in haproxy.cfg are left alone",
+                vec![ServerState {
+                    name: "static1".into(),
+                    ..server("10.0.0.9:80", 0, 1)
+                }],
+                want(&[]),
+                vec![],
+                0,
+                vec![],
+            ),
+        ];
+        for (what, have, want, drains, at_s, expect) in cases {
+            let drains: HashMap<String, tokio::time::Instant> = drains
+                .into_iter()
+                .map(|(s, t)| (s, t0 + Duration::from_secs(t)))
+                .collect();
+            let now = t0 + Duration::from_secs(at_s);
+            assert_eq!(plan(&have, &want, &drains, now, grace), expect, "{what}");
+        }
+    }
 
     /// Debian's haproxy, or `$HAPROXY`. Missing: the test is skipped, unless
     /// `AUGUR_REQUIRE_HAPROXY` is set (`.ci/run` installs it and sets it).
@@ -386,6 +686,38 @@ mod tests {
             .del_server("web", "nope")
             .await
             .expect_err("no such server");
+        assert!(matches!(e, HaproxyError::Refused { .. }), "{e}");
+        // The sync: routes in, servers out; a server leaving is drained, then removed.
+        let mut sync = BackendSync::new(api.clone(), Duration::from_millis(300));
+        let want = BTreeMap::from([(a, 256), (b, 256)]);
+        assert!(!sync.sync("web", &want).await.expect("sync"));
+        let names = |servers: Vec<ServerState>| {
+            servers
+                .into_iter()
+                .map(|s| (s.name, s.admin_state, s.weight))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(api.servers("web").await.expect("state")),
+            vec![
+                ("b".to_owned(), 0, 50),
+                (server_name(a), 0, 256),
+                (server_name(b), 0, 256),
+            ]
+        );
+        let want = BTreeMap::from([(a, 256)]);
+        assert!(sync.sync("web", &want).await.expect("drain"), "draining");
+        assert_eq!(
+            names(api.servers("web").await.expect("state"))[2],
+            (server_name(b), 0x08, 256)
+        );
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(!sync.sync("web", &want).await.expect("remove"), "drained");
+        assert_eq!(
+            names(api.servers("web").await.expect("state")),
+            vec![("b".to_owned(), 0, 50), (server_name(a), 0, 256)]
+        );
+        let e = sync.sync("nosuch", &want).await.expect_err("no backend");
         assert!(matches!(e, HaproxyError::Refused { .. }), "{e}");
         let missing = RuntimeApi::new("/nonexistent/admin.sock");
         assert!(matches!(

@@ -65,6 +65,8 @@ pub struct AgentOptions {
     /// Fixed addresses (e.g. to restart on the same ports); kernel-chosen when `None`.
     pub http_addr: Option<SocketAddr>,
     pub grpc_addr: Option<SocketAddr>,
+    /// Extra environment (`AUGUR_SECTION__KEY` configures the agent).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `augur agent` process.
@@ -127,6 +129,7 @@ impl AgentProcess {
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         if let Some(n) = &opts.node_name {
             cmd.arg("--node-name").arg(n);
         }
@@ -389,6 +392,9 @@ pub struct LocalFleet {
     seed: Option<String>,
     /// Extra configuration every node gets.
     pub config: String,
+    /// The loopback address each node's service proxies listen on (one per node, so that every
+    /// node can listen on a service's port).
+    proxy_ips: std::collections::BTreeMap<String, std::net::IpAddr>,
 }
 
 impl LocalFleet {
@@ -406,7 +412,18 @@ impl LocalFleet {
             ports: Default::default(),
             seed: None,
             config: "[collect]\nhost = false\n".to_owned(),
+            proxy_ips: Default::default(),
         })
+    }
+
+    /// The address `name`'s service proxies listen on (127.0.0.2 for the first node started,
+    /// 127.0.0.3 for the second, ...).
+    pub fn proxy_ip(&mut self, name: &str) -> std::net::IpAddr {
+        let next = self.proxy_ips.len() as u8 + 2;
+        *self
+            .proxy_ips
+            .entry(name.to_owned())
+            .or_insert(std::net::IpAddr::from([127, 0, 0, next]))
     }
 
     pub fn data_dir(&self, name: &str) -> PathBuf {
@@ -464,11 +481,13 @@ impl LocalFleet {
             args.push("--seed".to_owned());
             args.push(seed.clone());
         }
+        let proxy_ip = self.proxy_ip(name);
         let agent = AgentProcess::start(AgentOptions {
             data_dir: Some(self.data_dir(name)),
             config: self.config.clone(),
             args,
             node_name: Some(name.to_owned()),
+            env: vec![("AUGUR_SERVICES__PROXY_IP".to_owned(), proxy_ip.to_string())],
             ..Default::default()
         })
         .await?;
@@ -576,4 +595,199 @@ impl LocalFleet {
 
 pub fn path_str(p: &Path) -> anyhow::Result<&str> {
     p.to_str().context("non-UTF-8 path")
+}
+
+/// Debian's haproxy (`apt-get install haproxy`), or `$HAPROXY`. Missing: `None` (the caller
+/// skips), unless `AUGUR_REQUIRE_HAPROXY` is set (`.ci/run` installs it and sets it): then it
+/// panics.
+pub fn haproxy_bin() -> Option<PathBuf> {
+    let found = std::env::var_os("HAPROXY").map(PathBuf::from).or_else(|| {
+        [
+            "/usr/sbin/haproxy",
+            "/usr/bin/haproxy",
+            "/usr/local/sbin/haproxy",
+        ]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("AUGUR_REQUIRE_HAPROXY").is_none(),
+            "haproxy not found; install Debian's package (apt-get install haproxy) or set HAPROXY"
+        );
+        eprintln!("skipped: haproxy not installed");
+    }
+    found
+}
+
+/// A real HAProxy in TCP mode: one frontend on `front`, whose backend (`balance roundrobin`,
+/// connect retries redispatched to another server) starts empty for augur to fill through the
+/// admin socket.
+#[derive(Debug)]
+pub struct Haproxy {
+    child: Child,
+    pub socket: PathBuf,
+    pub front: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    pub async fn start(bin: &Path, backend: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("admin.sock");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let cfg = format!(
+            "global\n    stats socket {} level admin\n    maxconn 4000\n\
+             defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    \
+             retries 3\n    option redispatch 1\n\
+             frontend {backend}_in\n    bind 127.0.0.1:{port}\n    default_backend {backend}\n\
+             backend {backend}\n    balance roundrobin\n",
+            socket.display()
+        );
+        let cfg_path = dir.path().join("haproxy.cfg");
+        std::fs::write(&cfg_path, cfg)?;
+        let child = Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg_path)
+            .kill_on_drop(true)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting haproxy")?;
+        let h = Self {
+            child,
+            socket,
+            front: SocketAddr::from(([127, 0, 0, 1], port)),
+            _dir: dir,
+        };
+        // HAProxy creates its socket once it has parsed the configuration.
+        eventually("HAProxy's admin socket", || async {
+            h.command("show info").await.ok().map(|_| ())
+        })
+        .await?;
+        Ok(h)
+    }
+
+    /// One Runtime API command's answer.
+    pub async fn command(&self, command: &str) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::UnixStream::connect(&self.socket).await?;
+        s.write_all(format!("{command}\n").as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+
+    /// The `addr:port` of each server of `backend` that takes traffic (admin state ready).
+    pub async fn ready_servers(&self, backend: &str) -> anyhow::Result<Vec<String>> {
+        let said = self
+            .command(&format!("show servers state {backend}"))
+            .await?;
+        let mut out = Vec::new();
+        for line in said.lines().filter(|l| !l.starts_with('#')) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() >= 19 && f[6] == "0" {
+                out.push(format!("{}:{}", f[4], f[18]));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// One request of a [`Load`].
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Index of the target it was sent to.
+    pub target: usize,
+    pub started: std::time::Instant,
+    pub ended: std::time::Instant,
+    /// The answer's body, or why there was none.
+    pub result: Result<String, String>,
+}
+
+/// A steady load of HTTP GETs, each on a new connection, spread round-robin over targets.
+#[derive(Debug)]
+pub struct Load {
+    outcomes: std::sync::Arc<std::sync::Mutex<Vec<Outcome>>>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    /// Sends `per_second` requests a second to `targets` (full URLs) until stopped.
+    pub fn start(targets: Vec<String>, per_second: u32) -> Self {
+        let outcomes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("a plain HTTP client builds");
+        let task = {
+            let outcomes = outcomes.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let requests = tokio_util::task::TaskTracker::new();
+                let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second.max(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                for n in 0usize.. {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let target = n % targets.len();
+                    let url = targets[target].clone();
+                    let client = client.clone();
+                    let outcomes = outcomes.clone();
+                    requests.spawn(async move {
+                        let started = std::time::Instant::now();
+                        let result = match client.get(&url).send().await {
+                            Ok(r) if r.status().is_success() => {
+                                r.text().await.map_err(|e| format!("body: {e}"))
+                            }
+                            Ok(r) => Err(format!("status {}", r.status())),
+                            Err(e) => Err(format!("{e:?}")),
+                        };
+                        outcomes.lock().expect("outcomes").push(Outcome {
+                            target,
+                            started,
+                            ended: std::time::Instant::now(),
+                            result,
+                        });
+                    });
+                }
+                requests.close();
+                requests.wait().await;
+            })
+        };
+        Self {
+            outcomes,
+            stop,
+            task,
+        }
+    }
+
+    /// The outcomes so far (requests still in flight are not among them).
+    pub fn outcomes(&self) -> Vec<Outcome> {
+        self.outcomes.lock().expect("outcomes").clone()
+    }
+
+    /// Stops sending, waits for the requests in flight, and returns every outcome.
+    pub async fn finish(self) -> Vec<Outcome> {
+        self.stop.cancel();
+        let _ = self.task.await;
+        self.outcomes.lock().expect("outcomes").clone()
+    }
 }

@@ -100,9 +100,12 @@ pub struct ServiceList {
     pub services: Vec<crate::services::catalog::ServiceEntry>,
     /// Every service's version, deleted ones included: a change must carry a higher one.
     pub versions: std::collections::BTreeMap<String, u64>,
-    /// The instances running on this node, with their health.
+    /// Every instance in the fleet: this node's, and the live members' as they publish them.
     #[serde(default)]
-    pub instances: Vec<crate::services::runtime::InstanceView>,
+    pub instances: Vec<crate::services::runtime::PlacedInstance>,
+    /// Where this node's proxies send each service's traffic: backend address -> weight.
+    #[serde(default)]
+    pub routes: augur_proxy::Routes,
 }
 
 /// `POST /v1/services`: a signed catalog change (`augur-doc:...`, made by `augur service apply`).

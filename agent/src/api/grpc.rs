@@ -4,10 +4,11 @@ use augur_proto::ResourceId;
 use augur_proto::v1::agent_server::{Agent, AgentServer};
 use augur_proto::v1::telemetry_server::{Telemetry, TelemetryServer};
 use augur_proto::v1::{
-    ChangeServiceRequest, ChangeServiceResponse, FleetEvent as FleetEventMsg, ListResourcesRequest,
-    ListResourcesResponse, ListServicesRequest, ListServicesResponse, PredictFailureRequest,
-    Prediction, PushSummary, QueryTelemetryRequest, QueryTelemetryResponse, RejectedSample,
-    ResourceInfo, ServiceInfo, StatusRequest, StatusResponse, SubscribeRequest, TelemetrySample,
+    ChangeServiceRequest, ChangeServiceResponse, FleetEvent as FleetEventMsg, InstanceInfo,
+    ListResourcesRequest, ListResourcesResponse, ListServicesRequest, ListServicesResponse,
+    PredictFailureRequest, Prediction, PushSummary, QueryTelemetryRequest, QueryTelemetryResponse,
+    RejectedSample, ResourceInfo, RouteInfo, ServiceInfo, StatusRequest, StatusResponse,
+    SubscribeRequest, TelemetrySample,
 };
 use std::time::Duration;
 
@@ -147,7 +148,7 @@ impl Agent for GrpcApi {
         let r = request.into_inner();
         let stream = self.state.fleet.events.follow(r.since, r.topics).map(|d| {
             Ok(match d {
-                Delivery::Event(e) => event_msg(e),
+                Delivery::Event(e) => event_msg(*e),
                 Delivery::Missed { count, after } => FleetEventMsg {
                     missed: count,
                     index: after,
@@ -219,9 +220,48 @@ impl Agent for GrpcApi {
                 version: s.version,
             })
             .collect();
+        let members = self
+            .state
+            .fleet
+            .mesh
+            .as_ref()
+            .map(augur_mesh::Mesh::members)
+            .unwrap_or_default();
+        let instances = crate::services::runtime::fleet_instances(
+            self.state.node.node_name.as_str(),
+            &self.state.instances.read(),
+            &members,
+        )
+        .into_iter()
+        .map(|i| InstanceInfo {
+            node: i.node,
+            id: i.id,
+            service: i.service,
+            version: i.version,
+            addr: i.addr,
+            health: i.health,
+            epoch: i.epoch,
+        })
+        .collect();
+        let routes = self
+            .state
+            .routes
+            .read()
+            .services
+            .iter()
+            .flat_map(|(service, backends)| {
+                backends.iter().map(|(addr, w)| RouteInfo {
+                    service: service.clone(),
+                    addr: addr.clone(),
+                    weight: u32::from(*w),
+                })
+            })
+            .collect();
         Ok(Response::new(ListServicesResponse {
             services,
             versions: catalog.versions().into_iter().collect(),
+            instances,
+            routes,
         }))
     }
 

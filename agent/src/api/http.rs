@@ -272,7 +272,16 @@ async fn services(State(st): State<ApiState>) -> Json<ServiceList> {
     Json(ServiceList {
         services: st.catalog.services(),
         versions: st.catalog.versions(),
-        instances: st.instances.read().clone(),
+        instances: crate::services::runtime::fleet_instances(
+            st.node.node_name.as_str(),
+            &st.instances.read(),
+            &st.fleet
+                .mesh
+                .as_ref()
+                .map(augur_mesh::Mesh::members)
+                .unwrap_or_default(),
+        ),
+        routes: st.routes.read().clone(),
     })
 }
 

@@ -32,6 +32,8 @@ pub struct Scraped {
     pub mesh: Option<Mesh>,
     /// The service catalog's accepted and refused changes.
     pub catalog: Option<crate::services::catalog::CatalogStore>,
+    /// The services' instances and proxies on this node.
+    pub services: Option<Arc<crate::services::ServiceStats>>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -211,11 +213,127 @@ impl Collector for Scraped {
                 one(load(&c.refused)),
             )?;
         }
+        if let Some(s) = &self.services {
+            encode_services(&mut enc, s)?;
+        }
         if let Some(mesh) = &self.mesh {
             encode_mesh(&mut enc, mesh)?;
         }
         Ok(())
     }
+}
+
+fn encode_services(enc: &mut DescriptorEncoder, s: &crate::services::ServiceStats) -> fmt::Result {
+    use MetricType::{Counter, Gauge};
+    let counts = s.counts.lock().clone();
+    let service = |n: &str| vec![("service", n.to_owned())];
+    let per = |f: fn(&crate::services::ServiceCounts) -> u64| {
+        counts
+            .iter()
+            .map(|(n, c)| (service(n), f(c) as f64))
+            .collect::<Vec<_>>()
+    };
+    family(
+        enc,
+        "service_instance_starts",
+        "Service instances started on this node (restarts included), by service",
+        Counter,
+        per(|c| c.starts),
+    )?;
+    family(
+        enc,
+        "service_instance_exits",
+        "Service instances that exited without being asked to, or could not start, by service",
+        Counter,
+        per(|c| c.exits),
+    )?;
+    family(
+        enc,
+        "service_instance_became_healthy",
+        "Service instances on this node that passed their health checks, by service",
+        Counter,
+        per(|c| c.became_healthy),
+    )?;
+    family(
+        enc,
+        "service_instance_became_unhealthy",
+        "Service instances on this node that failed their health checks, by service",
+        Counter,
+        per(|c| c.became_unhealthy),
+    )?;
+    let errors = s.traffic_errors.lock().clone();
+    family(
+        enc,
+        "traffic_errors",
+        "What a proxy could not do, by service, proxy (embedded, haproxy) and reason (port_in_use, bind, socket, refused, static_balancing)",
+        Counter,
+        errors.into_iter().map(|((svc, proxy, reason), n)| {
+            (
+                vec![
+                    ("service", svc),
+                    ("proxy", proxy.to_owned()),
+                    ("reason", reason.to_owned()),
+                ],
+                n as f64,
+            )
+        }),
+    )?;
+    let proxies = s.proxies.lock().clone();
+    let each = |f: &dyn Fn(&augur_proxy::tcp::Stats, usize) -> f64| {
+        proxies
+            .iter()
+            .map(|(n, (st, b))| (service(n), f(st, *b)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        enc,
+        "proxy_backends",
+        "Backends of each service's embedded proxy (healthy instances in the fleet)",
+        Gauge,
+        each(&|_, b| b as f64),
+    )?;
+    family(
+        enc,
+        "proxy_connections_open",
+        "Open connections through each service's embedded proxy",
+        Gauge,
+        each(&|st, _| load(&st.open)),
+    )?;
+    family(
+        enc,
+        "proxy_connections_accepted",
+        "Connections accepted by each service's embedded proxy",
+        Counter,
+        each(&|st, _| load(&st.accepted)),
+    )?;
+    family(
+        enc,
+        "proxy_connections_over_capacity",
+        "Connections closed on arrival because services.max_connections were open",
+        Counter,
+        each(&|st, _| load(&st.over_capacity)),
+    )?;
+    family(
+        enc,
+        "proxy_backend_connect_failures",
+        "Connects to a backend that failed or timed out (the next backend was tried)",
+        Counter,
+        each(&|st, _| load(&st.connect_failures)),
+    )?;
+    family(
+        enc,
+        "proxy_connections_no_backend",
+        "Connections closed because no backend could be reached",
+        Counter,
+        each(&|st, _| load(&st.no_backend)),
+    )?;
+    family(
+        enc,
+        "proxy_connections_cut_by_drain",
+        "Connections cut when their backend's drain grace ended",
+        Counter,
+        each(&|st, _| load(&st.cut_by_drain)),
+    )
 }
 
 fn encode_mesh(enc: &mut DescriptorEncoder, mesh: &Mesh) -> fmt::Result {
@@ -383,6 +501,15 @@ mod tests {
             tasks: Arc::default(),
             mesh: None,
             catalog: None,
+            services: Some({
+                let s = crate::services::ServiceStats::default();
+                s.count("echo", |c| c.exits += 2);
+                s.traffic_error("echo", "haproxy", "socket");
+                let proxy = Arc::new(augur_proxy::tcp::Stats::default());
+                proxy.connect_failures.fetch_add(4, Relaxed);
+                s.proxies.lock().insert("echo".to_owned(), (proxy, 2));
+                Arc::new(s)
+            }),
         }));
         let text = stats.render();
         for line in [
@@ -392,6 +519,10 @@ mod tests {
             r#"augur_api_connections_refused_total{listener="http"} 3"#,
             "augur_tasks_ended_unexpectedly_total 0",
             "# TYPE augur_api_connections gauge",
+            r#"augur_service_instance_exits_total{service="echo"} 2"#,
+            r#"augur_traffic_errors_total{service="echo",proxy="haproxy",reason="socket"} 1"#,
+            r#"augur_proxy_backends{service="echo"} 2"#,
+            r#"augur_proxy_backend_connect_failures_total{service="echo"} 4"#,
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

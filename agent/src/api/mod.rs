@@ -38,6 +38,8 @@ pub struct ApiState {
     pub catalog: crate::services::catalog::CatalogStore,
     /// The service instances running on this node.
     pub instances: Arc<parking_lot::RwLock<Vec<crate::services::runtime::InstanceView>>>,
+    /// The routes this node's proxies serve.
+    pub routes: Arc<parking_lot::RwLock<augur_proxy::Routes>>,
     /// Tasks that ended unexpectedly (for `/healthz`).
     pub tasks: Arc<augur_mesh::tasks::TaskHealth>,
 }

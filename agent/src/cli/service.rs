@@ -93,5 +93,28 @@ pub async fn list(api: &str, json: bool) -> anyhow::Result<()> {
             format!("{:?}", s.spec.strategy).to_lowercase()
         );
     }
+    if !list.instances.is_empty() {
+        println!();
+        println!(
+            "{:<24} {:<20} {:>7} {:<22} {:<10} {:<7}",
+            "INSTANCE", "NODE", "VERSION", "ADDRESS", "HEALTH", "ROUTED"
+        );
+        for i in &list.instances {
+            let routed = list
+                .routes
+                .services
+                .get(&i.service)
+                .is_some_and(|b| b.contains_key(&i.addr));
+            println!(
+                "{:<24} {:<20} {:>7} {:<22} {:<10} {:<7}",
+                i.id,
+                i.node,
+                i.version,
+                i.addr,
+                i.health,
+                if routed { "yes" } else { "no" }
+            );
+        }
+    }
     Ok(())
 }

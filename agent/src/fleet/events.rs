@@ -107,7 +107,7 @@ impl EventLog {
 /// dropped before they could be delivered.
 #[derive(Debug)]
 pub enum Delivery {
-    Event(Logged),
+    Event(Box<Logged>),
     Missed { count: u64, after: u64 },
 }
 
@@ -126,7 +126,10 @@ impl EventLog {
             count: page.missed,
             after,
         });
-        let backlog = page.events.into_iter().map(Delivery::Event);
+        let backlog = page
+            .events
+            .into_iter()
+            .map(|e| Delivery::Event(Box::new(e)));
         let live = futures::stream::unfold(
             (rx, topics, page.next),
             |(mut rx, topics, last)| async move {
@@ -134,7 +137,7 @@ impl EventLog {
                     match rx.recv().await {
                         Ok(e) if e.index > last && matches(e.event.topic(), &topics) => {
                             let next = e.index;
-                            return Some((Delivery::Event(e), (rx, topics, next)));
+                            return Some((Delivery::Event(Box::new(e)), (rx, topics, next)));
                         }
                         Ok(_) => continue,
                         Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -150,6 +153,43 @@ impl EventLog {
             },
         );
         futures::stream::iter(head.into_iter().chain(backlog)).chain(live)
+    }
+}
+
+/// Reports this node's own events: into the fleet (which delivers them to the local log too), or
+/// straight into the log outside a fleet.
+#[derive(Clone, Debug)]
+pub struct Emitter {
+    pub mesh: Option<augur_mesh::Mesh>,
+    pub log: EventLog,
+    pub node_name: String,
+}
+
+impl Emitter {
+    /// Reports `kind` about this node (and `resource_id`, if any).
+    pub async fn emit(&self, kind: augur_mesh::EventKind, resource_id: Option<String>) {
+        let self_id = self
+            .mesh
+            .as_ref()
+            .map(|m| m.peer_id().to_string())
+            .unwrap_or_default();
+        let event = FleetEvent {
+            ts_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            peer_id: self_id.clone(),
+            node_name: Some(self.node_name.clone()),
+            resource_id,
+            origin: self_id,
+            kind,
+        };
+        tracing::info!(topic = event.topic(), resource_id = ?event.resource_id, "fleet event");
+        match &self.mesh {
+            Some(m) => m.publish_event(event).await,
+            None => {
+                self.log.push(event);
+            }
+        }
     }
 }
 
@@ -199,6 +239,18 @@ mod tests {
             "member.left" => EventKind::MemberLeft(change),
             "member.removed" => EventKind::MemberRemoved,
             "prediction.above_threshold" => EventKind::PredictionAbove(crossing),
+            "instance.exited" => EventKind::InstanceExited(augur_mesh::InstanceChange {
+                instance: "web-0".into(),
+                service: "web".into(),
+                version: 3,
+                addr: Some("10.0.0.1:4000".into()),
+                reason: Some("exit status: 1".into()),
+            }),
+            "traffic.error" => EventKind::TrafficError(augur_mesh::TrafficProblem {
+                service: "web".into(),
+                proxy: "embedded".into(),
+                reason: "port 8080 in use".into(),
+            }),
             _ => EventKind::PredictionBelow(crossing),
         };
         let e = FleetEvent {
@@ -230,6 +282,9 @@ mod tests {
             "member.recovered",
         ] {
             log.push(event(t));
+        }
+        for t in ["instance.exited", "traffic.error"] {
+            event(t);
         }
         // Index 1 was dropped (capacity 3).
         let (page, _) = log.since(0, &[]);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use augur_mesh::values::{Capacity, Health, InstanceValue, NodeValue, Placement};
+use augur_mesh::values::{Capacity, Health, NodeValue, Placement};
 use augur_mesh::{Crossing, EventKind, FleetEvent, Mesh};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -29,9 +29,6 @@ pub struct Publisher {
     pub models: ModelStore,
     pub config: watch::Receiver<Arc<Config>>,
     pub node_name: String,
-    /// The service instances running here, and the address peers reach them at.
-    pub instances: Arc<parking_lot::RwLock<Vec<crate::services::runtime::InstanceView>>>,
-    pub instance_ip: std::net::IpAddr,
 }
 
 /// How often this node's values are signed and published again (when they changed).
@@ -53,8 +50,6 @@ pub async fn run(
         models,
         config,
         node_name,
-        instances,
-        instance_ip,
     } = p;
     let mut tick = tokio::time::interval(VALUES_EVERY);
     let self_id = mesh
@@ -131,19 +126,6 @@ pub async fn run(
                 .map(|m| (m.resource_type.clone(), format!("v{}", m.version)))
                 .collect();
             mesh.publish_value(NodeValue::Models(versions));
-            let mut running: Vec<InstanceValue> = instances
-                .read()
-                .iter()
-                .map(|i| InstanceValue {
-                    id: i.id.clone(),
-                    service: i.service.clone(),
-                    version: i.version,
-                    addr: std::net::SocketAddr::new(instance_ip, i.port).to_string(),
-                    health: i.health.clone(),
-                })
-                .collect();
-            running.truncate(256);
-            mesh.publish_value(NodeValue::Instances(running));
         }
     }
 }

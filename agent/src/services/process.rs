@@ -76,12 +76,28 @@ pub struct InstanceStats {
     pub killed: AtomicU64,
 }
 
-/// One instance: its id (also its pid file's name), port and what to run.
+/// One instance: its id (also its pid file's name), the address it listens on (`HOST` and `PORT`)
+/// and what to run.
 #[derive(Clone, Debug)]
 pub struct Instance {
     pub id: String,
+    pub host: std::net::IpAddr,
     pub port: u16,
     pub spec: ProcessSpec,
+}
+
+/// What the supervisor tells the runtime about an instance's process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Report {
+    Started {
+        id: String,
+        pid: u32,
+    },
+    /// It exited without being asked to, or could not start: restarted after a backoff.
+    Exited {
+        id: String,
+        reason: String,
+    },
 }
 
 /// The start time of a process, from /proc (clock ticks since boot): with the pid, it names one
@@ -171,6 +187,7 @@ fn spawn(instance: &Instance) -> Result<Child, DriverError> {
     let mut cmd = Command::new(&s.command);
     cmd.args(&s.args)
         .envs(&s.env)
+        .env("HOST", instance.host.to_string())
         .env("PORT", instance.port.to_string())
         .env("AUGUR_INSTANCE", &instance.id)
         .stdin(Stdio::null())
@@ -200,12 +217,14 @@ async fn forward<R: tokio::io::AsyncRead + Unpin>(id: String, stream: &'static s
 
 /// Runs `instance` until `stop`: starts it, restarts it with `backoff` whenever it exits on its
 /// own, and on `stop` terminates it (SIGTERM, SIGKILL after its grace) and removes its pid file.
-/// A command that cannot start at all is retried on the same backoff (and counted).
+/// A command that cannot start at all is retried on the same backoff (and counted). Starts and
+/// exits are told on `reports`.
 pub async fn supervise(
     instance: Instance,
     pid_dir: PathBuf,
     backoff: Backoff,
     stats: Arc<InstanceStats>,
+    reports: tokio::sync::mpsc::UnboundedSender<Report>,
     stop: CancellationToken,
 ) {
     let mut delay: Option<Duration> = None;
@@ -227,10 +246,19 @@ pub async fn supervise(
                 }
                 outputs.close();
                 tracing::info!(instance = %instance.id, pid, port = instance.port, "instance started");
+                let _ = reports.send(Report::Started {
+                    id: instance.id.clone(),
+                    pid,
+                });
                 tokio::select! {
                     status = child.wait() => {
                         stats.crashes.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(instance = %instance.id, status = ?status.ok(), "instance exited; restarting after a backoff");
+                        let reason = match status {
+                            Ok(s) => format!("exited: {s}"),
+                            Err(e) => format!("lost: {e}"),
+                        };
+                        tracing::warn!(instance = %instance.id, %reason, "instance exited; restarting after a backoff");
+                        let _ = reports.send(Report::Exited { id: instance.id.clone(), reason });
                     }
                     () = stop.cancelled() => {
                         if !stop_child(&mut child, pid, instance.spec.stop_grace).await {
@@ -247,6 +275,10 @@ pub async fn supervise(
             Err(e) => {
                 stats.crashes.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(instance = %instance.id, error = %e, "instance did not start; retrying after a backoff");
+                let _ = reports.send(Report::Exited {
+                    id: instance.id.clone(),
+                    reason: e.to_string(),
+                });
             }
         }
         let _ = std::fs::remove_file(pid_file(&pid_dir, &instance.id));
@@ -326,21 +358,24 @@ mod tests {
         // Writes its port and greeting, then lives until killed; a first run crashes at once.
         let script = format!(
             "if [ ! -e {o}.once ]; then touch {o}.once; exit 3; fi; \
-             echo \"$PORT $GREETING $AUGUR_INSTANCE\" > {o}; trap '' TERM; while true; do sleep 0.05; done",
+             echo \"$HOST $PORT $GREETING $AUGUR_INSTANCE\" > {o}; trap '' TERM; while true; do sleep 0.05; done",
             o = out.display()
         );
         let instance = Instance {
             id: "web-1".into(),
+            host: std::net::IpAddr::from([127, 0, 0, 1]),
             port: 45_678,
             spec: sh(&script, Duration::from_millis(300)),
         };
         let stats = Arc::new(InstanceStats::default());
         let stop = CancellationToken::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(supervise(
             instance,
             dir.path().to_owned(),
             quick(),
             stats.clone(),
+            tx,
             stop.clone(),
         ));
         wait_for("the instance's output", || {
@@ -349,7 +384,7 @@ mod tests {
         .await;
         assert_eq!(
             std::fs::read_to_string(&out).expect("out").trim(),
-            "45678 hi web-1"
+            "127.0.0.1 45678 hi web-1"
         );
         assert_eq!(
             stats.starts.load(Ordering::Relaxed),
@@ -357,6 +392,20 @@ mod tests {
             "restarted after the crash"
         );
         assert_eq!(stats.crashes.load(Ordering::Relaxed), 1);
+        // Told: started, exited (status 3), started again.
+        let mut told = Vec::new();
+        for _ in 0..3 {
+            told.push(rx.recv().await.expect("a report"));
+        }
+        assert!(
+            matches!(&told[0], Report::Started { id, .. } if id == "web-1"),
+            "{told:?}"
+        );
+        assert!(
+            matches!(&told[1], Report::Exited { reason, .. } if reason.contains("3")),
+            "{told:?}"
+        );
+        assert!(matches!(&told[2], Report::Started { .. }), "{told:?}");
         let pid_path = dir.path().join("web-1.pid");
         let pid: u32 = std::fs::read_to_string(&pid_path)
             .expect("pid file")
@@ -392,6 +441,7 @@ mod tests {
         // A command that does not exist.
         let bad = Instance {
             id: "x-1".into(),
+            host: std::net::IpAddr::from([127, 0, 0, 1]),
             port: 1,
             spec: ProcessSpec {
                 command: "/nonexistent/program".into(),

@@ -5,29 +5,43 @@
 //! view, so each starts its own share.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use augur_mesh::Mesh;
 use augur_mesh::membership::MemberStatus;
+use augur_mesh::values::{InstanceValue, NodeValue};
+use augur_mesh::{EventKind, InstanceChange, Mesh};
 use augur_orchestrate::Machine as _;
-use augur_orchestrate::health::{Health, HealthTracker};
+use augur_orchestrate::health::{Health, HealthTracker, Transition};
 use augur_orchestrate::placement::{Candidate, place};
-use augur_orchestrate::spec::{Driver, ServiceSpec};
+use augur_orchestrate::spec::{Driver, HealthCheck, ServiceSpec};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::ServiceStats;
 use super::catalog::CatalogStore;
-use super::process::{Backoff, Instance, InstanceStats, ProcessSpec, supervise};
+use super::process::{Backoff, Instance, InstanceStats, ProcessSpec, Report, supervise};
 use crate::collect::host::{CPU_UTIL, MEM_AVAILABLE_BYTES};
+use crate::fleet::events::Emitter;
 use crate::history::History;
 
 /// How often placement is recomputed and health checked (each instance is probed at its own
 /// interval, on the first tick after it).
 const TICK: Duration = Duration::from_millis(250);
+
+/// Instances this node tells the fleet about, at most (bounds its signed value).
+const MAX_PUBLISHED: usize = 256;
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// An instance on this node, as the API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,19 +50,101 @@ pub struct InstanceView {
     pub service: String,
     pub version: u64,
     pub port: u16,
-    /// `unknown` (not yet passed its checks), `healthy` or `unhealthy`.
+    /// Where peers reach it (`services.instance_ip` and its port).
+    pub addr: String,
+    /// `unknown` (not yet passed its checks), `healthy`, `unhealthy`, or `down` (its process is
+    /// not running).
     pub health: String,
+    /// When this run of it started (Unix milliseconds; 0 before its first start).
+    pub epoch: u64,
+}
+
+/// An instance where it runs in the fleet, as `augur services` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlacedInstance {
+    /// The node that runs it.
+    pub node: String,
+    pub id: String,
+    pub service: String,
+    pub version: u64,
+    pub addr: String,
+    pub health: String,
+    pub epoch: u64,
+}
+
+/// Every instance in the fleet: this node's (`local`, the freshest) and the live members'.
+pub fn fleet_instances(
+    node_name: &str,
+    local: &[InstanceView],
+    members: &[augur_mesh::membership::Member],
+) -> Vec<PlacedInstance> {
+    let mut out: Vec<PlacedInstance> = local
+        .iter()
+        .map(|i| PlacedInstance {
+            node: node_name.to_owned(),
+            id: i.id.clone(),
+            service: i.service.clone(),
+            version: i.version,
+            addr: i.addr.clone(),
+            health: i.health.clone(),
+            epoch: i.epoch,
+        })
+        .collect();
+    for m in members {
+        if m.is_self || !matches!(m.status, MemberStatus::Alive | MemberStatus::Suspect) {
+            continue;
+        }
+        let node = m.node_name.clone().unwrap_or_else(|| m.peer_id.clone());
+        out.extend(m.instances.iter().map(|i| PlacedInstance {
+            node: node.clone(),
+            id: i.id.clone(),
+            service: i.service.clone(),
+            version: i.version,
+            addr: i.addr.clone(),
+            health: i.health.clone(),
+            epoch: i.epoch,
+        }));
+    }
+    out.sort_by(|a, b| (&a.service, &a.id, &a.node).cmp(&(&b.service, &b.id, &b.node)));
+    out
 }
 
 struct Running {
     service: String,
     version: u64,
-    port: u16,
+    addr: SocketAddr,
     spec: ServiceSpec,
     stop: CancellationToken,
     task: JoinHandle<()>,
     health: HealthTracker,
+    /// Whether its process runs (from the supervisor's reports).
+    up: bool,
+    epoch: u64,
     next_probe: tokio::time::Instant,
+    /// Leaving: takes no new traffic (the fleet's proxies drop it) and is stopped at this time.
+    draining_until: Option<tokio::time::Instant>,
+}
+
+impl Running {
+    fn health(&self) -> &'static str {
+        if !self.up {
+            "down"
+        } else if self.draining_until.is_some() {
+            "draining"
+        } else {
+            health_str(self.health.health())
+        }
+    }
+
+    fn change(&self, id: &str, reason: Option<String>) -> InstanceChange {
+        InstanceChange {
+            instance: id.to_owned(),
+            service: self.service.clone(),
+            version: self.version,
+            addr: Some(self.addr.to_string()),
+            reason,
+        }
+    }
 }
 
 /// What the runtime reads, and where it reports.
@@ -60,8 +156,15 @@ pub struct Runtime {
     pub node_name: String,
     /// Where the instances' pid files go.
     pub pid_dir: PathBuf,
-    /// This node's instances, for the API.
+    /// This node's instances, for the API and the proxies.
     pub view: Arc<RwLock<Vec<InstanceView>>>,
+    /// The address instances listen on (`HOST`) and peers reach them at.
+    pub instance_ip: IpAddr,
+    /// Where instance events go.
+    pub events: Emitter,
+    pub stats: Arc<ServiceStats>,
+    /// How long an instance leaving this node drains before it is stopped.
+    pub drain: Duration,
 }
 
 fn health_str(h: Health) -> &'static str {
@@ -150,111 +253,259 @@ impl Runtime {
         let mut running: BTreeMap<String, Running> = BTreeMap::new();
         // The instances' supervisors (each awaited when its instance stops).
         let instances = tokio_util::task::TaskTracker::new();
+        let (tx_reports, mut rx_reports) = tokio::sync::mpsc::unbounded_channel();
         let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let wanted = self.wanted();
-            // Stop what is no longer wanted here, or whose spec changed.
-            let gone: Vec<String> = running
-                .iter()
-                .filter(|(id, r)| wanted.get(*id).is_none_or(|(_, v, _)| *v != r.version))
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in gone {
-                if let Some(r) = running.remove(&id) {
-                    r.stop.cancel();
-                    let _ = r.task.await;
-                    tracing::info!(instance = %id, "instance stopped (no longer placed here, or its spec changed)");
+                Some(report) = rx_reports.recv() => {
+                    self.on_report(&mut running, report).await;
+                }
+                _ = tick.tick() => {
+                    self.converge(&mut running, &instances, &tx_reports, &stop).await;
+                    self.check(&mut running, &client).await;
                 }
             }
-            for (id, (service, version, spec)) in wanted {
-                if running.contains_key(&id) {
-                    continue;
-                }
-                let Driver::Process {
-                    command,
-                    args,
-                    env,
-                    workdir,
-                    stop_grace,
-                } = &spec.driver
-                else {
-                    tracing::warn!(service = %service, "the hook driver is not available yet; instance not started");
-                    continue;
-                };
-                let port =
-                    match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
-                        Ok(a) => a.port(),
-                        Err(e) => {
-                            tracing::error!(error = %e, "no free port for an instance");
-                            continue;
-                        }
-                    };
-                let instance = Instance {
-                    id: id.clone(),
-                    port,
-                    spec: ProcessSpec {
-                        command: command.clone(),
-                        args: args.clone(),
-                        env: env.clone(),
-                        workdir: workdir.as_ref().map(PathBuf::from),
-                        stop_grace: *stop_grace,
-                    },
-                };
-                let token = stop.child_token();
-                let task = instances.spawn(supervise(
-                    instance,
-                    self.pid_dir.clone(),
-                    Backoff::default(),
-                    Arc::new(InstanceStats::default()),
-                    token.clone(),
-                ));
-                running.insert(
-                    id,
-                    Running {
-                        service,
-                        version,
-                        port,
-                        health: HealthTracker::new(&spec.health),
-                        spec,
-                        stop: token,
-                        task,
-                        next_probe: tokio::time::Instant::now(),
-                    },
-                );
-            }
-            // Health, each at its interval.
-            let now = tokio::time::Instant::now();
-            for (id, r) in &mut running {
-                if now < r.next_probe {
-                    continue;
-                }
-                r.next_probe = now + r.spec.health.interval;
-                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], r.port));
-                let check = super::health::probe(&client, addr, &r.spec.health).await;
-                for t in r.health.on_event(check, ()) {
-                    let augur_orchestrate::health::Transition::Became { health, reason } = t;
-                    tracing::info!(instance = %id, health = health_str(health), reason = ?reason, "instance health");
-                }
-            }
-            *self.view.write() = running
-                .iter()
-                .map(|(id, r)| InstanceView {
-                    id: id.clone(),
-                    service: r.service.clone(),
-                    version: r.version,
-                    port: r.port,
-                    health: health_str(r.health.health()).to_owned(),
-                })
-                .collect();
+            self.publish(&running);
         }
         for (_, r) in running {
             r.stop.cancel();
             let _ = r.task.await;
         }
         self.view.write().clear();
+        if let Some(m) = &self.mesh {
+            m.publish_value(NodeValue::Instances(Vec::new()));
+        }
+    }
+
+    /// Stops what is no longer placed here (or whose spec changed) and starts what is.
+    async fn converge(
+        &self,
+        running: &mut BTreeMap<String, Running>,
+        instances: &tokio_util::task::TaskTracker,
+        reports: &UnboundedSender<Report>,
+        stop: &CancellationToken,
+    ) {
+        let wanted = self.wanted();
+        let now = tokio::time::Instant::now();
+        for (id, r) in running.iter_mut() {
+            match wanted.get(id) {
+                // Still here; a newer spec that runs the same thing applies as it is.
+                Some((_, v, spec)) if r.spec.same_instance(spec) => {
+                    if *v != r.version {
+                        r.version = *v;
+                        r.spec = spec.clone();
+                    }
+                    if r.draining_until.take().is_some() {
+                        tracing::info!(instance = %id, "instance wanted again; drain cancelled");
+                    }
+                }
+                // No longer placed here, or what runs changed: drained, then stopped.
+                _ => {
+                    if r.draining_until.is_none() {
+                        // One that takes no traffic has nothing to drain.
+                        let drain = if r.up && r.health.serves() {
+                            self.drain
+                        } else {
+                            Duration::ZERO
+                        };
+                        tracing::info!(instance = %id, ?drain, "instance draining (no longer placed here, or its spec changed)");
+                        r.draining_until = Some(now + drain);
+                    }
+                }
+            }
+        }
+        let gone: Vec<String> = running
+            .iter()
+            .filter(|(_, r)| r.draining_until.is_some_and(|t| now >= t))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            if let Some(r) = running.remove(&id) {
+                let change = r.change(&id, None);
+                r.stop.cancel();
+                let _ = r.task.await;
+                tracing::info!(instance = %id, "instance stopped (no longer placed here, or its spec changed)");
+                self.events
+                    .emit(EventKind::InstanceStopped(change), Some(id.clone()))
+                    .await;
+            }
+        }
+        for (id, (service, version, spec)) in wanted {
+            if running.contains_key(&id) {
+                continue;
+            }
+            let Driver::Process {
+                command,
+                args,
+                env,
+                workdir,
+                stop_grace,
+            } = &spec.driver
+            else {
+                tracing::warn!(service = %service, "the hook driver is not available yet; instance not started");
+                continue;
+            };
+            let port = match std::net::TcpListener::bind((self.instance_ip, 0))
+                .and_then(|l| l.local_addr())
+            {
+                Ok(a) => a.port(),
+                Err(e) => {
+                    tracing::error!(error = %e, ip = %self.instance_ip, "no free port for an instance (check services.instance_ip)");
+                    continue;
+                }
+            };
+            let instance = Instance {
+                id: id.clone(),
+                host: self.instance_ip,
+                port,
+                spec: ProcessSpec {
+                    command: command.clone(),
+                    args: args.clone(),
+                    env: env.clone(),
+                    workdir: workdir.as_ref().map(PathBuf::from),
+                    stop_grace: *stop_grace,
+                },
+            };
+            let token = stop.child_token();
+            let task = instances.spawn(supervise(
+                instance,
+                self.pid_dir.clone(),
+                Backoff::default(),
+                Arc::new(InstanceStats::default()),
+                reports.clone(),
+                token.clone(),
+            ));
+            running.insert(
+                id,
+                Running {
+                    service,
+                    version,
+                    addr: SocketAddr::new(self.instance_ip, port),
+                    health: HealthTracker::new(&spec.health),
+                    spec,
+                    stop: token,
+                    task,
+                    up: false,
+                    epoch: 0,
+                    next_probe: tokio::time::Instant::now(),
+                    draining_until: None,
+                },
+            );
+        }
+    }
+
+    /// A start or an exit of an instance's process.
+    async fn on_report(&self, running: &mut BTreeMap<String, Running>, report: Report) {
+        match report {
+            Report::Started { id, pid } => {
+                let Some(r) = running.get_mut(&id) else {
+                    return;
+                };
+                r.up = true;
+                r.epoch = unix_ms();
+                // A new run is unknown until it passes its checks.
+                r.health = HealthTracker::new(&r.spec.health);
+                r.next_probe = tokio::time::Instant::now();
+                self.stats.count(&r.service, |c| c.starts += 1);
+                let change = r.change(&id, Some(format!("pid {pid}")));
+                self.events
+                    .emit(EventKind::InstanceStarted(change), Some(id))
+                    .await;
+            }
+            Report::Exited { id, reason } => {
+                let Some(r) = running.get_mut(&id) else {
+                    return;
+                };
+                r.up = false;
+                self.stats.count(&r.service, |c| c.exits += 1);
+                let change = r.change(&id, Some(reason));
+                self.events
+                    .emit(EventKind::InstanceExited(change), Some(id))
+                    .await;
+            }
+        }
+    }
+
+    /// Probes every running instance whose interval has passed, all at once (a check that
+    /// hangs holds up no other), and reports health changes.
+    async fn check(&self, running: &mut BTreeMap<String, Running>, client: &reqwest::Client) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<(String, SocketAddr, HealthCheck)> = running
+            .iter_mut()
+            .filter(|(_, r)| r.up && now >= r.next_probe)
+            .map(|(id, r)| {
+                r.next_probe = now + r.spec.health.interval;
+                (id.clone(), r.addr, r.spec.health.clone())
+            })
+            .collect();
+        let checks = futures::future::join_all(
+            due.iter()
+                .map(|(_, addr, check)| super::health::probe(client, *addr, check)),
+        )
+        .await;
+        for ((id, _, _), check) in due.into_iter().zip(checks) {
+            let Some(r) = running.get_mut(&id) else {
+                continue;
+            };
+            if !r.up {
+                // It exited while being checked: the exit said so already.
+                continue;
+            }
+            for t in r.health.on_event(check, ()) {
+                let Transition::Became { health, reason } = t;
+                tracing::info!(instance = %id, health = health_str(health), reason = ?reason, "instance health");
+                let change = r.change(&id, reason);
+                let kind = match health {
+                    Health::Healthy => {
+                        self.stats.count(&r.service, |c| c.became_healthy += 1);
+                        EventKind::InstanceHealthy(change)
+                    }
+                    Health::Unhealthy => {
+                        self.stats.count(&r.service, |c| c.became_unhealthy += 1);
+                        EventKind::InstanceUnhealthy(change)
+                    }
+                    Health::Unknown => continue,
+                };
+                self.events.emit(kind, Some(id.clone())).await;
+            }
+        }
+    }
+
+    /// The instances as the API shows them, and as this node's signed value tells the fleet.
+    fn publish(&self, running: &BTreeMap<String, Running>) {
+        let view: Vec<InstanceView> = running
+            .iter()
+            .map(|(id, r)| InstanceView {
+                id: id.clone(),
+                service: r.service.clone(),
+                version: r.version,
+                port: r.addr.port(),
+                addr: r.addr.to_string(),
+                health: r.health().to_owned(),
+                epoch: r.epoch,
+            })
+            .collect();
+        if let Some(m) = &self.mesh {
+            let mut values: Vec<InstanceValue> = view
+                .iter()
+                .map(|i| InstanceValue {
+                    id: i.id.clone(),
+                    service: i.service.clone(),
+                    version: i.version,
+                    addr: i.addr.clone(),
+                    health: i.health.clone(),
+                    epoch: i.epoch,
+                })
+                .collect();
+            values.truncate(MAX_PUBLISHED);
+            // Unchanged values are not gossiped again.
+            m.publish_value(NodeValue::Instances(values));
+        }
+        let mut current = self.view.write();
+        if *current != view {
+            *current = view;
+        }
     }
 }

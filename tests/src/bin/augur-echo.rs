@@ -1,8 +1,14 @@
-//! A tiny HTTP service for augur's tests and benchmarks, run as a service instance: listens on
-//! 127.0.0.1:$PORT and answers every request with its instance id (`$AUGUR_INSTANCE`), `/healthz`
-//! included. One request per connection.
+//! A small HTTP/1.1 service for augur's tests and benchmarks, run as a service instance: listens
+//! on $HOST:$PORT (127.0.0.1:8080 by default) and answers every request with its instance id
+//! (`$AUGUR_INSTANCE`), `/healthz` included; `/slow/<ms>` answers after that many milliseconds
+//! (an in-flight request, for drain tests). Keep-alive as HTTP/1.1 clients expect.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::convert::Infallible;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
@@ -10,30 +16,41 @@ async fn main() -> std::io::Result<()> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(8080);
+    let host: std::net::IpAddr = std::env::var("HOST")
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
     let id = std::env::var("AUGUR_INSTANCE").unwrap_or_else(|_| "echo".to_owned());
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let body = Bytes::from(format!("{id}\n"));
+    let listener = tokio::net::TcpListener::bind((host, port)).await?;
     let tasks = tokio_util::task::TaskTracker::new();
     loop {
-        let (mut s, _) = listener.accept().await?;
-        let body = format!("{id}\n");
+        let (s, _) = listener.accept().await?;
+        let _ = s.set_nodelay(true);
+        let body = body.clone();
         tasks.spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut got = 0;
-            // Read the request head (until the blank line).
-            while got < buf.len() {
-                match s.read(&mut buf[got..]).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => got += n,
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let body = body.clone();
+                async move {
+                    if let Some(ms) = req
+                        .uri()
+                        .path()
+                        .strip_prefix("/slow/")
+                        .and_then(|ms| ms.parse::<u64>().ok())
+                    {
+                        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+                    }
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("content-type", "text/plain")
+                            .body(Full::new(body))
+                            .unwrap_or_default(),
+                    )
                 }
-                if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-            let answer = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = s.write_all(answer.as_bytes()).await;
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+                .await;
         });
     }
 }

@@ -12,3 +12,4 @@ mod services;
 mod slow;
 mod sources;
 mod storage;
+mod traffic;

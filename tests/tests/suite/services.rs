@@ -317,7 +317,7 @@ async fn an_applied_service_runs_and_a_deleted_one_stops() {
     let cred = dir.path().join("operator.cred");
     operator(&key, &cred);
     let agent = AgentProcess::start(AgentOptions {
-        config: format!("[mesh]\nfleet_keys = [\"{public}\"]\n"),
+        config: format!("[mesh]\nfleet_keys = [\"{public}\"]\n[services]\ndrain_grace = \"1s\"\n"),
         ..Default::default()
     })
     .await
@@ -346,22 +346,30 @@ async fn an_applied_service_runs_and_a_deleted_one_stops() {
         "--json",
     ])
     .expect("applied");
-    let port = augur_tests::eventually("the instance healthy", || async {
+    let addr = augur_tests::eventually("the instance healthy and routed", || async {
         let v = agent.get_json("/v1/services").await.ok()?;
         let i = v["instances"].as_array()?.first()?.clone();
-        (i["health"] == "healthy" && i["id"] == "echo-0").then(|| i["port"].as_u64())?
+        let addr = i["addr"].as_str()?.to_owned();
+        let routed = v["routes"]["services"]["echo"].get(&addr).is_some();
+        (i["health"] == "healthy" && i["id"] == "echo-0" && routed).then_some(addr)
     })
     .await
     .expect("runs");
-    let answer = http()
-        .get(format!("http://127.0.0.1:{port}/"))
-        .send()
-        .await
-        .expect("request")
-        .text()
-        .await
-        .expect("body");
-    assert_eq!(answer.trim(), "echo-0");
+    // Directly, and through this node's proxy on the service's port.
+    for url in [
+        format!("http://{addr}/"),
+        "http://127.0.0.1:18181/".to_owned(),
+    ] {
+        let answer = http()
+            .get(&url)
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body");
+        assert_eq!(answer.trim(), "echo-0", "{url}");
+    }
     augur_json(&[
         "service",
         "delete",
@@ -380,9 +388,16 @@ async fn an_applied_service_runs_and_a_deleted_one_stops() {
     .await
     .expect("stops");
     assert!(
-        tokio::net::TcpStream::connect(("127.0.0.1", port as u16))
-            .await
-            .is_err(),
+        tokio::net::TcpStream::connect(&addr).await.is_err(),
         "its port is closed"
     );
+    // So is the proxy's, once the service left the catalog.
+    augur_tests::eventually("the proxy closed", || async {
+        tokio::net::TcpStream::connect("127.0.0.1:18181")
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await
+    .expect("the proxy stops listening");
 }
