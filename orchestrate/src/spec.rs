@@ -31,6 +31,10 @@ pub struct ServiceSpec {
     /// The port every node's proxy listens on for this service (the instances get their own,
     /// in `PORT`).
     pub port: u16,
+    /// How the proxies carry its traffic: `tcp` (each connection to an instance) or `http`
+    /// (HTTP/1.1: each request, retried on another instance when it could not be sent).
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Instances that serve traffic.
     #[serde(default = "one")]
     pub replicas: u32,
@@ -63,6 +67,19 @@ pub enum Strategy {
     WarmStandby,
     /// Bring up the new instance beside the old, verify, switch, keep the old for rollback.
     BlueGreen,
+}
+
+/// How the proxies carry a service's traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// L4: each connection goes to one instance (any protocol over TCP).
+    #[default]
+    Tcp,
+    /// HTTP/1.1: each request goes to an instance; a request that could not be sent (connect
+    /// refused, kept-alive connection closed) goes to another; one that reached an instance is
+    /// never sent twice. No upgrades (WebSocket): use `tcp` for those.
+    Http,
 }
 
 /// How instances are run.

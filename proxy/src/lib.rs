@@ -10,9 +10,10 @@
 
 use std::collections::BTreeMap;
 
+pub mod embedded;
 pub mod haproxy;
+pub mod http;
 pub mod pick;
-pub mod tcp;
 
 use serde::{Deserialize, Serialize};
 

@@ -279,7 +279,7 @@ fn encode_services(enc: &mut DescriptorEncoder, s: &crate::services::ServiceStat
         }),
     )?;
     let proxies = s.proxies.lock().clone();
-    let each = |f: &dyn Fn(&augur_proxy::tcp::Stats, usize) -> f64| {
+    let each = |f: &dyn Fn(&augur_proxy::embedded::Stats, usize) -> f64| {
         proxies
             .iter()
             .map(|(n, (st, b))| (service(n), f(st, *b)))
@@ -505,7 +505,7 @@ mod tests {
                 let s = crate::services::ServiceStats::default();
                 s.count("echo", |c| c.exits += 2);
                 s.traffic_error("echo", "haproxy", "socket");
-                let proxy = Arc::new(augur_proxy::tcp::Stats::default());
+                let proxy = Arc::new(augur_proxy::embedded::Stats::default());
                 proxy.connect_failures.fetch_add(4, Relaxed);
                 s.proxies.lock().insert("echo".to_owned(), (proxy, 2));
                 Arc::new(s)

@@ -38,7 +38,7 @@ pub struct ServiceStats {
     /// `socket`, `refused`, `static_balancing` and `answer` for HAProxy.
     pub traffic_errors: Mutex<BTreeMap<(String, &'static str, &'static str), u64>>,
     /// Each service's embedded proxy counters, and its backends now.
-    pub proxies: Mutex<BTreeMap<String, (Arc<augur_proxy::tcp::Stats>, usize)>>,
+    pub proxies: Mutex<BTreeMap<String, (Arc<augur_proxy::embedded::Stats>, usize)>>,
 }
 
 impl ServiceStats {

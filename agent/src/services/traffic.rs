@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use augur_mesh::membership::{Member, MemberStatus};
 use augur_mesh::{EventKind, Mesh, TrafficProblem};
+use augur_orchestrate::spec::Protocol;
+use augur_proxy::embedded::{Limits, Proxy};
 use augur_proxy::haproxy::{BackendSync, HaproxyError, RuntimeApi};
-use augur_proxy::tcp::{Limits, Proxy};
 use augur_proxy::{MAX_WEIGHT, Routes, Weight};
 use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
@@ -105,6 +106,7 @@ fn claims<'a>(local: &'a [InstanceView], members: &'a [Member]) -> Vec<Claim<'a>
 /// A service's embedded proxy.
 struct Listening {
     port: u16,
+    protocol: Protocol,
     proxy: Proxy,
     stop: CancellationToken,
     /// The backends last given to the proxy.
@@ -158,13 +160,13 @@ impl Traffic {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let services: Vec<(String, u16)> = self
+            let services: Vec<(String, u16, Protocol)> = self
                 .catalog
                 .services()
                 .into_iter()
-                .map(|s| (s.name, s.spec.port))
+                .map(|s| (s.name, s.spec.port, s.spec.protocol))
                 .collect();
-            let names: Vec<String> = services.iter().map(|(n, _)| n.clone()).collect();
+            let names: Vec<String> = services.iter().map(|(n, _, _)| n.clone()).collect();
             let members = self.mesh.as_ref().map(Mesh::members).unwrap_or_default();
             let local = self.local.read().clone();
             let want = routes(&names, claims(&local, &members));
@@ -213,15 +215,18 @@ impl Traffic {
     /// services gone from the catalog, and retries ports that could not be bound.
     async fn listen(
         &self,
-        services: &[(String, u16)],
+        services: &[(String, u16, Protocol)],
         listening: &mut BTreeMap<String, Listening>,
         unbound: &mut BTreeMap<String, Unbound>,
         proxies: &TaskTracker,
         stop: &CancellationToken,
     ) {
-        let wanted: BTreeMap<&str, u16> = services.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+        let wanted: BTreeMap<&str, (u16, Protocol)> = services
+            .iter()
+            .map(|(n, port, protocol)| (n.as_str(), (*port, *protocol)))
+            .collect();
         listening.retain(|name, l| {
-            let keep = wanted.get(name.as_str()) == Some(&l.port);
+            let keep = wanted.get(name.as_str()) == Some(&(l.port, l.protocol));
             if !keep {
                 tracing::info!(service = %name, port = l.port, "proxy stopped");
                 l.stop.cancel();
@@ -229,9 +234,9 @@ impl Traffic {
             }
             keep
         });
-        unbound.retain(|name, u| wanted.get(name.as_str()) == Some(&u.port));
+        unbound.retain(|name, u| wanted.get(name.as_str()).map(|w| w.0) == Some(u.port));
         let now = tokio::time::Instant::now();
-        for (&name, &port) in &wanted {
+        for (&name, &(port, protocol)) in &wanted {
             if listening.contains_key(name) || unbound.get(name).is_some_and(|u| now < u.retry) {
                 continue;
             }
@@ -247,12 +252,20 @@ impl Traffic {
                     };
                     let p = proxy.clone();
                     let t = token.clone();
-                    proxies.spawn(async move { p.serve(listener, limits, t).await });
-                    tracing::info!(service = name, %addr, "proxy listening");
+                    match protocol {
+                        Protocol::Tcp => {
+                            proxies.spawn(async move { p.serve(listener, limits, t).await })
+                        }
+                        Protocol::Http => {
+                            proxies.spawn(async move { p.serve_http(listener, limits, t).await })
+                        }
+                    };
+                    tracing::info!(service = name, %addr, ?protocol, "proxy listening");
                     listening.insert(
                         name.to_owned(),
                         Listening {
                             port,
+                            protocol,
                             proxy,
                             stop: token,
                             backends: None,

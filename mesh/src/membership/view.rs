@@ -1073,6 +1073,7 @@ mod tests {
             let mut signed = good.clone();
             signed[3] = bad[rng.below(bad.len())].clone();
             let mut status: HashMap<String, MemberStatus> = HashMap::new();
+            let mut down: HashSet<String> = HashSet::new();
             let mut answered = HashMap::new();
             let mut heartbeats = [1u64; 4];
             let mut left = [false; 4];
@@ -1159,13 +1160,11 @@ mod tests {
                                     MembershipEvent::Left(m) => {
                                         (m.peer_id.clone(), status.get(&m.peer_id) != Some(&Left))
                                     }
-                                    MembershipEvent::Recovered(m) => (
-                                        m.peer_id.clone(),
-                                        matches!(
-                                            status.get(&m.peer_id),
-                                            Some(MemberStatus::Dead | Left)
-                                        ),
-                                    ),
+                                    // Down (listed dead or left) since it was last listed
+                                    // alive, possibly through suspect.
+                                    MembershipEvent::Recovered(m) => {
+                                        (m.peer_id.clone(), down.contains(&m.peer_id))
+                                    }
                                     MembershipEvent::Removed { peer_id } => (
                                         peer_id.clone(),
                                         !members.iter().any(|m| &m.peer_id == peer_id),
@@ -1187,6 +1186,17 @@ mod tests {
                                 .iter()
                                 .map(|m| (m.peer_id.clone(), m.status))
                                 .collect();
+                            for m in &members {
+                                match m.status {
+                                    MemberStatus::Dead | Left => {
+                                        down.insert(m.peer_id.clone());
+                                    }
+                                    Alive => {
+                                        down.remove(&m.peer_id);
+                                    }
+                                    Suspect => {}
+                                }
+                            }
                         }
                         _ => {}
                     }

@@ -12,9 +12,9 @@ use augur_tests::{Haproxy, Load, LocalFleet, augur_json, http, path_str};
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
-fn spec(port: u16, replicas: u32) -> String {
+fn spec(port: u16, replicas: u32, protocol: &str) -> String {
     format!(
-        "[service]\nname = \"echo\"\nport = {port}\nreplicas = {replicas}\n\
+        "[service]\nname = \"echo\"\nport = {port}\nprotocol = \"{protocol}\"\nreplicas = {replicas}\n\
          [service.driver]\nkind = \"process\"\ncommand = \"{}\"\nstop_grace = \"2s\"\n\
          [service.health]\nhttp = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\n\
          successes = 1\nfailures = 2\n",
@@ -93,7 +93,18 @@ fn failures(outcomes: &[augur_tests::Outcome], at: Instant) -> (Vec<String>, Vec
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_reach_every_instance_and_survive_a_kill_and_a_drain() {
+async fn tcp_requests_reach_every_instance_and_survive_a_kill_and_a_drain() {
+    kill_and_drain("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_reach_every_instance_and_survive_a_kill_and_a_drain() {
+    kill_and_drain("http").await;
+}
+
+/// The scenario of the module's documentation, with the embedded proxies in `protocol` mode
+/// (HAProxy stays in TCP mode).
+async fn kill_and_drain(protocol: &str) {
     let haproxy_bin = augur_tests::haproxy_bin();
     let haproxy = match &haproxy_bin {
         Some(bin) => Some(Haproxy::start(bin, "echo").await.expect("haproxy starts")),
@@ -135,7 +146,7 @@ async fn requests_reach_every_instance_and_survive_a_kill_and_a_drain() {
         .expect("a free port")
         .port();
     let file = fleet.dir.path().join("echo.toml");
-    std::fs::write(&file, spec(port, 2)).expect("spec");
+    std::fs::write(&file, spec(port, 2, protocol)).expect("spec");
     apply(&fleet, &file, &cred);
 
     // Every proxy routes to both instances, and requests through each reach both.
@@ -241,7 +252,7 @@ async fn requests_reach_every_instance_and_survive_a_kill_and_a_drain() {
         .count();
     let (before, after) = failures(&outcomes, killed);
     eprintln!(
-        "kill: {} requests, {in_flight} in flight at the kill, {} failed of those started before it, \
+        "{protocol} kill: {} requests, {in_flight} in flight at the kill, {} failed of those started before it, \
          {} failed after it; removed from every proxy in {removed:?}",
         outcomes.len(),
         before.len(),
@@ -282,7 +293,7 @@ async fn requests_reach_every_instance_and_survive_a_kill_and_a_drain() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    std::fs::write(&file, spec(port, 1)).expect("spec");
+    std::fs::write(&file, spec(port, 1, protocol)).expect("spec");
     let scaled = Instant::now();
     apply(&fleet, &file, &cred);
     let mut answered = BTreeSet::new();
@@ -312,7 +323,7 @@ async fn requests_reach_every_instance_and_survive_a_kill_and_a_drain() {
     let outcomes = load.finish().await;
     let (before, after) = failures(&outcomes, scaled);
     eprintln!(
-        "drain: {} requests, {} failed",
+        "{protocol} drain: {} requests, {} failed",
         outcomes.len(),
         before.len() + after.len()
     );

@@ -1,14 +1,15 @@
-//! The embedded L4 proxy of one service: accepts connections on the service's port and relays
-//! each to a backend chosen by smooth weighted round-robin among the usable ones. The backend
-//! table is replaced whole (readers see the old table or the new, never a mix); a backend that
-//! refuses the connection is skipped for the next one, so a dead instance costs a retry, not a
-//! failed request; a draining backend takes no new connections and its open ones are cut after a
-//! grace period. Bounded: at most `max_connections` at once, more are closed on arrival (counted).
+//! The embedded proxy of one service: accepts connections on the service's port and relays each
+//! (L4, [`Proxy::serve`]) or each HTTP/1.1 request (`crate::http`, [`Proxy::serve_http`]) to a
+//! backend chosen by smooth weighted round-robin among the usable ones. The backend table is
+//! replaced whole (readers see the old table or the new, never a mix); a backend that refuses the
+//! connection is skipped for the next one, so a dead instance costs a retry, not a failed request;
+//! a draining backend takes no new connections and its open ones are cut after a grace period.
+//! Bounded: at most `max_connections` at once, more are closed on arrival (counted).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
@@ -53,32 +54,53 @@ pub struct Stats {
     pub open: AtomicU64,
     /// Connections cut at the end of their backend's drain.
     pub cut_by_drain: AtomicU64,
+    /// HTTP mode: requests forwarded, and those answered 502 (no backend could be reached, or
+    /// the backend failed after the request reached it: it is never sent twice).
+    pub requests: AtomicU64,
+    pub bad_gateway: AtomicU64,
+    /// HTTP mode: requests sent again because a kept-alive connection had closed before it took
+    /// them (they had not reached the backend).
+    pub resent_unsent: AtomicU64,
 }
 
 /// One backend's live state, kept across table replacements.
 #[derive(Debug, Default)]
-struct BackendState {
-    open: AtomicU64,
+pub(crate) struct BackendState {
+    pub(crate) open: AtomicU64,
     /// Cancelled when the backend's drain grace ends: its connections close.
-    cut: CancellationToken,
+    pub(crate) cut: CancellationToken,
+    /// Drained or removed: its idle kept-alive connections (HTTP mode) are closed and no more are
+    /// kept.
+    pub(crate) retired: AtomicBool,
+    /// HTTP mode: idle kept-alive connections to it.
+    pub(crate) idle: Mutex<Vec<crate::http::Upstream>>,
+}
+
+impl BackendState {
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        // Dropping an idle connection's sender closes it.
+        self.idle.lock().clear();
+    }
 }
 
 #[derive(Debug, Clone)]
-struct Row {
-    addr: SocketAddr,
-    weight: Weight,
-    draining: bool,
-    state: Arc<BackendState>,
+pub(crate) struct Row {
+    pub(crate) addr: SocketAddr,
+    pub(crate) weight: Weight,
+    pub(crate) draining: bool,
+    pub(crate) state: Arc<BackendState>,
 }
 
 /// A service's proxy: its table of backends and its counters. Cloneable handle.
 #[derive(Clone, Debug, Default)]
 pub struct Proxy {
-    table: Arc<RwLock<Arc<Vec<Row>>>>,
-    picker: Arc<Mutex<SmoothWrr>>,
+    pub(crate) table: Arc<RwLock<Arc<Vec<Row>>>>,
+    pub(crate) picker: Arc<Mutex<SmoothWrr>>,
     pub stats: Arc<Stats>,
-    /// The drains' timers (each only cancels its backend's token when its grace ends).
-    timers: TaskTracker,
+    /// The drains' timers (each only cancels its backend's token when its grace ends), and in
+    /// HTTP mode the upstream connections and their returns to the idle pools.
+    pub(crate) timers: TaskTracker,
 }
 
 impl Proxy {
@@ -90,8 +112,10 @@ impl Proxy {
         let rows: Vec<Row> = backends
             .iter()
             .map(|&(addr, weight)| {
+                // A backend that was draining starts afresh (its drain's cut is scheduled).
                 let state = old
                     .get(&addr)
+                    .filter(|r| !r.draining)
                     .map_or_else(Arc::default, |r| r.state.clone());
                 Row {
                     addr,
@@ -101,8 +125,11 @@ impl Proxy {
                 }
             })
             .collect();
-        for (addr, row) in old {
-            if !backends.iter().any(|(a, _)| *a == addr) {
+        for row in old.into_values() {
+            let kept = rows.iter().any(|r| Arc::ptr_eq(&r.state, &row.state));
+            // One leaving is drained (one that was draining already has its cut scheduled).
+            if !kept && !row.draining {
+                row.state.retire();
                 self.cut_after(row.state, grace);
             }
         }
@@ -117,7 +144,11 @@ impl Proxy {
         let Some(row) = rows.iter_mut().find(|r| r.addr == addr) else {
             return false;
         };
+        if row.draining {
+            return true;
+        }
         row.draining = true;
+        row.state.retire();
         self.cut_after(row.state.clone(), grace);
         *table = Arc::new(rows);
         true
@@ -132,11 +163,35 @@ impl Proxy {
             .map_or(0, |r| r.state.open.load(Ordering::Relaxed))
     }
 
-    /// Accepts on `listener` until `stop`, then closes what is open and returns.
+    /// Accepts on `listener` until `stop`, relaying each connection to a backend (L4), then
+    /// closes what is open and returns.
     pub async fn serve(&self, listener: TcpListener, limits: Limits, stop: CancellationToken) {
+        self.accept(
+            listener,
+            limits,
+            stop,
+            |proxy, client, _, stop| async move {
+                proxy.relay(client, limits, stop).await;
+            },
+        )
+        .await;
+    }
+
+    /// The accept loop of both modes: each connection, unless `max_connections` are open, is
+    /// handed to `handle` on its own task; on `stop`, waits for them to end.
+    pub(crate) async fn accept<F, Fut>(
+        &self,
+        listener: TcpListener,
+        limits: Limits,
+        stop: CancellationToken,
+        handle: F,
+    ) where
+        F: Fn(Proxy, TcpStream, SocketAddr, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let connections = TaskTracker::new();
         loop {
-            let (client, _) = tokio::select! {
+            let (client, peer) = tokio::select! {
                 () = stop.cancelled() => break,
                 r = listener.accept() => match r {
                     Ok(c) => c,
@@ -155,13 +210,15 @@ impl Proxy {
             }
             self.stats.accepted.fetch_add(1, Ordering::Relaxed);
             self.stats.open.fetch_add(1, Ordering::Relaxed);
-            let proxy = self.clone();
-            let stop = stop.clone();
+            let work = handle(self.clone(), client, peer, stop.clone());
+            let stats = self.stats.clone();
             connections.spawn(async move {
-                proxy.relay(client, limits, stop).await;
-                proxy.stats.open.fetch_sub(1, Ordering::Relaxed);
+                work.await;
+                stats.open.fetch_sub(1, Ordering::Relaxed);
             });
         }
+        // The port is free again at once (a listener for a changed spec may bind it).
+        drop(listener);
         connections.close();
         connections.wait().await;
         // Drains still pending finish on their own: each only cancels a token, and the
@@ -175,12 +232,9 @@ impl Proxy {
         let mut tried = vec![false; table.len()];
         let mut upstream = None;
         for _ in 0..limits.max_attempts.max(1) {
-            let weights: Vec<Weight> = table.iter().map(|r| r.weight).collect();
-            let pick = self
-                .picker
-                .lock()
-                .pick(&weights, |i| !tried[i] && !table[i].draining);
-            let Some(i) = pick else { break };
+            let Some(i) = self.pick(&table, &tried) else {
+                break;
+            };
             tried[i] = true;
             let row = &table[i];
             match tokio::time::timeout(limits.connect_timeout, TcpStream::connect(row.addr)).await {
