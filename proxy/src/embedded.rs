@@ -63,6 +63,9 @@ pub struct Stats {
     pub resent_unsent: AtomicU64,
 }
 
+/// A kept-alive HTTP/1.1 connection to a backend (the HTTP mode's).
+pub(crate) type Upstream = hyper::client::conn::http1::SendRequest<hyper::body::Incoming>;
+
 /// One backend's live state, kept across table replacements.
 #[derive(Debug, Default)]
 pub(crate) struct BackendState {
@@ -73,7 +76,7 @@ pub(crate) struct BackendState {
     /// kept.
     pub(crate) retired: AtomicBool,
     /// HTTP mode: idle kept-alive connections to it.
-    pub(crate) idle: Mutex<Vec<crate::http::Upstream>>,
+    pub(crate) idle: Mutex<Vec<Upstream>>,
 }
 
 impl BackendState {

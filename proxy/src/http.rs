@@ -16,17 +16,13 @@ use std::time::Duration;
 
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HOST, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::embedded::{BackendState, Limits, Proxy, Row};
-
-/// A kept-alive connection to a backend.
-pub(crate) type Upstream = SendRequest<Incoming>;
+use crate::embedded::{BackendState, Limits, Proxy, Row, Upstream};
 
 /// The body of an answer: the backend's, streamed, or the proxy's own.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -298,6 +294,7 @@ mod tests {
     use std::sync::atomic::AtomicU64;
 
     use http_body_util::BodyExt as _;
+    use hyper::client::conn::http1::SendRequest;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_util::task::TaskTracker;
 

@@ -12,10 +12,18 @@ use parking_lot::Mutex;
 
 pub mod catalog;
 pub mod health;
+pub mod hook;
 pub mod process;
 pub mod runtime;
 pub mod sync;
 pub mod traffic;
+
+/// Now, in Unix milliseconds (an instance's epoch).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Counters of one service on this node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -89,15 +89,15 @@ pub struct Instance {
 /// What the supervisor tells the runtime about an instance's process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Report {
+    /// Running since `epoch` (Unix milliseconds): `detail` says how (`pid 1234`, `started by
+    /// its hook`, `adopted`).
     Started {
         id: String,
-        pid: u32,
+        detail: String,
+        epoch: u64,
     },
     /// It exited without being asked to, or could not start: restarted after a backoff.
-    Exited {
-        id: String,
-        reason: String,
-    },
+    Exited { id: String, reason: String },
 }
 
 /// The start time of a process, from /proc (clock ticks since boot): with the pid, it names one
@@ -248,7 +248,8 @@ pub async fn supervise(
                 tracing::info!(instance = %instance.id, pid, port = instance.port, "instance started");
                 let _ = reports.send(Report::Started {
                     id: instance.id.clone(),
-                    pid,
+                    detail: format!("pid {pid}"),
+                    epoch: super::unix_ms(),
                 });
                 tokio::select! {
                     status = child.wait() => {

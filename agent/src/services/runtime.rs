@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ServiceStats;
 use super::catalog::CatalogStore;
+use super::hook;
 use super::process::{Backoff, Instance, InstanceStats, ProcessSpec, Report, supervise};
 use crate::collect::host::{CPU_UTIL, MEM_AVAILABLE_BYTES};
 use crate::fleet::events::Emitter;
@@ -36,12 +37,6 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// Instances this node tells the fleet about, at most (bounds its signed value).
 const MAX_PUBLISHED: usize = 256;
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// An instance on this node, as the API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -251,6 +246,8 @@ impl Runtime {
             }
         };
         let mut running: BTreeMap<String, Running> = BTreeMap::new();
+        // Hook instances a previous run left (adopted or stopped by the first convergence).
+        let mut leftovers = hook::records(&self.pid_dir);
         // The instances' supervisors (each awaited when its instance stops).
         let instances = tokio_util::task::TaskTracker::new();
         let (tx_reports, mut rx_reports) = tokio::sync::mpsc::unbounded_channel();
@@ -263,14 +260,15 @@ impl Runtime {
                     self.on_report(&mut running, report).await;
                 }
                 _ = tick.tick() => {
-                    self.converge(&mut running, &instances, &tx_reports, &stop).await;
+                    self.converge(&mut running, &mut leftovers, &instances, &tx_reports, &stop).await;
                     self.check(&mut running, &client).await;
                 }
             }
             self.publish(&running);
         }
+        // Processes stop with the agent (their tokens are children of `stop`); hook instances
+        // are left running, recorded, for the next run to adopt.
         for (_, r) in running {
-            r.stop.cancel();
             let _ = r.task.await;
         }
         self.view.write().clear();
@@ -283,6 +281,7 @@ impl Runtime {
     async fn converge(
         &self,
         running: &mut BTreeMap<String, Running>,
+        leftovers: &mut BTreeMap<String, hook::HookInstance>,
         instances: &tokio_util::task::TaskTracker,
         reports: &UnboundedSender<Report>,
         stop: &CancellationToken,
@@ -336,47 +335,95 @@ impl Runtime {
             if running.contains_key(&id) {
                 continue;
             }
-            let Driver::Process {
-                command,
-                args,
-                env,
-                workdir,
-                stop_grace,
-            } = &spec.driver
-            else {
-                tracing::warn!(service = %service, "the hook driver is not available yet; instance not started");
-                continue;
+            let free_port = || {
+                std::net::TcpListener::bind((self.instance_ip, 0))
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .map_err(|e| {
+                        tracing::error!(error = %e, ip = %self.instance_ip, "no free port for an instance (check services.instance_ip)");
+                    })
             };
-            let port = match std::net::TcpListener::bind((self.instance_ip, 0))
-                .and_then(|l| l.local_addr())
-            {
-                Ok(a) => a.port(),
-                Err(e) => {
-                    tracing::error!(error = %e, ip = %self.instance_ip, "no free port for an instance (check services.instance_ip)");
-                    continue;
+            let (port, task, token) = match &spec.driver {
+                Driver::Process {
+                    command,
+                    args,
+                    env,
+                    workdir,
+                    stop_grace,
+                } => {
+                    let Ok(port) = free_port() else { continue };
+                    let token = stop.child_token();
+                    let instance = Instance {
+                        id: id.clone(),
+                        host: self.instance_ip,
+                        port,
+                        spec: ProcessSpec {
+                            command: command.clone(),
+                            args: args.clone(),
+                            env: env.clone(),
+                            workdir: workdir.as_ref().map(PathBuf::from),
+                            stop_grace: *stop_grace,
+                        },
+                    };
+                    let task = instances.spawn(supervise(
+                        instance,
+                        self.pid_dir.clone(),
+                        Backoff::default(),
+                        Arc::new(InstanceStats::default()),
+                        reports.clone(),
+                        token.clone(),
+                    ));
+                    (port, task, token)
+                }
+                Driver::Hook {
+                    start,
+                    stop: stop_script,
+                    status,
+                    ..
+                } => {
+                    let scripts = hook::Scripts {
+                        start: start.clone(),
+                        stop: stop_script.clone(),
+                        status: status.clone(),
+                    };
+                    // What a previous run left: adopted when it runs the same thing, else
+                    // stopped first.
+                    let (port, epoch) = match leftovers.remove(&id) {
+                        Some(r) if r.version == version && r.scripts == scripts => {
+                            (r.port, r.epoch)
+                        }
+                        other => {
+                            if let Some(r) = other {
+                                stop_leftover(&self.pid_dir, &r).await;
+                            }
+                            let Ok(port) = free_port() else { continue };
+                            (port, 0)
+                        }
+                    };
+                    let instance = hook::HookInstance {
+                        id: id.clone(),
+                        service: service.clone(),
+                        version,
+                        host: self.instance_ip,
+                        port,
+                        epoch,
+                        scripts,
+                    };
+                    // Stopped only when the runtime says so: an agent that stops leaves it
+                    // running for its next run to adopt.
+                    let token = CancellationToken::new();
+                    let task = instances.spawn(hook::supervise(
+                        instance,
+                        self.pid_dir.clone(),
+                        Backoff::default(),
+                        hook::STATUS_EVERY,
+                        reports.clone(),
+                        token.clone(),
+                        stop.clone(),
+                    ));
+                    (port, task, token)
                 }
             };
-            let instance = Instance {
-                id: id.clone(),
-                host: self.instance_ip,
-                port,
-                spec: ProcessSpec {
-                    command: command.clone(),
-                    args: args.clone(),
-                    env: env.clone(),
-                    workdir: workdir.as_ref().map(PathBuf::from),
-                    stop_grace: *stop_grace,
-                },
-            };
-            let token = stop.child_token();
-            let task = instances.spawn(supervise(
-                instance,
-                self.pid_dir.clone(),
-                Backoff::default(),
-                Arc::new(InstanceStats::default()),
-                reports.clone(),
-                token.clone(),
-            ));
             running.insert(
                 id,
                 Running {
@@ -394,22 +441,27 @@ impl Runtime {
                 },
             );
         }
+        // Hook instances a previous run left that are not placed here any more.
+        for (_, r) in std::mem::take(leftovers) {
+            stop_leftover(&self.pid_dir, &r).await;
+        }
     }
 
     /// A start or an exit of an instance's process.
     async fn on_report(&self, running: &mut BTreeMap<String, Running>, report: Report) {
         match report {
-            Report::Started { id, pid } => {
+            Report::Started { id, detail, epoch } => {
                 let Some(r) = running.get_mut(&id) else {
                     return;
                 };
+                tracing::info!(instance = %id, %detail, "instance running");
                 r.up = true;
-                r.epoch = unix_ms();
+                r.epoch = epoch;
                 // A new run is unknown until it passes its checks.
                 r.health = HealthTracker::new(&r.spec.health);
                 r.next_probe = tokio::time::Instant::now();
                 self.stats.count(&r.service, |c| c.starts += 1);
-                let change = r.change(&id, Some(format!("pid {pid}")));
+                let change = r.change(&id, Some(detail));
                 self.events
                     .emit(EventKind::InstanceStarted(change), Some(id))
                     .await;
@@ -508,4 +560,15 @@ impl Runtime {
             *current = view;
         }
     }
+}
+
+/// Stops a hook instance a previous run left, and forgets it.
+async fn stop_leftover(dir: &std::path::Path, r: &hook::HookInstance) {
+    match hook::stop(r).await {
+        Ok(()) => tracing::info!(instance = %r.id, "stopped a hook instance a previous run left"),
+        Err(e) => {
+            tracing::error!(instance = %r.id, error = %e, "could not stop a hook instance a previous run left")
+        }
+    }
+    hook::forget(dir, &r.id);
 }

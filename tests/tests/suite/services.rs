@@ -401,3 +401,137 @@ async fn an_applied_service_runs_and_a_deleted_one_stops() {
     .await
     .expect("the proxy stops listening");
 }
+
+/// A hook-driven service: the operator's scripts run `augur-echo` in the background. The agent
+/// starts it through them and routes to it; across the agent's own restart the instance keeps
+/// running and is adopted (same address, same epoch, same process); deleting the service stops
+/// it through the stop script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_driven_instance_is_adopted_across_an_agent_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("fleet.key");
+    let public = fleet_key(&key);
+    let cred = dir.path().join("operator.cred");
+    operator(&key, &cred);
+    let data = dir.path().join("data");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let config = format!("[mesh]\nfleet_keys = [\"{public}\"]\n[services]\ndrain_grace = \"1s\"\n");
+    let start = |data: &std::path::Path| {
+        AgentProcess::start(AgentOptions {
+            data_dir: Some(data.to_owned()),
+            config: config.clone(),
+            ..Default::default()
+        })
+    };
+    let mut agent = start(&data).await.expect("agent starts");
+    let pid_file = state.join("echo-0.pid");
+    let spec = dir.path().join("echo.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[service]\nname = \"echo\"\nport = {port}\n\
+             [service.driver]\nkind = \"hook\"\n\
+             start = \"nohup {echo} > /dev/null 2>&1 & echo $! > {s}/$AUGUR_INSTANCE.pid\"\n\
+             status = \"kill -0 $(cat {s}/$AUGUR_INSTANCE.pid 2>/dev/null) 2>/dev/null && echo running || echo stopped\"\n\
+             stop = \"kill $(cat {s}/$AUGUR_INSTANCE.pid) 2>/dev/null; rm -f {s}/$AUGUR_INSTANCE.pid; true\"\n\
+             [service.health]\nhttp = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nsuccesses = 1\n",
+            port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port(),
+            echo = env!("CARGO_BIN_EXE_augur-echo"),
+            s = state.display(),
+        ),
+    )
+    .expect("spec");
+    let cred_s = path_str(&cred).expect("path").to_owned();
+    augur_json(&[
+        "service",
+        "apply",
+        path_str(&spec).expect("path"),
+        "--credential",
+        &cred_s,
+        "--api",
+        &agent.url(""),
+        "--json",
+    ])
+    .expect("applied");
+    let healthy = |agent: &AgentProcess| {
+        let url = agent.url("/v1/services");
+        async move {
+            let v: serde_json::Value = http().get(url).send().await.ok()?.json().await.ok()?;
+            let i = v["instances"].as_array()?.first()?.clone();
+            (i["health"] == "healthy").then(|| (i["addr"].clone(), i["epoch"].clone()))
+        }
+    };
+    let before = augur_tests::eventually("the hook instance healthy", || healthy(&agent))
+        .await
+        .expect("runs");
+    let pid = std::fs::read_to_string(&pid_file).expect("pid file");
+    let body = http()
+        .get(format!("http://{}/", before.0.as_str().expect("addr")))
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(body.trim(), "echo-0");
+
+    // The agent restarts; the instance is not stopped, and is adopted as it is.
+    agent.terminate().await.expect("stops");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).expect("still recorded"),
+        pid
+    );
+    let agent = start(&data).await.expect("agent restarts");
+    augur_tests::eventually("an instance.started event saying adopted", || async {
+        let v = agent
+            .get_json("/v1/events?topic=instance.started")
+            .await
+            .ok()?;
+        v["events"]
+            .as_array()?
+            .iter()
+            .any(|e| {
+                e["detail"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("adopted"))
+            })
+            .then_some(())
+    })
+    .await
+    .expect("the instance adopted");
+    let after = augur_tests::eventually("the adopted instance healthy", || healthy(&agent))
+        .await
+        .expect("adopted");
+    assert_eq!(after, before, "same address, same epoch");
+    assert_eq!(std::fs::read_to_string(&pid_file).expect("pid file"), pid);
+
+    // Deleted: stopped through the stop script.
+    augur_json(&[
+        "service",
+        "delete",
+        "echo",
+        "--credential",
+        &cred_s,
+        "--api",
+        &agent.url(""),
+        "--json",
+    ])
+    .expect("deleted");
+    augur_tests::eventually("the stop hook ran", || async {
+        (!pid_file.exists()).then_some(())
+    })
+    .await
+    .expect("stopped");
+    let pid: i32 = pid.trim().parse().expect("pid");
+    augur_tests::eventually("the echo process gone", || async {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            .is_err()
+            .then_some(())
+    })
+    .await
+    .expect("gone");
+}
