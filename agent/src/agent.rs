@@ -231,6 +231,7 @@ pub async fn run(
                 events: emitter.clone(),
                 stats: service_stats.clone(),
                 drain: cfg.services.drain_grace,
+                ingestor: Some(ingestor.clone()),
             }
             .run(stage_group.token()),
         ),

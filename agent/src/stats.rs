@@ -22,6 +22,8 @@ pub enum Source {
     Scrape,
     Http,
     Grpc,
+    /// The services' instances on this node (health checks, process CPU and memory).
+    Instance,
 }
 
 impl Source {
@@ -32,6 +34,7 @@ impl Source {
             Source::Scrape => "scrape",
             Source::Http => "http",
             Source::Grpc => "grpc",
+            Source::Instance => "instance",
         }
     }
 }

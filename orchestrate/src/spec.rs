@@ -235,6 +235,12 @@ impl ServiceSpec {
     /// Checks every field; the first problem found is returned.
     pub fn validate(&self) -> Result<(), SpecError> {
         check_name(&self.name).map_err(|m| err("service.name", m))?;
+        if self.name == "host" {
+            return Err(err(
+                "service.name",
+                "\"host\" is reserved: instances are resources of their service's type, and \"host\" is the nodes' own",
+            ));
+        }
         if self.port == 0 {
             return Err(err("service.port", "a port from 1 to 65535"));
         }
@@ -423,6 +429,7 @@ mod tests {
         let cases: &[(&str, &str, &str)] = &[
             ("name = \"web\"", "name = \"Web\"", "service.name"),
             ("name = \"web\"", "name = \"web-\"", "service.name"),
+            ("name = \"web\"", "name = \"host\"", "service.name"),
             ("port = 8080", "port = 0", "service.port"),
             ("replicas = 2", "replicas = 0", "service.replicas"),
             (

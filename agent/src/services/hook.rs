@@ -220,6 +220,7 @@ pub async fn supervise(
                 id: instance.id.clone(),
                 detail: "adopted (its status hook says running)".to_owned(),
                 epoch: instance.epoch,
+                pid: None,
             });
             true
         } else {
@@ -238,6 +239,7 @@ pub async fn supervise(
                         id: instance.id.clone(),
                         detail: "started by its hook".to_owned(),
                         epoch: instance.epoch,
+                        pid: None,
                     });
                     true
                 }
@@ -367,7 +369,7 @@ mod tests {
         ));
         let first = rx.recv().await.expect("a report");
         assert!(
-            matches!(&first, Report::Started { id, detail, epoch }
+            matches!(&first, Report::Started { id, detail, epoch, .. }
                 if id == "vm-0" && detail == "started by its hook" && *epoch > 1),
             "{first:?}"
         );

@@ -95,6 +95,8 @@ pub enum Report {
         id: String,
         detail: String,
         epoch: u64,
+        /// The process, when the driver knows it (its CPU and memory become telemetry).
+        pid: Option<u32>,
     },
     /// It exited without being asked to, or could not start: restarted after a backoff.
     Exited { id: String, reason: String },
@@ -107,6 +109,23 @@ fn start_time(pid: u32) -> Option<u64> {
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The CPU time a process has used (seconds, user and system) and its resident memory (bytes),
+/// from /proc (whose times are in USER_HZ, 100 per second on Linux).
+pub fn usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the state.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())?;
+    Some((ticks as f64 / 100.0, rss_kb * 1024))
 }
 
 /// Whether a process runs (exists and is not a zombie waiting to be reaped).
@@ -250,6 +269,7 @@ pub async fn supervise(
                     id: instance.id.clone(),
                     detail: format!("pid {pid}"),
                     epoch: super::unix_ms(),
+                    pid: Some(pid),
                 });
                 tokio::select! {
                     status = child.wait() => {
@@ -415,6 +435,8 @@ mod tests {
             .and_then(|p| p.parse().ok())
             .expect("pid");
         assert!(start_time(pid).is_some(), "running");
+        let (cpu_s, rss) = usage(pid).expect("usage");
+        assert!(cpu_s >= 0.0 && rss > 0, "{cpu_s} {rss}");
         // It ignores SIGTERM: killed after the grace, reaped, pid file gone.
         stop.cancel();
         task.await.expect("supervisor ends");

@@ -14,9 +14,10 @@ use augur_mesh::membership::MemberStatus;
 use augur_mesh::values::{InstanceValue, NodeValue};
 use augur_mesh::{EventKind, InstanceChange, Mesh};
 use augur_orchestrate::Machine as _;
-use augur_orchestrate::health::{Health, HealthTracker, Transition};
+use augur_orchestrate::health::{Check, Health, HealthTracker, Transition};
 use augur_orchestrate::placement::{Candidate, place};
 use augur_orchestrate::spec::{Driver, HealthCheck, ServiceSpec};
+use augur_proto::{ResourceId, ResourceType};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
@@ -30,6 +31,9 @@ use super::process::{Backoff, Instance, InstanceStats, ProcessSpec, Report, supe
 use crate::collect::host::{CPU_UTIL, MEM_AVAILABLE_BYTES};
 use crate::fleet::events::Emitter;
 use crate::history::History;
+use crate::ingest::Ingestor;
+use crate::sample::{Sample, UnixMicros};
+use crate::stats::Source;
 
 /// How often placement is recomputed and health checked (each instance is probed at its own
 /// interval, on the first tick after it).
@@ -118,6 +122,11 @@ struct Running {
     next_probe: tokio::time::Instant,
     /// Leaving: takes no new traffic (the fleet's proxies drop it) and is stopped at this time.
     draining_until: Option<tokio::time::Instant>,
+    /// Its process, when the driver knows it, and its CPU time (seconds) at the last sample.
+    pid: Option<u32>,
+    cpu: Option<(f64, std::time::Instant)>,
+    /// This node's name (a label of its samples).
+    node: String,
 }
 
 impl Running {
@@ -129,6 +138,48 @@ impl Running {
         } else {
             health_str(self.health.health())
         }
+    }
+
+    /// The instance as a resource (its id, of the service's type): whether it runs, its health
+    /// check (passed, latency) when one was made, and its process's CPU (fraction of a core)
+    /// and resident memory.
+    fn sample(&mut self, id: &str, check: Option<&Check>) -> Option<Sample> {
+        let resource_id = ResourceId::parse(id).ok()?;
+        let resource_type = ResourceType::parse(&self.service).ok()?;
+        let mut metrics = BTreeMap::new();
+        metrics.insert("up".to_owned(), if self.up { 1.0 } else { 0.0 });
+        match check {
+            Some(Check::Passed(latency)) => {
+                metrics.insert("health_ok".to_owned(), 1.0);
+                metrics.insert(
+                    "health_latency_ms".to_owned(),
+                    latency.as_secs_f64() * 1000.0,
+                );
+            }
+            Some(Check::Failed(_)) => {
+                metrics.insert("health_ok".to_owned(), 0.0);
+            }
+            None => {}
+        }
+        if let Some((cpu_s, rss)) = self.pid.and_then(super::process::usage) {
+            let now = std::time::Instant::now();
+            if let Some((before, at)) = self.cpu {
+                let wall = now.duration_since(at).as_secs_f64();
+                if wall > 0.0 {
+                    metrics.insert("cpu_util".to_owned(), ((cpu_s - before) / wall).max(0.0));
+                }
+            }
+            self.cpu = Some((cpu_s, now));
+            metrics.insert("mem_rss_bytes".to_owned(), rss as f64);
+        }
+        Some(Sample {
+            ts: UnixMicros::now(),
+            resource_id,
+            resource_type,
+            metrics,
+            event: None,
+            labels: BTreeMap::from([("node".to_owned(), self.node.clone())]),
+        })
     }
 
     fn change(&self, id: &str, reason: Option<String>) -> InstanceChange {
@@ -160,6 +211,8 @@ pub struct Runtime {
     pub stats: Arc<ServiceStats>,
     /// How long an instance leaving this node drains before it is stopped.
     pub drain: Duration,
+    /// Where the instances' telemetry goes (none in tests without a history).
+    pub ingestor: Option<Ingestor>,
 }
 
 fn health_str(h: Health) -> &'static str {
@@ -438,6 +491,9 @@ impl Runtime {
                     epoch: 0,
                     next_probe: tokio::time::Instant::now(),
                     draining_until: None,
+                    pid: None,
+                    cpu: None,
+                    node: self.node_name.clone(),
                 },
             );
         }
@@ -450,10 +506,17 @@ impl Runtime {
     /// A start or an exit of an instance's process.
     async fn on_report(&self, running: &mut BTreeMap<String, Running>, report: Report) {
         match report {
-            Report::Started { id, detail, epoch } => {
+            Report::Started {
+                id,
+                detail,
+                epoch,
+                pid,
+            } => {
                 let Some(r) = running.get_mut(&id) else {
                     return;
                 };
+                r.pid = pid;
+                r.cpu = None;
                 tracing::info!(instance = %id, %detail, "instance running");
                 r.up = true;
                 r.epoch = epoch;
@@ -471,6 +534,8 @@ impl Runtime {
                     return;
                 };
                 r.up = false;
+                r.pid = None;
+                self.record(r.sample(&id, None).into_iter().collect());
                 self.stats.count(&r.service, |c| c.exits += 1);
                 let change = r.change(&id, Some(reason));
                 self.events
@@ -497,6 +562,7 @@ impl Runtime {
                 .map(|(_, addr, check)| super::health::probe(client, *addr, check)),
         )
         .await;
+        let mut samples = Vec::new();
         for ((id, _, _), check) in due.into_iter().zip(checks) {
             let Some(r) = running.get_mut(&id) else {
                 continue;
@@ -505,6 +571,7 @@ impl Runtime {
                 // It exited while being checked: the exit said so already.
                 continue;
             }
+            samples.extend(r.sample(&id, Some(&check)));
             for t in r.health.on_event(check, ()) {
                 let Transition::Became { health, reason } = t;
                 tracing::info!(instance = %id, health = health_str(health), reason = ?reason, "instance health");
@@ -522,6 +589,22 @@ impl Runtime {
                 };
                 self.events.emit(kind, Some(id.clone())).await;
             }
+        }
+        self.record(samples);
+    }
+
+    /// Hands instance samples to the history, like any telemetry (dropped and counted when the
+    /// queue is full).
+    fn record(&self, samples: Vec<Sample>) {
+        let Some(ingestor) = &self.ingestor else {
+            return;
+        };
+        let admitted: Vec<Sample> = samples
+            .into_iter()
+            .filter(|s| ingestor.admit(Source::Instance, s).is_ok())
+            .collect();
+        if !admitted.is_empty() {
+            ingestor.submit_nowait(Source::Instance, admitted);
         }
     }
 

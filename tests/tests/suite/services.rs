@@ -355,6 +355,30 @@ async fn an_applied_service_runs_and_a_deleted_one_stops() {
     })
     .await
     .expect("runs");
+    // The instance is a resource of the service's type: whether it runs, its health checks,
+    // its process's CPU and memory are telemetry, and it gets a failure prediction.
+    augur_tests::eventually("the instance's telemetry", || async {
+        let v = agent.get_json("/v1/resources/echo-0").await.ok()?;
+        let m = &v["latest"]["metrics"];
+        (v["resource_type"] == "echo"
+            && m["up"].as_f64()? == 1.0
+            && m["health_ok"].as_f64()? == 1.0
+            && m["health_latency_ms"].as_f64()? > 0.0
+            && m["mem_rss_bytes"].as_f64()? > 0.0
+            && m["cpu_util"].as_f64()? >= 0.0)
+            .then_some(())
+    })
+    .await
+    .expect("instance telemetry");
+    augur_tests::eventually("a prediction for the instance", || async {
+        let v = agent
+            .get_json("/predict_failure?resource_id=echo-0")
+            .await
+            .ok()?;
+        v["failure_probability"].as_f64().map(|_| ())
+    })
+    .await
+    .expect("predicted");
     // Directly, and through this node's proxy on the service's port.
     for url in [
         format!("http://{addr}/"),
