@@ -155,6 +155,7 @@ pub async fn run(
         catalog: catalog.clone(),
         instances: Arc::default(),
         routes: Arc::default(),
+        traffic_problems: Arc::default(),
         tasks: writer_group.health().clone(),
     };
 
@@ -247,6 +248,7 @@ pub async fn run(
                 events: emitter,
                 stats: service_stats,
                 routes: api_state.routes.clone(),
+                problems: api_state.traffic_problems.clone(),
             }
             .run(stage_group.token()),
         ),

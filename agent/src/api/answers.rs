@@ -106,6 +106,9 @@ pub struct ServiceList {
     /// Where this node's proxies send each service's traffic: backend address -> weight.
     #[serde(default)]
     pub routes: augur_proxy::Routes,
+    /// What this node's proxies cannot do now (a port in use, HAProxy out of step).
+    #[serde(default)]
+    pub traffic_errors: Vec<augur_mesh::TrafficProblem>,
 }
 
 /// `POST /v1/services`: a signed catalog change (`augur-doc:...`, made by `augur service apply`).

@@ -8,7 +8,7 @@ use augur_proto::v1::{
     ListResourcesRequest, ListResourcesResponse, ListServicesRequest, ListServicesResponse,
     PredictFailureRequest, Prediction, PushSummary, QueryTelemetryRequest, QueryTelemetryResponse,
     RejectedSample, ResourceInfo, RouteInfo, ServiceInfo, StatusRequest, StatusResponse,
-    SubscribeRequest, TelemetrySample,
+    SubscribeRequest, TelemetrySample, TrafficErrorInfo,
 };
 use std::time::Duration;
 
@@ -241,6 +241,7 @@ impl Agent for GrpcApi {
             addr: i.addr,
             health: i.health,
             epoch: i.epoch,
+            reason: i.reason.unwrap_or_default(),
         })
         .collect();
         let routes = self
@@ -262,6 +263,17 @@ impl Agent for GrpcApi {
             versions: catalog.versions().into_iter().collect(),
             instances,
             routes,
+            traffic_errors: self
+                .state
+                .traffic_problems
+                .read()
+                .iter()
+                .map(|p| TrafficErrorInfo {
+                    service: p.service.clone(),
+                    proxy: p.proxy.clone(),
+                    reason: p.reason.clone(),
+                })
+                .collect(),
         }))
     }
 

@@ -282,6 +282,7 @@ async fn services(State(st): State<ApiState>) -> Json<ServiceList> {
                 .unwrap_or_default(),
         ),
         routes: st.routes.read().clone(),
+        traffic_errors: st.traffic_problems.read().clone(),
     })
 }
 

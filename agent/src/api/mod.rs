@@ -40,6 +40,8 @@ pub struct ApiState {
     pub instances: Arc<parking_lot::RwLock<Vec<crate::services::runtime::InstanceView>>>,
     /// The routes this node's proxies serve.
     pub routes: Arc<parking_lot::RwLock<augur_proxy::Routes>>,
+    /// What this node's proxies cannot do now.
+    pub traffic_problems: Arc<parking_lot::RwLock<Vec<augur_mesh::TrafficProblem>>>,
     /// Tasks that ended unexpectedly (for `/healthz`).
     pub tasks: Arc<augur_mesh::tasks::TaskHealth>,
 }

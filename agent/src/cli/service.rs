@@ -114,7 +114,13 @@ pub async fn list(api: &str, json: bool) -> anyhow::Result<()> {
                 i.health,
                 if routed { "yes" } else { "no" }
             );
+            if let Some(r) = &i.reason {
+                println!("  {r}");
+            }
         }
+    }
+    for p in &list.traffic_errors {
+        println!("{} proxy for {}: {}", p.proxy, p.service, p.reason);
     }
     Ok(())
 }

@@ -56,6 +56,9 @@ pub struct InstanceView {
     pub health: String,
     /// When this run of it started (Unix milliseconds; 0 before its first start).
     pub epoch: u64,
+    /// Why it is down or unhealthy (its last exit, or its last failed check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// An instance where it runs in the fleet, as `augur services` shows it.
@@ -69,6 +72,9 @@ pub struct PlacedInstance {
     pub addr: String,
     pub health: String,
     pub epoch: u64,
+    /// Why it is down or unhealthy (this node's instances only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Every instance in the fleet: this node's (`local`, the freshest) and the live members'.
@@ -87,6 +93,7 @@ pub fn fleet_instances(
             addr: i.addr.clone(),
             health: i.health.clone(),
             epoch: i.epoch,
+            reason: i.reason.clone(),
         })
         .collect();
     for m in members {
@@ -102,6 +109,7 @@ pub fn fleet_instances(
             addr: i.addr.clone(),
             health: i.health.clone(),
             epoch: i.epoch,
+            reason: None,
         }));
     }
     out.sort_by(|a, b| (&a.service, &a.id, &a.node).cmp(&(&b.service, &b.id, &b.node)));
@@ -127,6 +135,8 @@ struct Running {
     cpu: Option<(f64, std::time::Instant)>,
     /// This node's name (a label of its samples).
     node: String,
+    /// Why it is down or unhealthy.
+    reason: Option<String>,
 }
 
 impl Running {
@@ -494,6 +504,7 @@ impl Runtime {
                     pid: None,
                     cpu: None,
                     node: self.node_name.clone(),
+                    reason: None,
                 },
             );
         }
@@ -535,6 +546,7 @@ impl Runtime {
                 };
                 r.up = false;
                 r.pid = None;
+                r.reason = Some(reason.clone());
                 self.record(r.sample(&id, None).into_iter().collect());
                 self.stats.count(&r.service, |c| c.exits += 1);
                 let change = r.change(&id, Some(reason));
@@ -575,6 +587,7 @@ impl Runtime {
             for t in r.health.on_event(check, ()) {
                 let Transition::Became { health, reason } = t;
                 tracing::info!(instance = %id, health = health_str(health), reason = ?reason, "instance health");
+                r.reason.clone_from(&reason);
                 let change = r.change(&id, reason);
                 let kind = match health {
                     Health::Healthy => {
@@ -620,6 +633,9 @@ impl Runtime {
                 addr: r.addr.to_string(),
                 health: r.health().to_owned(),
                 epoch: r.epoch,
+                reason: (r.health() != "healthy")
+                    .then(|| r.reason.clone())
+                    .flatten(),
             })
             .collect();
         if let Some(m) = &self.mesh {

@@ -132,6 +132,9 @@ pub struct Traffic {
     pub stats: Arc<ServiceStats>,
     /// The routes served now (for the API).
     pub routes: Arc<RwLock<Routes>>,
+    /// What the proxies cannot do now (for the API): a port that cannot be bound, an HAProxy
+    /// backend out of step.
+    pub problems: Arc<RwLock<Vec<TrafficProblem>>>,
 }
 
 impl Traffic {
@@ -202,6 +205,26 @@ impl Traffic {
             if served != want {
                 *self.routes.write() = want.clone();
                 served = want;
+            }
+            let problems: Vec<TrafficProblem> = unbound
+                .iter()
+                .map(|(service, u)| TrafficProblem {
+                    service: service.clone(),
+                    proxy: "embedded".to_owned(),
+                    reason: u.reason.clone(),
+                })
+                .chain(
+                    haproxy_errors
+                        .iter()
+                        .map(|(service, reason)| TrafficProblem {
+                            service: service.clone(),
+                            proxy: "haproxy".to_owned(),
+                            reason: reason.clone(),
+                        }),
+                )
+                .collect();
+            if *self.problems.read() != problems {
+                *self.problems.write() = problems;
             }
         }
         for (_, l) in listening {

@@ -559,3 +559,175 @@ async fn a_hook_driven_instance_is_adopted_across_an_agent_restart() {
     .await
     .expect("gone");
 }
+
+/// Bad input and faults, each a clear error on the API, an event and a counter, none stopping
+/// the agent or the proxy of the service that works: a command that does not exist, a health
+/// check that never passes, a service port already in use, an HAProxy socket that is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_are_reported_and_counted_and_the_rest_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("fleet.key");
+    let public = fleet_key(&key);
+    let cred = dir.path().join("operator.cred");
+    operator(&key, &cred);
+    let agent = AgentProcess::start(AgentOptions {
+        config: format!(
+            "[mesh]\nfleet_keys = [\"{public}\"]\n\
+             [services]\ndrain_grace = \"1s\"\n\
+             [services.haproxy]\nsocket = \"{}\"\n",
+            dir.path().join("no-haproxy.sock").display()
+        ),
+        ..Default::default()
+    })
+    .await
+    .expect("agent starts");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    };
+    // Something else listens on the port of `taken`.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_port = squatter.local_addr().expect("addr").port();
+    let ok_port = free();
+    let echo = env!("CARGO_BIN_EXE_augur-echo");
+    let health = "[service.health]\nhttp = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nsuccesses = 1\nfailures = 2\n";
+    let specs = [
+        (
+            "nocmd",
+            free(),
+            "command = \"/nonexistent/augur-test-command\"".to_owned(),
+        ),
+        // Runs, but never listens: its checks never pass.
+        (
+            "sick",
+            free(),
+            "command = \"/bin/sleep\"\nargs = [\"3600\"]".to_owned(),
+        ),
+        ("taken", taken_port, format!("command = \"{echo}\"")),
+        ("ok", ok_port, format!("command = \"{echo}\"")),
+    ];
+    for (name, port, driver) in &specs {
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "[service]\nname = \"{name}\"\nport = {port}\n\
+                 [service.driver]\nkind = \"process\"\n{driver}\nstop_grace = \"1s\"\n{health}"
+            ),
+        )
+        .expect("spec");
+        augur_json(&[
+            "service",
+            "apply",
+            path_str(&file).expect("path"),
+            "--credential",
+            path_str(&cred).expect("path"),
+            "--api",
+            &agent.url(""),
+            "--json",
+        ])
+        .expect("applied");
+    }
+    // The API says what is wrong with each.
+    let list = augur_tests::eventually("every fault on the API", || async {
+        let v = agent.get_json("/v1/services").await.ok()?;
+        let instance = |id: &str| {
+            v["instances"]
+                .as_array()?
+                .iter()
+                .find(|i| i["id"] == id)
+                .cloned()
+        };
+        let nocmd = instance("nocmd-0")?;
+        let sick = instance("sick-0")?;
+        let errors = v["traffic_errors"].as_array()?;
+        let traffic = |service: &str, proxy: &str, text: &str| {
+            errors.iter().any(|e| {
+                e["service"] == service
+                    && e["proxy"] == proxy
+                    && e["reason"].as_str().is_some_and(|r| r.contains(text))
+            })
+        };
+        (nocmd["health"] == "down"
+            && nocmd["reason"]
+                .as_str()?
+                .contains("cannot start /nonexistent/augur-test-command")
+            && sick["health"] == "unhealthy"
+            && sick["reason"].as_str()?.contains("GET http://")
+            && traffic("taken", "embedded", &format!("port {taken_port} is in use"))
+            && traffic("ok", "haproxy", "cannot reach HAProxy's admin socket")
+            && instance("ok-0")?["health"] == "healthy")
+            .then_some(v)
+    })
+    .await
+    .expect("faults reported");
+    assert!(
+        list["routes"]["services"]["ok"]
+            .as_object()
+            .is_some_and(|o| o.len() == 1),
+        "{list}"
+    );
+    // Events, one per fault.
+    let events = agent.get_json("/v1/events").await.expect("events");
+    let topics: Vec<(String, String)> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| {
+            (
+                e["topic"].as_str().unwrap_or_default().to_owned(),
+                e["detail"]["service"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    for (topic, service) in [
+        ("instance.exited", "nocmd"),
+        ("instance.unhealthy", "sick"),
+        ("traffic.error", "taken"),
+        ("traffic.error", "ok"),
+        ("instance.healthy", "ok"),
+    ] {
+        assert!(
+            topics.contains(&(topic.to_owned(), service.to_owned())),
+            "no {topic} about {service}: {topics:?}"
+        );
+    }
+    // Counters.
+    let m = agent.get_text("/metrics").await.expect("metrics");
+    for (prefix, what) in [
+        (
+            "augur_service_instance_exits_total{service=\"nocmd\"}",
+            "the missing command",
+        ),
+        (
+            "augur_service_instance_became_unhealthy_total{service=\"sick\"}",
+            "the failing checks",
+        ),
+        (
+            "augur_traffic_errors_total{service=\"taken\",proxy=\"embedded\",reason=\"port_in_use\"}",
+            "the port in use",
+        ),
+        (
+            "augur_traffic_errors_total{service=\"ok\",proxy=\"haproxy\",reason=\"socket\"}",
+            "the missing HAProxy",
+        ),
+    ] {
+        assert!(augur_tests::metric(&m, prefix) >= 1.0, "{what}: {prefix}");
+    }
+    // The service that works is served through its proxy all along.
+    let body = http()
+        .get(format!("http://127.0.0.1:{ok_port}/"))
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(body.trim(), "ok-0");
+    drop(squatter);
+}
