@@ -58,6 +58,25 @@ pub enum OperatorError {
     WrongRole(&'static str),
     #[error("the document's signature does not verify for the operator that claims it")]
     BadSignature,
+    #[error(
+        "the document was signed at {signed} (unix seconds), more than {MAX_SKEW_S} s from this node's clock ({now}); sign it again (check the clocks)"
+    )]
+    NotFresh { signed: u64, now: u64 },
+}
+
+/// How far a document's signing time may be from the verifying node's clock when it is new.
+pub const MAX_SKEW_S: u64 = 300;
+
+/// When a document's grant must have held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// Offered by a client now (the API): the grant must hold now, and the document have been
+    /// signed within [`MAX_SKEW_S`] of now.
+    New,
+    /// Replicated from a peer, or reloaded from disk: the grant must have held when the
+    /// document was signed (a late joiner accepts what was decided under a grant that has
+    /// expired since), and the signing time may not lie in the future.
+    Held,
 }
 
 /// The fleet key's grant of a role to an operator key.
@@ -168,14 +187,29 @@ impl OperatorCredential {
     }
 
     /// Signs a document: `kind` and `name` say what it is, `version` orders its versions.
-    pub fn sign(&self, kind: &str, name: &str, version: u64, body: Vec<u8>) -> SignedDocument {
-        let sig = self.key.sign(&document_message(kind, name, version, &body));
+    /// Signs a document at `signed_unix_s` (the signature covers the time).
+    pub fn sign(
+        &self,
+        kind: &str,
+        name: &str,
+        version: u64,
+        body: Vec<u8>,
+        signed_unix_s: u64,
+    ) -> SignedDocument {
+        let sig = self.key.sign(&document_message(
+            kind,
+            name,
+            version,
+            &body,
+            Some(signed_unix_s),
+        ));
         SignedDocument {
             kind: kind.to_owned(),
             name: name.to_owned(),
             version,
             body,
             token: self.token.clone(),
+            signed_unix_s: Some(signed_unix_s),
             sig,
         }
     }
@@ -241,7 +275,13 @@ impl std::str::FromStr for OperatorCredential {
     }
 }
 
-fn document_message(kind: &str, name: &str, version: u64, body: &[u8]) -> Vec<u8> {
+fn document_message(
+    kind: &str,
+    name: &str,
+    version: u64,
+    body: &[u8],
+    signed_unix_s: Option<u64>,
+) -> Vec<u8> {
     let mut m = DOCUMENT_DOMAIN.to_vec();
     for part in [kind.as_bytes(), name.as_bytes()] {
         m.extend_from_slice(&(part.len() as u32).to_be_bytes());
@@ -249,6 +289,11 @@ fn document_message(kind: &str, name: &str, version: u64, body: &[u8]) -> Vec<u8
     }
     m.extend_from_slice(&version.to_be_bytes());
     m.extend_from_slice(body);
+    // Documents signed before the time was signed too have none (and are checked at now).
+    if let Some(t) = signed_unix_s {
+        m.extend_from_slice(b"signed-at");
+        m.extend_from_slice(&t.to_be_bytes());
+    }
     m
 }
 
@@ -261,6 +306,9 @@ pub struct SignedDocument {
     #[serde(with = "crate::cbor_bytes")]
     pub body: Vec<u8>,
     pub token: OperatorToken,
+    /// When the operator signed it (Unix seconds; covered by the signature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_unix_s: Option<u64>,
     #[serde(with = "crate::cbor_bytes")]
     sig: Vec<u8>,
 }
@@ -292,11 +340,45 @@ impl std::str::FromStr for SignedDocument {
 }
 
 impl SignedDocument {
-    /// Checks the operator's token against the trusted fleet keys at `now_unix_s` and the
-    /// signature over kind, name, version and body.
-    pub fn verify(&self, trusted: &Trust, now_unix_s: u64) -> Result<(), OperatorError> {
-        let operator = self.token.verify(trusted, now_unix_s)?;
-        let msg = document_message(&self.kind, &self.name, self.version, &self.body);
+    /// Checks the operator's token against the trusted fleet keys (at now or at the signing
+    /// time, see [`Freshness`]) and the signature over kind, name, version, body and time.
+    pub fn verify(
+        &self,
+        trusted: &Trust,
+        now_unix_s: u64,
+        freshness: Freshness,
+    ) -> Result<(), OperatorError> {
+        let at = match (freshness, self.signed_unix_s) {
+            (_, None) => now_unix_s,
+            (Freshness::New, Some(t)) => {
+                // An expired grant is the more useful thing to say.
+                self.token.verify(trusted, now_unix_s)?;
+                if t.abs_diff(now_unix_s) > MAX_SKEW_S {
+                    return Err(OperatorError::NotFresh {
+                        signed: t,
+                        now: now_unix_s,
+                    });
+                }
+                now_unix_s
+            }
+            (Freshness::Held, Some(t)) => {
+                if t > now_unix_s + MAX_SKEW_S {
+                    return Err(OperatorError::NotFresh {
+                        signed: t,
+                        now: now_unix_s,
+                    });
+                }
+                t
+            }
+        };
+        let operator = self.token.verify(trusted, at)?;
+        let msg = document_message(
+            &self.kind,
+            &self.name,
+            self.version,
+            &self.body,
+            self.signed_unix_s,
+        );
         if operator.verify(&msg, &self.sig) {
             Ok(())
         } else {
@@ -316,16 +398,16 @@ mod tests {
         let fleet = FleetKey::from_seed([1; 32]);
         let trust = Trust::new(vec![fleet.public()]);
         let op = OperatorCredential::create(&fleet, Role::Operator, NOW + 3600);
-        let doc = op.sign("service", "web", 3, b"spec".to_vec());
-        assert_eq!(doc.verify(&trust, NOW), Ok(()));
+        let doc = op.sign("service", "web", 3, b"spec".to_vec(), NOW);
+        assert_eq!(doc.verify(&trust, NOW, Freshness::New), Ok(()));
         // The credential survives its text form.
         let again: OperatorCredential = op.to_string().parse().expect("parses");
         let text: SignedDocument = doc.to_string().parse().expect("the document's text form");
         assert_eq!(text, doc);
         assert_eq!(
             again
-                .sign("service", "web", 3, b"spec".to_vec())
-                .verify(&trust, NOW),
+                .sign("service", "web", 3, b"spec".to_vec(), NOW)
+                .verify(&trust, NOW, Freshness::New),
             Ok(())
         );
 
@@ -335,31 +417,61 @@ mod tests {
             |d: &mut SignedDocument| d.name = "api".into(),
             |d: &mut SignedDocument| d.kind = "model".into(),
             |d: &mut SignedDocument| d.body.push(b'!'),
+            |d: &mut SignedDocument| d.signed_unix_s = Some(NOW - 1),
         ] {
             let mut d = doc.clone();
             tamper(&mut d);
-            assert_eq!(d.verify(&trust, NOW), Err(OperatorError::BadSignature));
+            assert_eq!(
+                d.verify(&trust, NOW, Freshness::New),
+                Err(OperatorError::BadSignature)
+            );
         }
-        // Expired, or under a fleet key no longer trusted.
+        // Expired: a new offer is refused; a replicated document signed while the grant held is
+        // still good (a late joiner takes what was decided then).
         assert_eq!(
-            doc.verify(&trust, NOW + 3600),
+            doc.verify(&trust, NOW + 3600, Freshness::New),
             Err(OperatorError::Expired(NOW + 3600))
         );
+        assert_eq!(doc.verify(&trust, NOW + 86_400, Freshness::Held), Ok(()));
+        // ... but not one signed after it expired, nor one dated in the future.
+        let late = op.sign("service", "web", 4, b"spec".to_vec(), NOW + 3600);
+        assert_eq!(
+            late.verify(&trust, NOW + 7200, Freshness::Held),
+            Err(OperatorError::Expired(NOW + 3600))
+        );
+        let ahead = op.sign("service", "web", 4, b"spec".to_vec(), NOW + 1000);
+        assert!(matches!(
+            ahead.verify(&trust, NOW, Freshness::Held),
+            Err(OperatorError::NotFresh { .. })
+        ));
+        // A new offer must have been signed just now.
+        let stale = op.sign("service", "web", 4, b"spec".to_vec(), NOW - 1000);
+        assert!(matches!(
+            stale.verify(&trust, NOW, Freshness::New),
+            Err(OperatorError::NotFresh { .. })
+        ));
+        // Under a fleet key no longer trusted.
         let other = Trust::new(vec![FleetKey::from_seed([2; 32]).public()]);
         assert!(matches!(
-            doc.verify(&other, NOW),
+            doc.verify(&other, NOW, Freshness::Held),
             Err(OperatorError::UntrustedFleet(_))
         ));
         // A token stretched by its holder no longer verifies.
         let mut stretched = doc.clone();
         stretched.token.expires_unix_s += 10_000;
-        assert_eq!(stretched.verify(&trust, NOW), Err(OperatorError::BadToken));
+        assert_eq!(
+            stretched.verify(&trust, NOW, Freshness::New),
+            Err(OperatorError::BadToken)
+        );
         // Someone else's key cannot sign under this operator's token.
         let mallory =
             OperatorCredential::create(&FleetKey::from_seed([3; 32]), Role::Operator, NOW + 3600);
-        let mut forged = mallory.sign("service", "web", 4, b"evil".to_vec());
+        let mut forged = mallory.sign("service", "web", 4, b"evil".to_vec(), NOW);
         forged.token = op.token.clone();
-        assert_eq!(forged.verify(&trust, NOW), Err(OperatorError::BadSignature));
+        assert_eq!(
+            forged.verify(&trust, NOW, Freshness::New),
+            Err(OperatorError::BadSignature)
+        );
     }
 
     #[test]

@@ -284,7 +284,11 @@ impl Agent for GrpcApi {
         let document = request.into_inner().document;
         let catalog = self.state.catalog.clone();
         let (name, version, outcome) = tokio::task::spawn_blocking(move || {
-            catalog.offer_text(&document, UnixMicros::now().as_unix_s())
+            catalog.offer_text(
+                &document,
+                UnixMicros::now().as_unix_s(),
+                augur_mesh::operator::Freshness::New,
+            )
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?

@@ -299,7 +299,11 @@ async fn change_service(
         ))
     })?;
     let (name, version, outcome) = tokio::task::spawn_blocking(move || {
-        catalog.offer_text(&change.document, UnixMicros::now().as_unix_s())
+        catalog.offer_text(
+            &change.document,
+            UnixMicros::now().as_unix_s(),
+            augur_mesh::operator::Freshness::New,
+        )
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;

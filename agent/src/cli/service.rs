@@ -54,7 +54,13 @@ pub async fn apply(api: &str, file: &Path, cred: &Path, json: bool) -> anyhow::R
     let version = list.versions.get(&spec.name).map_or(1, |v| v + 1);
     let answer = send(
         &agent,
-        cred.sign(KIND_SPEC, &spec.name, version, text.into_bytes()),
+        cred.sign(
+            KIND_SPEC,
+            &spec.name,
+            version,
+            text.into_bytes(),
+            crate::sample::UnixMicros::now().as_unix_s(),
+        ),
     )
     .await?;
     print(&answer, json)
@@ -68,7 +74,17 @@ pub async fn delete(api: &str, name: &str, cred: &Path, json: bool) -> anyhow::R
     let Some(held) = list.versions.get(name) else {
         anyhow::bail!("the catalog has no service {name:?}; `augur services` lists them");
     };
-    let answer = send(&agent, cred.sign(KIND_DELETE, name, held + 1, Vec::new())).await?;
+    let answer = send(
+        &agent,
+        cred.sign(
+            KIND_DELETE,
+            name,
+            held + 1,
+            Vec::new(),
+            crate::sample::UnixMicros::now().as_unix_s(),
+        ),
+    )
+    .await?;
     print(&answer, json)
 }
 

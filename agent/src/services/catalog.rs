@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use augur_mesh::admission::Trust;
-use augur_mesh::operator::{OperatorError, SignedDocument};
+use augur_mesh::operator::{Freshness, OperatorError, SignedDocument};
 use augur_orchestrate::catalog::{Catalog, Entry, Outcome};
 use augur_orchestrate::spec::{ServiceSpec, SpecError};
 use parking_lot::Mutex;
@@ -134,7 +134,8 @@ impl CatalogStore {
                 .parse::<SignedDocument>()
                 .map_err(CatalogError::from)
                 .and_then(|d| {
-                    d.verify(&store.trust, now_unix_s)?;
+                    // Saved: the grant must have held when it was signed.
+                    d.verify(&store.trust, now_unix_s, Freshness::Held)?;
                     Ok((entry_of(&d)?, d))
                 });
             match checked {
@@ -160,18 +161,26 @@ impl CatalogStore {
         &self,
         text: &str,
         now_unix_s: u64,
+        freshness: Freshness,
     ) -> Result<(String, u64, Outcome), CatalogError> {
         let doc: SignedDocument = text.parse().map_err(|e: OperatorError| {
             self.refused.fetch_add(1, Ordering::Relaxed);
             CatalogError::Malformed(e.to_string())
         })?;
         let (name, version) = (doc.name.clone(), doc.version);
-        self.offer(doc, now_unix_s).map(|o| (name, version, o))
+        self.offer(doc, now_unix_s, freshness)
+            .map(|o| (name, version, o))
     }
 
-    /// Offers a signed change; on acceptance it is saved before this returns.
-    pub fn offer(&self, doc: SignedDocument, now_unix_s: u64) -> Result<Outcome, CatalogError> {
-        let result = self.try_offer(doc, now_unix_s);
+    /// Offers a signed change (`New` from a client, `Held` from a peer: see [`Freshness`]); on
+    /// acceptance it is saved before this returns.
+    pub fn offer(
+        &self,
+        doc: SignedDocument,
+        now_unix_s: u64,
+        freshness: Freshness,
+    ) -> Result<Outcome, CatalogError> {
+        let result = self.try_offer(doc, now_unix_s, freshness);
         match &result {
             Ok(Outcome::Accepted) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
@@ -186,8 +195,13 @@ impl CatalogStore {
         result
     }
 
-    fn try_offer(&self, doc: SignedDocument, now_unix_s: u64) -> Result<Outcome, CatalogError> {
-        doc.verify(&self.trust, now_unix_s)?;
+    fn try_offer(
+        &self,
+        doc: SignedDocument,
+        now_unix_s: u64,
+        freshness: Freshness,
+    ) -> Result<Outcome, CatalogError> {
+        doc.verify(&self.trust, now_unix_s, freshness)?;
         let entry = entry_of(&doc)?;
         let mut inner = self.inner.lock();
         let before = inner.catalog.clone();
@@ -296,42 +310,72 @@ mod tests {
         let op = OperatorCredential::create(&fleet, Role::Operator, NOW + 3600);
         let store = CatalogStore::open(dir.path(), trust.clone(), NOW);
         assert!(store.services().is_empty());
-        let v1 = op.sign(KIND_SPEC, "web", 1, spec(8080));
-        assert_eq!(store.offer(v1.clone(), NOW).expect("v1"), Outcome::Accepted);
-        assert_eq!(store.offer(v1, NOW).expect("again"), Outcome::Duplicate);
+        let v1 = op.sign(KIND_SPEC, "web", 1, spec(8080), NOW);
+        assert_eq!(
+            store.offer(v1.clone(), NOW, Freshness::New).expect("v1"),
+            Outcome::Accepted
+        );
+        assert_eq!(
+            store.offer(v1, NOW, Freshness::New).expect("again"),
+            Outcome::Duplicate
+        );
         // Stale, invalid, unsigned by a trusted operator, or mislabelled: refused, counted.
-        let stale = store.offer(op.sign(KIND_SPEC, "web", 1, spec(9090)), NOW);
+        let stale = store.offer(
+            op.sign(KIND_SPEC, "web", 1, spec(9090), NOW),
+            NOW,
+            Freshness::New,
+        );
         assert!(matches!(
             stale,
             Err(CatalogError::Stale { .. }) | Ok(Outcome::Accepted)
         ));
         let before = store.services();
         let e = store
-            .offer(op.sign(KIND_SPEC, "web", 0, spec(7070)), NOW)
+            .offer(
+                op.sign(KIND_SPEC, "web", 0, spec(7070), NOW),
+                NOW,
+                Freshness::New,
+            )
             .expect_err("older");
         assert!(
             matches!(e, CatalogError::Stale { next, .. } if next == before[0].version + 1),
             "{e}"
         );
         let e = store
-            .offer(op.sign(KIND_SPEC, "web", 5, spec(0)), NOW)
+            .offer(
+                op.sign(KIND_SPEC, "web", 5, spec(0), NOW),
+                NOW,
+                Freshness::New,
+            )
             .expect_err("port 0");
         assert_eq!(e.reason(), "invalid");
         let e = store
-            .offer(op.sign(KIND_SPEC, "api", 5, spec(8080)), NOW)
+            .offer(
+                op.sign(KIND_SPEC, "api", 5, spec(8080), NOW),
+                NOW,
+                Freshness::New,
+            )
             .expect_err("name");
         assert_eq!(e.reason(), "malformed");
         let stranger =
             OperatorCredential::create(&FleetKey::from_seed([2; 32]), Role::Operator, NOW + 3600);
         let e = store
-            .offer(stranger.sign(KIND_SPEC, "web", 9, spec(8080)), NOW)
+            .offer(
+                stranger.sign(KIND_SPEC, "web", 9, spec(8080), NOW),
+                NOW,
+                Freshness::New,
+            )
             .expect_err("untrusted");
         assert_eq!(e.reason(), "unauthorized");
         assert_eq!(store.refused.load(Ordering::Relaxed), 4);
         // A newer version replaces it; the catalog survives a restart.
         assert_eq!(
             store
-                .offer(op.sign(KIND_SPEC, "web", 7, spec(9191)), NOW)
+                .offer(
+                    op.sign(KIND_SPEC, "web", 7, spec(9191), NOW),
+                    NOW,
+                    Freshness::New
+                )
                 .expect("v7"),
             Outcome::Accepted
         );
@@ -342,13 +386,21 @@ mod tests {
         // A deletion is kept too, and an older spec cannot bring the service back.
         assert_eq!(
             reopened
-                .offer(op.sign(KIND_DELETE, "web", 8, Vec::new()), NOW)
+                .offer(
+                    op.sign(KIND_DELETE, "web", 8, Vec::new(), NOW),
+                    NOW,
+                    Freshness::New
+                )
                 .expect("delete"),
             Outcome::Accepted
         );
         assert!(
             reopened
-                .offer(op.sign(KIND_SPEC, "web", 7, spec(9191)), NOW)
+                .offer(
+                    op.sign(KIND_SPEC, "web", 7, spec(9191), NOW),
+                    NOW,
+                    Freshness::New
+                )
                 .is_err()
         );
         assert!(
@@ -360,5 +412,51 @@ mod tests {
         let distrust = Trust::new(Vec::new());
         let s = CatalogStore::open(dir.path(), distrust, NOW);
         assert_eq!(s.refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn what_was_decided_under_a_grant_outlives_the_grant() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fleet = FleetKey::from_seed([1; 32]);
+        let trust = Trust::new(vec![fleet.public()]);
+        // A grant of one hour; a spec applied while it held.
+        let op = OperatorCredential::create(&fleet, Role::Operator, NOW + 3600);
+        let store = CatalogStore::open(&dir.path().join("a"), trust.clone(), NOW);
+        let doc = op.sign(KIND_SPEC, "web", 1, spec(8080), NOW);
+        assert_eq!(
+            store.offer(doc.clone(), NOW, Freshness::New).expect("v1"),
+            Outcome::Accepted
+        );
+        let later = NOW + 86_400;
+        // A day later the node restarts: the spec is still there.
+        let reopened = CatalogStore::open(&dir.path().join("a"), trust.clone(), later);
+        assert_eq!(reopened.services().len(), 1);
+        // A node that joins then gets it from a peer and takes it.
+        let joiner = CatalogStore::open(&dir.path().join("b"), trust.clone(), later);
+        assert_eq!(
+            joiner
+                .offer_text(&doc.to_string(), later, Freshness::Held)
+                .expect("replicated")
+                .2,
+            Outcome::Accepted
+        );
+        // But the expired grant signs nothing new: not through the API, and not by dating a
+        // document inside the grant and offering it as new.
+        let e = joiner
+            .offer(
+                op.sign(KIND_SPEC, "web", 2, spec(9090), later),
+                later,
+                Freshness::New,
+            )
+            .expect_err("expired");
+        assert!(e.to_string().contains("expired"), "{e}");
+        let e = joiner
+            .offer(
+                op.sign(KIND_SPEC, "web", 2, spec(9090), NOW),
+                later,
+                Freshness::New,
+            )
+            .expect_err("backdated");
+        assert_eq!(e.reason(), "unauthorized");
     }
 }

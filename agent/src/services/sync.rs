@@ -46,7 +46,7 @@ pub async fn run(mesh: Mesh, catalog: CatalogStore, stop: CancellationToken) {
                     let c = catalog.clone();
                     let _ = tokio::task::spawn_blocking(move || {
                         for text in docs {
-                            let _ = c.offer_text(&text, UnixMicros::now().as_unix_s());
+                            let _ = c.offer_text(&text, UnixMicros::now().as_unix_s(), augur_mesh::operator::Freshness::Held);
                         }
                     })
                     .await;

@@ -19,6 +19,12 @@ command = "/usr/bin/web"
 http = "/healthz"
 "#;
 
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Creates a fleet key at `path`; returns its public key.
 fn fleet_key(path: &std::path::Path) -> String {
     let init = augur_json(&[
@@ -140,6 +146,7 @@ async fn operators_change_the_catalog_and_nobody_else_does() {
         "web",
         3,
         SPEC.replace("replicas = 2", "replicas = 1").into_bytes(),
+        now_s(),
     );
     let changed = grpc
         .change_service(augur_proto::v1::ChangeServiceRequest {
@@ -152,7 +159,7 @@ async fn operators_change_the_catalog_and_nobody_else_does() {
     let stale = grpc
         .change_service(augur_proto::v1::ChangeServiceRequest {
             document: op
-                .sign("service", "web", 2, SPEC.as_bytes().to_vec())
+                .sign("service", "web", 2, SPEC.as_bytes().to_vec(), now_s())
                 .to_string(),
         })
         .await
