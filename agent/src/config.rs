@@ -828,6 +828,9 @@ impl Config {
         if self.shutdown_grace != new.shutdown_grace {
             out.push("shutdown_grace");
         }
+        if self.services != new.services {
+            out.push("services");
+        }
         // The trusted fleet keys apply on reload (a rotation's last step); the rest of the mesh
         // needs a restart.
         let mut mesh = new.mesh.clone();

@@ -20,6 +20,11 @@ use tokio_util::task::TaskTracker;
 use crate::Weight;
 use crate::pick::SmoothWrr;
 
+/// The relay's buffer in each direction of an L4 connection: 2 x 4 KiB per open connection (a
+/// full buffer is written out before more is read, so it bounds memory, not throughput, for
+/// anything but very fast bulk transfers).
+pub const RELAY_BUFFER: usize = 4096;
+
 /// Limits of one service's proxy.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -263,7 +268,7 @@ impl Proxy {
         let _ = server.set_nodelay(true);
         state.open.fetch_add(1, Ordering::Relaxed);
         tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+            _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, RELAY_BUFFER, RELAY_BUFFER) => {}
             () = state.cut.cancelled() => {
                 self.stats.cut_by_drain.fetch_add(1, Ordering::Relaxed);
             }

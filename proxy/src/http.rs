@@ -68,7 +68,7 @@ impl Proxy {
             listener,
             limits,
             stop,
-            |proxy, client, peer, stop| async move {
+            move |proxy, client, peer, stop| async move {
                 let _ = client.set_nodelay(true);
                 let service = hyper::service::service_fn(move |req| {
                     let proxy = proxy.clone();

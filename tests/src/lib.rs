@@ -3,6 +3,7 @@
 //! and talk to their HTTP and gRPC APIs.
 
 pub mod fuzz;
+pub mod traffic_bench;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -329,6 +329,27 @@ fn encode_services(enc: &mut DescriptorEncoder, s: &crate::services::ServiceStat
     )?;
     family(
         enc,
+        "proxy_http_requests",
+        "Requests forwarded by each service's embedded proxy in HTTP mode",
+        Counter,
+        each(&|st, _| load(&st.requests)),
+    )?;
+    family(
+        enc,
+        "proxy_http_bad_gateway",
+        "HTTP-mode requests answered 502: no instance could be reached, or the instance failed after it had the request (never sent twice)",
+        Counter,
+        each(&|st, _| load(&st.bad_gateway)),
+    )?;
+    family(
+        enc,
+        "proxy_http_resent_unsent",
+        "HTTP-mode requests given to another connection because a kept-alive one had closed before taking them",
+        Counter,
+        each(&|st, _| load(&st.resent_unsent)),
+    )?;
+    family(
+        enc,
         "proxy_connections_cut_by_drain",
         "Connections cut when their backend's drain grace ended",
         Counter,

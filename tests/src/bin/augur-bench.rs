@@ -69,6 +69,29 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         rate: u64,
     },
+    /// The embedded proxy against a direct connection and HAProxy 2.6 (same backends):
+    /// latency, throughput, memory with open connections; then the time from an instance's death
+    /// to its removal from every proxy of a three-agent fleet.
+    Traffic {
+        /// Sequential requests per target for latency.
+        #[arg(long, default_value_t = 3000)]
+        requests: usize,
+        /// Seconds of load per target for throughput.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Concurrent clients for throughput.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Connections held open for the memory figure.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Death-to-removal trials (0 skips them).
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        /// Protocols of the embedded proxy to compare.
+        #[arg(long, value_delimiter = ',', default_value = "tcp,http")]
+        protocols: Vec<String>,
+    },
     /// Ingestion throughput into durable history.
     Ingest {
         #[arg(long, value_enum, default_value_t = Transport::Both)]
@@ -133,6 +156,38 @@ async fn main() -> anyhow::Result<()> {
             starve_percent,
             kills,
         } => mesh(nodes, observe, starve, starve_percent, kills, cli.json).await,
+        Cmd::Traffic {
+            requests,
+            secs,
+            clients,
+            connections,
+            kills,
+            protocols,
+        } => {
+            let settings = augur_tests::traffic_bench::Settings {
+                requests,
+                secs,
+                clients,
+                connections,
+                kills,
+                protocols,
+            };
+            let pb = ProgressBar::new_spinner();
+            pb.enable_steady_tick(Duration::from_millis(200));
+            let say = |m: &str| pb.set_message(m.to_owned());
+            let proxies = augur_tests::traffic_bench::proxies(&settings, say).await?;
+            let removal = if kills > 0 {
+                augur_tests::traffic_bench::removal(&settings, say).await?
+            } else {
+                serde_json::Value::Null
+            };
+            pb.finish_and_clear();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"proxies": proxies, "removal": removal}))?
+            );
+            Ok(())
+        }
         Cmd::Ingest {
             transport,
             samples,
