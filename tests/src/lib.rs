@@ -82,7 +82,50 @@ pub struct AgentProcess {
     logs: mpsc::UnboundedReceiver<Value>,
     /// Lines read while waiting for another line, kept for later waits.
     seen: Vec<Value>,
+    /// Whether dropping it also kills the service instances it ran (see [`reap_instances`]).
+    reap: bool,
     _temp: Option<tempfile::TempDir>,
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if self.reap {
+            let _ = self.child.start_kill();
+            reap_instances(&self.data_dir);
+        }
+    }
+}
+
+/// Kills the service instances an agent with data in `data_dir` ran (by their pid files, pid and
+/// start time, as the agent itself finds them): an agent killed by a test leaves its `process`
+/// instances running, as a crashed agent would; the harness does not leave them behind.
+pub fn reap_instances(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("instances")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.path().extension().and_then(|x| x.to_str()) != Some("pid") {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let mut f = text.split_whitespace().map(|x| x.parse::<u64>().ok());
+        let (Some(Some(pid)), Some(Some(started))) = (f.next(), f.next()) else {
+            continue;
+        };
+        let same = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let rest = s[s.rfind(')')? + 2..].to_owned();
+                rest.split_whitespace().nth(19)?.parse::<u64>().ok()
+            })
+            == Some(started);
+        if same && let Ok(pid) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 impl AgentProcess {
@@ -156,6 +199,7 @@ impl AgentProcess {
             config_file,
             logs,
             seen: Vec::new(),
+            reap: true,
             _temp: temp,
         };
         let ready = agent.wait_log("augur agent ready").await?;
@@ -229,17 +273,21 @@ impl AgentProcess {
         Ok(())
     }
 
-    /// SIGKILL, then wait for the process to be gone.
+    /// SIGKILL, then wait for the process to be gone. Its service instances are left running,
+    /// as after a crash of the agent (a restart on the same data finds them).
     pub async fn kill9(mut self) -> anyhow::Result<PathBuf> {
         self.signal(nix::sys::signal::Signal::SIGKILL)?;
         self.child.wait().await?;
+        self.reap = false;
         Ok(self.data_dir.clone())
     }
 
-    /// SIGTERM, then wait for the exit.
+    /// SIGTERM, then wait for the exit (the agent stops its instances itself).
     pub async fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
         self.signal(nix::sys::signal::Signal::SIGTERM)?;
-        Ok(tokio::time::timeout(STEP_TIMEOUT, self.child.wait()).await??)
+        let status = tokio::time::timeout(STEP_TIMEOUT, self.child.wait()).await??;
+        self.reap = false;
+        Ok(status)
     }
 
     /// Keeps the temporary folder alive past this process (for restarts on the same data).
@@ -398,6 +446,13 @@ pub struct LocalFleet {
     proxy_ips: std::collections::BTreeMap<String, std::net::IpAddr>,
 }
 
+impl Drop for LocalFleet {
+    fn drop(&mut self) {
+        // The agents (and their instances, found through their data) go before the folder.
+        self.agents.clear();
+    }
+}
+
 impl LocalFleet {
     pub fn new() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
@@ -533,10 +588,11 @@ impl LocalFleet {
         r
     }
 
-    /// SIGKILLs a node.
+    /// SIGKILLs a node: its agent, and the service instances it ran (the host is gone).
     pub async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
         let a = self.agents.remove(name).context("no such node")?;
-        a.kill9().await?;
+        let data = a.kill9().await?;
+        reap_instances(&data);
         Ok(())
     }
 
