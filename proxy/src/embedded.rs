@@ -197,6 +197,11 @@ impl Proxy {
         F: Fn(Proxy, TcpStream, SocketAddr, CancellationToken) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
+        // Accepted sockets inherit TCP_NODELAY from the listener (Linux): one call, not one per
+        // connection.
+        if let Err(e) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on the listener");
+        }
         let connections = TaskTracker::new();
         loop {
             let (client, peer) = tokio::select! {
@@ -264,7 +269,6 @@ impl Proxy {
             self.stats.no_backend.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let _ = client.set_nodelay(true);
         let _ = server.set_nodelay(true);
         state.open.fetch_add(1, Ordering::Relaxed);
         tokio::select! {
@@ -315,6 +319,19 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// The proxy sets TCP_NODELAY once, on its listener: accepted sockets must inherit it.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        socket2::SockRef::from(&l)
+            .set_tcp_nodelay(true)
+            .expect("nodelay");
+        let addr = l.local_addr().expect("addr");
+        let _c = TcpStream::connect(addr).await.expect("connect");
+        let (s, _) = l.accept().await.expect("accept");
+        assert!(s.nodelay().expect("read back"));
     }
 
     async fn start(proxy: &Proxy, limits: Limits) -> (SocketAddr, CancellationToken) {

@@ -69,7 +69,6 @@ impl Proxy {
             limits,
             stop,
             move |proxy, client, peer, stop| async move {
-                let _ = client.set_nodelay(true);
                 let service = hyper::service::service_fn(move |req| {
                     let proxy = proxy.clone();
                     async move { Ok::<_, Infallible>(proxy.forward(req, limits, peer).await) }

@@ -691,6 +691,12 @@ pub struct Haproxy {
 
 impl Haproxy {
     pub async fn start(bin: &Path, backend: &str) -> anyhow::Result<Self> {
+        Self::start_in_mode(bin, backend, "tcp").await
+    }
+
+    /// The same in `mode` (`tcp`, or `http`: requests balanced one by one, server connections
+    /// kept alive and reused).
+    pub async fn start_in_mode(bin: &Path, backend: &str, mode: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("admin.sock");
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -698,7 +704,7 @@ impl Haproxy {
             .port();
         let cfg = format!(
             "global\n    stats socket {} level admin\n    maxconn 4000\n\
-             defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    \
+             defaults\n    mode {mode}\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    \
              retries 3\n    option redispatch 1\n\
              frontend {backend}_in\n    bind 127.0.0.1:{port}\n    default_backend {backend}\n\
              backend {backend}\n    balance roundrobin\n",

@@ -343,13 +343,27 @@ pub async fn proxies(s: &Settings, progress: impl Fn(&str)) -> anyhow::Result<Va
             .collect();
         let embedded = SocketAddr::from(([127, 0, 0, 1], port));
         let mut targets = vec![("direct", backends[0]), ("embedded", embedded)];
-        if protocol == "tcp" {
-            targets.push(("haproxy", haproxy.front));
-        }
+        // HAProxy in the same mode: the one the agent keeps in step (TCP), or, for HTTP, a second
+        // one in HTTP mode given the same two backends.
+        let http_haproxy = if protocol == "http" {
+            let h = Haproxy::start_in_mode(&bin, "echo", "http").await?;
+            for (i, b) in backends.iter().enumerate() {
+                h.command(&format!("add server echo/s{i} {b}")).await?;
+                h.command(&format!("enable server echo/s{i}")).await?;
+            }
+            Some(h)
+        } else {
+            None
+        };
+        targets.push((
+            "haproxy",
+            http_haproxy.as_ref().map_or(haproxy.front, |h| h.front),
+        ));
         progress(&format!("{protocol}: latency"));
         let lat = latency(&targets, s.requests).await?;
         let mut tput = serde_json::Map::new();
         let mut cpu = serde_json::Map::new();
+        // The newest haproxy process: the HTTP one when there is one.
         let ha_pid = haproxy_pid()?;
         for keepalive in [false, true] {
             for (name, addr) in &targets {
@@ -375,11 +389,13 @@ pub async fn proxies(s: &Settings, progress: impl Fn(&str)) -> anyhow::Result<Va
         }
         progress(&format!("{protocol}: memory"));
         let mem_embedded = memory_with_connections(agent.pid, embedded, s.connections).await?;
-        let mem_haproxy = if protocol == "tcp" {
-            memory_with_connections(haproxy_pid()?, haproxy.front, s.connections).await?
-        } else {
-            Value::Null
-        };
+        let mem_haproxy = memory_with_connections(
+            ha_pid,
+            http_haproxy.as_ref().map_or(haproxy.front, |h| h.front),
+            s.connections,
+        )
+        .await?;
+        drop(http_haproxy);
         results.insert(
             protocol.to_owned(),
             json!({
