@@ -282,6 +282,76 @@ impl Proxy {
     }
 }
 
+/// Binds `shards` listeners on `addr` sharing the port (`SO_REUSEPORT`: the kernel spreads new
+/// connections over them), for [`Proxy::serve_shards`]. An address in use by another program
+/// (without `SO_REUSEPORT`) fails here.
+pub fn bind_shards(addr: SocketAddr, shards: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    (0..shards.max(1))
+        .map(|_| {
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            s.listen(1024)?;
+            Ok(s.into())
+        })
+        .collect()
+}
+
+impl Proxy {
+    /// Serves each listener on its own thread with its own current-thread runtime, so that a
+    /// connection stays on one thread from accept to close; in HTTP mode if `http`. Returns once
+    /// `stop` is cancelled and every shard has closed its connections.
+    pub async fn serve_shards(
+        &self,
+        listeners: Vec<std::net::TcpListener>,
+        http: bool,
+        limits: Limits,
+        stop: CancellationToken,
+    ) {
+        let mut done = Vec::new();
+        for (i, l) in listeners.into_iter().enumerate() {
+            let proxy = self.clone();
+            let stop = stop.clone();
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let spawned = std::thread::Builder::new()
+                .name(format!("augur-proxy-{i}"))
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(error = %e, "no runtime for a proxy shard");
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        match TcpListener::from_std(l) {
+                            Ok(l) if http => proxy.serve_http(l, limits, stop).await,
+                            Ok(l) => proxy.serve(l, limits, stop).await,
+                            Err(e) => tracing::error!(error = %e, "proxy shard without a listener"),
+                        }
+                    });
+                    let _ = tx.send(());
+                });
+            match spawned {
+                Ok(_) => done.push(rx),
+                Err(e) => tracing::error!(error = %e, "no thread for a proxy shard"),
+            }
+        }
+        for rx in done {
+            let _ = rx.await;
+        }
+    }
+}
+
 impl Proxy {
     /// Cuts a backend's connections once `grace` has passed.
     fn cut_after(&self, state: Arc<BackendState>, grace: Duration) {
@@ -319,6 +389,49 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// Shards: one listener per thread on one port; every connection is served, by either;
+    /// another program on the port is refused at bind; all shards end on stop.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shards_share_the_port_and_stop_together() {
+        let a = backend("a").await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free")
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let listeners = bind_shards(addr, 2).expect("two shards");
+        assert_eq!(listeners.len(), 2);
+        assert_eq!(
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| e.kind())
+                .err(),
+            Some(std::io::ErrorKind::AddrInUse),
+            "another program cannot take the port"
+        );
+        let proxy = Proxy::default();
+        proxy.set_backends(&[(a, 256)], Duration::from_secs(1));
+        let stop = CancellationToken::new();
+        let serving = {
+            let p = proxy.clone();
+            let s = stop.clone();
+            tokio::spawn(
+                async move { p.serve_shards(listeners, false, Limits::default(), s).await },
+            )
+        };
+        for _ in 0..20 {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            let mut buf = [0u8; 1];
+            c.read_exact(&mut buf).await.expect("read");
+            assert_eq!(&buf, b"a");
+        }
+        assert_eq!(proxy.stats.accepted.load(Ordering::Relaxed), 20);
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), serving)
+            .await
+            .expect("every shard ends")
+            .expect("joined");
     }
 
     /// The proxy sets TCP_NODELAY once, on its listener: accepted sockets must inherit it.

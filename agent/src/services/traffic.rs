@@ -3,8 +3,9 @@
 //! every service in the catalog, this node's own from its runtime, the others' from their signed
 //! `augur.instances` values); when they change, the embedded proxies' tables are swapped and the
 //! HAProxy backends (if configured) are brought in step. The embedded proxy of a service listens
-//! on `services.proxy_ip` and the service's port; a port that cannot be bound is an error on the
-//! event stream and a counter, retried, and never stops the other services' proxies.
+//! on `services.proxy_ip` and the service's port, with one listener (`SO_REUSEPORT`) and thread
+//! per core; a port that cannot be bound is an error on the event stream and a counter, retried,
+//! and never stops the other services' proxies.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -264,7 +265,9 @@ impl Traffic {
                 continue;
             }
             let addr = SocketAddr::new(self.settings.proxy_ip, port);
-            match tokio::net::TcpListener::bind(addr).await {
+            // One listener and thread per core (the kernel spreads connections over them).
+            let shards = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+            match augur_proxy::embedded::bind_shards(addr, shards) {
                 Ok(listener) => {
                     unbound.remove(name);
                     let proxy = Proxy::default();
@@ -275,14 +278,8 @@ impl Traffic {
                     };
                     let p = proxy.clone();
                     let t = token.clone();
-                    match protocol {
-                        Protocol::Tcp => {
-                            proxies.spawn(async move { p.serve(listener, limits, t).await })
-                        }
-                        Protocol::Http => {
-                            proxies.spawn(async move { p.serve_http(listener, limits, t).await })
-                        }
-                    };
+                    let http = protocol == Protocol::Http;
+                    proxies.spawn(async move { p.serve_shards(listener, http, limits, t).await });
                     tracing::info!(service = name, %addr, ?protocol, "proxy listening");
                     listening.insert(
                         name.to_owned(),
