@@ -365,26 +365,57 @@ pub async fn proxies(s: &Settings, progress: impl Fn(&str)) -> anyhow::Result<Va
         let mut cpu = serde_json::Map::new();
         // The newest haproxy process: the HTTP one when there is one.
         let ha_pid = haproxy_pid()?;
+        // Interleaved rounds (each target in turn, `ROUNDS` times, `secs / ROUNDS` each), so
+        // that the machine's drift falls on every target alike; each figure is the median of
+        // its rounds, each ratio the median of the rounds' ratios.
+        const ROUNDS: u64 = 5;
+        let window = (s.secs / ROUNDS).max(1);
         for keepalive in [false, true] {
-            for (name, addr) in &targets {
-                progress(&format!(
-                    "{protocol}: throughput {name}{}",
-                    if keepalive { " keep-alive" } else { "" }
-                ));
-                // The proxy's own CPU per request (the agent's for the embedded one).
-                let pid = match *name {
-                    "embedded" => Some(agent.pid),
-                    "haproxy" => Some(ha_pid),
-                    _ => None,
-                };
-                let before = pid.map(cpu_seconds).transpose()?;
-                let rps = throughput(*addr, s.clients, s.secs, keepalive).await?;
-                let key = format!("{name}{}", if keepalive { "_keepalive" } else { "" });
-                if let (Some(p), Some(b)) = (pid, before) {
-                    let used = cpu_seconds(p)? - b;
-                    cpu.insert(key.clone(), json!(used * 1e6 / (rps * s.secs as f64)));
+            let suffix = if keepalive { "_keepalive" } else { "" };
+            let mut rps: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+            let mut per_request: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+            for round in 0..ROUNDS {
+                for (i, (name, addr)) in targets.iter().enumerate() {
+                    progress(&format!(
+                        "{protocol}: throughput{} round {}/{ROUNDS}: {name}",
+                        if keepalive { " kept alive" } else { "" },
+                        round + 1
+                    ));
+                    // The proxy's own CPU per request (the agent's for the embedded one).
+                    let pid = match *name {
+                        "embedded" => Some(agent.pid),
+                        "haproxy" => Some(ha_pid),
+                        _ => None,
+                    };
+                    let before = pid.map(cpu_seconds).transpose()?;
+                    let r = throughput(*addr, s.clients, window, keepalive).await?;
+                    if let (Some(p), Some(b)) = (pid, before) {
+                        let used = cpu_seconds(p)? - b;
+                        per_request[i].push(used * 1e6 / (r * window as f64));
+                    }
+                    rps[i].push(r);
                 }
-                tput.insert(key, json!(rps));
+            }
+            let median = |v: &[f64]| {
+                let mut v = v.to_vec();
+                v.sort_by(f64::total_cmp);
+                percentile(&v, 0.5)
+            };
+            for (i, (name, _)) in targets.iter().enumerate() {
+                tput.insert(format!("{name}{suffix}"), json!(median(&rps[i])));
+                if !per_request[i].is_empty() {
+                    cpu.insert(format!("{name}{suffix}"), json!(median(&per_request[i])));
+                }
+            }
+            if let (Some(e), Some(h)) = (
+                targets.iter().position(|t| t.0 == "embedded"),
+                targets.iter().position(|t| t.0 == "haproxy"),
+            ) {
+                let ratios: Vec<f64> = rps[e].iter().zip(&rps[h]).map(|(a, b)| a / b).collect();
+                tput.insert(
+                    format!("embedded_over_haproxy{suffix}"),
+                    json!({"median": median(&ratios), "rounds": ratios}),
+                );
             }
         }
         progress(&format!("{protocol}: memory"));
