@@ -654,6 +654,34 @@ pub fn path_str(p: &Path) -> anyhow::Result<&str> {
     p.to_str().context("non-UTF-8 path")
 }
 
+/// Creates an operator credential (`augur fleet operator`) at `out` under the fleet key at `key`.
+pub fn operator_credential(key: &Path, out: &Path) -> anyhow::Result<()> {
+    augur_json(&[
+        "fleet",
+        "operator",
+        "--fleet-key",
+        path_str(key)?,
+        "--out",
+        path_str(out)?,
+        "--json",
+    ])?;
+    Ok(())
+}
+
+/// Applies a service spec file through the agent at `api` (`augur service apply`).
+pub fn apply_service(api: &str, file: &Path, cred: &Path) -> anyhow::Result<Value> {
+    augur_json(&[
+        "service",
+        "apply",
+        path_str(file)?,
+        "--credential",
+        path_str(cred)?,
+        "--api",
+        api,
+        "--json",
+    ])
+}
+
 /// Debian's haproxy (`apt-get install haproxy`), or `$HAPROXY`. Missing: `None` (the caller
 /// skips), unless `AUGUR_REQUIRE_HAPROXY` is set (`.ci/run` installs it and sets it): then it
 /// panics.

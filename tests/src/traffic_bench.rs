@@ -17,7 +17,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::{AgentOptions, AgentProcess, Haproxy, LocalFleet, augur_json, path_str};
+use crate::{
+    AgentOptions, AgentProcess, Haproxy, LocalFleet, apply_service, augur_json,
+    operator_credential, path_str,
+};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -67,34 +70,6 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-fn operator(dir: &Path, key: &Path) -> anyhow::Result<PathBuf> {
-    let cred = dir.join("operator.cred");
-    augur_json(&[
-        "fleet",
-        "operator",
-        "--fleet-key",
-        path_str(key)?,
-        "--out",
-        path_str(&cred)?,
-        "--json",
-    ])?;
-    Ok(cred)
-}
-
-fn apply(api: &str, file: &Path, cred: &Path) -> anyhow::Result<()> {
-    augur_json(&[
-        "service",
-        "apply",
-        path_str(file)?,
-        "--credential",
-        path_str(cred)?,
-        "--api",
-        api,
-        "--json",
-    ])?;
-    Ok(())
 }
 
 /// One `GET /` on a new connection, read to the end; its duration.
@@ -306,7 +281,8 @@ pub async fn proxies(s: &Settings, progress: impl Fn(&str)) -> anyhow::Result<Va
     let key = dir.path().join("fleet.key");
     let init = augur_json(&["fleet", "init", "--out", path_str(&key)?, "--json"])?;
     let public = init["fleet_public_key"].as_str().context("key")?.to_owned();
-    let cred = operator(dir.path(), &key)?;
+    let cred = dir.path().join("operator.cred");
+    operator_credential(&key, &cred)?;
     let agent = AgentProcess::start(AgentOptions {
         config: format!(
             "[collect]\nhost = false\n[mesh]\nfleet_keys = [\"{public}\"]\n\
@@ -323,7 +299,7 @@ pub async fn proxies(s: &Settings, progress: impl Fn(&str)) -> anyhow::Result<Va
         let port = free_port()?;
         let file = dir.path().join("echo.toml");
         std::fs::write(&file, spec(port, 2, protocol, &echo))?;
-        apply(&agent.url(""), &file, &cred)?;
+        apply_service(&agent.url(""), &file, &cred)?;
         let list = crate::eventually("two routed instances and HAProxy in step", || async {
             let v = agent.get_json("/v1/services").await.ok()?;
             let routed = v["routes"]["services"]["echo"].as_object()?.len();
@@ -472,14 +448,15 @@ pub async fn removal(s: &Settings, progress: impl Fn(&str)) -> anyhow::Result<Va
             .until_all_see(n, "alive", Duration::from_secs(30))
             .await?;
     }
-    let cred = operator(fleet.dir.path(), &fleet.fleet_key_path())?;
+    let cred = fleet.dir.path().join("operator.cred");
+    operator_credential(&fleet.fleet_key_path(), &cred)?;
     let file = fleet.dir.path().join("echo.toml");
     std::fs::write(
         &file,
         spec(free_port()?, 2, "tcp", &echo)
             .replace("anti_affinity = false", "anti_affinity = true"),
     )?;
-    apply(&fleet.agents["n1"].url(""), &file, &cred)?;
+    apply_service(&fleet.agents["n1"].url(""), &file, &cred)?;
     let routes = |fleet: &LocalFleet| {
         let urls: Vec<String> = nodes
             .iter()

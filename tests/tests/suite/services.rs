@@ -43,16 +43,7 @@ fn fleet_key(path: &std::path::Path) -> String {
 
 /// Creates an operator credential at `out` under the fleet key at `key`.
 fn operator(key: &std::path::Path, out: &std::path::Path) {
-    augur_json(&[
-        "fleet",
-        "operator",
-        "--fleet-key",
-        path_str(key).expect("path"),
-        "--out",
-        path_str(out).expect("path"),
-        "--json",
-    ])
-    .expect("operator credential");
+    augur_tests::operator_credential(key, out).expect("operator credential");
 }
 
 #[tokio::test]
@@ -74,18 +65,7 @@ async fn operators_change_the_catalog_and_nobody_else_does() {
     let api = agent.url("");
     let spec = dir.path().join("web.toml");
     std::fs::write(&spec, SPEC).expect("spec");
-    let apply = |file: &std::path::Path| {
-        augur_json(&[
-            "service",
-            "apply",
-            path_str(file).expect("path"),
-            "--credential",
-            path_str(&cred).expect("path"),
-            "--api",
-            &api,
-            "--json",
-        ])
-    };
+    let apply = |file: &std::path::Path| augur_tests::apply_service(&api, file, &cred);
     let a = apply(&spec).expect("applied");
     assert_eq!(
         (a["version"].as_u64(), a["outcome"].as_str()),
@@ -224,17 +204,7 @@ async fn the_catalog_reaches_every_node_and_a_late_joiner() {
     operator(&key, &cred);
     let spec = fleet.dir.path().join("web.toml");
     std::fs::write(&spec, SPEC).expect("spec");
-    augur_json(&[
-        "service",
-        "apply",
-        path_str(&spec).expect("path"),
-        "--credential",
-        path_str(&cred).expect("path"),
-        "--api",
-        &fleet.agents["n1"].url(""),
-        "--json",
-    ])
-    .expect("applied on n1");
+    augur_tests::apply_service(&fleet.agents["n1"].url(""), &spec, &cred).expect("applied on n1");
     let holds = |fleet: &augur_tests::LocalFleet, n: &'static str| {
         let url = fleet.agents[n].url("/v1/services");
         async move {
@@ -265,17 +235,7 @@ async fn the_catalog_reaches_every_node_and_a_late_joiner() {
         ),
     )
     .expect("spec");
-    augur_json(&[
-        "service",
-        "apply",
-        path_str(&echo).expect("path"),
-        "--credential",
-        path_str(&cred).expect("path"),
-        "--api",
-        &fleet.agents["n2"].url(""),
-        "--json",
-    ])
-    .expect("applied on n2");
+    augur_tests::apply_service(&fleet.agents["n2"].url(""), &echo, &cred).expect("applied on n2");
     for n in ["n1", "n2", "n3", "n4"] {
         let url = fleet.agents[n].url("/v1/members");
         let hosts = augur_tests::eventually(&format!("both echo instances seen from {n}"), || {
@@ -342,17 +302,7 @@ async fn an_applied_service_runs_and_a_deleted_one_stops() {
     )
     .expect("spec");
     let cred_s = path_str(&cred).expect("path").to_owned();
-    augur_json(&[
-        "service",
-        "apply",
-        path_str(&spec).expect("path"),
-        "--credential",
-        &cred_s,
-        "--api",
-        &api,
-        "--json",
-    ])
-    .expect("applied");
+    augur_tests::apply_service(&api, &spec, std::path::Path::new(&cred_s)).expect("applied");
     let addr = augur_tests::eventually("the instance healthy and routed", || async {
         let v = agent.get_json("/v1/services").await.ok()?;
         let i = v["instances"].as_array()?.first()?.clone();
@@ -477,17 +427,8 @@ async fn a_hook_driven_instance_is_adopted_across_an_agent_restart() {
     )
     .expect("spec");
     let cred_s = path_str(&cred).expect("path").to_owned();
-    augur_json(&[
-        "service",
-        "apply",
-        path_str(&spec).expect("path"),
-        "--credential",
-        &cred_s,
-        "--api",
-        &agent.url(""),
-        "--json",
-    ])
-    .expect("applied");
+    augur_tests::apply_service(&agent.url(""), &spec, std::path::Path::new(&cred_s))
+        .expect("applied");
     let healthy = |agent: &AgentProcess| {
         let url = agent.url("/v1/services");
         async move {
@@ -625,17 +566,7 @@ async fn faults_are_reported_and_counted_and_the_rest_keeps_serving() {
             ),
         )
         .expect("spec");
-        augur_json(&[
-            "service",
-            "apply",
-            path_str(&file).expect("path"),
-            "--credential",
-            path_str(&cred).expect("path"),
-            "--api",
-            &agent.url(""),
-            "--json",
-        ])
-        .expect("applied");
+        augur_tests::apply_service(&agent.url(""), &file, &cred).expect("applied");
     }
     // The API says what is wrong with each.
     let list = augur_tests::eventually("every fault on the API", || async {

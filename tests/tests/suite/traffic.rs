@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use augur_tests::{Haproxy, Load, LocalFleet, augur_json, http, path_str};
+use augur_tests::{Haproxy, Load, LocalFleet, http};
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
@@ -63,17 +63,20 @@ async fn instances(fleet: &LocalFleet) -> Vec<(String, String, String, String)> 
 }
 
 fn apply(fleet: &LocalFleet, file: &std::path::Path, cred: &std::path::Path) {
-    augur_json(&[
-        "service",
-        "apply",
-        path_str(file).expect("path"),
-        "--credential",
-        path_str(cred).expect("path"),
-        "--api",
-        &fleet.agents["n1"].url(""),
-        "--json",
-    ])
-    .expect("applied");
+    augur_tests::apply_service(&fleet.agents["n1"].url(""), file, cred).expect("applied");
+}
+
+/// Waits until every node's proxies route `echo` to `n` backends.
+async fn until_routed(fleet: &LocalFleet, n: usize, what: &str) {
+    augur_tests::eventually(what, || async {
+        routes(fleet)
+            .await
+            .iter()
+            .all(|r| r.len() == n)
+            .then_some(())
+    })
+    .await
+    .expect(what);
 }
 
 /// Failed outcomes, split by whether they started before `at`.
@@ -131,16 +134,7 @@ async fn kill_and_drain(protocol: &str) {
             .expect("the fleet forms");
     }
     let cred = fleet.dir.path().join("operator.cred");
-    augur_json(&[
-        "fleet",
-        "operator",
-        "--fleet-key",
-        path_str(&fleet.fleet_key_path()).expect("path"),
-        "--out",
-        path_str(&cred).expect("path"),
-        "--json",
-    ])
-    .expect("operator credential");
+    augur_tests::operator_credential(&fleet.fleet_key_path(), &cred).expect("operator credential");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -150,15 +144,7 @@ async fn kill_and_drain(protocol: &str) {
     apply(&fleet, &file, &cred);
 
     // Every proxy routes to both instances, and requests through each reach both.
-    augur_tests::eventually("two healthy instances in every node's routes", || async {
-        routes(&fleet)
-            .await
-            .iter()
-            .all(|r| r.len() == 2)
-            .then_some(())
-    })
-    .await
-    .expect("routed");
+    until_routed(&fleet, 2, "two healthy instances in every node's routes").await;
     let mut fronts: Vec<String> = NODES
         .iter()
         .map(|n| format!("http://{}:{port}/", fleet.proxy_ip(n)))
@@ -274,15 +260,7 @@ async fn kill_and_drain(protocol: &str) {
     );
 
     // The killed instance is restarted by its driver and routed again.
-    augur_tests::eventually("echo-1 back in every proxy", || async {
-        routes(&fleet)
-            .await
-            .iter()
-            .all(|r| r.len() == 2)
-            .then_some(())
-    })
-    .await
-    .expect("back");
+    until_routed(&fleet, 2, "echo-1 back in every proxy").await;
 
     // Scale down under load: echo-1 drains (no new requests) and its slow requests finish.
     let load = Load::start(fronts.clone(), 400);
@@ -306,15 +284,7 @@ async fn kill_and_drain(protocol: &str) {
         BTreeSet::from(["echo-0".to_owned(), "echo-1".to_owned()]),
         "slow requests were in flight on both"
     );
-    augur_tests::eventually("one instance left in every proxy", || async {
-        routes(&fleet)
-            .await
-            .iter()
-            .all(|r| r.len() == 1)
-            .then_some(())
-    })
-    .await
-    .expect("drained");
+    until_routed(&fleet, 1, "one instance left in every proxy").await;
     augur_tests::eventually("echo-1 stopped after its drain", || async {
         (instances(&fleet).await.len() == 1).then_some(())
     })
