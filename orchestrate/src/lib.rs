@@ -19,6 +19,7 @@ use std::fmt::Debug;
 
 pub mod catalog;
 pub mod health;
+pub mod lease;
 pub mod placement;
 pub mod spec;
 
