@@ -11,6 +11,7 @@ pub mod clock;
 pub mod datagram;
 pub mod gatekeeper;
 pub mod identity;
+pub mod leases;
 pub mod membership;
 pub mod node;
 pub mod operator;

@@ -8,7 +8,7 @@
 //! ignores it (blacklisted), and any message it originates or forwards is rejected, so nothing an
 //! unadmitted node says reaches the fleet.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -36,6 +36,23 @@ pub const EVENTS_TOPIC: &str = "augur/events/1";
 /// The topic of the service catalog's operator-signed documents.
 pub const CATALOG_TOPIC: &str = "augur/catalog/1";
 const ADMISSION_PROTOCOL: &str = "/augur/admission/1";
+/// Lease requests and replies (`augur_orchestrate::lease::wire`), between admitted peers only.
+pub const LEASE_PROTOCOL: &str = "/augur/lease/1";
+/// The largest lease request or reply read (a request names at most 32 short keys).
+pub const LEASE_MESSAGE_MAX: u64 = 64 * 1024;
+/// Lease requests from peers waiting for this node's voter, at most; more are dropped (counted).
+pub const LEASE_INBOX: usize = 256;
+
+/// A lease request from an admitted peer, for this node's voter; answer it with
+/// [`SwarmHandle::answer_lease`] and the same `id`.
+#[derive(Debug)]
+pub struct LeaseInbound {
+    pub from: PeerId,
+    pub id: u64,
+    pub request: LeaseRequest,
+}
+
+pub use augur_orchestrate::lease::wire::{Reply as LeaseReply, Request as LeaseRequest};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AdmissionRequest {
@@ -55,6 +72,7 @@ struct Behaviour {
     ping: ping::Behaviour,
     gossipsub: gossipsub::Behaviour,
     admission: request_response::cbor::Behaviour<AdmissionRequest, AdmissionResponse>,
+    lease: request_response::cbor::Behaviour<LeaseRequest, LeaseReply>,
 }
 
 /// Swarm settings.
@@ -137,6 +155,12 @@ pub struct SwarmStats {
     pub messages_accepted: AtomicU64,
     pub messages_rejected: AtomicU64,
     pub published: AtomicU64,
+    /// Lease requests handed to this node's voter.
+    pub lease_requests: AtomicU64,
+    /// Lease requests dropped: from a peer not admitted, or with the voter's inbox full.
+    pub lease_dropped: AtomicU64,
+    /// Lease requests this node sent that got no reply (timeout, closed connection, no route).
+    pub lease_failures: AtomicU64,
 }
 
 enum Command {
@@ -148,6 +172,15 @@ enum Command {
     },
     Listeners(oneshot::Sender<Vec<Multiaddr>>),
     Disconnect(PeerId),
+    Lease {
+        peer: PeerId,
+        request: LeaseRequest,
+        reply: oneshot::Sender<Result<LeaseReply, String>>,
+    },
+    LeaseAnswer {
+        id: u64,
+        reply: LeaseReply,
+    },
 }
 
 /// Cloneable handle on the swarm task.
@@ -161,6 +194,8 @@ pub struct SwarmHandle {
     admitted: Arc<parking_lot::RwLock<HashSet<PeerId>>>,
     /// The swarm task's group (stopping it closes every connection).
     tasks: Tasks,
+    /// Lease requests from peers, for the one task that takes them.
+    lease_inbox: Arc<parking_lot::Mutex<Option<mpsc::Receiver<LeaseInbound>>>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -180,6 +215,8 @@ pub enum SwarmError {
     Publish { topic: String, reason: String },
     #[error("the mesh has stopped")]
     Stopped,
+    #[error("no lease reply from {peer}: {reason}")]
+    Lease { peer: PeerId, reason: String },
 }
 
 impl SwarmHandle {
@@ -231,6 +268,37 @@ impl SwarmHandle {
     /// Stops the swarm task; its connections close, as when the process dies.
     pub fn shutdown(&self) {
         self.tasks.stop();
+    }
+
+    /// Sends a lease request to an admitted peer and waits for its reply (bounded by the
+    /// protocol's request timeout).
+    pub async fn lease_request(
+        &self,
+        peer: PeerId,
+        request: LeaseRequest,
+    ) -> Result<LeaseReply, SwarmError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Lease {
+                peer,
+                request,
+                reply,
+            })
+            .await
+            .map_err(|_| SwarmError::Stopped)?;
+        rx.await
+            .map_err(|_| SwarmError::Stopped)?
+            .map_err(|reason| SwarmError::Lease { peer, reason })
+    }
+
+    /// Answers the lease request `id` (from [`LeaseInbound`]).
+    pub async fn answer_lease(&self, id: u64, reply: LeaseReply) {
+        let _ = self.tx.send(Command::LeaseAnswer { id, reply }).await;
+    }
+
+    /// The lease requests from peers; the first caller gets them, later ones `None`.
+    pub fn take_lease_inbox(&self) -> Option<mpsc::Receiver<LeaseInbound>> {
+        self.lease_inbox.lock().take()
     }
 
     /// The addresses the swarm listens on.
@@ -325,6 +393,13 @@ pub async fn start(
                     request_response::Config::default()
                         .with_request_timeout(config.admission_timeout),
                 ),
+                lease: request_response::Behaviour::with_codec(
+                    request_response::cbor::codec::Codec::default()
+                        .set_request_size_maximum(LEASE_MESSAGE_MAX)
+                        .set_response_size_maximum(LEASE_MESSAGE_MAX),
+                    [(StreamProtocol::new(LEASE_PROTOCOL), ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(LEASE_REQUEST_TIMEOUT),
+                ),
             })
         })
         .map_err(|e| SwarmError::Build(e.to_string()))?
@@ -373,6 +448,7 @@ pub async fn start(
         }
     }
     let (tx, rx) = mpsc::channel(256);
+    let (tx_lease, rx_lease) = mpsc::channel(LEASE_INBOX);
     let (events, _) = broadcast::channel(1024);
     let stats = Arc::new(SwarmStats::default());
     let handle = SwarmHandle {
@@ -382,10 +458,12 @@ pub async fn start(
         stats: stats.clone(),
         admitted: Arc::default(),
         tasks: tasks.clone(),
+        lease_inbox: Arc::new(parking_lot::Mutex::new(Some(rx_lease))),
     };
     let task = run(
         swarm,
         rx,
+        tx_lease,
         events,
         stats,
         config,
@@ -399,6 +477,9 @@ pub async fn start(
     tasks.spawn("mesh.swarm", task);
     Ok(handle)
 }
+
+/// How long a lease request waits for its reply.
+pub const LEASE_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often pending admissions and the admitted peers' credentials are checked.
 pub const ADMISSION_SWEEP: Duration = Duration::from_millis(250);
@@ -482,6 +563,7 @@ struct Listening {
 async fn run(
     mut swarm: libp2p::Swarm<Behaviour>,
     mut rx: mpsc::Receiver<Command>,
+    tx_lease: mpsc::Sender<LeaseInbound>,
     events: broadcast::Sender<SwarmEvent>,
     stats: Arc<SwarmStats>,
     config: SwarmConfig,
@@ -508,6 +590,13 @@ async fn run(
     }
     let mut sweep = tokio::time::interval(ADMISSION_SWEEP);
     let clock = config.clock.clone();
+    // Lease requests in flight both ways: ours awaiting replies, peers' awaiting our voter.
+    let mut lease_out: HashMap<
+        request_response::OutboundRequestId,
+        oneshot::Sender<Result<LeaseReply, String>>,
+    > = HashMap::new();
+    let mut lease_in: HashMap<u64, request_response::ResponseChannel<LeaseReply>> = HashMap::new();
+    let mut lease_seq = 0u64;
     let out = Outlet {
         events: &events,
         stats: &stats,
@@ -555,6 +644,20 @@ async fn run(
                     Command::Disconnect(peer) => {
                         let _ = swarm.disconnect_peer_id(peer);
                     }
+                    Command::Lease { peer, request, reply } => {
+                        if !admitted.read().contains(&peer) {
+                            stats.lease_failures.fetch_add(1, Ordering::Relaxed);
+                            let _ = reply.send(Err("not connected to it as an admitted peer".into()));
+                        } else {
+                            let id = swarm.behaviour_mut().lease.send_request(&peer, request);
+                            lease_out.insert(id, reply);
+                        }
+                    }
+                    Command::LeaseAnswer { id, reply } => {
+                        if let Some(ch) = lease_in.remove(&id) {
+                            let _ = swarm.behaviour_mut().lease.send_response(ch, reply);
+                        }
+                    }
                 }
             }
             _ = sweep.tick() => {
@@ -592,6 +695,39 @@ async fn run(
                         }
                     }
                 }
+                LibSwarmEvent::Behaviour(BehaviourEvent::Lease(ev)) => match ev {
+                    request_response::Event::Message { peer, message: request_response::Message::Request { request, channel, .. }, .. } => {
+                        // Only an admitted peer may ask; a full inbox drops (the proposer's
+                        // timeout covers it, as for a lost message).
+                        lease_in.retain(|_, ch| ch.is_open());
+                        if !admitted.read().contains(&peer) || lease_in.len() >= LEASE_INBOX {
+                            stats.lease_dropped.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            lease_seq += 1;
+                            match tx_lease.try_send(LeaseInbound { from: peer, id: lease_seq, request }) {
+                                Ok(()) => {
+                                    stats.lease_requests.fetch_add(1, Ordering::Relaxed);
+                                    lease_in.insert(lease_seq, channel);
+                                }
+                                Err(_) => {
+                                    stats.lease_dropped.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    }
+                    request_response::Event::Message { message: request_response::Message::Response { request_id, response }, .. } => {
+                        if let Some(tx) = lease_out.remove(&request_id) {
+                            let _ = tx.send(Ok(response));
+                        }
+                    }
+                    request_response::Event::OutboundFailure { request_id, error, .. } => {
+                        stats.lease_failures.fetch_add(1, Ordering::Relaxed);
+                        if let Some(tx) = lease_out.remove(&request_id) {
+                            let _ = tx.send(Err(error.to_string()));
+                        }
+                    }
+                    _ => {}
+                },
                 LibSwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message })) => {
                     let origin = message.source;
                     let ok = {

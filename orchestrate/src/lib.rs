@@ -18,6 +18,7 @@
 use std::fmt::Debug;
 
 pub mod catalog;
+pub mod fleet;
 pub mod health;
 pub mod lease;
 pub mod placement;

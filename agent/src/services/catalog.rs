@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use augur_mesh::admission::Trust;
 use augur_mesh::operator::{Freshness, OperatorError, SignedDocument};
 use augur_orchestrate::catalog::{Catalog, Entry, Outcome};
+use augur_orchestrate::fleet::FleetDoc;
 use augur_orchestrate::spec::{ServiceSpec, SpecError};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,10 @@ use serde::{Deserialize, Serialize};
 pub const KIND_SPEC: &str = "service";
 /// A document that deletes a service (empty body).
 pub const KIND_DELETE: &str = "service.delete";
+/// The fleet document (lease voters and the disruption budget; its body: `FleetDoc`'s TOML).
+pub const KIND_FLEET: &str = "fleet";
+/// The name the fleet document is signed under.
+pub const FLEET_NAME: &str = "fleet";
 /// The file of the catalog, in the data directory.
 pub const CATALOG_FILE: &str = "catalog.cbor";
 
@@ -71,6 +76,53 @@ struct Inner {
     catalog: Catalog,
     /// The document behind each service's entry (what is saved, and later replicated).
     docs: BTreeMap<String, SignedDocument>,
+    /// The fleet document held, if any.
+    fleet: Option<(SignedDocument, FleetDoc)>,
+}
+
+fn fleet_of(doc: &SignedDocument) -> Result<FleetDoc, CatalogError> {
+    if doc.name != FLEET_NAME {
+        return Err(CatalogError::Malformed(format!(
+            "a fleet document is named {FLEET_NAME:?}, not {:?}",
+            doc.name
+        )));
+    }
+    let text = std::str::from_utf8(&doc.body)
+        .map_err(|_| CatalogError::Malformed("the fleet document is not UTF-8".to_owned()))?;
+    Ok(FleetDoc::from_toml(text)?)
+}
+
+impl Inner {
+    /// Offers a verified fleet document: the higher version wins; of two different documents
+    /// under one version, every node keeps the one whose text orders higher.
+    fn offer_fleet(&mut self, doc: SignedDocument, fleet: FleetDoc) -> Outcome {
+        match &self.fleet {
+            Some((held, _)) if held.version > doc.version => Outcome::Stale { held: held.version },
+            Some((held, _)) if held.version == doc.version => {
+                if *held == doc {
+                    Outcome::Duplicate
+                } else if doc.to_string() > held.to_string() {
+                    self.fleet = Some((doc, fleet));
+                    Outcome::Accepted
+                } else {
+                    Outcome::Stale { held: held.version }
+                }
+            }
+            _ => {
+                self.fleet = Some((doc, fleet));
+                Outcome::Accepted
+            }
+        }
+    }
+
+    /// Every document held, to save and to send.
+    fn all_documents(&self) -> Vec<String> {
+        self.docs
+            .values()
+            .chain(self.fleet.as_ref().map(|(d, _)| d))
+            .map(ToString::to_string)
+            .collect()
+    }
 }
 
 /// The catalog of this node. Cloneable handle.
@@ -136,13 +188,19 @@ impl CatalogStore {
                 .and_then(|d| {
                     // Saved: the grant must have held when it was signed.
                     d.verify(&store.trust, now_unix_s, Freshness::Held)?;
-                    Ok((entry_of(&d)?, d))
+                    if d.kind == KIND_FLEET {
+                        return Ok((Err(fleet_of(&d)?), d));
+                    }
+                    Ok((Ok(entry_of(&d)?), d))
                 });
             match checked {
-                Ok((entry, doc)) => {
+                Ok((Ok(entry), doc)) => {
                     if inner.catalog.offer(&doc.name, entry) == Outcome::Accepted {
                         inner.docs.insert(doc.name.clone(), doc);
                     }
+                }
+                Ok((Err(fleet), doc)) => {
+                    inner.offer_fleet(doc, fleet);
                 }
                 Err(e) => {
                     store.refused.fetch_add(1, Ordering::Relaxed);
@@ -202,13 +260,16 @@ impl CatalogStore {
         freshness: Freshness,
     ) -> Result<Outcome, CatalogError> {
         doc.verify(&self.trust, now_unix_s, freshness)?;
+        if doc.kind == KIND_FLEET {
+            return self.try_offer_fleet(doc);
+        }
         let entry = entry_of(&doc)?;
         let mut inner = self.inner.lock();
         let before = inner.catalog.clone();
         match inner.catalog.offer(&doc.name, entry) {
             Outcome::Accepted => {
                 let previous = inner.docs.insert(doc.name.clone(), doc.clone());
-                if let Err(e) = self.save(&inner.docs) {
+                if let Err(e) = self.save(&inner) {
                     // Not durable: not accepted.
                     inner.catalog = before;
                     match previous {
@@ -230,8 +291,41 @@ impl CatalogStore {
         }
     }
 
-    fn save(&self, docs: &BTreeMap<String, SignedDocument>) -> Result<(), CatalogError> {
-        let texts: Vec<String> = docs.values().map(ToString::to_string).collect();
+    fn try_offer_fleet(&self, doc: SignedDocument) -> Result<Outcome, CatalogError> {
+        let fleet = fleet_of(&doc)?;
+        let mut inner = self.inner.lock();
+        let before = inner.fleet.clone();
+        let version = doc.version;
+        match inner.offer_fleet(doc, fleet) {
+            Outcome::Accepted => {
+                if let Err(e) = self.save(&inner) {
+                    inner.fleet = before;
+                    return Err(e);
+                }
+                tracing::info!(version, "fleet document changed");
+                Ok(Outcome::Accepted)
+            }
+            Outcome::Duplicate => Ok(Outcome::Duplicate),
+            Outcome::Stale { held } => Err(CatalogError::Stale {
+                name: FLEET_NAME.to_owned(),
+                offered: version,
+                held,
+                next: held + 1,
+            }),
+        }
+    }
+
+    /// The fleet document held, with its version.
+    pub fn fleet(&self) -> Option<(u64, FleetDoc)> {
+        self.inner
+            .lock()
+            .fleet
+            .as_ref()
+            .map(|(d, f)| (d.version, f.clone()))
+    }
+
+    fn save(&self, inner: &Inner) -> Result<(), CatalogError> {
+        let texts = inner.all_documents();
         crate::files::write_atomic(&self.path, |w| {
             ciborium::into_writer(&texts, w).map_err(|e| std::io::Error::other(e.to_string()))
         })
@@ -260,14 +354,10 @@ impl CatalogStore {
         self.changes.subscribe()
     }
 
-    /// Every document held (a service's spec or deletion), in text form, to send to peers.
+    /// Every document held (a service's spec or deletion, the fleet document), in text form, to
+    /// send to peers.
     pub fn documents(&self) -> Vec<String> {
-        self.inner
-            .lock()
-            .docs
-            .values()
-            .map(ToString::to_string)
-            .collect()
+        self.inner.lock().all_documents()
     }
 
     /// Every service's version held, deletions included (a change must carry a higher one).
@@ -300,6 +390,61 @@ mod tests {
             "[service]\nname = \"web\"\nport = {port}\n[service.driver]\nkind = \"process\"\ncommand = \"/bin/web\"\n[service.health]\n"
         )
         .into_bytes()
+    }
+
+    #[test]
+    fn the_fleet_document_is_versioned_checked_and_kept_beside_the_services() {
+        const PEER: &str = "12D3KooWGzbnqJ4YQ2fVkqpAbbGQ3s8bMZaB3L1NvsBPXKaT4NmF";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fleet = FleetKey::from_seed([1; 32]);
+        let trust = Trust::new(vec![fleet.public()]);
+        let op = OperatorCredential::create(&fleet, Role::Operator, NOW + 3600);
+        let store = CatalogStore::open(dir.path(), trust.clone(), NOW);
+        assert!(store.fleet().is_none());
+        let body = |n: u32| format!("[leases]\nvoters = [\"{PEER}\"]\nmax_migrations = {n}\n");
+        let v2 = op.sign(KIND_FLEET, FLEET_NAME, 2, body(2).into_bytes(), NOW);
+        assert_eq!(
+            store.offer(v2, NOW, Freshness::New).expect("v2"),
+            Outcome::Accepted
+        );
+        store
+            .offer(
+                op.sign(KIND_SPEC, "web", 1, spec(8080), NOW),
+                NOW,
+                Freshness::New,
+            )
+            .expect("a service beside it");
+        let e = store
+            .offer(
+                op.sign(KIND_FLEET, FLEET_NAME, 1, body(3).into_bytes(), NOW),
+                NOW,
+                Freshness::New,
+            )
+            .expect_err("older");
+        assert_eq!(e.reason(), "stale");
+        let e = store
+            .offer(
+                op.sign(KIND_FLEET, FLEET_NAME, 3, body(0).into_bytes(), NOW),
+                NOW,
+                Freshness::New,
+            )
+            .expect_err("no budget");
+        assert_eq!(e.reason(), "invalid");
+        assert!(e.to_string().contains("leases.max_migrations"), "{e}");
+        let e = store
+            .offer(
+                op.sign(KIND_FLEET, "other", 3, body(1).into_bytes(), NOW),
+                NOW,
+                Freshness::New,
+            )
+            .expect_err("misnamed");
+        assert_eq!(e.reason(), "malformed");
+        let (version, doc) = store.fleet().expect("held");
+        assert_eq!((version, doc.leases.max_migrations), (2, 2));
+        assert_eq!(store.documents().len(), 2, "replicated with the services");
+        let again = CatalogStore::open(dir.path(), trust, NOW);
+        assert_eq!(again.fleet(), store.fleet(), "survives a restart");
+        assert_eq!(again.services().len(), 1);
     }
 
     #[test]

@@ -115,6 +115,10 @@ pub enum Failure {
     Config { held: u64 },
     #[error("the voters refused the request as invalid: {0}")]
     Invalid(String),
+    #[error(
+        "no fleet document names the lease voters on this node: apply one with `augur fleet apply FILE`"
+    )]
+    Unconfigured,
 }
 
 impl Failure {

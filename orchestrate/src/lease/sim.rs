@@ -209,6 +209,7 @@ impl World {
                         Failure::Budget { .. } => "budget",
                         Failure::NoMajority { .. } => "no_majority",
                         Failure::Config { .. } => "config",
+                        Failure::Unconfigured => "unconfigured",
                         Failure::Invalid(e) => panic!("a valid request refused as invalid: {e}"),
                     };
                     *self.tally.refused.entry(name.into()).or_default() += 1;
