@@ -120,6 +120,24 @@ pub async fn run(
         trust,
         crate::sample::UnixMicros::now().as_unix_s(),
     );
+    // The right to act: the voter's state and the fencing epochs, and the lease settings of the
+    // fleet document as the catalog holds it.
+    let acting = crate::migrate::store::ActStore::open(&data_dir).with_context(|| {
+        format!(
+            "cannot open {} (is another augur agent using this data directory?)",
+            data_dir.join(crate::migrate::store::ACTING_FILE).display()
+        )
+    })?;
+    let (tx_lease_config, rx_lease_config) = crate::migrate::config::channel(&catalog);
+    let leases = mesh.as_ref().map(|m| {
+        augur_mesh::leases::Leases::start(
+            m.swarm.clone(),
+            Arc::new(acting.clone()),
+            rx_lease_config.clone(),
+            rand::random(),
+            &stage_group,
+        )
+    });
     let predict_stats = predict::PredictStats::default();
     let service_stats = Arc::new(crate::services::ServiceStats::default());
     let connections = api::Connections::default();
@@ -132,6 +150,7 @@ pub async fn run(
         mesh: mesh.clone(),
         catalog: Some(catalog.clone()),
         services: Some(service_stats.clone()),
+        leases: leases.clone(),
     }));
     let api_state = ApiState {
         node: Arc::new(api::NodeInfo {
@@ -157,6 +176,7 @@ pub async fn run(
         routes: Arc::default(),
         traffic_problems: Arc::default(),
         tasks: writer_group.health().clone(),
+        leases: leases.clone(),
     };
 
     let mut writer_tasks = vec![writer_group.spawn(
@@ -253,6 +273,10 @@ pub async fn run(
             .run(stage_group.token()),
         ),
     );
+    stage_tasks.push(stage_group.spawn(
+        "leases.config",
+        crate::migrate::config::follow(catalog.clone(), tx_lease_config, stage_group.token()),
+    ));
     if let Some(m) = &mesh {
         stage_tasks.push(stage_group.spawn(
             "services.catalog_sync",

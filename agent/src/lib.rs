@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod history;
 pub mod ingest;
 pub mod logging;
+pub mod migrate;
 pub mod models;
 pub mod net;
 pub mod predict;

@@ -125,3 +125,10 @@ pub struct CatalogAnswer {
     /// `accepted`, or `duplicate` when this node had it already.
     pub outcome: String,
 }
+
+/// `GET /v1/fleet`: the fleet document held.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FleetDocument {
+    pub version: u64,
+    pub document: augur_orchestrate::fleet::FleetDoc,
+}

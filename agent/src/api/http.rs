@@ -70,6 +70,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/models/train", post(train_models))
         .route("/v1/schema/telemetry", get(schema))
         .route("/v1/services", get(services).post(change_service))
+        .route("/v1/fleet", get(fleet_document).post(change_service))
+        .route("/v1/leases", get(leases))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -315,6 +317,34 @@ async fn change_service(
             _ => "duplicate",
         }
         .to_owned(),
+    }))
+}
+
+/// `GET /v1/leases`: the lease settings in force, what this node's voter holds open, and the
+/// leases this node holds.
+async fn leases(
+    State(st): State<ApiState>,
+) -> Result<Json<augur_mesh::leases::LeaseView>, ApiError> {
+    st.leases.as_ref().map(|l| Json(l.view())).ok_or_else(|| {
+        ApiError::Unavailable(
+            "this node is not in a mesh, and leases need one: set mesh.fleet_keys and a join token"
+                .to_owned(),
+        )
+    })
+}
+
+/// `GET /v1/fleet`: the fleet document this node holds (its version and TOML), 404 if none.
+async fn fleet_document(
+    State(catalog): State<crate::services::catalog::CatalogStore>,
+) -> Result<Json<super::answers::FleetDocument>, ApiError> {
+    let (version, doc) = catalog.fleet().ok_or_else(|| {
+        ApiError::NotFound(
+            "no fleet document yet: write one (docs/SERVICES.md, \"The fleet document\") and `augur fleet apply FILE`".to_owned(),
+        )
+    })?;
+    Ok(Json(super::answers::FleetDocument {
+        version,
+        document: doc,
     }))
 }
 

@@ -34,6 +34,8 @@ pub struct Scraped {
     pub catalog: Option<crate::services::catalog::CatalogStore>,
     /// The services' instances and proxies on this node.
     pub services: Option<Arc<crate::services::ServiceStats>>,
+    /// This node's lease voter and acquisitions.
+    pub leases: Option<augur_mesh::leases::Leases>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -216,11 +218,64 @@ impl Collector for Scraped {
         if let Some(s) = &self.services {
             encode_services(&mut enc, s)?;
         }
+        if let Some(l) = &self.leases {
+            encode_leases(&mut enc, l.stats())?;
+        }
         if let Some(mesh) = &self.mesh {
             encode_mesh(&mut enc, mesh)?;
         }
         Ok(())
     }
+}
+
+fn encode_leases(enc: &mut DescriptorEncoder, s: &augur_mesh::leases::LeaseStats) -> fmt::Result {
+    let rows: [(&str, &str, &AtomicU64); 9] = [
+        (
+            "lease_votes",
+            "Lease requests this node's voter answered (refusals included)",
+            &s.votes,
+        ),
+        (
+            "lease_votes_refused",
+            "Lease requests this node's voter refused (outbid, held, hold-down, another fleet document, invalid)",
+            &s.votes_refused,
+        ),
+        (
+            "lease_store_errors",
+            "Lease votes not given because the voter's state could not be saved",
+            &s.store_errors,
+        ),
+        ("leases_acquired", "Leases this node won", &s.acquired),
+        (
+            "leases_refused",
+            "Leases this node asked for and did not get (busy, hold-down, budget, no majority)",
+            &s.refused,
+        ),
+        (
+            "leases_renewed",
+            "Renewals of leases this node held",
+            &s.renewed,
+        ),
+        (
+            "leases_lost",
+            "Leases this node held that ended without a renewal",
+            &s.lost,
+        ),
+        (
+            "lease_messages",
+            "Lease messages this node sent and received for its own leases",
+            &s.messages,
+        ),
+        (
+            "lease_bytes",
+            "Bytes (CBOR) of the lease messages this node sent and received for its own leases",
+            &s.bytes,
+        ),
+    ];
+    for (name, help, v) in rows {
+        family(enc, name, help, MetricType::Counter, one(load(v)))?;
+    }
+    Ok(())
 }
 
 fn encode_services(enc: &mut DescriptorEncoder, s: &crate::services::ServiceStats) -> fmt::Result {
@@ -522,6 +577,7 @@ mod tests {
             tasks: Arc::default(),
             mesh: None,
             catalog: None,
+            leases: None,
             services: Some({
                 let s = crate::services::ServiceStats::default();
                 s.count("echo", |c| c.exits += 2);

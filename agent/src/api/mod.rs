@@ -44,6 +44,8 @@ pub struct ApiState {
     pub traffic_problems: Arc<parking_lot::RwLock<Vec<augur_mesh::TrafficProblem>>>,
     /// Tasks that ended unexpectedly (for `/healthz`).
     pub tasks: Arc<augur_mesh::tasks::TaskHealth>,
+    /// This node's leases (voter and holder), when it is in a mesh.
+    pub leases: Option<augur_mesh::leases::Leases>,
 }
 
 /// Who this agent is and where it listens.
@@ -125,6 +127,18 @@ impl From<SubmitError> for ApiError {
             ApiError::Unavailable(e.to_string())
         } else {
             ApiError::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<augur_orchestrate::lease::proposer::Failure> for ApiError {
+    /// A lease refused for the fleet's state (busy, hold-down, budget) is a conflict (409);
+    /// voters out of reach or out of step are a 503.
+    fn from(f: augur_orchestrate::lease::proposer::Failure) -> Self {
+        if f.is_conflict() {
+            ApiError::Conflict(f.to_string())
+        } else {
+            ApiError::Unavailable(f.to_string())
         }
     }
 }

@@ -94,6 +94,9 @@ pub fn run(cmd: FleetCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        FleetCommand::Apply { .. } => {
+            anyhow::bail!("`augur fleet apply` talks to an agent; it is run by the client")
+        }
         FleetCommand::PeerId { data_dir, json } => {
             let dir = data_dir.unwrap_or_else(|| Config::default().data_dir());
             std::fs::create_dir_all(&dir)

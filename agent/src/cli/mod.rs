@@ -88,6 +88,8 @@ pub enum Command {
     Service(ServiceCommand),
     /// List the fleet's services (the catalog as this agent holds it).
     Services(ClientArgs),
+    /// Show the lease settings in force, the leases open in this node's voter, and those it holds.
+    Leases(ClientArgs),
     /// Show fleet events (membership changes, predictions crossing thresholds).
     Events {
         /// Keep the connection open and print events as they happen.
@@ -189,6 +191,16 @@ pub enum FleetCommand {
         ttl: std::time::Duration,
         #[arg(long)]
         json: bool,
+    },
+    /// Check a fleet document (lease voters, disruption budget; docs/SERVICES.md), sign it with
+    /// the next version and send it to the agent, which spreads it to the fleet.
+    Apply {
+        file: PathBuf,
+        /// The operator credential (`augur fleet operator`).
+        #[arg(long, default_value = "operator.cred")]
+        credential: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Print this node's PeerId (creating its key in the data directory if needed).
     PeerId {
@@ -518,7 +530,13 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             println!("  at {} by {}", v.ts.to_rfc3339(), p.model_version);
             Ok(())
         }
+        Command::Fleet(FleetCommand::Apply {
+            file,
+            credential,
+            client,
+        }) => service::apply_fleet(&client.api, &file, &credential, client.json).await,
         Command::Fleet(cmd) => fleet::run(cmd),
+        Command::Leases(c) => service::leases(&c.api, c.json).await,
         Command::Service(ServiceCommand::Apply {
             file,
             credential,

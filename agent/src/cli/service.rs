@@ -7,8 +7,8 @@ use augur_mesh::operator::OperatorCredential;
 use augur_orchestrate::spec::ServiceSpec;
 
 use super::client::Agent;
-use crate::api::answers::{CatalogAnswer, CatalogChange, ServiceList};
-use crate::services::catalog::{KIND_DELETE, KIND_SPEC};
+use crate::api::answers::{CatalogAnswer, CatalogChange, FleetDocument, ServiceList};
+use crate::services::catalog::{FLEET_NAME, KIND_DELETE, KIND_FLEET, KIND_SPEC};
 
 fn credential(path: &Path) -> anyhow::Result<OperatorCredential> {
     OperatorCredential::load(path).with_context(|| {
@@ -64,6 +64,82 @@ pub async fn apply(api: &str, file: &Path, cred: &Path, json: bool) -> anyhow::R
     )
     .await?;
     print(&answer, json)
+}
+
+/// `augur fleet apply FILE`: checks the fleet document, signs it with the next version and sends
+/// it.
+pub async fn apply_fleet(api: &str, file: &Path, cred: &Path, json: bool) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    augur_orchestrate::fleet::FleetDoc::from_toml(&text)
+        .with_context(|| format!("{} is not a valid fleet document", file.display()))?;
+    let cred = credential(cred)?;
+    let agent = Agent::new(api)?;
+    let held: Option<FleetDocument> = agent.get("/v1/fleet", &[]).await.ok();
+    let version = held.map_or(1, |h| h.version + 1);
+    let answer = send(
+        &agent,
+        cred.sign(
+            KIND_FLEET,
+            FLEET_NAME,
+            version,
+            text.into_bytes(),
+            crate::sample::UnixMicros::now().as_unix_s(),
+        ),
+    )
+    .await?;
+    print(&answer, json)
+}
+
+/// `augur leases`.
+pub async fn leases(api: &str, json: bool) -> anyhow::Result<()> {
+    let v: augur_mesh::leases::LeaseView = Agent::new(api)?.get("/v1/leases", &[]).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let Some(s) = &v.settings else {
+        println!("no fleet document: leases are off (`augur fleet apply FILE` sets the voters)");
+        return Ok(());
+    };
+    println!(
+        "fleet document v{}: {} voter(s){}, at most {} move(s) at once ({} per zone), hold-down {}, lease {}",
+        v.config_version.unwrap_or(0),
+        s.voters.len(),
+        if v.voter {
+            ", this node one of them"
+        } else {
+            ""
+        },
+        s.max_migrations,
+        s.max_migrations_per_zone,
+        humantime::format_duration(s.hold_down),
+        humantime::format_duration(s.duration),
+    );
+    if !v.held.is_empty() {
+        println!();
+        println!("{:<24} {:>8}  NOTE", "HELD BY THIS NODE", "EPOCH");
+        for h in &v.held {
+            println!("{:<24} {:>8}  {}", h.service, h.epoch, h.note);
+        }
+    }
+    if !v.open.is_empty() {
+        println!();
+        println!(
+            "{:<32} {:<54} {:>6} {:>10}",
+            "OPEN IN THIS VOTER", "HOLDER", "EPOCH", "LEFT"
+        );
+        for o in &v.open {
+            println!(
+                "{:<32} {:<54} {:>6} {:>9.1}s",
+                o.key,
+                o.holder,
+                o.round,
+                o.remaining.as_secs_f64()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `augur service delete NAME`.

@@ -1,0 +1,10 @@
+//! The right to act and the moves it allows: this node's lease voter and acquisitions (over the
+//! mesh, `augur_mesh::leases`), the fencing epochs every executor checks, and the migrations they
+//! guard. What is here is I/O and wiring; the rules are `augur_orchestrate`'s.
+//!
+//! - `store`: what the acting half keeps durably (`acting.redb`): the voter's state, the highest
+//!   epoch seen per service (fencing);
+//! - `config`: the lease settings of the signed fleet document, followed as the catalog changes.
+
+pub mod config;
+pub mod store;
