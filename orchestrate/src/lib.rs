@@ -21,6 +21,7 @@ pub mod catalog;
 pub mod fleet;
 pub mod health;
 pub mod lease;
+pub mod migration;
 pub mod placement;
 pub mod spec;
 
