@@ -129,12 +129,14 @@ pub async fn run(
         )
     })?;
     let (tx_lease_config, rx_lease_config) = crate::migrate::config::channel(&catalog);
+    let assignments = crate::migrate::assignments::Assignments::open(acting.clone());
     let leases = mesh.as_ref().map(|m| {
         augur_mesh::leases::Leases::start(
             m.swarm.clone(),
             Arc::new(acting.clone()),
             rx_lease_config.clone(),
             rand::random(),
+            Some(Arc::new(assignments.clone())),
             &stage_group,
         )
     });
@@ -253,6 +255,7 @@ pub async fn run(
                 stats: service_stats.clone(),
                 drain: cfg.services.drain_grace,
                 ingestor: Some(ingestor.clone()),
+                assignments: Some(assignments.clone()),
             }
             .run(stage_group.token()),
         ),
@@ -277,6 +280,17 @@ pub async fn run(
         "leases.config",
         crate::migrate::config::follow(catalog.clone(), tx_lease_config, stage_group.token()),
     ));
+    if let (Some(m), Some(l)) = (&mesh, &leases) {
+        stage_tasks.push(stage_group.spawn(
+            "migrate.assignments_sync",
+            crate::migrate::assignments::sync(
+                l.clone(),
+                m.clone(),
+                assignments.clone(),
+                stage_group.token(),
+            ),
+        ));
+    }
     if let Some(m) = &mesh {
         stage_tasks.push(stage_group.spawn(
             "services.catalog_sync",

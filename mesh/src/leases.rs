@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::act::{ActReply, ActRequest, Assignment};
 use crate::swarm::SwarmHandle;
 use crate::tasks::Tasks;
 
@@ -35,6 +36,13 @@ pub trait VoterStore: Send + Sync + 'static {
     fn load(&self) -> std::io::Result<Option<VoterState>>;
     /// Durably: the voter answers only after this returns.
     fn save(&self, state: &VoterState) -> std::io::Result<()>;
+}
+
+/// Where assignments from lease holders go (the agent's runtime follows them).
+pub trait AssignStore: Send + Sync + 'static {
+    /// Takes `a` from `from` (persisted before this returns), or says why not: an epoch below
+    /// the fence, or an older change than held.
+    fn offer(&self, from: &PeerId, a: Assignment) -> Result<(), String>;
 }
 
 /// A store in memory (the simulation's "disk": it survives a simulated restart when kept).
@@ -115,6 +123,7 @@ struct Inner {
     held: Mutex<BTreeMap<u64, HeldLease>>,
     stats: LeaseStats,
     tasks: Tasks,
+    assignments: Option<Arc<dyn AssignStore>>,
 }
 
 /// This node's leases. Cloneable handle.
@@ -190,6 +199,7 @@ impl Leases {
         store: Arc<dyn VoterStore>,
         config: watch::Receiver<LeaseConfig>,
         nonce: u64,
+        assignments: Option<Arc<dyn AssignStore>>,
         tasks: &Tasks,
     ) -> Self {
         let base = Instant::now();
@@ -220,6 +230,7 @@ impl Leases {
             held: Mutex::default(),
             stats: LeaseStats::default(),
             tasks: tasks.clone(),
+            assignments,
         });
         let leases = Self { inner };
         if let Some(inbox) = swarm.take_lease_inbox() {
@@ -253,7 +264,11 @@ impl Leases {
                 }
                 req = inbox.recv() => {
                     let Some(req) = req else { return };
-                    if let Some(reply) = self.vote(&req.from.to_string(), req.request) {
+                    let reply = match req.request {
+                        ActRequest::Lease(r) => self.vote(&req.from.to_string(), r).map(ActReply::Lease),
+                        ActRequest::Assign(a) => Some(ActReply::Assign(self.take(&req.from, a))),
+                    };
+                    if let Some(reply) = reply {
                         self.inner.swarm.answer_lease(req.id, reply).await;
                     }
                 }
@@ -308,6 +323,42 @@ impl Leases {
             }
         }
         None
+    }
+
+    /// An assignment from `from`, for this node's store.
+    fn take(&self, from: &PeerId, a: Assignment) -> Result<(), String> {
+        a.validate()?;
+        match &self.inner.assignments {
+            Some(store) => store.offer(from, a),
+            None => Err("this node takes no assignments".into()),
+        }
+    }
+
+    /// Sends `a` to each of `peers` (this node's own store directly) and returns each one's
+    /// answer (an unreachable peer's is an error).
+    pub async fn assign(
+        &self,
+        peers: &[PeerId],
+        a: &Assignment,
+    ) -> Vec<(PeerId, Result<(), String>)> {
+        let me = self.inner.me;
+        let sends = peers.iter().map(|p| {
+            let (p, a) = (*p, a.clone());
+            let swarm = self.inner.swarm.clone();
+            let leases = self.clone();
+            async move {
+                if p == me {
+                    return (p, leases.take(&me, a));
+                }
+                let r = match swarm.lease_request(p, ActRequest::Assign(a)).await {
+                    Ok(ActReply::Assign(r)) => r,
+                    Ok(ActReply::Lease(_)) => Err("answered with a lease reply".into()),
+                    Err(e) => Err(e.to_string()),
+                };
+                (p, r)
+            }
+        });
+        futures::future::join_all(sends).await
     }
 
     /// The state of this node's leases.
@@ -476,13 +527,14 @@ impl Run {
                     let swarm = inner.swarm.clone();
                     let stats = self.leases.clone();
                     inflight.push(Box::pin(async move {
-                        match swarm.lease_request(peer, request).await {
-                            Ok(reply) => {
+                        match swarm.lease_request(peer, ActRequest::Lease(request)).await {
+                            Ok(ActReply::Lease(reply)) => {
                                 let s = &stats.inner.stats;
                                 s.messages.fetch_add(1, Ordering::Relaxed);
                                 s.bytes.fetch_add(cbor_len(&reply), Ordering::Relaxed);
                                 (to, Some(reply))
                             }
+                            Ok(ActReply::Assign(_)) => (to, None),
                             Err(e) => {
                                 tracing::debug!(error = %e, "lease request without a reply");
                                 (to, None)
@@ -591,6 +643,7 @@ mod tests {
                     Arc::new(MemoryVoterStore::default()),
                     rx.clone(),
                     i as u64 + 100,
+                    None,
                     &tasks,
                 );
                 (*n, l)
@@ -684,6 +737,7 @@ mod tests {
             Arc::new(MemoryVoterStore::default()),
             rx,
             7,
+            None,
             &tasks,
         );
         let e = ahead
@@ -698,6 +752,7 @@ mod tests {
             Arc::new(MemoryVoterStore::default()),
             rx,
             8,
+            None,
             &tasks,
         );
         assert_eq!(

@@ -3,6 +3,7 @@
 //! Exposes handles and event streams, never sockets. `sim` is the deterministic in-process fleet the
 //! tests (and later the orchestration tests) script against.
 
+pub mod act;
 pub mod admission;
 #[cfg(test)]
 mod attacks;

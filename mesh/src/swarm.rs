@@ -36,10 +36,11 @@ pub const EVENTS_TOPIC: &str = "augur/events/1";
 /// The topic of the service catalog's operator-signed documents.
 pub const CATALOG_TOPIC: &str = "augur/catalog/1";
 const ADMISSION_PROTOCOL: &str = "/augur/admission/1";
-/// Lease requests and replies (`augur_orchestrate::lease::wire`), between admitted peers only.
-pub const LEASE_PROTOCOL: &str = "/augur/lease/1";
-/// The largest lease request or reply read (a request names at most 32 short keys).
-pub const LEASE_MESSAGE_MAX: u64 = 64 * 1024;
+/// Lease requests and assignments (`crate::act`), between admitted peers only.
+pub const LEASE_PROTOCOL: &str = "/augur/act/1";
+/// The largest request or reply read (a lease request names at most 32 short keys; an
+/// assignment at most 130 entries of short names).
+pub const LEASE_MESSAGE_MAX: u64 = 128 * 1024;
 /// Lease requests from peers waiting for this node's voter, at most; more are dropped (counted).
 pub const LEASE_INBOX: usize = 256;
 
@@ -52,7 +53,7 @@ pub struct LeaseInbound {
     pub request: LeaseRequest,
 }
 
-pub use augur_orchestrate::lease::wire::{Reply as LeaseReply, Request as LeaseRequest};
+pub use crate::act::{ActReply as LeaseReply, ActRequest as LeaseRequest};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AdmissionRequest {

@@ -129,6 +129,20 @@ pub struct InstanceValue {
     /// replace it with the fencing epoch of the lease the instance was started under.
     #[serde(default)]
     pub epoch: u64,
+    /// The slot it serves or stands by for (none: its id names it, as before assignments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// What it does for its slot (none: serving).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<augur_orchestrate::migration::Role>,
+    /// The fencing epoch of the assignment that made it serve (0: placed without one). Of two
+    /// serving instances of one slot, the higher is routed to.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease_epoch: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Where and as what a node gossips (see [`ValueKind::Gossip`]).

@@ -33,10 +33,11 @@ use crate::Machine;
 use crate::spec::Strategy;
 
 /// What an instance does for its slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Routed to (of two serving instances of one slot, the one under the higher epoch).
+    #[default]
     Serving,
     /// Running, checked, not routed to (a warm standby, or a new instance before the shift).
     Standby,

@@ -54,22 +54,47 @@ fn eligible(spec: &ServiceSpec, c: &Candidate) -> bool {
 
 /// Places the replicas of `spec` on `candidates`.
 pub fn place(spec: &ServiceSpec, candidates: &[Candidate]) -> Placement {
+    let per_replica = place_with(spec, candidates, &BTreeMap::new());
+    Placement {
+        unplaced: per_replica.iter().filter(|n| n.is_none()).count() as u32,
+        nodes: per_replica.into_iter().flatten().collect(),
+    }
+}
+
+/// Places the replicas of `spec` on `candidates`, replica `i` on `fixed[i]` when that node is
+/// eligible (a migration's assignment), then the pinned ones, then the rest by score; the node
+/// (by name) of each replica, in replica order (`None`: no eligible node left).
+pub fn place_with(
+    spec: &ServiceSpec,
+    candidates: &[Candidate],
+    fixed: &BTreeMap<usize, String>,
+) -> Vec<Option<String>> {
     let mut nodes: Vec<&Candidate> = candidates.iter().filter(|c| eligible(spec, c)).collect();
     nodes.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
     let anti = spec.placement.anti_affinity;
     let mut on_node: BTreeMap<&str, u32> = BTreeMap::new();
     let mut in_zone: BTreeMap<Option<&str>, u32> = BTreeMap::new();
-    let mut chosen = Vec::new();
-    let mut unplaced = 0;
-    for replica in 0..spec.replicas as usize {
-        let pick = match spec.pin.get(replica) {
-            Some(name) => nodes
+    let replicas = spec.replicas as usize;
+    let mut chosen: Vec<Option<String>> = vec![None; replicas];
+    let wanted = |replica: usize| fixed.get(&replica).or_else(|| spec.pin.get(replica));
+    // Replicas with a node named first (fixed, then pinned), so the free ones fill around them.
+    let mut order: Vec<usize> = (0..replicas).collect();
+    order.sort_by_key(|r| (!fixed.contains_key(r), wanted(*r).is_none(), *r));
+    for replica in order {
+        let named = wanted(replica).and_then(|name| {
+            nodes
                 .iter()
                 .find(|c| {
                     c.node_name == *name && !(anti && on_node.contains_key(c.peer_id.as_str()))
                 })
-                .copied(),
-            None => {
+                .copied()
+        });
+        let pick = match (named, spec.pin.get(replica)) {
+            (Some(c), _) => Some(c),
+            // Pinned to a node that cannot take it: unplaced (as before).
+            (None, Some(_)) if !fixed.contains_key(&replica) => None,
+            // A fixed node gone (dead, or no longer eligible): placed again by score.
+            _ => {
                 let fullest = in_zone.values().copied().max().unwrap_or(0);
                 nodes
                     .iter()
@@ -91,19 +116,13 @@ pub fn place(spec: &ServiceSpec, candidates: &[Candidate]) -> Placement {
                     .map(|(_, c)| c)
             }
         };
-        match pick {
-            Some(c) => {
-                *on_node.entry(c.peer_id.as_str()).or_default() += 1;
-                *in_zone.entry(c.zone.as_deref()).or_default() += 1;
-                chosen.push(c.node_name.clone());
-            }
-            None => unplaced += 1,
+        if let Some(c) = pick {
+            *on_node.entry(c.peer_id.as_str()).or_default() += 1;
+            *in_zone.entry(c.zone.as_deref()).or_default() += 1;
+            chosen[replica] = Some(c.node_name.clone());
         }
     }
-    Placement {
-        nodes: chosen,
-        unplaced,
-    }
+    chosen
 }
 
 #[cfg(test)]
@@ -130,6 +149,33 @@ mod tests {
             cpu_free: cpu,
             failure_probability: p,
         }
+    }
+
+    #[test]
+    fn a_fixed_replica_stays_on_its_node_while_it_is_eligible() {
+        let s = spec("replicas = 2", "");
+        let mut view = vec![
+            node("a", "z1", 0.0, 0.9),
+            node("b", "z1", 0.0, 0.5),
+            node("c", "z2", 0.0, 0.1),
+        ];
+        let free = place_with(&s, &view, &BTreeMap::new());
+        assert_eq!(free, [Some("a".to_owned()), Some("c".to_owned())]);
+        // Replica 0 moved to b: it stays there, and replica 1 keeps to another node.
+        let fixed = BTreeMap::from([(0, "b".to_owned())]);
+        let moved = place_with(&s, &view, &fixed);
+        assert_eq!(moved[0].as_deref(), Some("b"));
+        assert!(
+            moved[1].is_some() && moved[1].as_deref() != Some("b"),
+            "{moved:?}"
+        );
+        // b dies: replica 0 is placed again by score.
+        view[1].alive = false;
+        let again = place_with(&s, &view, &fixed);
+        assert!(
+            again.iter().all(|n| n.as_deref().is_some_and(|n| n != "b")),
+            "{again:?}"
+        );
     }
 
     #[test]

@@ -6,5 +6,6 @@
 //!   epoch seen per service (fencing);
 //! - `config`: the lease settings of the signed fleet document, followed as the catalog changes.
 
+pub mod assignments;
 pub mod config;
 pub mod store;

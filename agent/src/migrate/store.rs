@@ -15,6 +15,8 @@ pub const ACTING_FILE: &str = "acting.redb";
 
 const VOTER: TableDefinition<&str, &[u8]> = TableDefinition::new("lease_voter");
 const FENCES: TableDefinition<&str, u64> = TableDefinition::new("fences");
+const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
+const MIGRATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("migrations");
 const VOTER_KEY: &str = "state";
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,8 @@ impl ActStore {
         let tx = db.begin_write()?;
         tx.open_table(VOTER)?;
         tx.open_table(FENCES)?;
+        tx.open_table(ASSIGNMENTS)?;
+        tx.open_table(MIGRATIONS)?;
         tx.commit()?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -98,6 +102,72 @@ impl ActStore {
         };
         tx.commit()?;
         Ok(verdict)
+    }
+
+    /// Stores a service's assignment, after checking its epoch against the service's fence (and
+    /// raising the fence to it), in one transaction.
+    pub fn put_assignment(
+        &self,
+        a: &augur_mesh::act::Assignment,
+    ) -> Result<Result<(), Stale>, StoreError> {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(a, &mut bytes).map_err(|e| StoreError::Decode(e.to_string()))?;
+        let tx = self.db.begin_write()?;
+        {
+            let mut fences = tx.open_table(FENCES)?;
+            let held = fences.get(a.service.as_str())?.map_or(0, |v| v.value());
+            if a.epoch < held {
+                return Ok(Err(Stale {
+                    service: a.service.clone(),
+                    offered: a.epoch,
+                    held,
+                }));
+            }
+            if a.epoch > held {
+                fences.insert(a.service.as_str(), a.epoch)?;
+            }
+            tx.open_table(ASSIGNMENTS)?
+                .insert(a.service.as_str(), bytes.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(Ok(()))
+    }
+
+    /// Every stored assignment (ones that no longer decode are skipped, logged).
+    pub fn assignments(&self) -> Result<Vec<augur_mesh::act::Assignment>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(ASSIGNMENTS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            match ciborium::from_reader(v.value()) {
+                Ok(a) => out.push(a),
+                Err(e) => {
+                    tracing::warn!(service = k.value(), error = %e, "a stored assignment does not decode; skipped")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a migration's journal record (JSON).
+    pub fn put_migration(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(MIGRATIONS)?.insert(id, record)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every migration's journal record, by id.
+    pub fn migrations(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(MIGRATIONS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     fn load_voter(&self) -> Result<Option<VoterState>, StoreError> {

@@ -15,7 +15,8 @@ use augur_mesh::values::{InstanceValue, NodeValue};
 use augur_mesh::{EventKind, InstanceChange, Mesh};
 use augur_orchestrate::Machine as _;
 use augur_orchestrate::health::{Check, Health, HealthTracker, Transition};
-use augur_orchestrate::placement::{Candidate, place};
+use augur_orchestrate::migration::{Entry, Role};
+use augur_orchestrate::placement::{Candidate, place_with};
 use augur_orchestrate::spec::{Driver, HealthCheck, ServiceSpec};
 use augur_proto::{ResourceId, ResourceType};
 use parking_lot::RwLock;
@@ -59,6 +60,15 @@ pub struct InstanceView {
     /// Why it is down or unhealthy (its last exit, or its last failed check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The slot it serves or stands by for (`0`, `1`, ...; `standby-0`, ...).
+    #[serde(default)]
+    pub slot: String,
+    /// `serving`, `standby` (running, checked, not routed to) or `retiring`.
+    #[serde(default)]
+    pub role: Role,
+    /// The fencing epoch of the assignment that made it serve (0: placed without one).
+    #[serde(default)]
+    pub lease_epoch: u64,
 }
 
 /// An instance where it runs in the fleet, as `augur services` shows it.
@@ -75,6 +85,12 @@ pub struct PlacedInstance {
     /// Why it is down or unhealthy (this node's instances only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(default)]
+    pub slot: String,
+    #[serde(default)]
+    pub role: Role,
+    #[serde(default)]
+    pub lease_epoch: u64,
 }
 
 /// Every instance in the fleet: this node's (`local`, the freshest) and the live members'.
@@ -94,6 +110,9 @@ pub fn fleet_instances(
             health: i.health.clone(),
             epoch: i.epoch,
             reason: i.reason.clone(),
+            slot: i.slot.clone(),
+            role: i.role,
+            lease_epoch: i.lease_epoch,
         })
         .collect();
     for m in members {
@@ -110,6 +129,9 @@ pub fn fleet_instances(
             health: i.health.clone(),
             epoch: i.epoch,
             reason: None,
+            slot: i.slot.clone().unwrap_or_else(|| i.id.clone()),
+            role: i.role.unwrap_or_default(),
+            lease_epoch: i.lease_epoch,
         }));
     }
     out.sort_by(|a, b| (&a.service, &a.id, &a.node).cmp(&(&b.service, &b.id, &b.node)));
@@ -137,6 +159,21 @@ struct Running {
     node: String,
     /// Why it is down or unhealthy.
     reason: Option<String>,
+    slot: String,
+    role: Role,
+    lease_epoch: u64,
+}
+
+/// An instance this node should run, and as what.
+#[derive(Clone, Debug)]
+struct Wanted {
+    service: String,
+    version: u64,
+    spec: ServiceSpec,
+    slot: String,
+    role: Role,
+    /// The assignment's epoch (0: placed without one).
+    lease_epoch: u64,
 }
 
 impl Running {
@@ -223,6 +260,8 @@ pub struct Runtime {
     pub drain: Duration,
     /// Where the instances' telemetry goes (none in tests without a history).
     pub ingestor: Option<Ingestor>,
+    /// The services' assignments from migrations (none: placement alone decides).
+    pub assignments: Option<crate::migrate::assignments::Assignments>,
 }
 
 fn health_str(h: Health) -> &'static str {
@@ -277,19 +316,92 @@ impl Runtime {
         }
     }
 
-    /// The instances that should run here: id -> (service, version, spec).
-    fn wanted(&self) -> BTreeMap<String, (String, u64, ServiceSpec)> {
+    /// The instances that should run here, by id: each service's slots as its assignment (from
+    /// a migration) holds them, when the node it names is alive, and the other slots as
+    /// placement puts them (replicas `0`, `1`, ...; for `warm_standby`, standbys `standby-0`, ...
+    /// away from the nodes that serve).
+    fn wanted(&self) -> BTreeMap<String, Wanted> {
         let candidates = self.candidates();
+        let alive: std::collections::BTreeSet<&str> = candidates
+            .iter()
+            .filter(|c| c.alive)
+            .map(|c| c.node_name.as_str())
+            .collect();
         let mut out = BTreeMap::new();
         for s in self.catalog.services() {
-            let placement = place(&s.spec, &candidates);
-            for (i, node) in placement.nodes.iter().enumerate() {
-                if *node == self.node_name {
-                    out.insert(
-                        format!("{}-{i}", s.name),
-                        (s.name.clone(), s.version, s.spec.clone()),
-                    );
+            let assigned = self.assignments.as_ref().and_then(|a| a.get(&s.name));
+            let epoch = assigned.as_ref().map_or(0, |a| a.epoch);
+            let entries: Vec<Entry> = assigned
+                .map(|a| a.entries)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| alive.contains(e.node.as_str()))
+                .collect();
+            let covered: std::collections::BTreeSet<&str> =
+                entries.iter().map(|e| e.slot.as_str()).collect();
+            let numbered = |e: &Entry, prefix: &str| -> Option<(usize, String)> {
+                Some((e.slot.strip_prefix(prefix)?.parse().ok()?, e.node.clone()))
+            };
+            let fixed: BTreeMap<usize, String> = entries
+                .iter()
+                .filter(|e| e.role == Role::Serving)
+                .filter_map(|e| numbered(e, ""))
+                .collect();
+            let want = |slot: String, role: Role, lease_epoch: u64| Wanted {
+                service: s.name.clone(),
+                version: s.version,
+                spec: s.spec.clone(),
+                slot,
+                role,
+                lease_epoch,
+            };
+            let nodes = place_with(&s.spec, &candidates, &fixed);
+            for (i, node) in nodes.iter().enumerate() {
+                let slot = i.to_string();
+                if !covered.contains(slot.as_str()) && node.as_deref() == Some(&self.node_name) {
+                    out.insert(format!("{}-{i}", s.name), want(slot, Role::Serving, 0));
                 }
+            }
+            if s.spec.standbys > 0 {
+                let serving: std::collections::BTreeSet<&str> = nodes
+                    .iter()
+                    .flatten()
+                    .map(String::as_str)
+                    .chain(
+                        entries
+                            .iter()
+                            .filter(|e| e.role == Role::Serving)
+                            .map(|e| e.node.as_str()),
+                    )
+                    .collect();
+                let mut standby = s.spec.clone();
+                standby.replicas = s.spec.standbys;
+                standby.pin.clear();
+                let away: Vec<Candidate> = candidates
+                    .iter()
+                    .filter(|c| !serving.contains(c.node_name.as_str()))
+                    .cloned()
+                    .collect();
+                let fixed: BTreeMap<usize, String> = entries
+                    .iter()
+                    .filter(|e| e.role == Role::Standby)
+                    .filter_map(|e| numbered(e, "standby-"))
+                    .collect();
+                for (j, node) in place_with(&standby, &away, &fixed).iter().enumerate() {
+                    let slot = format!("standby-{j}");
+                    if !covered.contains(slot.as_str()) && node.as_deref() == Some(&self.node_name)
+                    {
+                        out.insert(
+                            format!("{}-standby-{j}", s.name),
+                            want(slot, Role::Standby, 0),
+                        );
+                    }
+                }
+            }
+            // A new instance runs the spec in force (a blue_green move to a new version is made
+            // after the catalog holds it).
+            for e in entries.iter().filter(|e| e.node == self.node_name) {
+                out.insert(e.instance.clone(), want(e.slot.clone(), e.role, epoch));
             }
         }
         out
@@ -353,11 +465,26 @@ impl Runtime {
         let now = tokio::time::Instant::now();
         for (id, r) in running.iter_mut() {
             match wanted.get(id) {
-                // Still here; a newer spec that runs the same thing applies as it is.
-                Some((_, v, spec)) if r.spec.same_instance(spec) => {
-                    if *v != r.version {
-                        r.version = *v;
-                        r.spec = spec.clone();
+                // Still here; a newer spec that runs the same thing applies as it is. Under
+                // blue_green a changed spec does not restart anything: a migration brings the
+                // new version up beside the old, slot by slot.
+                Some(w)
+                    if r.spec.same_instance(&w.spec)
+                        || w.spec.strategy == augur_orchestrate::spec::Strategy::BlueGreen =>
+                {
+                    if r.spec.same_instance(&w.spec) && w.version != r.version {
+                        r.version = w.version;
+                        r.spec = w.spec.clone();
+                    }
+                    if w.role != r.role || w.slot != r.slot {
+                        tracing::info!(instance = %id, slot = %w.slot, role = ?w.role, epoch = w.lease_epoch, "instance's role changed by its assignment");
+                        // Made to serve: under the assignment's epoch, so the proxies prefer it
+                        // to the slot's other serving instance.
+                        if w.role == Role::Serving && r.role != Role::Serving {
+                            r.lease_epoch = w.lease_epoch;
+                        }
+                        r.role = w.role;
+                        r.slot = w.slot.clone();
                     }
                     if r.draining_until.take().is_some() {
                         tracing::info!(instance = %id, "instance wanted again; drain cancelled");
@@ -367,7 +494,7 @@ impl Runtime {
                 _ => {
                     if r.draining_until.is_none() {
                         // One that takes no traffic has nothing to drain.
-                        let drain = if r.up && r.health.serves() {
+                        let drain = if r.up && r.health.serves() && r.role == Role::Serving {
                             self.drain
                         } else {
                             Duration::ZERO
@@ -394,10 +521,18 @@ impl Runtime {
                     .await;
             }
         }
-        for (id, (service, version, spec)) in wanted {
+        for (id, w) in wanted {
             if running.contains_key(&id) {
                 continue;
             }
+            let Wanted {
+                service,
+                version,
+                spec,
+                slot,
+                role,
+                lease_epoch,
+            } = w;
             let free_port = || {
                 std::net::TcpListener::bind((self.instance_ip, 0))
                     .and_then(|l| l.local_addr())
@@ -505,6 +640,9 @@ impl Runtime {
                     cpu: None,
                     node: self.node_name.clone(),
                     reason: None,
+                    slot,
+                    role,
+                    lease_epoch,
                 },
             );
         }
@@ -636,6 +774,9 @@ impl Runtime {
                 reason: (r.health() != "healthy")
                     .then(|| r.reason.clone())
                     .flatten(),
+                slot: r.slot.clone(),
+                role: r.role,
+                lease_epoch: r.lease_epoch,
             })
             .collect();
         if let Some(m) = &self.mesh {
@@ -648,6 +789,9 @@ impl Runtime {
                     addr: i.addr.clone(),
                     health: i.health.clone(),
                     epoch: i.epoch,
+                    slot: Some(i.slot.clone()),
+                    role: (i.role != Role::Serving).then_some(i.role),
+                    lease_epoch: i.lease_epoch,
                 })
                 .collect();
             values.truncate(MAX_PUBLISHED);

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use augur_mesh::membership::{Member, MemberStatus};
 use augur_mesh::{EventKind, Mesh, TrafficProblem};
+use augur_orchestrate::migration::Role;
 use augur_orchestrate::spec::Protocol;
 use augur_proxy::embedded::{Limits, Proxy};
 use augur_proxy::haproxy::{BackendSync, HaproxyError, RuntimeApi};
@@ -43,18 +44,25 @@ pub struct Claim<'a> {
     pub addr: &'a str,
     pub healthy: bool,
     pub epoch: u64,
+    /// The slot it serves (its id, for claims made before slots).
+    pub slot: &'a str,
+    /// Whether it serves (a standby or a retiring instance takes no traffic).
+    pub serving: bool,
+    /// The fencing epoch of the assignment that made it serve.
+    pub lease_epoch: u64,
 }
 
-/// The routes from the claims of the fleet: for each service in `services`, the address of each
-/// instance whose current claim (its highest epoch, when two nodes claim one instance) is
-/// healthy, at full weight. Unparsable addresses are skipped.
+/// The routes from the claims of the fleet: for each service in `services`, for each slot, the
+/// address of its current serving claim (of two, the one under the higher lease epoch, then the
+/// later started) if that one is healthy, at full weight. Standby and retiring instances take no
+/// traffic. Unparsable addresses are skipped.
 pub fn routes<'a>(services: &[String], claims: impl IntoIterator<Item = Claim<'a>>) -> Routes {
     let mut current: HashMap<(&str, &str), Claim<'a>> = HashMap::new();
-    for c in claims {
-        match current.get(&(c.service, c.id)) {
-            Some(have) if have.epoch >= c.epoch => {}
+    for c in claims.into_iter().filter(|c| c.serving) {
+        match current.get(&(c.service, c.slot)) {
+            Some(have) if (have.lease_epoch, have.epoch) >= (c.lease_epoch, c.epoch) => {}
             _ => {
-                current.insert((c.service, c.id), c);
+                current.insert((c.service, c.slot), c);
             }
         }
     }
@@ -87,6 +95,9 @@ fn claims<'a>(local: &'a [InstanceView], members: &'a [Member]) -> Vec<Claim<'a>
             addr: &i.addr,
             healthy: i.health == "healthy",
             epoch: i.epoch,
+            slot: if i.slot.is_empty() { &i.id } else { &i.slot },
+            serving: i.role == Role::Serving,
+            lease_epoch: i.lease_epoch,
         })
         .collect();
     for m in members {
@@ -99,6 +110,9 @@ fn claims<'a>(local: &'a [InstanceView], members: &'a [Member]) -> Vec<Claim<'a>
             addr: &i.addr,
             healthy: i.health == "healthy",
             epoch: i.epoch,
+            slot: i.slot.as_deref().unwrap_or(&i.id),
+            serving: i.role.is_none_or(|r| r == Role::Serving),
+            lease_epoch: i.lease_epoch,
         }));
     }
     out
@@ -424,6 +438,9 @@ mod tests {
             addr,
             healthy,
             epoch,
+            slot: id,
+            serving: true,
+            lease_epoch: 0,
         }
     }
 
@@ -454,6 +471,42 @@ mod tests {
                     claim("web-0", "10.0.0.1:4000", true, 5),
                 ],
                 vec![],
+            ),
+            (
+                "of two serving instances of one slot, the one under the higher lease epoch",
+                vec![
+                    Claim {
+                        slot: "0",
+                        lease_epoch: 7,
+                        ..claim("web-0-m1", "10.0.0.2:4000", true, 1)
+                    },
+                    Claim {
+                        slot: "0",
+                        ..claim("web-0", "10.0.0.1:4000", true, 9)
+                    },
+                ],
+                vec!["10.0.0.2:4000"],
+            ),
+            (
+                "standby and retiring instances take no traffic",
+                vec![
+                    Claim {
+                        slot: "0",
+                        serving: false,
+                        lease_epoch: 7,
+                        ..claim("web-0-m1", "10.0.0.2:4000", true, 1)
+                    },
+                    Claim {
+                        slot: "0",
+                        ..claim("web-0", "10.0.0.1:4000", true, 9)
+                    },
+                    Claim {
+                        slot: "standby-0",
+                        serving: false,
+                        ..claim("web-standby-0", "10.0.0.3:4000", true, 9)
+                    },
+                ],
+                vec!["10.0.0.1:4000"],
             ),
             (
                 "an address that does not parse is skipped",
