@@ -154,6 +154,31 @@ pub async fn run(
         services: Some(service_stats.clone()),
         leases: leases.clone(),
     }));
+    let emitter = crate::fleet::events::Emitter {
+        mesh: mesh.clone(),
+        log: events.clone(),
+        node_name: node_name.to_string(),
+    };
+    // This node's instances (the runtime writes them; the API, proxies and migrations read).
+    let local_instances: Arc<parking_lot::RwLock<Vec<crate::services::runtime::InstanceView>>> =
+        Arc::default();
+    let migrations = match (&mesh, &leases) {
+        (Some(m), Some(l)) => Some(crate::migrate::executor::Migrations::start(
+            crate::migrate::executor::Setup {
+                store: acting.clone(),
+                leases: l.clone(),
+                mesh: m.clone(),
+                assignments: assignments.clone(),
+                catalog: catalog.clone(),
+                local: local_instances.clone(),
+                node_name: node_name.to_string(),
+                events: emitter.clone(),
+                drain: cfg.services.drain_grace,
+            },
+            &stage_group,
+        )),
+        _ => None,
+    };
     let api_state = ApiState {
         node: Arc::new(api::NodeInfo {
             node_name: node_name.clone(),
@@ -174,11 +199,12 @@ pub async fn run(
             events: events.clone(),
         },
         catalog: catalog.clone(),
-        instances: Arc::default(),
+        instances: local_instances.clone(),
         routes: Arc::default(),
         traffic_problems: Arc::default(),
         tasks: writer_group.health().clone(),
         leases: leases.clone(),
+        migrations,
     };
 
     let mut writer_tasks = vec![writer_group.spawn(
@@ -235,11 +261,6 @@ pub async fn run(
         .services
         .instance_ip
         .unwrap_or_else(|| cfg.mesh.advertise_addr.unwrap_or(cfg.mesh.gossip_addr).ip());
-    let emitter = crate::fleet::events::Emitter {
-        mesh: mesh.clone(),
-        log: events.clone(),
-        node_name: node_name.to_string(),
-    };
     stage_tasks.push(
         stage_group.spawn(
             "services.runtime",

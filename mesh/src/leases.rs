@@ -384,11 +384,27 @@ impl Leases {
         zone: Option<&str>,
         note: &str,
     ) -> Result<Lease, Failure> {
+        self.acquire_as(service, zone, note, None).await
+    }
+
+    /// [`Leases::acquire`], under a given lease id: a node that restarted while holding a lease
+    /// takes it back under the id it had (the voters see its own lease, not someone else's, and
+    /// its hold-down does not apply to it). A new id is unique across restarts (it carries the
+    /// start's nonce).
+    pub async fn acquire_as(
+        &self,
+        service: &str,
+        zone: Option<&str>,
+        note: &str,
+        lease_id: Option<u64>,
+    ) -> Result<Lease, Failure> {
         let Some((version, settings)) = self.inner.config.borrow().clone() else {
             self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Failure::Unconfigured);
         };
-        let lease_id = self.inner.next_lease.fetch_add(1, Ordering::Relaxed);
+        let lease_id = lease_id.unwrap_or_else(|| {
+            (self.inner.nonce << 32) | self.inner.next_lease.fetch_add(1, Ordering::Relaxed)
+        });
         let machine = Proposer::new(
             Settings {
                 me: self.inner.me.to_string(),

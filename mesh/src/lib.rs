@@ -27,7 +27,7 @@ pub use clock::Clock;
 pub use identity::{IdentityError, NodeIdentity};
 pub use node::{
     Crossing, EventKind, FleetEvent, InstanceChange, MemberChange, Mesh, MeshConfig, MeshError,
-    TrafficProblem,
+    MigrationChange, TrafficProblem,
 };
 pub use tasks::Tasks;
 

@@ -88,6 +88,28 @@ pub enum EventKind {
     /// missing or answering an error); it keeps serving the rest.
     #[serde(rename = "traffic.error")]
     TrafficError(TrafficProblem),
+    /// A migration coordinated by the origin took a step (or rolled one back).
+    #[serde(rename = "migration.step")]
+    MigrationStep(MigrationChange),
+    /// ... ended (`outcome`: completed, refused, rolled_back, abandoned).
+    #[serde(rename = "migration.finished")]
+    MigrationFinished(MigrationChange),
+}
+
+/// A migration's progress, as its coordinator reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MigrationChange {
+    pub id: String,
+    pub service: String,
+    pub strategy: String,
+    pub from: String,
+    pub to: String,
+    /// The step (`lease`, `surge`, `soak`, `shift`, `retire`, `stop`, `rollback`, `finished`).
+    pub step: String,
+    pub note: String,
+    pub epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 /// A service instance's change, as its node reports it.
@@ -146,6 +168,8 @@ impl EventKind {
             EventKind::InstanceUnhealthy(_) => "instance.unhealthy",
             EventKind::InstanceStopped(_) => "instance.stopped",
             EventKind::TrafficError(_) => "traffic.error",
+            EventKind::MigrationStep(_) => "migration.step",
+            EventKind::MigrationFinished(_) => "migration.finished",
         }
     }
 

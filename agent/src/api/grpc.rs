@@ -5,7 +5,8 @@ use augur_proto::v1::agent_server::{Agent, AgentServer};
 use augur_proto::v1::telemetry_server::{Telemetry, TelemetryServer};
 use augur_proto::v1::{
     ChangeServiceRequest, ChangeServiceResponse, FleetEvent as FleetEventMsg, InstanceInfo,
-    ListResourcesRequest, ListResourcesResponse, ListServicesRequest, ListServicesResponse,
+    ListMigrationsRequest, ListMigrationsResponse, ListResourcesRequest, ListResourcesResponse,
+    ListServicesRequest, ListServicesResponse, MigrationInfo, OrchestrateMigrationRequest,
     PredictFailureRequest, Prediction, PushSummary, QueryTelemetryRequest, QueryTelemetryResponse,
     RejectedSample, ResourceInfo, RouteInfo, ServiceInfo, StatusRequest, StatusResponse,
     SubscribeRequest, TelemetrySample, TrafficErrorInfo,
@@ -304,6 +305,32 @@ impl Agent for GrpcApi {
         }))
     }
 
+    async fn orchestrate_migration(
+        &self,
+        request: Request<OrchestrateMigrationRequest>,
+    ) -> Result<Response<MigrationInfo>, Status> {
+        let document = request.into_inner().document;
+        let j = super::migrations::start(&self.state, &document)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(migration_info(&j)))
+    }
+
+    async fn list_migrations(
+        &self,
+        request: Request<ListMigrationsRequest>,
+    ) -> Result<Response<ListMigrationsResponse>, Status> {
+        let id = request.into_inner().id;
+        let migrations = if id.is_empty() {
+            super::migrations::list(&self.state)
+        } else {
+            vec![super::migrations::get(&self.state, &id).map_err(Status::from)?]
+        };
+        Ok(Response::new(ListMigrationsResponse {
+            migrations: migrations.iter().map(migration_info).collect(),
+        }))
+    }
+
     async fn query_telemetry(
         &self,
         request: Request<QueryTelemetryRequest>,
@@ -395,4 +422,36 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
         .await?;
     Ok(())
+}
+
+fn migration_info(j: &crate::migrate::executor::Journal) -> MigrationInfo {
+    use augur_orchestrate::migration::{Outcome, Phase};
+    let p = &j.record.plan;
+    MigrationInfo {
+        id: j.id.clone(),
+        service: p.service.clone(),
+        strategy: serde_json::to_value(p.strategy)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        from: p.old.node.clone(),
+        to: p.new.node.clone(),
+        phase: match &j.record.phase {
+            Phase::Forward { .. } => "forward",
+            Phase::RollingBack { .. } => "rolling_back",
+            Phase::Resuming { .. } => "resuming",
+            Phase::Finished(_) => "finished",
+        }
+        .to_owned(),
+        epoch: j.record.epoch,
+        outcome: match j.outcome() {
+            Some(Outcome::Completed) => "completed",
+            Some(Outcome::Refused { .. }) => "refused",
+            Some(Outcome::RolledBack { .. }) => "rolled_back",
+            Some(Outcome::Abandoned { .. }) => "abandoned",
+            None => "",
+        }
+        .to_owned(),
+        journal_json: serde_json::to_string(j).unwrap_or_default(),
+    }
 }

@@ -72,6 +72,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/services", get(services).post(change_service))
         .route("/v1/fleet", get(fleet_document).post(change_service))
         .route("/v1/leases", get(leases))
+        .route("/orchestrate_migration", post(orchestrate_migration))
+        .route("/v1/migrations", get(list_migrations))
+        .route("/v1/migrations/{id}", get(get_migration))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -331,6 +334,41 @@ async fn leases(
                 .to_owned(),
         )
     })
+}
+
+/// `POST /orchestrate_migration`: an operator-signed migration request; 202 with the migration
+/// once its lease is granted, 409/503 with the reason when refused.
+async fn orchestrate_migration(
+    State(st): State<ApiState>,
+    body: Result<Json<CatalogChange>, axum::extract::rejection::JsonRejection>,
+) -> Result<
+    (
+        axum::http::StatusCode,
+        Json<crate::migrate::executor::Journal>,
+    ),
+    ApiError,
+> {
+    let Json(change) = body.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{}; send {{\"document\": \"augur-doc:...\"}} (augur migrate makes one)",
+            e.body_text()
+        ))
+    })?;
+    let j = super::migrations::start(&st, &change.document).await?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(j)))
+}
+
+async fn list_migrations(
+    State(st): State<ApiState>,
+) -> Json<Vec<crate::migrate::executor::Journal>> {
+    Json(super::migrations::list(&st))
+}
+
+async fn get_migration(
+    State(st): State<ApiState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<crate::migrate::executor::Journal>, ApiError> {
+    super::migrations::get(&st, &id).map(Json)
 }
 
 /// `GET /v1/fleet`: the fleet document this node holds (its version and TOML), 404 if none.

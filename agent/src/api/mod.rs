@@ -7,6 +7,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod migrations;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,6 +47,8 @@ pub struct ApiState {
     pub tasks: Arc<augur_mesh::tasks::TaskHealth>,
     /// This node's leases (voter and holder), when it is in a mesh.
     pub leases: Option<augur_mesh::leases::Leases>,
+    /// The migrations this node coordinates, when it is in a mesh.
+    pub migrations: Option<crate::migrate::executor::Migrations>,
 }
 
 /// Who this agent is and where it listens.

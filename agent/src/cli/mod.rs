@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 pub mod client;
 pub mod events;
 pub mod fleet;
+pub mod migrate;
 pub mod service;
 
 use client::{Agent, TRAIN_TIMEOUT};
@@ -90,6 +91,42 @@ pub enum Command {
     Services(ClientArgs),
     /// Show the lease settings in force, the leases open in this node's voter, and those it holds.
     Leases(ClientArgs),
+    /// Move a service's instance to another node (live, warm_standby or blue_green), under a
+    /// lease from a majority of the lease voters; needs the operator credential.
+    Migrate {
+        service: String,
+        /// The instance to move (default: the serving one on --from, or the service's first).
+        #[arg(long)]
+        instance: Option<String>,
+        /// The node to move it off.
+        #[arg(long)]
+        from: Option<String>,
+        /// The node to move it to (default: the best placement score).
+        #[arg(long)]
+        to: Option<String>,
+        /// live, warm_standby or blue_green (default: the spec's).
+        #[arg(long, value_parser = parse_strategy)]
+        strategy: Option<augur_orchestrate::spec::Strategy>,
+        /// blue_green: how long the new instance must stay healthy before the switch.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        soak: Option<std::time::Duration>,
+        /// blue_green: how long the old instance is kept for a rollback after the switch.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        window: Option<std::time::Duration>,
+        /// Wait until it ends, showing each step; fails unless it completed.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "operator.cred")]
+        credential: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the migrations this agent coordinated, or show one with its steps.
+    Migrations {
+        id: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show fleet events (membership changes, predictions crossing thresholds).
     Events {
         /// Keep the connection open and print events as they happen.
@@ -537,6 +574,32 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
         }) => service::apply_fleet(&client.api, &file, &credential, client.json).await,
         Command::Fleet(cmd) => fleet::run(cmd),
         Command::Leases(c) => service::leases(&c.api, c.json).await,
+        Command::Migrate {
+            service,
+            instance,
+            from,
+            to,
+            strategy,
+            soak,
+            window,
+            wait,
+            credential,
+            client,
+        } => {
+            let req = crate::migrate::executor::MigrationRequest {
+                service,
+                instance,
+                from,
+                to,
+                strategy,
+                soak,
+                window,
+            };
+            migrate::migrate(&client.api, req, &credential, wait, client.json).await
+        }
+        Command::Migrations { id, client } => {
+            migrate::list(&client.api, id.as_deref(), client.json).await
+        }
         Command::Service(ServiceCommand::Apply {
             file,
             credential,
@@ -718,6 +781,11 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn parse_strategy(s: &str) -> Result<augur_orchestrate::spec::Strategy, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("{s:?}: use live, warm_standby or blue_green"))
 }
 
 /// Prints an answer as the JSON the agent sent (`--json`).

@@ -8,4 +8,5 @@
 
 pub mod assignments;
 pub mod config;
+pub mod executor;
 pub mod store;

@@ -315,6 +315,13 @@ impl CatalogStore {
         }
     }
 
+    /// Checks that a trusted operator signed `doc` just now (for requests that act, such as a
+    /// migration, rather than change the catalog).
+    pub fn verify(&self, doc: &SignedDocument, now_unix_s: u64) -> Result<(), CatalogError> {
+        doc.verify(&self.trust, now_unix_s, Freshness::New)
+            .map_err(CatalogError::from)
+    }
+
     /// The fleet document held, with its version.
     pub fn fleet(&self) -> Option<(u64, FleetDoc)> {
         self.inner

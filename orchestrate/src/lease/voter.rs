@@ -35,6 +35,10 @@ pub struct KeyState {
     /// The service moved: no new lease on it before this time (persisted as "in hold-down").
     #[serde(with = "hold_down_flag")]
     pub hold_down_until: Option<Duration>,
+    /// The lease whose end started the hold-down (holder, lease id): it may take the key again
+    /// (a holder that restarted mid-way finishing or undoing its own move).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_down_lease: Option<(String, u64)>,
 }
 
 /// Persisted as a flag: the time is the voter's clock, meaningless after a restart.
@@ -159,10 +163,12 @@ impl Voter {
                 let a = k.accepted.take().expect("checked just above");
                 if is_service_key(key) {
                     k.hold_down_until = Some(a.until + hold_down);
+                    k.hold_down_lease = Some((a.grant.holder, a.grant.lease_id));
                 }
             }
             if k.hold_down_until.is_some_and(|t| t <= now) {
                 k.hold_down_until = None;
+                k.hold_down_lease = None;
             }
         }
     }
@@ -261,7 +267,9 @@ impl Voter {
                     remaining: a.until.saturating_sub(now),
                 });
             }
-            if let Some(t) = k.hold_down_until {
+            let own =
+                k.hold_down_lease.as_ref() == Some(&(ballot.proposer.clone(), ballot.lease_id));
+            if let Some(t) = k.hold_down_until.filter(|_| !own) {
                 hold_down.push((key.clone(), t.saturating_sub(now)));
             }
         }
@@ -296,7 +304,8 @@ impl Voter {
                 };
                 return self.refuse(id, Some(ballot), why);
             }
-            if let Some(t) = k.hold_down_until {
+            let own = k.hold_down_lease.as_ref() == Some(&(grant.holder.clone(), grant.lease_id));
+            if let Some(t) = k.hold_down_until.filter(|_| !own) {
                 let why = Refusal::HoldDown {
                     key: key.clone(),
                     remaining: t.saturating_sub(now),
@@ -343,6 +352,7 @@ impl Voter {
                 k.accepted = None;
                 if moved && is_service_key(key) {
                     k.hold_down_until = Some(now + self.hold_down);
+                    k.hold_down_lease = None;
                 }
                 changed = true;
             }

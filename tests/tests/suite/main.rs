@@ -7,6 +7,7 @@ mod http;
 mod layout;
 mod lifecycle;
 mod mesh;
+mod migrate;
 mod predict;
 mod services;
 mod slow;

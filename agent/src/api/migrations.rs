@@ -1,0 +1,91 @@
+//! Migrations through the API (`POST /orchestrate_migration`, gRPC `OrchestrateMigration`, and
+//! their listings): the request is an operator-signed document (kind `migration`, named after the
+//! service, its body the request as JSON, as `augur migrate` makes it). The answer comes once the
+//! lease is decided: 202 with the migration's id, or the refusal (409: busy, hold-down, budget;
+//! 503: no majority of the voters). The same document sent again names the same migration.
+
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use augur_mesh::operator::SignedDocument;
+
+use super::{ApiError, ApiState};
+use crate::migrate::executor::{Journal, MigrationRequest, RequestError};
+
+/// The kind of a signed migration request.
+pub const KIND_MIGRATION: &str = "migration";
+/// How long the answer waits for the lease to be decided.
+const LEASE_WAIT: Duration = Duration::from_secs(10);
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        let msg = e.to_string();
+        match e {
+            RequestError::NotFound(_) => ApiError::NotFound(msg),
+            RequestError::Invalid(_) => ApiError::BadRequest(msg),
+            RequestError::Conflict(_) => ApiError::Conflict(msg),
+            RequestError::Unavailable(_) => ApiError::Unavailable(msg),
+        }
+    }
+}
+
+/// A migration's id: from the signed request, so a request sent twice is one migration.
+fn id_of(document: &str) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    document.trim().hash(&mut h);
+    format!("m{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+/// Checks and starts a migration; returns its journal once its lease is granted.
+pub async fn start(st: &ApiState, document: &str) -> Result<Journal, ApiError> {
+    let doc: SignedDocument = document.parse().map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{e}; send {{\"document\": \"augur-doc:...\"}} (augur migrate makes one)"
+        ))
+    })?;
+    st.catalog
+        .verify(&doc, crate::sample::UnixMicros::now().as_unix_s())?;
+    if doc.kind != KIND_MIGRATION {
+        return Err(ApiError::BadRequest(format!(
+            "a {:?} document is not a migration request",
+            doc.kind
+        )));
+    }
+    let req: MigrationRequest = serde_json::from_slice(&doc.body)
+        .map_err(|e| ApiError::BadRequest(format!("the migration request does not read: {e}")))?;
+    if req.service != doc.name {
+        return Err(ApiError::BadRequest(format!(
+            "the document names {}, its request {}",
+            doc.name, req.service
+        )));
+    }
+    let migrations = st.migrations.as_ref().ok_or_else(|| {
+        ApiError::Unavailable(
+            "this node is not in a mesh, and migrations need one (leases from a majority)".into(),
+        )
+    })?;
+    let id = migrations.request(&id_of(document), req)?;
+    migrations
+        .past_lease(&id, LEASE_WAIT)
+        .await
+        .map_err(ApiError::from)
+}
+
+/// Every migration this node coordinated, newest first.
+pub fn list(st: &ApiState) -> Vec<Journal> {
+    st.migrations
+        .as_ref()
+        .map(crate::migrate::executor::Migrations::list)
+        .unwrap_or_default()
+}
+
+pub fn get(st: &ApiState, id: &str) -> Result<Journal, ApiError> {
+    st.migrations
+        .as_ref()
+        .and_then(|m| m.get(id))
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no migration {id} on this node (each node lists the migrations it coordinates)"
+            ))
+        })
+}
