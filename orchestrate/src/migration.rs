@@ -275,7 +275,7 @@ pub struct Migration {
     started: Duration,
     timer: u64,
     next_timer: u64,
-    /// The new instance was seen healthy (in the current step).
+    /// The new instance's last known health.
     healthy: bool,
 }
 
@@ -334,7 +334,8 @@ impl Migration {
             Action::Journal(Box::new(m.record.clone())),
             Action::AcquireLease,
         ];
-        m.set_timer(now + m.record.plan.timeouts.assign, &mut out);
+        // A restarted node needs its mesh back before the voters can answer.
+        m.set_timer(now + m.record.plan.timeouts.assign * 6, &mut out);
         (m, out)
     }
 
@@ -456,7 +457,8 @@ impl Migration {
             step,
             assigned: false,
         };
-        self.healthy = false;
+        // `healthy` is kept: it is the new instance's last known health (a running standby is
+        // healthy before the surge begins).
         self.log(now, step.as_str(), "started");
         let mut out = Vec::new();
         let entries = self.entries_at(step);

@@ -181,9 +181,21 @@ impl AgentProcess {
         let pid = child.id().context("child has no pid")?;
         let stderr = child.stderr.take().context("no stderr")?;
         let (tx, logs) = mpsc::unbounded_channel();
+        // With AUGUR_TEST_LOG_DIR set, every agent's log is copied to <dir>/<pid>.log too.
+        let mut copy = std::env::var_os("AUGUR_TEST_LOG_DIR").and_then(|d| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(std::path::Path::new(&d).join(format!("{pid}.log")))
+                .ok()
+        });
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(f) = copy.as_mut() {
+                    use std::io::Write as _;
+                    let _ = writeln!(f, "{line}");
+                }
                 let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
                 if tx.send(v).is_err() {
                     break;
@@ -533,9 +545,21 @@ impl LocalFleet {
             args.push("--fleet-key".to_owned());
             args.push(k.to_owned());
         }
-        if let Some(seed) = &self.seed {
+        // The first node seeds everyone; restarted, it is seeded by a running node (as a fleet
+        // lists several seeds).
+        let own = format!("127.0.0.1:{gossip}");
+        let seed = match &self.seed {
+            Some(s) if *s == own => self
+                .agents
+                .keys()
+                .filter(|n| n.as_str() != name)
+                .find_map(|n| self.ports.get(n))
+                .map(|(g, _)| format!("127.0.0.1:{g}")),
+            other => other.clone(),
+        };
+        if let Some(seed) = seed {
             args.push("--seed".to_owned());
-            args.push(seed.clone());
+            args.push(seed);
         }
         let proxy_ip = self.proxy_ip(name);
         let agent = AgentProcess::start(AgentOptions {

@@ -75,6 +75,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/orchestrate_migration", post(orchestrate_migration))
         .route("/v1/migrations", get(list_migrations))
         .route("/v1/migrations/{id}", get(get_migration))
+        .route("/v1/migrations/{id}/cancel", post(cancel_migration))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -362,6 +363,18 @@ async fn list_migrations(
     State(st): State<ApiState>,
 ) -> Json<Vec<crate::migrate::executor::Journal>> {
     Json(super::migrations::list(&st))
+}
+
+/// `POST /v1/migrations/{id}/cancel`: an operator-signed cancel; the migration rolls back.
+async fn cancel_migration(
+    State(st): State<ApiState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: Result<Json<CatalogChange>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<crate::migrate::executor::Journal>, ApiError> {
+    let Json(change) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    super::migrations::cancel(&st, &id, &change.document)
+        .await
+        .map(Json)
 }
 
 async fn get_migration(

@@ -71,6 +71,36 @@ pub async fn start(st: &ApiState, document: &str) -> Result<Journal, ApiError> {
         .map_err(ApiError::from)
 }
 
+/// The kind of a signed cancel (named after the migration's id).
+pub const KIND_CANCEL: &str = "migration.cancel";
+
+/// Cancels a running migration (an operator-signed request): it rolls back from the step it is
+/// at (a migration already stopping its old instance finishes instead).
+pub async fn cancel(st: &ApiState, id: &str, document: &str) -> Result<Journal, ApiError> {
+    let doc: SignedDocument = document.parse().map_err(|e| {
+        ApiError::BadRequest(format!("{e}; `augur migrations ID --cancel` makes one"))
+    })?;
+    st.catalog
+        .verify(&doc, crate::sample::UnixMicros::now().as_unix_s())?;
+    if doc.kind != KIND_CANCEL || doc.name != id {
+        return Err(ApiError::BadRequest(format!(
+            "expected a {KIND_CANCEL:?} document for {id}"
+        )));
+    }
+    let j = get(st, id)?;
+    if j.outcome().is_some() {
+        return Err(ApiError::Conflict(format!("{id} has already finished")));
+    }
+    let reason = String::from_utf8_lossy(&doc.body).into_owned();
+    let migrations = st.migrations.as_ref().expect("found above");
+    if !migrations.cancel(id, &reason).await {
+        return Err(ApiError::Conflict(format!(
+            "{id} is not running on this node"
+        )));
+    }
+    get(st, id)
+}
+
 /// Every migration this node coordinated, newest first.
 pub fn list(st: &ApiState) -> Vec<Journal> {
     st.migrations

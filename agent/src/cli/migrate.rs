@@ -110,6 +110,36 @@ pub async fn migrate(
     }
 }
 
+/// `augur migrations ID --cancel`.
+pub async fn cancel(api: &str, id: &str, cred: &Path, json: bool) -> anyhow::Result<()> {
+    let cred = OperatorCredential::load(cred).with_context(|| {
+        format!(
+            "cannot use the operator credential {}; create one with `augur fleet operator`",
+            cred.display()
+        )
+    })?;
+    let doc = cred.sign(
+        crate::api::migrations::KIND_CANCEL,
+        id,
+        1,
+        b"cancelled by the operator".to_vec(),
+        crate::sample::UnixMicros::now().as_unix_s(),
+    );
+    let j: Journal = Agent::new(api)?
+        .post_json(
+            &format!("/v1/migrations/{id}/cancel"),
+            &CatalogChange {
+                document: doc.to_string(),
+            },
+        )
+        .await?;
+    if json {
+        return super::print_json(&j);
+    }
+    println!("{}: cancelled; rolling back ({})", j.id, outcome_text(&j));
+    Ok(())
+}
+
 /// `augur migrations [ID]`.
 pub async fn list(api: &str, id: Option<&str>, json: bool) -> anyhow::Result<()> {
     let agent = Agent::new(api)?;

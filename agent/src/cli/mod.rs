@@ -124,6 +124,11 @@ pub enum Command {
     /// List the migrations this agent coordinated, or show one with its steps.
     Migrations {
         id: Option<String>,
+        /// Cancel it: it rolls back from the step it is at (needs the operator credential).
+        #[arg(long, requires = "id")]
+        cancel: bool,
+        #[arg(long, default_value = "operator.cred")]
+        credential: PathBuf,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -594,12 +599,19 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 strategy,
                 soak,
                 window,
+                nonce: Some(rand::random()),
             };
             migrate::migrate(&client.api, req, &credential, wait, client.json).await
         }
-        Command::Migrations { id, client } => {
-            migrate::list(&client.api, id.as_deref(), client.json).await
-        }
+        Command::Migrations {
+            id,
+            cancel,
+            credential,
+            client,
+        } => match (id, cancel) {
+            (Some(id), true) => migrate::cancel(&client.api, &id, &credential, client.json).await,
+            (id, _) => migrate::list(&client.api, id.as_deref(), client.json).await,
+        },
         Command::Service(ServiceCommand::Apply {
             file,
             credential,

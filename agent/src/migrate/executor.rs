@@ -31,6 +31,9 @@ use crate::fleet::events::Emitter;
 use crate::services::catalog::CatalogStore;
 use crate::services::runtime::{InstanceView, PlacedInstance, fleet_instances};
 
+/// How long a resumed migration waits for a majority of the voters (its node just restarted).
+const RESUME_PATIENCE: Duration = Duration::from_secs(45);
+
 /// How often the new instance's health is read from the fleet's view.
 const HEALTH_EVERY: Duration = Duration::from_millis(250);
 
@@ -65,6 +68,10 @@ pub struct MigrationRequest {
         with = "humantime_serde"
     )]
     pub window: Option<Duration>,
+    /// Makes two identical requests two migrations (`augur migrate` draws one); the same signed
+    /// request sent again is still one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<u64>,
 }
 
 /// Why a migration could not be started.
@@ -656,8 +663,10 @@ impl Run {
                     let lease_id = self.lease_id;
                     let duration = Duration::from_secs(600);
                     let (tx, rx) = tokio::sync::oneshot::channel();
-                    // Taking back our own lease after a restart may need the old one to end
-                    // first at some voters: retry while it is "busy" under our own name.
+                    // Taking back our own lease after a restart: the mesh may still be forming
+                    // (no majority yet), or a voter may still hold our old lease under another
+                    // name: retry those for a while.
+                    let resuming = lease_id.is_some();
                     inner.tasks.spawn("migrate.lease", async move {
                         let started = Instant::now();
                         let r = loop {
@@ -669,6 +678,11 @@ impl Run {
                                     if holder == me && started.elapsed() < duration =>
                                 {
                                     tokio::time::sleep(Duration::from_secs(1)).await;
+                                }
+                                Err(Failure::NoMajority { .. })
+                                    if resuming && started.elapsed() < RESUME_PATIENCE =>
+                                {
+                                    tokio::time::sleep(Duration::from_millis(500)).await;
                                 }
                                 r => break r,
                             }

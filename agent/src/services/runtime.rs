@@ -40,6 +40,9 @@ use crate::stats::Source;
 /// interval, on the first tick after it).
 const TICK: Duration = Duration::from_millis(250);
 
+/// How long a node that sees no other member waits before it places instances alone.
+const SETTLE: Duration = Duration::from_secs(5);
+
 /// Instances this node tells the fleet about, at most (bounds its signed value).
 const MAX_PUBLISHED: usize = 256;
 
@@ -322,9 +325,11 @@ impl Runtime {
     /// away from the nodes that serve).
     fn wanted(&self) -> BTreeMap<String, Wanted> {
         let candidates = self.candidates();
-        let alive: std::collections::BTreeSet<&str> = candidates
+        // An entry on a node known to be gone is placed again; one on a node not yet seen (this
+        // node just started, its view is forming) is kept.
+        let gone: std::collections::BTreeSet<&str> = candidates
             .iter()
-            .filter(|c| c.alive)
+            .filter(|c| !c.alive)
             .map(|c| c.node_name.as_str())
             .collect();
         let mut out = BTreeMap::new();
@@ -335,7 +340,7 @@ impl Runtime {
                 .map(|a| a.entries)
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|e| alive.contains(e.node.as_str()))
+                .filter(|e| !gone.contains(e.node.as_str()))
                 .collect();
             let covered: std::collections::BTreeSet<&str> =
                 entries.iter().map(|e| e.slot.as_str()).collect();
@@ -407,6 +412,20 @@ impl Runtime {
         out
     }
 
+    /// Whether this node's view of the fleet can be trusted to place instances: outside a mesh
+    /// at once; in one, once it sees another live member, or after [`SETTLE`] alone (a node
+    /// that just started and sees nobody yet would place every replica on itself, and start
+    /// instances that the fleet already runs).
+    fn settled(&self, started: tokio::time::Instant) -> bool {
+        let Some(mesh) = &self.mesh else {
+            return true;
+        };
+        started.elapsed() >= SETTLE
+            || mesh.members().iter().any(|m| {
+                !m.is_self && matches!(m.status, MemberStatus::Alive | MemberStatus::Suspect)
+            })
+    }
+
     /// Runs until `stop`, then stops every instance (SIGTERM, SIGKILL after its grace).
     pub async fn run(self, stop: CancellationToken) {
         let stopped = super::process::stop_leftovers(&self.pid_dir, Duration::from_secs(10)).await;
@@ -428,6 +447,7 @@ impl Runtime {
         let (tx_reports, mut rx_reports) = tokio::sync::mpsc::unbounded_channel();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let started = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -435,7 +455,9 @@ impl Runtime {
                     self.on_report(&mut running, report).await;
                 }
                 _ = tick.tick() => {
-                    self.converge(&mut running, &mut leftovers, &instances, &tx_reports, &stop).await;
+                    if self.settled(started) {
+                        self.converge(&mut running, &mut leftovers, &instances, &tx_reports, &stop).await;
+                    }
                     self.check(&mut running, &client).await;
                 }
             }

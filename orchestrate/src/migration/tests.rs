@@ -420,6 +420,34 @@ fn a_restart_at_every_step_resumes_from_the_journal() {
 }
 
 #[test]
+fn a_standby_already_healthy_before_the_surge_is_not_waited_for() {
+    let mut m = Migration::new(plan(Strategy::WarmStandby));
+    let t = Duration::ZERO;
+    m.on_event(Event::Start, t);
+    // The fleet reports the standby healthy while the lease is being asked for.
+    m.on_event(
+        Event::Health {
+            instance: "web-standby-0".into(),
+            healthy: true,
+        },
+        t,
+    );
+    m.on_event(Event::LeaseGranted { epoch: 3 }, t);
+    let a = m.on_event(Event::Assigned { seq: 1 }, t);
+    assert!(
+        matches!(
+            m.record().phase,
+            Phase::Forward {
+                step: Step::Shift,
+                ..
+            }
+        ),
+        "{:?} after {a:?}",
+        m.record().phase
+    );
+}
+
+#[test]
 fn a_refused_lease_does_nothing() {
     let mut m = Migration::new(plan(Strategy::Live));
     let a = m.on_event(Event::Start, Duration::ZERO);

@@ -1,7 +1,8 @@
 //! A small HTTP/1.1 service for augur's tests and benchmarks, run as a service instance: listens
 //! on $HOST:$PORT (127.0.0.1:8080 by default) and answers every request with its instance id
 //! (`$AUGUR_INSTANCE`), `/healthz` included; `/slow/<ms>` answers after that many milliseconds
-//! (an in-flight request, for drain tests). Keep-alive as HTTP/1.1 clients expect.
+//! (an in-flight request, for drain tests). Keep-alive as HTTP/1.1 clients expect. With
+//! `AUGUR_ECHO_READY_AFTER_MS`, `/healthz` answers 503 for that long after start (a slow start).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -22,6 +23,13 @@ async fn main() -> std::io::Result<()> {
         .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
     let id = std::env::var("AUGUR_INSTANCE").unwrap_or_else(|_| "echo".to_owned());
     let body = Bytes::from(format!("{id}\n"));
+    let ready_at = std::time::Instant::now()
+        + Duration::from_millis(
+            std::env::var("AUGUR_ECHO_READY_AFTER_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        );
     let listener = tokio::net::TcpListener::bind((host, port)).await?;
     let tasks = tokio_util::task::TaskTracker::new();
     loop {
@@ -32,6 +40,14 @@ async fn main() -> std::io::Result<()> {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let body = body.clone();
                 async move {
+                    if req.uri().path() == "/healthz" && std::time::Instant::now() < ready_at {
+                        return Ok::<_, Infallible>(
+                            Response::builder()
+                                .status(503)
+                                .body(Full::new(Bytes::from_static(b"starting\n")))
+                                .unwrap_or_default(),
+                        );
+                    }
                     if let Some(ms) = req
                         .uri()
                         .path()

@@ -1,7 +1,13 @@
 //! Migrations with real processes: three agents on loopback, each a lease voter (the signed fleet
 //! document names them), run one replica of `augur-echo` behind every node's proxy. Under a
-//! continuous load of 500 requests/s through the proxies, `augur migrate` moves it to another
-//! node; no request fails, and every proxy ends up routing to the new instance only.
+//! continuous load of 500 requests/s through the proxies:
+//! - `augur migrate` moves it with each strategy (`live`, `warm_standby`, `blue_green`): no
+//!   request fails, and every proxy ends up routing to the new instance only;
+//! - a migration cancelled at each step rolls back: the old instance serves again, no request
+//!   fails;
+//! - the coordinating agent is SIGKILLed in the middle of each strategy and restarted: it resumes
+//!   from its journal (rolls back before `retire`, finishes from it), and the service serves.
+//!   No request through the other nodes' proxies fails.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -12,11 +18,13 @@ use serde_json::Value;
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
-fn spec(port: u16, strategy: &str, standbys: u32) -> String {
+/// `ready_after_ms`: how long a new instance fails its health checks (a slow start).
+fn spec(port: u16, strategy: &str, standbys: u32, ready_after_ms: u64) -> String {
     format!(
         "[service]\nname = \"echo\"\nport = {port}\nprotocol = \"http\"\nreplicas = 1\n\
          strategy = \"{strategy}\"\nstandbys = {standbys}\n\
          [service.driver]\nkind = \"process\"\ncommand = \"{}\"\nstop_grace = \"2s\"\n\
+         env = {{ AUGUR_ECHO_READY_AFTER_MS = \"{ready_after_ms}\" }}\n\
          [service.health]\nhttp = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\n\
          successes = 1\nfailures = 2\n",
         env!("CARGO_BIN_EXE_augur-echo")
@@ -30,7 +38,7 @@ struct Setup {
     port: u16,
 }
 
-async fn setup(strategy: &str, standbys: u32) -> Setup {
+async fn setup(strategy: &str, standbys: u32, ready_after_ms: u64) -> Setup {
     let mut fleet = LocalFleet::new().expect("fleet key");
     fleet.config = "[collect]\nhost = false\n[services]\ndrain_grace = \"2s\"\n".to_owned();
     for n in NODES {
@@ -91,7 +99,7 @@ async fn setup(strategy: &str, standbys: u32) -> Setup {
         .expect("a free port")
         .port();
     let file = fleet.dir.path().join("echo.toml");
-    std::fs::write(&file, spec(port, strategy, standbys)).expect("spec");
+    std::fs::write(&file, spec(port, strategy, standbys, ready_after_ms)).expect("spec");
     augur_tests::apply_service(&api, &file, &cred).expect("applied");
     Setup { fleet, cred, port }
 }
@@ -157,29 +165,80 @@ async fn one_serving(fleet: &LocalFleet, what: &str) -> (String, String, String)
     .expect(what)
 }
 
-/// `augur migrate echo ARGS --wait` through n1; the final journal.
-async fn migrate(s: &Setup, args: &[&str]) -> anyhow::Result<Value> {
-    let api = s.fleet.agents["n1"].url("");
+/// `augur ARGS --credential C --api (coordinator's) --json`, off the runtime's threads.
+async fn augur(s: &Setup, coordinator: &str, args: Vec<String>) -> anyhow::Result<Value> {
+    let api = s.fleet.agents[coordinator].url("");
     let cred = s.cred.clone();
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     tokio::task::spawn_blocking(move || {
-        let mut all = vec!["migrate".to_owned(), "echo".to_owned()];
-        all.extend(args);
-        all.extend(
-            [
-                "--wait",
-                "--credential",
-                path_str(&cred)?,
-                "--api",
-                &api,
-                "--json",
-            ]
-            .map(str::to_owned),
-        );
+        let mut all = args;
+        all.extend(["--credential", path_str(&cred)?, "--api", &api, "--json"].map(str::to_owned));
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
         augur_json(&refs)
     })
     .await?
+}
+
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
+/// `augur migrate echo ARGS --wait` through `coordinator`; the final journal.
+async fn migrate(s: &Setup, coordinator: &str, args: &[&str]) -> anyhow::Result<Value> {
+    let mut all = owned(&["migrate", "echo"]);
+    all.extend(owned(args));
+    all.push("--wait".to_owned());
+    augur(s, coordinator, all).await
+}
+
+/// Starts a migration through `coordinator` (answered once its lease is granted); its id.
+async fn start_migration(s: &Setup, coordinator: &str, args: &[&str]) -> String {
+    let mut all = owned(&["migrate", "echo"]);
+    all.extend(owned(args));
+    let j = augur(s, coordinator, all).await.expect("migration started");
+    j["id"].as_str().expect("an id").to_owned()
+}
+
+/// The migration's journal on `coordinator`, once `f` holds of it.
+async fn until_journal(
+    fleet: &LocalFleet,
+    coordinator: &str,
+    id: &str,
+    what: &str,
+    f: impl Fn(&Value) -> bool,
+) -> Value {
+    let path = format!("/v1/migrations/{id}");
+    augur_tests::eventually(what, || async {
+        let j = fleet.agents.get(coordinator)?.get_json(&path).await.ok()?;
+        f(&j).then_some(j)
+    })
+    .await
+    .expect(what)
+}
+
+fn at_step(j: &Value, step: &str) -> bool {
+    j["record"]["phase"]["phase"] == "forward" && j["record"]["phase"]["step"] == step
+}
+
+fn finished(j: &Value) -> bool {
+    j["record"]["phase"]["phase"] == "finished"
+}
+
+/// The node (of the three) that runs no instance of `echo`.
+async fn free_node(fleet: &LocalFleet) -> String {
+    let busy: BTreeSet<String> = instances(fleet).await.into_iter().map(|i| i.1).collect();
+    NODES
+        .iter()
+        .find(|n| !busy.contains(**n))
+        .expect("a node without echo")
+        .to_string()
+}
+
+fn fronts(s: &mut Setup, nodes: &[&str]) -> Vec<String> {
+    let port = s.port;
+    nodes
+        .iter()
+        .map(|n| format!("http://{}:{port}/", s.fleet.proxy_ip(n)))
+        .collect()
 }
 
 fn failed(outcomes: &[augur_tests::Outcome]) -> Vec<String> {
@@ -189,19 +248,16 @@ fn failed(outcomes: &[augur_tests::Outcome]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_live_migration_under_load_loses_no_request() {
-    let mut s = setup("live", 0).await;
+/// Moves `echo` with `strategy` under load through every proxy; checks no request failed and the
+/// new instance alone is routed to. Returns (journal, time taken).
+async fn move_under_load(s: &mut Setup, strategy: &str, extra: &[&str]) -> (Value, Duration) {
     let (id, from, addr) = one_serving(&s.fleet, "echo served through every proxy").await;
-    let port = s.port;
-    let fronts: Vec<String> = NODES
-        .iter()
-        .map(|n| format!("http://{}:{port}/", s.fleet.proxy_ip(n)))
-        .collect();
-    let load = Load::start(fronts, 500);
+    let load = Load::start(fronts(s, &NODES), 500);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();
-    let journal = migrate(&s, &["--strategy", "live", "--from", &from])
+    let mut args = vec!["--strategy", strategy, "--from", from.as_str()];
+    args.extend(extra);
+    let journal = migrate(s, "n1", &args)
         .await
         .expect("the migration completes");
     let took = started.elapsed();
@@ -211,7 +267,7 @@ async fn a_live_migration_under_load_loses_no_request() {
     let outcomes = load.finish().await;
     let failures = failed(&outcomes);
     eprintln!(
-        "live: {id} on {from} -> {new_id} on {to} in {took:?}, epoch {}; {} requests, {} failed",
+        "{strategy}: {id} on {from} -> {new_id} on {to} in {took:?}, epoch {}; {} requests, {} failed",
         journal["record"]["epoch"],
         outcomes.len(),
         failures.len()
@@ -237,12 +293,222 @@ async fn a_live_migration_under_load_loses_no_request() {
         failures.len(),
         &failures[..failures.len().min(5)]
     );
-    // The old instance is gone from its node.
     assert!(
         !instances(&s.fleet)
             .await
             .iter()
-            .any(|i| i.0 == id && i.1 == from),
-        "the old instance stopped"
+            .any(|i| i.0 == id && i.1 == from && i.4 == "serving"),
+        "the old instance no longer serves"
     );
+    (journal, took)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_migration_under_load_loses_no_request() {
+    let mut s = setup("live", 0, 0).await;
+    move_under_load(&mut s, "live", &[]).await;
+    // The old instance is gone from every node.
+    let left: Vec<_> = instances(&s.fleet).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_standby_switchover_under_load_loses_no_request_and_a_new_standby_follows() {
+    let mut s = setup("warm_standby", 1, 0).await;
+    let standby = augur_tests::eventually("a healthy standby", || async {
+        instances(&s.fleet)
+            .await
+            .into_iter()
+            .find(|i| i.4 == "standby" && i.3 == "healthy")
+    })
+    .await
+    .expect("standby");
+    let (_, _) = move_under_load(&mut s, "warm_standby", &[]).await;
+    let (serving_id, serving_node, _) = one_serving(&s.fleet, "the former standby serves").await;
+    assert_eq!(
+        (serving_id.as_str(), serving_node.as_str()),
+        (standby.0.as_str(), standby.1.as_str())
+    );
+    augur_tests::eventually("a new standby on another node", || async {
+        instances(&s.fleet)
+            .await
+            .into_iter()
+            .find(|i| i.4 == "standby" && i.3 == "healthy" && i.1 != serving_node)
+    })
+    .await
+    .expect("a new standby");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_switch_under_load_loses_no_request() {
+    let mut s = setup("blue_green", 0, 0).await;
+    let (journal, took) =
+        move_under_load(&mut s, "blue_green", &["--soak", "2s", "--window", "3s"]).await;
+    assert!(
+        took >= Duration::from_secs(5),
+        "soaked and kept blue for its window: {took:?}"
+    );
+    let steps: Vec<&str> = journal["record"]["log"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["step"].as_str())
+        .collect();
+    assert!(steps.contains(&"soak"), "{steps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_cancelled_at_each_step_rolls_back_and_loses_no_request() {
+    // New instances take 1.5 s to pass their checks, so the surge can be caught.
+    let mut s = setup("live", 0, 1500).await;
+    let (_, from, addr) = one_serving(&s.fleet, "echo served through every proxy").await;
+    let load = Load::start(fronts(&mut s, &NODES), 500);
+    for step in ["surge", "shift", "retire"] {
+        let id = start_migration(&s, "n1", &["--strategy", "live", "--from", &from]).await;
+        until_journal(&s.fleet, "n1", &id, &format!("{id} at {step}"), |j| {
+            at_step(j, step)
+        })
+        .await;
+        augur(&s, "n1", owned(&["migrations", &id, "--cancel"]))
+            .await
+            .expect("cancelled");
+        let j = until_journal(&s.fleet, "n1", &id, "rolled back", finished).await;
+        assert_eq!(j["record"]["phase"]["outcome"], "rolled_back", "{j}");
+        assert_eq!(
+            j["record"]["phase"]["step"], step,
+            "rolled back from {step}: {j}"
+        );
+        let (_, node, serving) = one_serving(&s.fleet, "the old instance alone serves again").await;
+        assert_eq!(
+            (node.as_str(), serving.as_str()),
+            (from.as_str(), addr.as_str()),
+            "after {step}"
+        );
+        augur_tests::eventually("the new instance gone", || async {
+            (instances(&s.fleet).await.len() == 1).then_some(())
+        })
+        .await
+        .expect("dropped");
+    }
+    let outcomes = load.finish().await;
+    let failures = failed(&outcomes);
+    eprintln!(
+        "cancelled at each step: {} requests, {} failed",
+        outcomes.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{:?}",
+        &failures[..failures.len().min(5)]
+    );
+}
+
+/// SIGKILLs the coordinator (a node running no `echo`) when the migration reaches `step`,
+/// restarts it, and checks the migration ends as its journal says it must, with the service
+/// serving and no request through the other proxies failing.
+async fn kill_coordinator_at(strategy: &str, standbys: u32, step: &str, extra: &[&str]) {
+    let mut s = setup(strategy, standbys, 0).await;
+    let (_, from, old_addr) = one_serving(&s.fleet, "echo served through every proxy").await;
+    if standbys > 0 {
+        augur_tests::eventually("a healthy standby", || async {
+            instances(&s.fleet)
+                .await
+                .into_iter()
+                .find(|i| i.4 == "standby" && i.3 == "healthy")
+        })
+        .await
+        .expect("standby");
+    }
+    let coordinator = free_node(&s.fleet).await;
+    let others: Vec<&str> = NODES
+        .iter()
+        .copied()
+        .filter(|n| **n != coordinator)
+        .collect();
+    let load = Load::start(fronts(&mut s, &others), 500);
+    let mut args = vec!["--strategy", strategy, "--from", from.as_str()];
+    args.extend(extra);
+    let id = start_migration(&s, &coordinator, &args).await;
+    until_journal(
+        &s.fleet,
+        &coordinator,
+        &id,
+        &format!("{id} at {step}"),
+        |j| at_step(j, step),
+    )
+    .await;
+    let t0 = Instant::now();
+    s.fleet.kill(&coordinator).await.expect("killed");
+    s.fleet.start(&coordinator).await.expect("restarted");
+    let restarted = t0.elapsed();
+    let j = until_journal(
+        &s.fleet,
+        &coordinator,
+        &id,
+        "resumed and finished",
+        finished,
+    )
+    .await;
+    let want = if matches!(step, "retire" | "stop") {
+        "completed"
+    } else {
+        "rolled_back"
+    };
+    assert_eq!(
+        j["record"]["phase"]["outcome"], want,
+        "{strategy} killed at {step}: {j}"
+    );
+    let resumed = j["record"]["log"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|l| l["step"] == "resume");
+    assert!(resumed, "resumed from the journal: {j}");
+    let (_, _, addr) = one_serving(&s.fleet, "echo serves after the restart").await;
+    if want == "rolled_back" {
+        assert_eq!(addr, old_addr, "the old instance serves again");
+    } else {
+        assert_ne!(addr, old_addr, "the new instance serves");
+    }
+    let outcomes = load.finish().await;
+    let failures = failed(&outcomes);
+    // When the failures were, after the kill (none expected).
+    let when: Vec<f64> = outcomes
+        .iter()
+        .filter(|o| o.result.is_err())
+        .map(|o| o.started.saturating_duration_since(t0).as_secs_f64())
+        .collect();
+    eprintln!(
+        "{strategy}, coordinator killed at {step}: {want}; {} requests, {} failed (from {:?} to {:?} s after the kill; restarted after {restarted:?})",
+        outcomes.len(),
+        failures.len(),
+        when.first(),
+        when.last(),
+    );
+    assert!(
+        failures.is_empty(),
+        "{:?}",
+        &failures[..failures.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_migration_whose_coordinator_is_killed_mid_way_resumes_from_its_journal() {
+    kill_coordinator_at("live", 0, "shift", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_migration_killed_at_retire_finishes_after_the_restart() {
+    kill_coordinator_at("live", 0, "retire", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_standby_switchover_whose_coordinator_is_killed_resumes() {
+    kill_coordinator_at("warm_standby", 1, "shift", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_switch_whose_coordinator_is_killed_in_its_soak_rolls_back() {
+    kill_coordinator_at("blue_green", 0, "soak", &["--soak", "5s", "--window", "2s"]).await;
 }
