@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use augur_tests::{Load, LocalFleet, augur_json, path_str};
+use augur_tests::{Haproxy, Load, LocalFleet, augur_json, path_str};
 use serde_json::Value;
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
@@ -36,14 +36,32 @@ struct Setup {
     fleet: LocalFleet,
     cred: PathBuf,
     port: u16,
+    /// An HAProxy n1 keeps in step, when asked for (and installed).
+    haproxy: Option<Haproxy>,
 }
 
 async fn setup(strategy: &str, standbys: u32, ready_after_ms: u64) -> Setup {
+    setup_with(strategy, standbys, ready_after_ms, false).await
+}
+
+async fn setup_with(strategy: &str, standbys: u32, ready_after_ms: u64, haproxy: bool) -> Setup {
+    let haproxy = match augur_tests::haproxy_bin().filter(|_| haproxy) {
+        Some(bin) => Some(Haproxy::start(&bin, "echo").await.expect("haproxy starts")),
+        None => None,
+    };
     let mut fleet = LocalFleet::new().expect("fleet key");
-    fleet.config = "[collect]\nhost = false\n[services]\ndrain_grace = \"2s\"\n".to_owned();
+    let base = "[collect]\nhost = false\n[services]\ndrain_grace = \"2s\"\n".to_owned();
     for n in NODES {
+        fleet.config = match (&haproxy, n) {
+            (Some(h), "n1") => format!(
+                "{base}[services.haproxy]\nsocket = \"{}\"\nbackend = \"{{service}}\"\n",
+                h.socket.display()
+            ),
+            _ => base.clone(),
+        };
         fleet.start(n).await.expect("starts");
     }
+    fleet.config = base;
     for n in NODES {
         fleet
             .until_all_see(n, "alive", Duration::from_secs(30))
@@ -101,7 +119,12 @@ async fn setup(strategy: &str, standbys: u32, ready_after_ms: u64) -> Setup {
     let file = fleet.dir.path().join("echo.toml");
     std::fs::write(&file, spec(port, strategy, standbys, ready_after_ms)).expect("spec");
     augur_tests::apply_service(&api, &file, &cred).expect("applied");
-    Setup { fleet, cred, port }
+    Setup {
+        fleet,
+        cred,
+        port,
+        haproxy,
+    }
 }
 
 /// The backends each node's proxies route `echo` to.
@@ -252,7 +275,17 @@ fn failed(outcomes: &[augur_tests::Outcome]) -> Vec<String> {
 /// new instance alone is routed to. Returns (journal, time taken).
 async fn move_under_load(s: &mut Setup, strategy: &str, extra: &[&str]) -> (Value, Duration) {
     let (id, from, addr) = one_serving(&s.fleet, "echo served through every proxy").await;
-    let load = Load::start(fronts(s, &NODES), 500);
+    let mut targets = fronts(s, &NODES);
+    if let Some(h) = &s.haproxy {
+        let want = addr.clone();
+        augur_tests::eventually("echo in HAProxy", || async {
+            (h.ready_servers("echo").await.ok()? == [want.clone()]).then_some(())
+        })
+        .await
+        .expect("HAProxy in step");
+        targets.push(format!("http://{}/", h.front));
+    }
+    let load = Load::start(targets, 500);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();
     let mut args = vec!["--strategy", strategy, "--from", from.as_str()];
@@ -305,7 +338,8 @@ async fn move_under_load(s: &mut Setup, strategy: &str, extra: &[&str]) -> (Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_migration_under_load_loses_no_request() {
-    let mut s = setup("live", 0, 0).await;
+    // With an HAProxy in step too (n1 drives it), when it is installed.
+    let mut s = setup_with("live", 0, 0, true).await;
     move_under_load(&mut s, "live", &[]).await;
     // The old instance is gone from every node.
     let left: Vec<_> = instances(&s.fleet).await;
