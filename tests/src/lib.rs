@@ -3,6 +3,8 @@
 //! and talk to their HTTP and gRPC APIs.
 
 pub mod fuzz;
+pub mod migrate_bench;
+pub mod migration_fleet;
 pub mod traffic_bench;
 
 use std::net::SocketAddr;

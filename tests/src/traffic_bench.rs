@@ -40,7 +40,7 @@ pub struct Settings {
 }
 
 /// `augur-echo`, beside this binary.
-fn echo_bin() -> anyhow::Result<PathBuf> {
+pub fn echo_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("no folder")?;
     for d in [dir.to_path_buf(), dir.join("..")] {

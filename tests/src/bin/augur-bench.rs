@@ -92,6 +92,22 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "tcp,http")]
         protocols: Vec<String>,
     },
+    /// Migrations under load with real agents: time from request to completion per strategy,
+    /// requests failed, lease acquisition latency (3 voters, and more), lease traffic.
+    Migrate {
+        /// Moves per strategy (and per fleet size).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "live,warm_standby,blue_green"
+        )]
+        strategies: Vec<String>,
+        /// Fleet sizes for the live-only lease pass (every node a voter).
+        #[arg(long, value_delimiter = ',', default_value = "7")]
+        voters: Vec<usize>,
+    },
     /// Ingestion throughput into durable history.
     Ingest {
         #[arg(long, value_enum, default_value_t = Transport::Both)]
@@ -186,6 +202,24 @@ async fn main() -> anyhow::Result<()> {
                 "{}",
                 serde_json::to_string_pretty(&json!({"proxies": proxies, "removal": removal}))?
             );
+            Ok(())
+        }
+        Cmd::Migrate {
+            runs,
+            strategies,
+            voters,
+        } => {
+            let settings = augur_tests::migrate_bench::Settings {
+                runs,
+                strategies,
+                voters,
+            };
+            let pb = ProgressBar::new_spinner();
+            pb.enable_steady_tick(Duration::from_millis(200));
+            let out = augur_tests::migrate_bench::run(&settings, |m| pb.set_message(m.to_owned()))
+                .await?;
+            pb.finish_and_clear();
+            println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
         Cmd::Ingest {
