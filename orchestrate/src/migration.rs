@@ -243,6 +243,10 @@ pub enum Action {
     Finished(Outcome),
 }
 
+/// Times a rollback's assignment is sent again before the migration gives up (abandoned: the
+/// last assignment taken stays in force, every slot served).
+pub const MAX_ROLLBACK_TRIES: u32 = 10;
+
 /// Log entries a record keeps at most.
 pub const MAX_LOG: usize = 64;
 
@@ -277,6 +281,8 @@ pub struct Migration {
     next_timer: u64,
     /// The new instance's last known health.
     healthy: bool,
+    /// Times the current rollback assignment was sent again.
+    rollback_tries: u32,
 }
 
 impl Migration {
@@ -296,6 +302,7 @@ impl Migration {
             timer: 0,
             next_timer: 0,
             healthy: false,
+            rollback_tries: 0,
         }
     }
 
@@ -347,6 +354,7 @@ impl Migration {
             timer: 0,
             next_timer: 0,
             healthy: false,
+            rollback_tries: 0,
         }
     }
 
@@ -676,6 +684,16 @@ impl Migration {
             }
             Event::Timer(id) if id == self.timer => {
                 if !assigned {
+                    self.rollback_tries += 1;
+                    if self.rollback_tries > MAX_ROLLBACK_TRIES {
+                        let outcome = Outcome::Abandoned {
+                            step: from,
+                            reason: format!(
+                                "the rollback's assignment was not taken after {MAX_ROLLBACK_TRIES} tries ({reason})"
+                            ),
+                        };
+                        return self.finish(outcome, true, now);
+                    }
                     // Not taken: send it again (the old instance serves in every rollback
                     // assignment, so trying again is safe).
                     let mut out = Vec::new();

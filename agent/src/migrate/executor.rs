@@ -430,6 +430,18 @@ impl Migrations {
             .filter(|i| i.id != old.id && i.id != new_entry.instance && i.role != Role::Retiring)
             .map(|i| entry_of(i, i.role))
             .collect();
+        let mut ids: Vec<&str> = base
+            .iter()
+            .chain([&old_entry, &new_entry])
+            .map(|e| e.instance.as_str())
+            .collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(RequestError::Conflict(format!(
+                "two instances of {} are both named {}; wait for placement to settle and ask again",
+                req.service, new_entry.instance
+            )));
+        }
         let health = &spec.health;
         let checks = health.interval * (health.successes + health.failures + 2);
         let timeouts = Timeouts {

@@ -336,9 +336,19 @@ impl Runtime {
         for s in self.catalog.services() {
             let assigned = self.assignments.as_ref().and_then(|a| a.get(&s.name));
             let epoch = assigned.as_ref().map_or(0, |a| a.epoch);
-            let entries: Vec<Entry> = assigned
-                .map(|a| a.entries)
-                .unwrap_or_default()
+            let all: Vec<Entry> = assigned.map(|a| a.entries).unwrap_or_default();
+            // A slot placed anew never takes the id of an instance the assignment names (a
+            // promoted standby keeps its id while it serves another slot).
+            let taken: std::collections::BTreeSet<String> =
+                all.iter().map(|e| e.instance.clone()).collect();
+            let fresh = |base: String| {
+                if taken.contains(&base) {
+                    format!("{base}-e{epoch}")
+                } else {
+                    base
+                }
+            };
+            let entries: Vec<Entry> = all
                 .into_iter()
                 .filter(|e| !gone.contains(e.node.as_str()))
                 .collect();
@@ -364,7 +374,10 @@ impl Runtime {
             for (i, node) in nodes.iter().enumerate() {
                 let slot = i.to_string();
                 if !covered.contains(slot.as_str()) && node.as_deref() == Some(&self.node_name) {
-                    out.insert(format!("{}-{i}", s.name), want(slot, Role::Serving, 0));
+                    out.insert(
+                        fresh(format!("{}-{i}", s.name)),
+                        want(slot, Role::Serving, 0),
+                    );
                 }
             }
             if s.spec.standbys > 0 {
@@ -397,7 +410,7 @@ impl Runtime {
                     if !covered.contains(slot.as_str()) && node.as_deref() == Some(&self.node_name)
                     {
                         out.insert(
-                            format!("{}-standby-{j}", s.name),
+                            fresh(format!("{}-standby-{j}", s.name)),
                             want(slot, Role::Standby, 0),
                         );
                     }

@@ -470,3 +470,46 @@ fn a_refused_lease_does_nothing() {
         .expect("the journal's form decodes");
     assert_eq!(&record, m.record());
 }
+
+#[test]
+fn a_rollback_whose_assignment_is_never_taken_gives_up_bounded() {
+    let mut m = Migration::new(plan(Strategy::Live));
+    let mut now = Duration::ZERO;
+    m.on_event(Event::Start, now);
+    m.on_event(Event::LeaseGranted { epoch: 2 }, now);
+    let a = m.on_event(
+        Event::AssignFailed {
+            seq: 1,
+            reason: "an instance is named twice".into(),
+        },
+        now,
+    );
+    assert!(
+        matches!(m.record().phase, Phase::RollingBack { .. }),
+        "{a:?}"
+    );
+    let mut outcome = None;
+    for _ in 0..100 {
+        now += Timeouts::default().assign;
+        let timer = m.timer;
+        for a in m.on_event(Event::Timer(timer), now) {
+            if let Action::Finished(o) = a {
+                outcome = Some(o);
+            }
+        }
+        if outcome.is_some() {
+            break;
+        }
+    }
+    assert!(
+        matches!(
+            &outcome,
+            Some(Outcome::Abandoned {
+                step: Step::Surge,
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+    assert!(now <= Timeouts::default().assign * (MAX_ROLLBACK_TRIES + 2));
+}

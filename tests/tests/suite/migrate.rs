@@ -158,19 +158,46 @@ async fn a_blue_green_switch_under_load_loses_no_request() {
     assert!(steps.contains(&"soak"), "{steps:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_migration_cancelled_at_each_step_rolls_back_and_loses_no_request() {
-    // New instances take 1.5 s to pass their checks, so the surge can be caught.
-    let mut s = setup("live", 0, 1500).await;
+/// Cancels a migration of `strategy` at each of `steps` in turn: each rolls back, the old
+/// instance alone serves again, the new one is gone (a standby stands by again), and no request
+/// under load fails. New instances take 1.5 s to pass their checks, so a surge can be caught.
+///
+/// `tolerate`: failed requests allowed, as a share of all. Live moves lose none; warm_standby and
+/// blue_green rollbacks still lose a few (under 1 %, 502s from the HTTP proxies) in some runs, a
+/// known gap noted on the migrations issue.
+async fn cancel_at_each_step(
+    strategy: &str,
+    standbys: u32,
+    steps: &[&str],
+    extra: &[&str],
+    tolerate: f64,
+) {
+    let mut s = setup(strategy, standbys, 1500).await;
     let (_, from, addr) = one_serving(&s.fleet, "echo served through every proxy").await;
-    let load = Load::start(fronts(&mut s, &NODES), 500);
-    for step in ["surge", "shift", "retire"] {
-        let id = start_migration(&s, "n1", &["--strategy", "live", "--from", &from]).await;
-        if step == "surge" {
+    let count = if standbys > 0 { 2 } else { 1 };
+    let targets = fronts(&mut s, &NODES);
+    let fleet = &s.fleet;
+    let all_there = || async {
+        let v = instances(fleet).await;
+        (v.len() == count && v.iter().all(|i| i.3 == "healthy")).then_some(())
+    };
+    augur_tests::eventually("every instance healthy", all_there)
+        .await
+        .expect("healthy");
+    let load = Load::start(targets, 500);
+    for (k, step) in steps.iter().enumerate() {
+        let mut args = vec!["--strategy", strategy, "--from", from.as_str()];
+        args.extend(extra);
+        let id = start_migration(&s, "n1", &args).await;
+        if k == 0 {
             // A second move of the service while this one holds its lease: refused, with whom.
-            let e = augur(&s, "n2", owned(&["migrate", "echo", "--strategy", "live"]))
-                .await
-                .expect_err("a second move at once");
+            let e = augur(
+                &s,
+                "n2",
+                owned(&["migrate", "echo", "--strategy", strategy]),
+            )
+            .await
+            .expect_err("a second move at once");
             assert!(
                 e.to_string().contains("409") && e.to_string().contains("being moved"),
                 "{e}"
@@ -186,33 +213,56 @@ async fn a_migration_cancelled_at_each_step_rolls_back_and_loses_no_request() {
         let j = until_journal(&s.fleet, "n1", &id, "rolled back", finished).await;
         assert_eq!(j["record"]["phase"]["outcome"], "rolled_back", "{j}");
         assert_eq!(
-            j["record"]["phase"]["step"], step,
+            j["record"]["phase"]["step"], *step,
             "rolled back from {step}: {j}"
         );
         let (_, node, serving) = one_serving(&s.fleet, "the old instance alone serves again").await;
         assert_eq!(
             (node.as_str(), serving.as_str()),
             (from.as_str(), addr.as_str()),
-            "after {step}"
+            "{strategy} after {step}"
         );
-        augur_tests::eventually("the new instance gone", || async {
-            (instances(&s.fleet).await.len() == 1).then_some(())
-        })
-        .await
-        .expect("dropped");
+        augur_tests::eventually("the new instance gone (or standing by again)", all_there)
+            .await
+            .expect("dropped");
     }
     let outcomes = load.finish().await;
     let failures = failed(&outcomes);
     eprintln!(
-        "cancelled at each step: {} requests, {} failed",
+        "{strategy} cancelled at {steps:?}: {} requests, {} failed",
         outcomes.len(),
         failures.len()
     );
     assert!(
-        failures.is_empty(),
-        "{:?}",
+        failures.len() as f64 <= tolerate * outcomes.len() as f64,
+        "{} of {} failed: {:?}",
+        failures.len(),
+        outcomes.len(),
         &failures[..failures.len().min(5)]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_migration_cancelled_at_each_step_rolls_back_and_loses_no_request() {
+    cancel_at_each_step("live", 0, &["surge", "shift", "retire"], &[], 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_standby_switchover_cancelled_at_each_step_rolls_back() {
+    // The standby is healthy already: the surge passes at once, nothing to catch there.
+    cancel_at_each_step("warm_standby", 1, &["shift", "retire"], &[], 0.01).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_switch_cancelled_at_each_step_rolls_back() {
+    cancel_at_each_step(
+        "blue_green",
+        0,
+        &["surge", "soak", "shift", "retire"],
+        &["--soak", "3s", "--window", "4s"],
+        0.01,
+    )
+    .await;
 }
 
 /// SIGKILLs the coordinator (a node running no `echo`) when the migration reaches `step`,
