@@ -27,6 +27,10 @@ pub const MAX_WEIGHT: Weight = 256;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Routes {
     pub services: BTreeMap<String, BTreeMap<String, Weight>>,
+    /// Per service, the fencing epoch of the assignment that wrote its routes (the highest lease
+    /// epoch among the instances routed to; absent: placed without a migration).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub epochs: BTreeMap<String, u64>,
 }
 
 /// One operation that takes a proxy from one route set to another.

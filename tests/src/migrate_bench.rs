@@ -55,9 +55,13 @@ async fn pass(
     let standbys = u32::from(strategy == "warm_standby");
     let mut s = setup_nodes(nodes, strategy, standbys, 0, false).await;
     let coordinator = nodes[0];
+    // The load starts once every proxy routes the service (before, connections are refused).
+    one_serving(&s.fleet, "one serving instance").await;
     let load = crate::Load::start(fronts(&mut s, &nodes[..nodes.len().min(3)]), 500);
     let mut took = Vec::new();
     let mut lease = Vec::new();
+    let t0 = std::time::Instant::now();
+    let mut moves_at = Vec::new();
     let (mut messages, mut bytes, mut rounds) = (0.0, 0.0, 0.0);
     for run in 0..runs {
         progress(&format!(
@@ -84,6 +88,7 @@ async fn pass(
         if strategy == "blue_green" {
             args.extend(["--soak", "2s", "--window", "3s"]);
         }
+        moves_at.push(t0.elapsed().as_secs_f64());
         let j = migrate(&s, coordinator, &args).await?;
         let log = j["record"]["log"].as_array().cloned().unwrap_or_default();
         let at = |step: &str, note: &str| {
@@ -112,6 +117,13 @@ async fn pass(
     }
     let outcomes = load.finish().await;
     let failures = failed(&outcomes);
+    // When requests failed (seconds since the pass started) and what they said, beside when each
+    // move was asked for: where to look when some do.
+    let failed_at: Vec<f64> = outcomes
+        .iter()
+        .filter(|o| o.result.is_err())
+        .map(|o| (o.started.saturating_duration_since(t0).as_secs_f64() * 10.0).round() / 10.0)
+        .collect();
     let voters = nodes.len() as f64;
     let n = runs.max(1) as f64;
     Ok(json!({
@@ -120,6 +132,9 @@ async fn pass(
         "lease_acquisition_ms": summary(lease),
         "requests": outcomes.len(),
         "requests_failed": failures.len(),
+        "moves_asked_at_s": moves_at,
+        "failed_at_s": failed_at,
+        "failures_sample": failures.iter().take(3).collect::<Vec<_>>(),
         "lease_messages_per_migration": messages / n,
         "lease_bytes_per_migration": bytes / n,
         // A release is one request and one reply per voter; the rest are lease rounds
@@ -138,7 +153,7 @@ pub async fn run(s: &Settings, progress: impl Fn(&str)) -> anyhow::Result<Value>
         );
     }
     let mut voters = serde_json::Map::new();
-    for &v in &s.voters {
+    for &v in s.voters.iter().filter(|v| **v > 0) {
         let names: Vec<String> = (1..=v).map(|i| format!("n{i}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         voters.insert(v.to_string(), pass(&refs, "live", s.runs, &progress).await?);

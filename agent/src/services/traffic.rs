@@ -81,6 +81,10 @@ pub fn routes<'a>(services: &[String], claims: impl IntoIterator<Item = Claim<'a
             continue;
         };
         backends.insert(addr.to_string(), MAX_WEIGHT);
+        if c.lease_epoch > 0 {
+            let e = out.epochs.entry(c.service.to_owned()).or_default();
+            *e = (*e).max(c.lease_epoch);
+        }
     }
     out
 }
@@ -442,6 +446,25 @@ mod tests {
             serving: true,
             lease_epoch: 0,
         }
+    }
+
+    #[test]
+    fn routes_carry_the_epoch_of_the_assignment_that_wrote_them() {
+        let services = ["web".to_owned()];
+        let moved = routes(
+            &services,
+            [Claim {
+                slot: "0",
+                lease_epoch: 7,
+                ..claim("web-0-m1", "10.0.0.2:4000", true, 1)
+            }],
+        );
+        assert_eq!(moved.epochs.get("web"), Some(&7));
+        let placed = routes(&services, [claim("web-0", "10.0.0.1:4000", true, 1)]);
+        assert!(
+            placed.epochs.is_empty(),
+            "placed without a migration: no epoch"
+        );
     }
 
     #[test]

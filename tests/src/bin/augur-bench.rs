@@ -104,7 +104,7 @@ enum Cmd {
             default_value = "live,warm_standby,blue_green"
         )]
         strategies: Vec<String>,
-        /// Fleet sizes for the live-only lease pass (every node a voter).
+        /// Fleet sizes for the live-only lease pass (every node a voter; 0 skips it).
         #[arg(long, value_delimiter = ',', default_value = "7")]
         voters: Vec<usize>,
     },
