@@ -149,13 +149,16 @@ pub enum Phase {
         step: Step,
         assigned: bool,
     },
-    /// Rolling back from `from` because of `reason`: first the new instance retires (when it
-    /// may have served), then it is dropped.
+    /// Rolling back from `from` because of `reason`. When the new instance may have served:
+    /// first both serve (`both`: the old one serves again before the new one stops, whatever
+    /// order the proxies learn it in), then the new one retires, then it is dropped.
     RollingBack {
         from: Step,
         reason: String,
         dropped: bool,
         assigned: bool,
+        #[serde(default)]
+        both: bool,
     },
     /// Restarted: asking for the lease again before resuming (`resume_at`) or rolling back.
     Resuming {
@@ -535,16 +538,22 @@ impl Migration {
             "rollback",
             format!("{} failed: {reason}", step.as_str()),
         );
-        // Before the shift, the new instance never served: drop it at once.
+        // Before the shift, the new instance never served: drop it at once. After, both serve
+        // first (the old one may have stopped serving), then the new one retires.
         let dropped = step < Step::Shift;
         self.record.phase = Phase::RollingBack {
             from: step,
             reason,
             dropped,
             assigned: false,
+            both: !dropped,
         };
         let mut out = Vec::new();
-        let entries = self.rollback_entries(dropped);
+        let entries = if dropped {
+            self.rollback_entries(true)
+        } else {
+            self.entries_at(Step::Shift)
+        };
         self.assign(entries, now, &mut out);
         self.journal_then(out)
     }
@@ -650,12 +659,14 @@ impl Migration {
         self.enter(next, now)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_rollback(
         &mut self,
         from: Step,
         reason: String,
         dropped: bool,
         assigned: bool,
+        both: bool,
         event: Event,
         now: Duration,
     ) -> Vec<Action> {
@@ -666,7 +677,19 @@ impl Migration {
                     reason: reason.clone(),
                     dropped,
                     assigned: true,
+                    both,
                 };
+                if both {
+                    self.log(
+                        now,
+                        "rollback",
+                        "the old instance serves again beside the new",
+                    );
+                    let wait = self.plan().timeouts.propagate;
+                    let mut out = Vec::new();
+                    self.set_timer(now + wait, &mut out);
+                    return self.journal_then(out);
+                }
                 if dropped {
                     self.log(now, "rollback", "the new instance is dropped");
                     return self.finish(Outcome::RolledBack { step: from, reason }, true, now);
@@ -697,7 +720,11 @@ impl Migration {
                     // Not taken: send it again (the old instance serves in every rollback
                     // assignment, so trying again is safe).
                     let mut out = Vec::new();
-                    let entries = self.rollback_entries(dropped);
+                    let entries = if both {
+                        self.entries_at(Step::Shift)
+                    } else {
+                        self.rollback_entries(dropped)
+                    };
                     self.log(
                         now,
                         "rollback",
@@ -706,14 +733,18 @@ impl Migration {
                     self.assign(entries, now, &mut out);
                     return self.journal_then(out);
                 }
+                // Both served: now the new one retires. It retired: now it is dropped.
+                self.rollback_tries = 0;
+                let dropped = !both;
                 self.record.phase = Phase::RollingBack {
                     from,
                     reason,
-                    dropped: true,
+                    dropped,
                     assigned: false,
+                    both: false,
                 };
                 let mut out = Vec::new();
-                let entries = self.rollback_entries(true);
+                let entries = self.rollback_entries(dropped);
                 self.assign(entries, now, &mut out);
                 self.journal_then(out)
             }
@@ -788,7 +819,8 @@ impl Machine for Migration {
                 reason,
                 dropped,
                 assigned,
-            } => self.on_rollback(from, reason, dropped, assigned, event, now),
+                both,
+            } => self.on_rollback(from, reason, dropped, assigned, both, event, now),
             Phase::Resuming { at } => self.on_resuming(at, event, now),
         }
     }

@@ -119,6 +119,21 @@ impl World {
                         entries.iter().any(|e| e.instance == "web-1"),
                         "the rest of the service is kept"
                     );
+                    // Proxies learn an assignment in any order: one instance serves slot 0 in
+                    // both this assignment and the last, so no proxy is ever left without one.
+                    if let Some(last) = self.assignments.last() {
+                        let serving = |a: &[Entry]| -> Vec<String> {
+                            a.iter()
+                                .filter(|e| e.slot == "0" && e.role == Role::Serving)
+                                .map(|e| e.instance.clone())
+                                .collect()
+                        };
+                        let (before, now) = (serving(last), serving(&entries));
+                        assert!(
+                            before.iter().any(|i| now.contains(i)),
+                            "slot 0 changes hands at once: {before:?} -> {now:?}"
+                        );
+                    }
                     self.assignments.push(entries);
                     if let Some(s) = self.step()
                         && self.steps.last() != Some(&s)
