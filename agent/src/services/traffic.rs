@@ -53,12 +53,13 @@ pub struct Claim<'a> {
 }
 
 /// The routes from the claims of the fleet: for each service in `services`, for each slot, the
-/// address of its current serving claim (of two, the one under the higher lease epoch, then the
-/// later started) if that one is healthy, at full weight. Standby and retiring instances take no
-/// traffic. Unparsable addresses are skipped.
+/// address of its current claim (of the healthy serving ones, the one under the higher lease
+/// epoch, then the later started), at full weight. A slot whose preferred instance fails its
+/// checks falls back to another healthy one (during a move, the old one). Standby and retiring
+/// instances take no traffic. Unparsable addresses are skipped.
 pub fn routes<'a>(services: &[String], claims: impl IntoIterator<Item = Claim<'a>>) -> Routes {
     let mut current: HashMap<(&str, &str), Claim<'a>> = HashMap::new();
-    for c in claims.into_iter().filter(|c| c.serving) {
+    for c in claims.into_iter().filter(|c| c.serving && c.healthy) {
         match current.get(&(c.service, c.slot)) {
             Some(have) if (have.lease_epoch, have.epoch) >= (c.lease_epoch, c.epoch) => {}
             _ => {
@@ -488,12 +489,12 @@ mod tests {
                 vec!["10.0.0.2:4000"],
             ),
             (
-                "... even when it is not healthy yet",
+                "... unless it is not healthy: then the other one",
                 vec![
                     claim("web-0", "10.0.0.2:4000", false, 9),
                     claim("web-0", "10.0.0.1:4000", true, 5),
                 ],
-                vec![],
+                vec!["10.0.0.1:4000"],
             ),
             (
                 "of two serving instances of one slot, the one under the higher lease epoch",
