@@ -174,6 +174,7 @@ pub async fn run(
                 node_name: node_name.to_string(),
                 events: emitter.clone(),
                 drain: cfg.services.drain_grace,
+                services: Some(service_stats.clone()),
             },
             &stage_group,
         )),

@@ -66,6 +66,8 @@ pub struct Stats {
     /// HTTP mode: requests sent again because a kept-alive connection had closed before it took
     /// them (they had not reached the backend).
     pub resent_unsent: AtomicU64,
+    /// HTTP mode: answers a backend gave with a 5xx status (passed on as they are).
+    pub upstream_errors: AtomicU64,
 }
 
 /// A kept-alive HTTP/1.1 connection to a backend (the HTTP mode's).

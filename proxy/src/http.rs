@@ -111,6 +111,9 @@ impl Proxy {
         let req = prepare(req, peer);
         match self.send(req, limits).await {
             Ok(resp) => {
+                if resp.status().is_server_error() {
+                    self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                }
                 let (mut parts, body) = resp.into_parts();
                 for h in HOP_BY_HOP {
                     parts.headers.remove(h);

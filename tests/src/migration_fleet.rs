@@ -15,7 +15,7 @@ use crate::{Haproxy, LocalFleet, augur_json, path_str};
 pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
 /// `ready_after_ms`: how long a new instance fails its health checks (a slow start).
-fn spec(port: u16, strategy: &str, standbys: u32, ready_after_ms: u64) -> String {
+pub fn spec(port: u16, strategy: &str, standbys: u32, ready_after_ms: u64) -> String {
     let echo = crate::traffic_bench::echo_bin().expect("augur-echo is built");
     format!(
         "[service]\nname = \"echo\"\nport = {port}\nprotocol = \"http\"\nreplicas = 1\n\

@@ -34,6 +34,12 @@ use crate::services::runtime::{InstanceView, PlacedInstance, fleet_instances};
 /// How long a resumed migration waits for a majority of the voters (its node just restarted).
 const RESUME_PATIENCE: Duration = Duration::from_secs(45);
 
+/// `blue_green` switches back when more than this share of the requests through the
+/// coordinator's proxy fail in its window ...
+const ERROR_RATE: f64 = 0.05;
+/// ... over at least this many requests.
+const ERROR_RATE_MIN: u64 = 20;
+
 /// How often the new instance's health is read from the fleet's view.
 const HEALTH_EVERY: Duration = Duration::from_millis(250);
 
@@ -117,6 +123,7 @@ struct Inner {
     node_name: String,
     events: Emitter,
     drain: Duration,
+    services: Option<Arc<crate::services::ServiceStats>>,
     journals: RwLock<BTreeMap<String, Journal>>,
     cancels: RwLock<BTreeMap<String, mpsc::Sender<String>>>,
     /// Why a migration's lease was refused, as the lease layer said it.
@@ -152,6 +159,8 @@ pub struct Setup {
     pub node_name: String,
     pub events: Emitter,
     pub drain: Duration,
+    /// This node's proxies' counters (blue_green watches the error rate in its window).
+    pub services: Option<Arc<crate::services::ServiceStats>>,
 }
 
 impl Migrations {
@@ -184,6 +193,7 @@ impl Migrations {
                 node_name: setup.node_name,
                 events: setup.events,
                 drain: setup.drain,
+                services: setup.services,
                 journals: RwLock::new(journals.clone()),
                 cancels: RwLock::default(),
                 refusals: RwLock::default(),
@@ -494,6 +504,7 @@ impl Migrations {
             base,
             timers: BTreeMap::new(),
             last_health: None,
+            window_base: None,
         };
         self.inner
             .tasks
@@ -511,6 +522,8 @@ struct Run {
     base: Instant,
     timers: BTreeMap<(Duration, u64), ()>,
     last_health: Option<bool>,
+    /// `blue_green`'s window: this node's proxy counters (errors, requests) when it began.
+    window_base: Option<(u64, u64)>,
 }
 
 /// What an action in flight comes back with: an event, and the lease when one was won.
@@ -562,7 +575,7 @@ impl Run {
                     self.lease = None;
                     Event::LeaseLost
                 }
-                _ = health.tick() => match self.health() {
+                _ = health.tick() => match self.health().or_else(|| self.error_rate()) {
                     Some(e) => e,
                     None => continue,
                 },
@@ -575,6 +588,43 @@ impl Run {
             self.apply(actions, &mut pending).await;
         }
         self.this.inner.cancels.write().remove(&self.id);
+    }
+
+    /// `blue_green`, in its window after the switch: the share of requests through this node's
+    /// proxy that failed (a 5xx from the backend, or no answer), when it rose above
+    /// [`ERROR_RATE`] over at least [`ERROR_RATE_MIN`] requests.
+    fn error_rate(&mut self) -> Option<Event> {
+        let r = self.m.record();
+        let in_window = r.plan.strategy == Strategy::BlueGreen
+            && matches!(
+                r.phase,
+                Phase::Forward {
+                    step: augur_orchestrate::migration::Step::Retire,
+                    assigned: true
+                }
+            );
+        if !in_window {
+            self.window_base = None;
+            return None;
+        }
+        let services = self.this.inner.services.as_ref()?;
+        let now = {
+            let proxies = services.proxies.lock();
+            let (stats, _) = proxies.get(&r.plan.service)?;
+            let load =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            (
+                load(&stats.upstream_errors) + load(&stats.bad_gateway),
+                load(&stats.requests),
+            )
+        };
+        let base = *self.window_base.get_or_insert(now);
+        let (errors, requests) = (now.0 - base.0, now.1 - base.1);
+        if requests < ERROR_RATE_MIN {
+            return None;
+        }
+        let ratio = errors as f64 / requests as f64;
+        (ratio > ERROR_RATE).then_some(Event::ErrorRate { ratio })
     }
 
     /// The new instance's health as the fleet reports it, when it changed.

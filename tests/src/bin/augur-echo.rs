@@ -2,7 +2,8 @@
 //! on $HOST:$PORT (127.0.0.1:8080 by default) and answers every request with its instance id
 //! (`$AUGUR_INSTANCE`), `/healthz` included; `/slow/<ms>` answers after that many milliseconds
 //! (an in-flight request, for drain tests). Keep-alive as HTTP/1.1 clients expect. With
-//! `AUGUR_ECHO_READY_AFTER_MS`, `/healthz` answers 503 for that long after start (a slow start).
+//! `AUGUR_ECHO_READY_AFTER_MS`, `/healthz` answers 503 for that long after start (a slow start);
+//! with `AUGUR_ECHO_STATUS`, every other request is answered with that status (a bad release).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -23,6 +24,10 @@ async fn main() -> std::io::Result<()> {
         .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
     let id = std::env::var("AUGUR_INSTANCE").unwrap_or_else(|_| "echo".to_owned());
     let body = Bytes::from(format!("{id}\n"));
+    let status: u16 = std::env::var("AUGUR_ECHO_STATUS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let ready_at = std::time::Instant::now()
         + Duration::from_millis(
             std::env::var("AUGUR_ECHO_READY_AFTER_MS")
@@ -45,6 +50,14 @@ async fn main() -> std::io::Result<()> {
                             Response::builder()
                                 .status(503)
                                 .body(Full::new(Bytes::from_static(b"starting\n")))
+                                .unwrap_or_default(),
+                        );
+                    }
+                    if req.uri().path() != "/healthz" && status != 200 {
+                        return Ok::<_, Infallible>(
+                            Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::from_static(b"bad release\n")))
                                 .unwrap_or_default(),
                         );
                     }

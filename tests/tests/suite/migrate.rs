@@ -362,3 +362,74 @@ async fn a_warm_standby_switchover_whose_coordinator_is_killed_resumes() {
 async fn a_blue_green_switch_whose_coordinator_is_killed_in_its_soak_rolls_back() {
     kill_coordinator_at("blue_green", 0, "soak", &["--soak", "5s", "--window", "2s"]).await;
 }
+
+/// A bad release under `blue_green`: applying a new version restarts nothing; a migration brings
+/// green up on it beside blue; green passes its health checks but answers 500 to everything else;
+/// in the rollback window the error rate through the coordinator's proxy rises, the switch goes
+/// back to blue on its own, and blue serves every request again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_release_that_fails_in_its_window_switches_back_by_itself() {
+    let mut s = setup("blue_green", 0, 0).await;
+    let (blue_id, from, blue_addr) = one_serving(&s.fleet, "blue served through every proxy").await;
+    let load = Load::start(fronts(&mut s, &NODES), 300);
+    // Version 2: a bad release.
+    let bad = augur_tests::migration_fleet::spec(s.port, "blue_green", 0, 0).replace(
+        "env = { AUGUR_ECHO_READY_AFTER_MS = \"0\" }",
+        "env = { AUGUR_ECHO_READY_AFTER_MS = \"0\", AUGUR_ECHO_STATUS = \"500\" }",
+    );
+    let file = s.fleet.dir.path().join("echo-v2.toml");
+    std::fs::write(&file, bad).expect("spec");
+    augur_tests::apply_service(&s.fleet.agents["n1"].url(""), &file, &s.cred).expect("applied");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (still, _, _) = one_serving(&s.fleet, "blue still serves after the new version").await;
+    assert_eq!(
+        still, blue_id,
+        "a new version restarts nothing under blue_green"
+    );
+    let e = migrate(
+        &s,
+        "n1",
+        &[
+            "--strategy",
+            "blue_green",
+            "--from",
+            &from,
+            "--soak",
+            "1s",
+            "--window",
+            "8s",
+        ],
+    )
+    .await
+    .expect_err("the release is rolled back");
+    assert!(e.to_string().contains("error rate"), "{e}");
+    let (_, node, addr) = one_serving(&s.fleet, "blue alone serves again").await;
+    assert_eq!(
+        (node.as_str(), addr.as_str()),
+        (from.as_str(), blue_addr.as_str())
+    );
+    augur_tests::eventually("green gone", || async {
+        (instances(&s.fleet).await.len() == 1).then_some(())
+    })
+    .await
+    .expect("dropped");
+    let switched_back = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let outcomes = load.finish().await;
+    let after: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.started > switched_back)
+        .filter_map(|o| o.result.as_ref().err())
+        .collect();
+    let during = failed(&outcomes).len();
+    eprintln!(
+        "blue_green bad release: {} requests, {during} failed while green served, {} after the switch back",
+        outcomes.len(),
+        after.len()
+    );
+    assert!(
+        during > 0,
+        "green's errors were seen by clients before the switch back"
+    );
+    assert!(after.is_empty(), "{after:?}");
+}
