@@ -139,6 +139,10 @@ pub struct InstanceValue {
     /// serving instances of one slot, the higher is routed to.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lease_epoch: u64,
+    /// ... and the change (within that epoch) that made it serve: of two made to serve under one
+    /// epoch, the later (a rollback's old instance over the new one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease_seq: u64,
 }
 
 fn is_zero(v: &u64) -> bool {

@@ -538,21 +538,24 @@ impl Migration {
             "rollback",
             format!("{} failed: {reason}", step.as_str()),
         );
-        // Before the shift, the new instance never served: drop it at once. After, both serve
-        // first (the old one may have stopped serving), then the new one retires.
+        // Before the shift, the new instance never served: drop it at once. At the shift the old
+        // one still serves: the new one retires. After it, the old one had stopped serving: both
+        // serve first (the old one, made to serve by the later change, is preferred), then the
+        // new one retires.
         let dropped = step < Step::Shift;
+        let both = step > Step::Shift;
         self.record.phase = Phase::RollingBack {
             from: step,
             reason,
             dropped,
             assigned: false,
-            both: !dropped,
+            both,
         };
         let mut out = Vec::new();
-        let entries = if dropped {
-            self.rollback_entries(true)
-        } else {
+        let entries = if both {
             self.entries_at(Step::Shift)
+        } else {
+            self.rollback_entries(dropped)
         };
         self.assign(entries, now, &mut out);
         self.journal_then(out)
@@ -614,7 +617,9 @@ impl Migration {
                     _ => Vec::new(),
                 }
             }
-            Event::ErrorRate { ratio } if step == Step::Retire => self.fail(
+            // From the shift on, the new instance takes the traffic: a rise in errors then
+            // (the executor watches for one under blue_green) switches back.
+            Event::ErrorRate { ratio } if matches!(step, Step::Shift | Step::Retire) => self.fail(
                 step,
                 format!(
                     "the error rate rose to {:.1} % after the switch",

@@ -590,16 +590,18 @@ impl Run {
         self.this.inner.cancels.write().remove(&self.id);
     }
 
-    /// `blue_green`, in its window after the switch: the share of requests through this node's
+    /// `blue_green`, from its switch to the end of its window: the share of requests through this node's
     /// proxy that failed (a 5xx from the backend, or no answer), when it rose above
     /// [`ERROR_RATE`] over at least [`ERROR_RATE_MIN`] requests.
     fn error_rate(&mut self) -> Option<Event> {
         let r = self.m.record();
+        // From the shift (green takes the traffic) to the end of the window.
         let in_window = r.plan.strategy == Strategy::BlueGreen
             && matches!(
                 r.phase,
                 Phase::Forward {
-                    step: augur_orchestrate::migration::Step::Retire,
+                    step: augur_orchestrate::migration::Step::Shift
+                        | augur_orchestrate::migration::Step::Retire,
                     assigned: true
                 }
             );

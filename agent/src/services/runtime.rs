@@ -72,6 +72,9 @@ pub struct InstanceView {
     /// The fencing epoch of the assignment that made it serve (0: placed without one).
     #[serde(default)]
     pub lease_epoch: u64,
+    /// That assignment's change number within its epoch.
+    #[serde(default)]
+    pub lease_seq: u64,
 }
 
 /// An instance where it runs in the fleet, as `augur services` shows it.
@@ -94,6 +97,8 @@ pub struct PlacedInstance {
     pub role: Role,
     #[serde(default)]
     pub lease_epoch: u64,
+    #[serde(default)]
+    pub lease_seq: u64,
 }
 
 /// Every instance in the fleet: this node's (`local`, the freshest) and the live members'.
@@ -116,6 +121,7 @@ pub fn fleet_instances(
             slot: i.slot.clone(),
             role: i.role,
             lease_epoch: i.lease_epoch,
+            lease_seq: i.lease_seq,
         })
         .collect();
     for m in members {
@@ -135,6 +141,7 @@ pub fn fleet_instances(
             slot: i.slot.clone().unwrap_or_else(|| i.id.clone()),
             role: i.role.unwrap_or_default(),
             lease_epoch: i.lease_epoch,
+            lease_seq: i.lease_seq,
         }));
     }
     out.sort_by(|a, b| (&a.service, &a.id, &a.node).cmp(&(&b.service, &b.id, &b.node)));
@@ -165,6 +172,7 @@ struct Running {
     slot: String,
     role: Role,
     lease_epoch: u64,
+    lease_seq: u64,
 }
 
 /// An instance this node should run, and as what.
@@ -175,8 +183,9 @@ struct Wanted {
     spec: ServiceSpec,
     slot: String,
     role: Role,
-    /// The assignment's epoch (0: placed without one).
+    /// The assignment's epoch and change number (0: placed without one).
     lease_epoch: u64,
+    lease_seq: u64,
 }
 
 impl Running {
@@ -336,6 +345,7 @@ impl Runtime {
         for s in self.catalog.services() {
             let assigned = self.assignments.as_ref().and_then(|a| a.get(&s.name));
             let epoch = assigned.as_ref().map_or(0, |a| a.epoch);
+            let seq = assigned.as_ref().map_or(0, |a| a.seq);
             let all: Vec<Entry> = assigned.map(|a| a.entries).unwrap_or_default();
             // A slot placed anew never takes the id of an instance the assignment names (a
             // promoted standby keeps its id while it serves another slot).
@@ -369,6 +379,7 @@ impl Runtime {
                 slot,
                 role,
                 lease_epoch,
+                lease_seq: if lease_epoch > 0 { seq } else { 0 },
             };
             let nodes = place_with(&s.spec, &candidates, &fixed);
             for (i, node) in nodes.iter().enumerate() {
@@ -517,6 +528,7 @@ impl Runtime {
                         // to the slot's other serving instance.
                         if w.role == Role::Serving && r.role != Role::Serving {
                             r.lease_epoch = w.lease_epoch;
+                            r.lease_seq = w.lease_seq;
                         }
                         r.role = w.role;
                         r.slot = w.slot.clone();
@@ -567,6 +579,7 @@ impl Runtime {
                 slot,
                 role,
                 lease_epoch,
+                lease_seq,
             } = w;
             let free_port = || {
                 std::net::TcpListener::bind((self.instance_ip, 0))
@@ -678,6 +691,7 @@ impl Runtime {
                     slot,
                     role,
                     lease_epoch,
+                    lease_seq,
                 },
             );
         }
@@ -812,6 +826,7 @@ impl Runtime {
                 slot: r.slot.clone(),
                 role: r.role,
                 lease_epoch: r.lease_epoch,
+                lease_seq: r.lease_seq,
             })
             .collect();
         if let Some(m) = &self.mesh {
@@ -827,6 +842,7 @@ impl Runtime {
                     slot: Some(i.slot.clone()),
                     role: (i.role != Role::Serving).then_some(i.role),
                     lease_epoch: i.lease_epoch,
+                    lease_seq: i.lease_seq,
                 })
                 .collect();
             values.truncate(MAX_PUBLISHED);

@@ -48,8 +48,9 @@ pub struct Claim<'a> {
     pub slot: &'a str,
     /// Whether it serves (a standby or a retiring instance takes no traffic).
     pub serving: bool,
-    /// The fencing epoch of the assignment that made it serve.
+    /// The fencing epoch of the assignment that made it serve, and its change number.
     pub lease_epoch: u64,
+    pub lease_seq: u64,
 }
 
 /// The routes from the claims of the fleet: for each service in `services`, for each slot, the
@@ -61,7 +62,9 @@ pub fn routes<'a>(services: &[String], claims: impl IntoIterator<Item = Claim<'a
     let mut current: HashMap<(&str, &str), Claim<'a>> = HashMap::new();
     for c in claims.into_iter().filter(|c| c.serving && c.healthy) {
         match current.get(&(c.service, c.slot)) {
-            Some(have) if (have.lease_epoch, have.epoch) >= (c.lease_epoch, c.epoch) => {}
+            Some(have)
+                if (have.lease_epoch, have.lease_seq, have.epoch)
+                    >= (c.lease_epoch, c.lease_seq, c.epoch) => {}
             _ => {
                 current.insert((c.service, c.slot), c);
             }
@@ -103,6 +106,7 @@ fn claims<'a>(local: &'a [InstanceView], members: &'a [Member]) -> Vec<Claim<'a>
             slot: if i.slot.is_empty() { &i.id } else { &i.slot },
             serving: i.role == Role::Serving,
             lease_epoch: i.lease_epoch,
+            lease_seq: i.lease_seq,
         })
         .collect();
     for m in members {
@@ -118,6 +122,7 @@ fn claims<'a>(local: &'a [InstanceView], members: &'a [Member]) -> Vec<Claim<'a>
             slot: i.slot.as_deref().unwrap_or(&i.id),
             serving: i.role.is_none_or(|r| r == Role::Serving),
             lease_epoch: i.lease_epoch,
+            lease_seq: i.lease_seq,
         }));
     }
     out
@@ -446,6 +451,7 @@ mod tests {
             slot: id,
             serving: true,
             lease_epoch: 0,
+            lease_seq: 0,
         }
     }
 
@@ -510,6 +516,24 @@ mod tests {
                     },
                 ],
                 vec!["10.0.0.2:4000"],
+            ),
+            (
+                "under one epoch, the one made to serve by the later change (a rollback's old one)",
+                vec![
+                    Claim {
+                        slot: "0",
+                        lease_epoch: 7,
+                        lease_seq: 3,
+                        ..claim("web-0-m1", "10.0.0.2:4000", true, 9)
+                    },
+                    Claim {
+                        slot: "0",
+                        lease_epoch: 7,
+                        lease_seq: 5,
+                        ..claim("web-0", "10.0.0.1:4000", true, 1)
+                    },
+                ],
+                vec!["10.0.0.1:4000"],
             ),
             (
                 "standby and retiring instances take no traffic",

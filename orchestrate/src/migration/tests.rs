@@ -285,7 +285,8 @@ fn a_fault_at_every_step_rolls_back_with_the_slot_always_served() {
                 // The error rate is watched in blue_green's rollback window only; health from
                 // the surge on (at the surge it is "never healthy").
                 if fault == Fault::ErrorRate
-                    && !(step == Step::Retire && strategy == Strategy::BlueGreen)
+                    && !(matches!(step, Step::Shift | Step::Retire)
+                        && strategy == Strategy::BlueGreen)
                 {
                     continue;
                 }
