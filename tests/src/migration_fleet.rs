@@ -183,6 +183,18 @@ pub async fn instances(fleet: &LocalFleet) -> Vec<(String, String, String, Strin
         .collect()
 }
 
+/// Waits for a healthy standby of `echo`; returns it (id, node, addr, health, role).
+pub async fn healthy_standby(fleet: &LocalFleet) -> (String, String, String, String, String) {
+    crate::eventually("a healthy standby", || async {
+        instances(fleet)
+            .await
+            .into_iter()
+            .find(|i| i.4 == "standby" && i.3 == "healthy")
+    })
+    .await
+    .expect("a healthy standby")
+}
+
 /// Waits until every proxy routes to exactly one healthy serving instance; returns it.
 pub async fn one_serving(fleet: &LocalFleet, what: &str) -> (String, String, String) {
     crate::eventually(what, || async {

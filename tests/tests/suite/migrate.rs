@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use augur_tests::Load;
 use augur_tests::migration_fleet::{
-    NODES, Setup, at_step, augur, failed, finished, free_node, fronts, instances, migrate,
-    one_serving, owned, setup, setup_with, start_migration, until_journal,
+    NODES, Setup, at_step, augur, failed, finished, free_node, fronts, healthy_standby, instances,
+    migrate, one_serving, owned, setup, setup_with, start_migration, until_journal,
 };
 use serde_json::Value;
 
@@ -116,14 +116,7 @@ async fn a_live_migration_under_load_loses_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_standby_switchover_under_load_loses_no_request_and_a_new_standby_follows() {
     let mut s = setup("warm_standby", 1, 0).await;
-    let standby = augur_tests::eventually("a healthy standby", || async {
-        instances(&s.fleet)
-            .await
-            .into_iter()
-            .find(|i| i.4 == "standby" && i.3 == "healthy")
-    })
-    .await
-    .expect("standby");
+    let standby = healthy_standby(&s.fleet).await;
     let (_, _) = move_under_load(&mut s, "warm_standby", &[]).await;
     let (serving_id, serving_node, _) = one_serving(&s.fleet, "the former standby serves").await;
     assert_eq!(
@@ -261,14 +254,7 @@ async fn kill_coordinator_at(strategy: &str, standbys: u32, step: &str, extra: &
     let mut s = setup(strategy, standbys, 0).await;
     let (_, from, old_addr) = one_serving(&s.fleet, "echo served through every proxy").await;
     if standbys > 0 {
-        augur_tests::eventually("a healthy standby", || async {
-            instances(&s.fleet)
-                .await
-                .into_iter()
-                .find(|i| i.4 == "standby" && i.3 == "healthy")
-        })
-        .await
-        .expect("standby");
+        healthy_standby(&s.fleet).await;
     }
     let coordinator = free_node(&s.fleet).await;
     let others: Vec<&str> = NODES

@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use augur_tests::migration_fleet::routes;
 use augur_tests::{Haproxy, Load, LocalFleet, http};
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
@@ -20,24 +21,6 @@ fn spec(port: u16, replicas: u32, protocol: &str) -> String {
          successes = 1\nfailures = 2\n",
         env!("CARGO_BIN_EXE_augur-echo")
     )
-}
-
-/// The backends each node's proxies route `echo` to.
-async fn routes(fleet: &LocalFleet) -> Vec<BTreeSet<String>> {
-    let mut out = Vec::new();
-    for n in NODES {
-        let v = fleet.agents[n]
-            .get_json("/v1/services")
-            .await
-            .unwrap_or_default();
-        out.push(
-            v["routes"]["services"]["echo"]
-                .as_object()
-                .map(|o| o.keys().cloned().collect())
-                .unwrap_or_default(),
-        );
-    }
-    out
 }
 
 /// The instances of `echo` in the fleet as n1 sees them: id -> (node, addr, health).
