@@ -357,14 +357,18 @@ impl Proposer {
                 .map(|h| h.keys.clone())
                 .unwrap_or_default()
         } else {
-            let held_down = ask
+            // Held down when a majority of the promises say so: one voter that missed a
+            // release (its copy of the lease then ended on its timer, which starts a hold-down)
+            // does not block the fleet; one whose copy is still open reports it held.
+            let held_down: Vec<Duration> = ask
                 .promises
                 .values()
                 .flat_map(|(_, h)| h)
                 .filter(|(k, _)| *k == service)
                 .map(|(_, r)| *r)
-                .max();
-            if let Some(remaining) = held_down {
+                .collect();
+            if held_down.len() >= majority {
+                let remaining = held_down.iter().copied().max().unwrap_or_default();
                 let why = Failure::HoldDown {
                     service: self.want.service.clone(),
                     remaining,
