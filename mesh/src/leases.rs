@@ -616,13 +616,18 @@ impl Run {
 }
 
 #[cfg(test)]
+mod tests_support {
+    pub(super) use super::tests::fleet_with_leases;
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::sim::{SimConfig, SimFleet};
 
     const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 
-    async fn fleet_with_leases(
+    pub(super) async fn fleet_with_leases(
         seed: u64,
         duration: Duration,
     ) -> (
@@ -780,5 +785,61 @@ mod tests {
         assert!(bare.view().config_version.is_none());
         assert!(leases["c"].view().voter);
         assert!(leases["c"].stats().votes_refused.load(Ordering::Relaxed) >= 1);
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    use super::tests_support::*;
+    use super::*;
+    use augur_orchestrate::lease::wire::{Ballot, Invalid, Refusal};
+
+    /// An admitted peer that forges another's ballot, or sends a malformed assignment, is refused
+    /// with the reason and counted; nothing changes in the voter.
+    #[tokio::test(start_paused = true)]
+    async fn forged_ballots_and_bad_assignments_are_refused_and_counted() {
+        let (fleet, leases, _config) = fleet_with_leases(43, Duration::from_secs(10)).await;
+        let a: PeerId = fleet.peer_id("a").parse().expect("peer id");
+        let forged = ActRequest::Lease(Request::Prepare {
+            config: 1,
+            ballot: Ballot {
+                round: 99,
+                proposer: fleet.peer_id("c"),
+                nonce: 1,
+                lease_id: 1,
+            },
+            keys: vec!["service/web".into()],
+        });
+        let reply = fleet
+            .mesh("b")
+            .swarm
+            .lease_request(a, forged)
+            .await
+            .expect("answered");
+        assert!(
+            matches!(
+                reply,
+                ActReply::Lease(Reply::Refused {
+                    why: Refusal::Invalid(Invalid::NotTheSender(_)),
+                    ..
+                })
+            ),
+            "{reply:?}"
+        );
+        assert_eq!(leases["a"].stats().votes_refused.load(Ordering::Relaxed), 1);
+        assert!(leases["a"].view().open.is_empty());
+        let bad = ActRequest::Assign(Assignment {
+            service: "Not A Service!".into(),
+            epoch: 1,
+            seq: 1,
+            entries: vec![],
+        });
+        let reply = fleet
+            .mesh("b")
+            .swarm
+            .lease_request(a, bad)
+            .await
+            .expect("answered");
+        assert!(matches!(reply, ActReply::Assign(Err(_))), "{reply:?}");
     }
 }

@@ -158,7 +158,8 @@ pub struct SwarmStats {
     pub published: AtomicU64,
     /// Lease requests handed to this node's voter.
     pub lease_requests: AtomicU64,
-    /// Lease requests dropped: from a peer not admitted, or with the voter's inbox full.
+    /// Lease requests dropped: from a peer not admitted, with the voter's inbox full, or
+    /// unreadable (malformed, oversized, cut short).
     pub lease_dropped: AtomicU64,
     /// Lease requests this node sent that got no reply (timeout, closed connection, no route).
     pub lease_failures: AtomicU64,
@@ -726,6 +727,12 @@ async fn run(
                         if let Some(tx) = lease_out.remove(&request_id) {
                             let _ = tx.send(Err(error.to_string()));
                         }
+                    }
+                    // A request that could not be read (malformed, over LEASE_MESSAGE_MAX, cut
+                    // short): dropped, counted.
+                    request_response::Event::InboundFailure { peer, error, .. } => {
+                        stats.lease_dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, %error, "unreadable lease request dropped");
                     }
                     _ => {}
                 },

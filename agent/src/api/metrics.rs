@@ -527,6 +527,27 @@ fn encode_mesh(enc: &mut DescriptorEncoder, mesh: &Mesh) -> fmt::Result {
         Counter,
         one(load(&ss.messages_rejected)),
     )?;
+    family(
+        enc,
+        "mesh_lease_requests",
+        "Lease requests and assignments from admitted peers handed to this node",
+        Counter,
+        one(load(&ss.lease_requests)),
+    )?;
+    family(
+        enc,
+        "mesh_lease_requests_dropped",
+        "Lease requests dropped: from a peer not admitted, the inbox full, or unreadable (malformed, oversized, cut short)",
+        Counter,
+        one(load(&ss.lease_dropped)),
+    )?;
+    family(
+        enc,
+        "mesh_lease_requests_failed",
+        "Lease requests this node sent that got no reply (timeout, closed connection, peer not admitted)",
+        Counter,
+        one(load(&ss.lease_failures)),
+    )?;
     let members = mesh.members();
     family(
         enc,
