@@ -17,6 +17,7 @@
 
 use std::fmt::Debug;
 
+pub mod autonomy;
 pub mod catalog;
 pub mod fleet;
 pub mod health;
