@@ -180,6 +180,28 @@ pub async fn run(
         )),
         _ => None,
     };
+    // The autonomous loop, and the trends this node hands to peers' witnesses.
+    let autonomy_view = crate::migrate::autonomy::AutonomyView::default();
+    let autonomy = match (&mesh, &leases, &migrations) {
+        (Some(m), Some(l), Some(mg)) => {
+            l.set_trends(Arc::new(crate::migrate::autonomy::Trends {
+                history: history.clone(),
+                config: rx_config.clone(),
+            }));
+            Some(crate::migrate::autonomy::Setup {
+                mesh: m.clone(),
+                leases: l.clone(),
+                migrations: mg.clone(),
+                assignments: assignments.clone(),
+                catalog: catalog.clone(),
+                history: history.clone(),
+                models: models.clone(),
+                config: rx_config.clone(),
+                events: emitter.clone(),
+            })
+        }
+        _ => None,
+    };
     let api_state = ApiState {
         node: Arc::new(api::NodeInfo {
             node_name: node_name.clone(),
@@ -206,6 +228,7 @@ pub async fn run(
         tasks: writer_group.health().clone(),
         leases: leases.clone(),
         migrations,
+        autonomy: autonomy_view.clone(),
     };
 
     let mut writer_tasks = vec![writer_group.spawn(
@@ -311,6 +334,12 @@ pub async fn run(
                 assignments.clone(),
                 stage_group.token(),
             ),
+        ));
+    }
+    if let Some(setup) = autonomy {
+        stage_tasks.push(stage_group.spawn(
+            "migrate.autonomy",
+            crate::migrate::autonomy::run(setup, autonomy_view, stage_group.token()),
         ));
     }
     if let Some(m) = &mesh {

@@ -172,6 +172,7 @@ async fn augur(o: Opts) -> Result {
         resource_id: Some("db-1".into()),
         anomaly_score: 0.1,
         above_threshold: false,
+        ..Default::default()
     };
     fleet
         .membership(&names[0])

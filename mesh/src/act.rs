@@ -3,7 +3,7 @@
 //! the service's lease under its fencing epoch.
 
 use augur_orchestrate::lease::wire::{Reply, Request};
-use augur_orchestrate::migration::Entry;
+use augur_orchestrate::migration::{Entry, Record};
 use serde::{Deserialize, Serialize};
 
 /// Entries one assignment may hold (a service's replicas and standbys, and a move's extra one).
@@ -22,6 +22,34 @@ pub struct Assignment {
     /// The change's number within the lease's migration.
     pub seq: u64,
     pub entries: Vec<Entry>,
+    /// The move it is a step of, as its coordinator journaled it before sending it: replicated
+    /// with every assignment (a majority of the lease voters must take it before the coordinator
+    /// goes on), so if the coordinator dies mid-way the next one finishes or undoes the move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<Box<MoveJournal>>,
+}
+
+/// A move's journal as it travels with its assignments.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveJournal {
+    /// The migration's id.
+    pub id: String,
+    /// The node that coordinates it (its peer id).
+    pub coordinator: String,
+    /// The lease it acts under: a successor takes over this very lease (its hold-down does not
+    /// apply to it).
+    pub lease_id: u64,
+    pub record: Record,
+}
+
+impl MoveJournal {
+    /// Whether the move is over (completed, refused, rolled back or abandoned).
+    pub fn finished(&self) -> bool {
+        matches!(
+            self.record.phase,
+            augur_orchestrate::migration::Phase::Finished(_)
+        )
+    }
 }
 
 impl Assignment {
@@ -40,6 +68,23 @@ impl Assignment {
         for e in &self.entries {
             if !(ok(&e.instance) && ok(&e.node) && ok(&e.slot)) {
                 return Err("an entry's instance, node or slot is empty, too long or has control characters".into());
+            }
+        }
+        if let Some(j) = &self.journal {
+            if !(ok(&j.id) && ok(&j.coordinator)) {
+                return Err(
+                    "the journal's id or coordinator is empty, too long or has control characters"
+                        .into(),
+                );
+            }
+            if j.record.plan.service != self.service {
+                return Err(format!(
+                    "the journal is of {:?}, the assignment of {:?}",
+                    j.record.plan.service, self.service
+                ));
+            }
+            if j.record.log.len() > augur_orchestrate::migration::MAX_LOG {
+                return Err("the journal's log is too long".into());
             }
         }
         let mut ids: Vec<&str> = self.entries.iter().map(|e| e.instance.as_str()).collect();
@@ -61,11 +106,74 @@ impl Assignment {
 pub enum ActRequest {
     Lease(Request),
     Assign(Assignment),
+    /// The latest assignment of a service the node holds (a successor reads a majority's).
+    Latest {
+        service: String,
+    },
+    /// The recent samples of a resource the node predicts to fail, for a peer's second opinion.
+    Trend {
+        resource_id: String,
+    },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Samples a trend carries at most (four minutes at the default interval).
+pub const MAX_TREND_POINTS: usize = 240;
+/// Metrics each sample of a trend carries at most.
+pub const MAX_TREND_METRICS: usize = 16;
+
+/// One sample of a resource's recent telemetry, as a node hands it to a witness.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrendPoint {
+    pub ts_ms: u64,
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
+/// The resource's type and samples, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trend {
+    pub resource_type: String,
+    pub points: Vec<TrendPoint>,
+}
+
+impl Trend {
+    /// Checks the bounds of what arrived from the network: at most [`MAX_TREND_POINTS`] points of
+    /// [`MAX_TREND_METRICS`] finite metrics with sane names, in time order.
+    pub fn validate(&self) -> Result<(), String> {
+        let name_ok =
+            |s: &str| !s.is_empty() && s.len() <= MAX_NAME && !s.chars().any(char::is_control);
+        if !name_ok(&self.resource_type) {
+            return Err("the trend's resource type is not a name".into());
+        }
+        if self.points.len() > MAX_TREND_POINTS {
+            return Err(format!(
+                "{} points; at most {MAX_TREND_POINTS}",
+                self.points.len()
+            ));
+        }
+        for p in &self.points {
+            if p.metrics.len() > MAX_TREND_METRICS {
+                return Err(format!(
+                    "{} metrics in a point; at most {MAX_TREND_METRICS}",
+                    p.metrics.len()
+                ));
+            }
+            if !p.metrics.iter().all(|(k, v)| name_ok(k) && v.is_finite()) {
+                return Err("a metric's name is not a name, or its value is not finite".into());
+            }
+        }
+        if self.points.windows(2).any(|w| w[0].ts_ms > w[1].ts_ms) {
+            return Err("the trend's points are not in time order".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ActReply {
     Lease(Reply),
     /// Taken (persisted), or why not.
     Assign(Result<(), String>),
+    Latest(Option<Assignment>),
+    /// The resource's recent samples (none: not tracked here).
+    Trend(Option<Trend>),
 }

@@ -267,6 +267,7 @@ async fn an_admitted_node_cannot_crash_gossip_impersonate_or_flood_members() {
         resource_id: Some("db".into()),
         anomaly_score: 0.0,
         above_threshold: false,
+        ..Default::default()
     };
     fleet
         .membership("a")

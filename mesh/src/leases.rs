@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::act::{ActReply, ActRequest, Assignment};
+use crate::act::{ActReply, ActRequest, Assignment, Trend};
 use crate::swarm::SwarmHandle;
 use crate::tasks::Tasks;
 
@@ -43,6 +43,13 @@ pub trait AssignStore: Send + Sync + 'static {
     /// Takes `a` from `from` (persisted before this returns), or says why not: an epoch below
     /// the fence, or an older change than held.
     fn offer(&self, from: &PeerId, a: Assignment) -> Result<(), String>;
+    /// The latest assignment of `service` held.
+    fn latest(&self, service: &str) -> Option<Assignment>;
+}
+
+/// Where a node's recent telemetry comes from when a peer asks for a resource's trend.
+pub trait TrendSource: Send + Sync + 'static {
+    fn trend(&self, resource_id: &str) -> Option<Trend>;
 }
 
 /// A store in memory (the simulation's "disk": it survives a simulated restart when kept).
@@ -124,6 +131,7 @@ struct Inner {
     stats: LeaseStats,
     tasks: Tasks,
     assignments: Option<Arc<dyn AssignStore>>,
+    trends: std::sync::OnceLock<Arc<dyn TrendSource>>,
 }
 
 /// This node's leases. Cloneable handle.
@@ -231,6 +239,7 @@ impl Leases {
             stats: LeaseStats::default(),
             tasks: tasks.clone(),
             assignments,
+            trends: std::sync::OnceLock::new(),
         });
         let leases = Self { inner };
         if let Some(inbox) = swarm.take_lease_inbox() {
@@ -267,6 +276,12 @@ impl Leases {
                     let reply = match req.request {
                         ActRequest::Lease(r) => self.vote(&req.from.to_string(), r).map(ActReply::Lease),
                         ActRequest::Assign(a) => Some(ActReply::Assign(self.take(&req.from, a))),
+                        ActRequest::Latest { service } => Some(ActReply::Latest(
+                            self.inner.assignments.as_ref().and_then(|s| s.latest(&service)),
+                        )),
+                        ActRequest::Trend { resource_id } => Some(ActReply::Trend(
+                            self.inner.trends.get().and_then(|t| t.trend(&resource_id)),
+                        )),
                     };
                     if let Some(reply) = reply {
                         self.inner.swarm.answer_lease(req.id, reply).await;
@@ -352,13 +367,89 @@ impl Leases {
                 }
                 let r = match swarm.lease_request(p, ActRequest::Assign(a)).await {
                     Ok(ActReply::Assign(r)) => r,
-                    Ok(ActReply::Lease(_)) => Err("answered with a lease reply".into()),
+                    Ok(_) => Err("answered with another kind of reply".into()),
                     Err(e) => Err(e.to_string()),
                 };
                 (p, r)
             }
         });
         futures::future::join_all(sends).await
+    }
+
+    /// The latest assignment of `service` among those a majority of the lease voters hold (the
+    /// highest `(epoch, seq)` of the answers), once a majority answered; `Err` with how many did
+    /// when no majority did. Every assignment a coordinator went on from was taken by a majority
+    /// of the voters, so any majority's answers include the last of them.
+    pub async fn latest(&self, service: &str) -> Result<Option<Assignment>, (usize, usize)> {
+        let voters: Vec<String> = self
+            .inner
+            .config
+            .borrow()
+            .as_ref()
+            .map(|(_, s)| s.voters.clone())
+            .unwrap_or_default();
+        let me = self.inner.me;
+        let asks = voters
+            .iter()
+            .filter_map(|v| v.parse::<PeerId>().ok())
+            .map(|p| {
+                let swarm = self.inner.swarm.clone();
+                let local = self.inner.assignments.clone();
+                let service = service.to_owned();
+                async move {
+                    if p == me {
+                        return Some(local.as_ref().and_then(|s| s.latest(&service)));
+                    }
+                    match swarm.lease_request(p, ActRequest::Latest { service }).await {
+                        Ok(ActReply::Latest(a)) => Some(a.filter(|a| a.validate().is_ok())),
+                        _ => None,
+                    }
+                }
+            });
+        let answers: Vec<Option<Assignment>> = futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if voters.is_empty() || answers.len() <= voters.len() / 2 {
+            return Err((answers.len(), voters.len()));
+        }
+        Ok(answers
+            .into_iter()
+            .flatten()
+            .filter(|a| a.service == service)
+            .max_by_key(|a| (a.epoch, a.seq)))
+    }
+
+    /// Where this node's trends come from when a peer asks (set once).
+    pub fn set_trends(&self, source: Arc<dyn TrendSource>) {
+        let _ = self.inner.trends.set(source);
+    }
+
+    /// Asks `peer` for the recent samples of `resource_id` (a witness's evidence).
+    pub async fn trend(&self, peer: PeerId, resource_id: &str) -> Result<Option<Trend>, String> {
+        let request = ActRequest::Trend {
+            resource_id: resource_id.to_owned(),
+        };
+        match self.inner.swarm.lease_request(peer, request).await {
+            Ok(ActReply::Trend(Some(t))) => {
+                t.validate()?;
+                Ok(Some(t))
+            }
+            Ok(ActReply::Trend(None)) => Ok(None),
+            Ok(_) => Err("answered with another kind of reply".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The lease voters (peer ids) of the fleet document this node holds.
+    pub fn voters(&self) -> Vec<String> {
+        self.inner
+            .config
+            .borrow()
+            .as_ref()
+            .map(|(_, s)| s.voters.clone())
+            .unwrap_or_default()
     }
 
     /// The state of this node's leases.
@@ -550,7 +641,7 @@ impl Run {
                                 s.bytes.fetch_add(cbor_len(&reply), Ordering::Relaxed);
                                 (to, Some(reply))
                             }
-                            Ok(ActReply::Assign(_)) => (to, None),
+                            Ok(_) => (to, None),
                             Err(e) => {
                                 tracing::debug!(error = %e, "lease request without a reply");
                                 (to, None)
@@ -833,6 +924,7 @@ mod hostile {
             epoch: 1,
             seq: 1,
             entries: vec![],
+            journal: None,
         });
         let reply = fleet
             .mesh("b")

@@ -94,6 +94,10 @@ pub enum EventKind {
     /// ... ended (`outcome`: completed, refused, rolled_back, abandoned).
     #[serde(rename = "migration.finished")]
     MigrationFinished(MigrationChange),
+    /// The origin's autonomy took a decision on a case (elected, witnessed, moving, waiting, in
+    /// shadow mode what it would do, done): `augur_orchestrate::autonomy::Report`.
+    #[serde(rename = "autonomy.decision")]
+    Autonomy(augur_orchestrate::autonomy::Report),
 }
 
 /// A migration's progress, as its coordinator reports it.
@@ -170,6 +174,7 @@ impl EventKind {
             EventKind::TrafficError(_) => "traffic.error",
             EventKind::MigrationStep(_) => "migration.step",
             EventKind::MigrationFinished(_) => "migration.finished",
+            EventKind::Autonomy(_) => "autonomy.decision",
         }
     }
 

@@ -711,6 +711,7 @@ mod tests {
             resource_id: Some("db-1".into()),
             anomaly_score: 0.0,
             above_threshold: false,
+            ..Default::default()
         };
         fleet
             .membership("b")

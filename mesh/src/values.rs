@@ -84,7 +84,18 @@ pub struct Health {
     pub resource_id: Option<String>,
     pub anomaly_score: f64,
     pub above_threshold: bool,
+    /// The resources it predicts to fail (at or above their type's threshold), riskiest first,
+    /// at most [`MAX_ALARMS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alarms: Vec<augur_orchestrate::autonomy::Alarm>,
+    /// Starved of CPU or memory, or its own loop running late: its predictions need a peer's
+    /// independent evidence.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starved: bool,
 }
+
+/// Alarms one health value carries at most (more are cut, riskiest kept).
+pub const MAX_ALARMS: usize = 16;
 
 /// Free capacity.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -345,6 +356,7 @@ mod tests {
             resource_id: Some("db-1".into()),
             anomaly_score: 0.2,
             above_threshold: true,
+            ..Default::default()
         });
         let (key, stored) = seal(&kp, "fleet", &v, 3, 1_000);
         let opened = open("fleet", &node, key, &stored).expect("opens");

@@ -99,6 +99,8 @@ impl Settings {
 pub enum Trigger {
     /// The instance's node predicts it fails within the horizon.
     Predicted {
+        /// The resource predicted to fail: the instance, or its node's host resource.
+        resource: String,
         probability: f64,
         threshold: f64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -598,8 +600,12 @@ pub struct Alarm {
 pub struct ObservedInstance {
     pub id: String,
     pub service: String,
+    /// The slot it serves or stands by for.
+    pub slot: String,
     /// Routed to (not a standby, not retiring).
     pub serving: bool,
+    /// Passing its health checks.
+    pub healthy: bool,
     pub lease_epoch: u64,
 }
 
@@ -618,7 +624,8 @@ pub struct Unfinished {
 /// The cases in `members`' published state, under the fleet's mode and each service's
 /// (`modes`; a service not named runs in the fleet's). An alarm counts only for an instance its
 /// own node publishes as serving (a node cannot raise an alarm on another node's instance); a
-/// host alarm (the resource named as the node) counts for every serving instance on it.
+/// host alarm (the resource named as the node) counts for every serving instance on it. A
+/// serving instance on a dead node is a case until another live node serves its slot.
 pub fn cases(
     members: &[Observed],
     unfinished: &[Unfinished],
@@ -649,7 +656,16 @@ pub fn cases(
                 trigger,
             };
             if m.dead {
-                out.insert((i.service.clone(), i.id.clone()), base(Trigger::NodeDead));
+                // Unless another live node already serves its slot (placement replaced it).
+                let replaced = members.iter().any(|o| {
+                    o.alive
+                        && o.instances.iter().any(|j| {
+                            j.service == i.service && j.slot == i.slot && j.serving && j.healthy
+                        })
+                });
+                if !replaced {
+                    out.insert((i.service.clone(), i.id.clone()), base(Trigger::NodeDead));
+                }
                 continue;
             }
             if !m.alive {
@@ -665,6 +681,7 @@ pub fn cases(
                 out.insert(
                     (i.service.clone(), i.id.clone()),
                     base(Trigger::Predicted {
+                        resource: a.resource_id.clone(),
                         probability: a.probability,
                         threshold: a.threshold,
                         eta_s: a.eta_s,

@@ -11,6 +11,11 @@
 //! max_migrations_per_zone = 1
 //! hold_down = "10m"
 //! duration = "15s"
+//!
+//! [autonomy]        # optional
+//! mode = "act"      # or "shadow": decide and publish, move nothing
+//! dwell = "3s"
+//! takeover = "10s"
 //! ```
 
 use std::time::Duration;
@@ -28,6 +33,46 @@ pub const MAX_BUDGET: u32 = 16;
 #[serde(deny_unknown_fields)]
 pub struct FleetDoc {
     pub leases: LeaseSettings,
+    /// How the fleet acts on its predictions (defaults when absent).
+    #[serde(default)]
+    pub autonomy: AutonomyDoc,
+}
+
+/// How the fleet acts on predicted failures and dead nodes (`orchestrate::autonomy`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutonomyDoc {
+    /// `act` (the default): move work off what is predicted to fail; `shadow`: decide, publish
+    /// what would be done as events, move nothing. A service's own `autonomy` may make it
+    /// `shadow` too.
+    #[serde(default)]
+    pub mode: crate::autonomy::Mode,
+    /// How long a prediction must stay above its threshold before anyone acts (damps a
+    /// flapping predictor). At most 10m.
+    #[serde(default = "three_seconds", with = "humantime_serde")]
+    pub dwell: Duration,
+    /// How long each peer in a move's election order gives the ones before it to start, before
+    /// it takes over. 1s to 10m.
+    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    pub takeover: Duration,
+}
+
+impl Default for AutonomyDoc {
+    fn default() -> Self {
+        Self {
+            mode: crate::autonomy::Mode::Act,
+            dwell: three_seconds(),
+            takeover: ten_seconds(),
+        }
+    }
+}
+
+fn three_seconds() -> Duration {
+    Duration::from_secs(3)
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Who grants the right to act, and how much may move at once.
@@ -136,6 +181,19 @@ impl FleetDoc {
                 format!("at most 24h, got {:?}", l.hold_down),
             ));
         }
+        let a = &self.autonomy;
+        if a.dwell > Duration::from_secs(600) {
+            return Err(err(
+                "autonomy.dwell",
+                format!("at most 10m, got {:?}", a.dwell),
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&a.takeover) {
+            return Err(err(
+                "autonomy.takeover",
+                format!("1s to 10m, got {:?}", a.takeover),
+            ));
+        }
         Ok(())
     }
 }
@@ -154,7 +212,7 @@ mod tests {
         assert_eq!(d.leases.max_migrations_per_zone, 1);
         assert_eq!(d.leases.hold_down, Duration::from_secs(600));
         assert_eq!(d.leases.duration, Duration::from_secs(15));
-        assert_eq!(FleetDoc::from_toml(&d.to_toml()), Ok(d));
+        assert_eq!(FleetDoc::from_toml(&d.to_toml()), Ok(d.clone()));
         let cases = [
             ("voters = []", "leases.voters"),
             ("voters = [\"node-1\"]", "leases.voters"),
@@ -182,6 +240,24 @@ mod tests {
         ];
         for (body, field) in cases {
             let e = FleetDoc::from_toml(&format!("[leases]\n{body}\n")).expect_err(body);
+            assert_eq!(e.field, field, "{body}: {e}");
+        }
+        // Autonomy: defaults, a shadow fleet, and its bad fields named.
+        assert_eq!(d.autonomy, AutonomyDoc::default());
+        let leases = format!("[leases]\nvoters = [\"{PEER}\"]\n");
+        let shadow = FleetDoc::from_toml(&format!(
+            "{leases}[autonomy]\nmode = \"shadow\"\ndwell = \"5s\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(shadow.autonomy.mode, crate::autonomy::Mode::Shadow);
+        assert_eq!(shadow.autonomy.dwell, Duration::from_secs(5));
+        assert_eq!(FleetDoc::from_toml(&shadow.to_toml()), Ok(shadow));
+        for (body, field) in [
+            ("dwell = \"1h\"", "autonomy.dwell"),
+            ("takeover = \"0s\"", "autonomy.takeover"),
+            ("mode = \"yolo\"", "fleet"),
+        ] {
+            let e = FleetDoc::from_toml(&format!("{leases}[autonomy]\n{body}\n")).expect_err(body);
             assert_eq!(e.field, field, "{body}: {e}");
         }
     }

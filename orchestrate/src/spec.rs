@@ -44,6 +44,11 @@ pub struct ServiceSpec {
     /// How an instance is moved off a node predicted to fail.
     #[serde(default)]
     pub strategy: Strategy,
+    /// `act` (the default) or `shadow`: augur decides its moves and publishes them as events,
+    /// but moves nothing on its own (an operator's `augur migrate` still does). The fleet
+    /// document's `autonomy.mode = "shadow"` applies to every service.
+    #[serde(default, skip_serializing_if = "is_act")]
+    pub autonomy: crate::autonomy::Mode,
     /// Nodes (by node name) the replicas are pinned to, in order; at most `replicas`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pin: Vec<String>,
@@ -55,6 +60,10 @@ pub struct ServiceSpec {
 
 fn one() -> u32 {
     1
+}
+
+fn is_act(m: &crate::autonomy::Mode) -> bool {
+    *m == crate::autonomy::Mode::Act
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -72,6 +72,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/services", get(services).post(change_service))
         .route("/v1/fleet", get(fleet_document).post(change_service))
         .route("/v1/leases", get(leases))
+        .route("/v1/autonomy", get(autonomy))
         .route("/orchestrate_migration", post(orchestrate_migration))
         .route("/v1/migrations", get(list_migrations))
         .route("/v1/migrations/{id}", get(get_migration))
@@ -334,6 +335,25 @@ async fn leases(
             "this node is not in a mesh, and leases need one: set mesh.fleet_keys and a join token"
                 .to_owned(),
         )
+    })
+}
+
+/// The fleet's autonomy settings and the cases this node considers (`augur autonomy`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct AutonomyState {
+    /// The fleet document's autonomy settings (defaults without one).
+    pub settings: augur_orchestrate::fleet::AutonomyDoc,
+    /// Whether a fleet document is held (without one nothing can move: no lease voters).
+    pub fleet_document: bool,
+    pub cases: Vec<augur_orchestrate::autonomy::Report>,
+}
+
+async fn autonomy(State(st): State<ApiState>) -> Json<AutonomyState> {
+    let doc = st.catalog.fleet();
+    Json(AutonomyState {
+        fleet_document: doc.is_some(),
+        settings: doc.map(|(_, d)| d.autonomy).unwrap_or_default(),
+        cases: st.autonomy.cases(),
     })
 }
 

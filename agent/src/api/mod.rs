@@ -49,6 +49,8 @@ pub struct ApiState {
     pub leases: Option<augur_mesh::leases::Leases>,
     /// The migrations this node coordinates, when it is in a mesh.
     pub migrations: Option<crate::migrate::executor::Migrations>,
+    /// The cases this node's autonomy considers.
+    pub autonomy: crate::migrate::autonomy::AutonomyView,
 }
 
 /// Who this agent is and where it listens.

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use augur_mesh::values::{Capacity, Health, NodeValue, Placement};
+use augur_mesh::values::{Capacity, Health, MAX_ALARMS, NodeValue, Placement};
 use augur_mesh::{Crossing, EventKind, FleetEvent, Mesh};
+use augur_orchestrate::autonomy::Alarm;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -58,7 +59,8 @@ pub async fn run(
         .unwrap_or_default();
     let mut crossings_open = true;
     loop {
-        tokio::select! {
+        // How late this tick ran (a starved node's loops run late).
+        let late = tokio::select! {
             () = stop.cancelled() => return,
             c = rx_crossings.recv(), if crossings_open => {
                 let Some(p) = c else {
@@ -73,14 +75,31 @@ pub async fn run(
                         log.push(event);
                     }
                 }
-                continue;
+                // The alarms in the health value change now, not at the next tick.
+                Duration::ZERO
             }
-            _ = tick.tick() => {}
-        }
+            at = tick.tick() => tokio::time::Instant::now().saturating_duration_since(at),
+        };
         {
             let all = predictions.all();
             let Some(mesh) = &mesh else { continue };
             let riskiest = all.first();
+            let host = history
+                .resources()
+                .into_iter()
+                .find(|r| r.resource_id.as_str() == node_name)
+                .and_then(|r| r.latest);
+            let alarms: Vec<Alarm> = all
+                .iter()
+                .filter(|p| p.above_threshold)
+                .take(MAX_ALARMS)
+                .map(|p| Alarm {
+                    resource_id: p.resource_id.to_string(),
+                    probability: p.prediction.failure_probability,
+                    threshold: p.threshold,
+                    eta_s: p.prediction.eta_s,
+                })
+                .collect();
             mesh.publish_value(NodeValue::Health(Health {
                 max_failure_probability: riskiest.map_or(0.0, |p| p.prediction.failure_probability),
                 resource_id: riskiest.map(|p| p.resource_id.to_string()),
@@ -89,13 +108,10 @@ pub async fn run(
                     .map(|p| p.prediction.anomaly_score)
                     .fold(0.0, f64::max),
                 above_threshold: all.iter().any(|p| p.above_threshold),
+                alarms,
+                starved: starved(host.as_ref().map(|h| &h.metrics), late),
             }));
-            if let Some(host) = history
-                .resources()
-                .into_iter()
-                .find(|r| r.resource_id.as_str() == node_name)
-                .and_then(|r| r.latest)
-            {
+            if let Some(host) = host {
                 let m = &host.metrics;
                 let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
                 mesh.publish_value(NodeValue::Capacity(Capacity {
@@ -129,6 +145,22 @@ pub async fn run(
         }
     }
 }
+
+/// A starved node: its CPU or memory nearly all used, or its own loop running more than
+/// [`STARVED_LATE`] late. Its predictions then need a peer's independent evidence (the same lesson
+/// as the membership's self-doubt: a starved node is the one most likely to misjudge).
+fn starved(host: Option<&BTreeMap<String, f64>>, late: Duration) -> bool {
+    let high = |k: &str| {
+        host.and_then(|m| m.get(k))
+            .is_some_and(|v| v.is_finite() && *v >= STARVED_USE)
+    };
+    late > STARVED_LATE || high(CPU_UTIL) || high("mem_used_ratio")
+}
+
+/// CPU or memory use (a share) at which a node counts as starved.
+const STARVED_USE: f64 = 0.95;
+/// How late its loop may run before a node counts as starved.
+const STARVED_LATE: Duration = Duration::from_secs(1);
 
 /// The fleet event of a crossing.
 fn crossing_event(p: &PredictionView, self_id: &str, node_name: &str) -> FleetEvent {

@@ -110,6 +110,10 @@ impl AssignStore for Assignments {
     fn offer(&self, _from: &PeerId, a: Assignment) -> Result<(), String> {
         self.take(a)
     }
+
+    fn latest(&self, service: &str) -> Option<Assignment> {
+        self.get(service)
+    }
 }
 
 /// Sends every assignment to every admitted peer now and then, and to each peer once admitted.
@@ -163,6 +167,7 @@ mod tests {
                 role: Role::Serving,
                 version: None,
             }],
+            journal: None,
         }
     }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use augur_mesh::act::Assignment;
+use augur_mesh::act::{Assignment, MoveJournal};
 use augur_mesh::leases::{Lease, Leases};
 use augur_mesh::membership::MemberStatus;
 use augur_mesh::{EventKind, Mesh, MigrationChange, PeerId, Tasks};
@@ -128,6 +128,8 @@ struct Inner {
     cancels: RwLock<BTreeMap<String, mpsc::Sender<String>>>,
     /// Why a migration's lease was refused, as the lease layer said it.
     refusals: RwLock<BTreeMap<String, Failure>>,
+    /// Takeovers still asking for their lease.
+    takeovers: RwLock<std::collections::BTreeSet<String>>,
     tasks: Tasks,
 }
 
@@ -197,6 +199,7 @@ impl Migrations {
                 journals: RwLock::new(journals.clone()),
                 cancels: RwLock::default(),
                 refusals: RwLock::default(),
+                takeovers: RwLock::default(),
                 tasks: tasks.clone(),
             }),
         };
@@ -277,6 +280,126 @@ impl Migrations {
             .collect()
     }
 
+    /// Takes over the unfinished move `migration` of `service`, whose coordinator died: wins its
+    /// very lease as its successor (the lease ends on the voters' timers first; its hold-down does
+    /// not apply to it), reads the move's journal from a majority of the voters under it, and
+    /// finishes or undoes the move from there (`Migration::resume`: before `retire` it rolls
+    /// back, from `retire` on it finishes). Returns at once; [`Migrations::get`] shows it once
+    /// the lease is won, [`Migrations::refusal`] why not.
+    pub fn take_over(&self, service: &str, migration: &str) -> Result<(), RequestError> {
+        if self.inner.journals.read().contains_key(migration)
+            || self.inner.takeovers.read().contains(migration)
+        {
+            return Ok(());
+        }
+        let Some(j) = self
+            .inner
+            .assignments
+            .get(service)
+            .and_then(|a| a.journal)
+            .filter(|j| j.id == migration && !j.finished())
+        else {
+            return Err(RequestError::NotFound(format!(
+                "no unfinished move {migration} of {service} in the journal this node holds"
+            )));
+        };
+        self.inner.refusals.write().remove(migration);
+        self.inner.takeovers.write().insert(migration.to_owned());
+        let this = self.clone();
+        let (service, migration) = (service.to_owned(), migration.to_owned());
+        self.inner.tasks.spawn("migrate.takeover", async move {
+            let r = this.succeed(&service, &migration, &j).await;
+            this.inner.takeovers.write().remove(&migration);
+            if let Err(f) = r {
+                tracing::info!(%migration, error = %f, "taking over the move failed");
+                this.inner.refusals.write().insert(migration, f);
+            }
+        });
+        Ok(())
+    }
+
+    async fn succeed(
+        &self,
+        service: &str,
+        migration: &str,
+        j: &MoveJournal,
+    ) -> Result<(), Failure> {
+        let inner = &self.inner;
+        let plan = &j.record.plan;
+        let zone = inner
+            .mesh
+            .members()
+            .into_iter()
+            .find(|m| m.node_name.as_deref() == Some(plan.old.node.as_str()))
+            .and_then(|m| m.zone);
+        let note = format!("take over {migration} from {}", j.coordinator);
+        let me = inner.mesh.swarm.peer_id.to_string();
+        // The predecessor's lease ends on the voters' timers: wait for it (a lease lasts at most
+        // five minutes), and for a majority.
+        let started = Instant::now();
+        let patience = augur_orchestrate::lease::wire::MAX_DURATION + Duration::from_secs(30);
+        let lease = loop {
+            match inner
+                .leases
+                .acquire_as(service, zone.as_deref(), &note, Some(j.lease_id))
+                .await
+            {
+                Ok(l) => break l,
+                Err(Failure::Busy { holder, .. })
+                    if (holder == j.coordinator || holder == me)
+                        && started.elapsed() < patience =>
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(Failure::NoMajority { .. }) if started.elapsed() < patience => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(f) => return Err(f),
+            }
+        };
+        // Under the lease, nothing newer can be sent by the predecessor: the latest a majority
+        // holds is where the move stands.
+        let latest = loop {
+            match inner.leases.latest(service).await {
+                Ok(a) => break a,
+                Err((heard, voters)) if started.elapsed() < patience => {
+                    tracing::debug!(heard, voters, "no majority for the journal yet");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err((heard, voters)) => return Err(Failure::NoMajority { heard, voters }),
+            }
+        };
+        let record = match latest.and_then(|a| a.journal) {
+            Some(found) if found.id == migration && !found.finished() => found.record,
+            other => {
+                tracing::info!(%migration, latest = ?other.map(|j| j.id), "the move is over already; nothing to take over");
+                lease.release(false).await;
+                return Ok(());
+            }
+        };
+        tracing::info!(%migration, %service, phase = ?record.phase, predecessor = %j.coordinator, "taking over a move whose coordinator died");
+        let (m, actions) = Migration::resume(record, Duration::ZERO);
+        self.spawn_with(
+            migration.to_owned(),
+            Some(j.lease_id),
+            Some(lease),
+            m,
+            actions,
+            Instant::now(),
+        );
+        Ok(())
+    }
+
+    /// Why a migration (or a takeover) could not get its lease, if it could not.
+    pub fn refusal(&self, id: &str) -> Option<Failure> {
+        self.inner.refusals.read().get(id).cloned()
+    }
+
+    /// Whether a takeover of `id` is still asking for its lease.
+    pub fn taking_over(&self, id: &str) -> bool {
+        self.inner.takeovers.read().contains(id)
+    }
+
     fn fleet(&self) -> Vec<PlacedInstance> {
         let local = self.inner.local.read().clone();
         fleet_instances(&self.inner.node_name, &local, &self.inner.mesh.members())
@@ -320,8 +443,38 @@ impl Migrations {
             .iter()
             .filter(|i| i.role == Role::Serving && i.health != "draining")
             .collect();
+        // An instance on a node declared dead is moved from where it was (the reactive path).
+        let gone: Vec<PlacedInstance> = self
+            .inner
+            .mesh
+            .members()
+            .into_iter()
+            .filter(|m| matches!(m.status, MemberStatus::Dead | MemberStatus::Left))
+            .flat_map(|m| {
+                let node = m.node_name.clone().unwrap_or_else(|| m.peer_id.clone());
+                m.instances.into_iter().map(move |i| PlacedInstance {
+                    node: node.clone(),
+                    id: i.id.clone(),
+                    service: i.service.clone(),
+                    version: i.version,
+                    addr: i.addr.clone(),
+                    health: "down".into(),
+                    epoch: i.epoch,
+                    reason: None,
+                    slot: i.slot.clone().unwrap_or_else(|| i.id.clone()),
+                    role: i.role.unwrap_or_default(),
+                    lease_epoch: i.lease_epoch,
+                    lease_seq: i.lease_seq,
+                })
+            })
+            .filter(|i| i.service == req.service && i.role == Role::Serving)
+            .collect();
         let old = match (&req.instance, &req.from) {
-            (Some(inst), _) => serving.iter().find(|i| i.id == *inst).copied(),
+            (Some(inst), _) => serving
+                .iter()
+                .find(|i| i.id == *inst)
+                .copied()
+                .or_else(|| gone.iter().find(|i| i.id == *inst)),
             (None, Some(from)) => serving.iter().find(|i| i.node == *from).copied(),
             (None, None) => serving.iter().min_by(|a, b| (&a.slot, &a.id).cmp(&(&b.slot, &b.id))).copied(),
         }
@@ -481,6 +634,19 @@ impl Migrations {
         first: Vec<Action>,
         base: Instant,
     ) {
+        self.spawn_with(id, lease_id, None, m, first, base);
+    }
+
+    /// [`Migrations::spawn`], with the lease already held (a successor's).
+    fn spawn_with(
+        &self,
+        id: String,
+        lease_id: Option<u64>,
+        lease: Option<Lease>,
+        m: Migration,
+        first: Vec<Action>,
+        base: Instant,
+    ) {
         let (tx_cancel, rx_cancel) = mpsc::channel(1);
         self.inner.cancels.write().insert(id.clone(), tx_cancel);
         let journal = Journal {
@@ -499,8 +665,9 @@ impl Migrations {
             this: self.clone(),
             id,
             m,
-            lease: None,
+            lease,
             lease_id,
+            last_entries: None,
             base,
             timers: BTreeMap::new(),
             last_health: None,
@@ -519,6 +686,8 @@ struct Run {
     m: Migration,
     lease: Option<Lease>,
     lease_id: Option<u64>,
+    /// The entries of the last assignment sent (the final one repeats them, marked finished).
+    last_entries: Option<Vec<Entry>>,
     base: Instant,
     timers: BTreeMap<(Duration, u64), ()>,
     last_health: Option<bool>,
@@ -661,7 +830,19 @@ impl Run {
                 .find(|m| m.node_name.as_deref() == Some(node))
                 .and_then(|m| m.peer_id.parse().ok())
         };
-        let required: Vec<PeerId> = nodes.iter().filter_map(|n| peer(n)).collect();
+        // A node the failure detector declared dead (or that left) cannot take anything: its
+        // instances are gone with it, and it takes the newest assignment when it returns.
+        let gone = |node: &str| {
+            members.iter().any(|m| {
+                m.node_name.as_deref() == Some(node)
+                    && matches!(m.status, MemberStatus::Dead | MemberStatus::Left)
+            })
+        };
+        let required: Vec<PeerId> = nodes
+            .iter()
+            .filter(|n| !gone(n))
+            .filter_map(|n| peer(n))
+            .collect();
         let mut all = mesh.swarm.admitted();
         all.push(me);
         all.sort();
@@ -706,6 +887,13 @@ impl Run {
                             )
                             .await;
                     }
+                }
+                Action::AcquireLease if self.lease.as_ref().and_then(Lease::epoch).is_some() => {
+                    // A successor: it holds the lease already (it read the journal under it).
+                    let epoch = self.lease.as_ref().and_then(Lease::epoch).unwrap_or(0);
+                    pending.push(Box::pin(
+                        async move { (Event::LeaseGranted { epoch }, None) },
+                    ));
                 }
                 Action::AcquireLease => {
                     let plan = &self.m.record().plan;
@@ -778,6 +966,9 @@ impl Run {
                     })));
                 }
                 Action::ReleaseLease { moved } => {
+                    if self.m.is_finished() {
+                        self.announce_finished().await;
+                    }
                     if let Some(l) = self.lease.take() {
                         l.release(moved).await;
                     }
@@ -792,14 +983,17 @@ impl Run {
                     let plan = &self.m.record().plan;
                     let (required, all) =
                         self.peers_of(&[plan.old.node.as_str(), plan.new.node.as_str()]);
+                    self.last_entries = Some(entries.clone());
                     let a = Assignment {
                         service,
                         epoch,
                         seq,
                         entries,
+                        journal: Some(Box::new(self.move_journal())),
                     };
                     let leases = inner.leases.clone();
                     let local = inner.assignments.clone();
+                    let voters = inner.leases.voters();
                     pending.push(Box::pin(async move {
                         let ev = async {
                             // Ours first: this node follows its own assignments too.
@@ -826,6 +1020,22 @@ impl Run {
                                         };
                                     }
                                 }
+                            }
+                            // The journal travels with the assignment: a majority of the voters
+                            // must hold it before the move goes on, so a successor reading any
+                            // majority finds it.
+                            let held = answers
+                                .iter()
+                                .filter(|(p, r)| r.is_ok() && voters.contains(&p.to_string()))
+                                .count();
+                            if !voters.is_empty() && held <= voters.len() / 2 {
+                                return Event::AssignFailed {
+                                    seq,
+                                    reason: format!(
+                                        "the journal reached {held} of {} lease voters; a majority must hold it",
+                                        voters.len()
+                                    ),
+                                };
                             }
                             Event::Assigned { seq }
                         }
@@ -856,12 +1066,48 @@ impl Run {
                             )
                             .await;
                     }
+                    self.announce_finished().await;
                     if let Some(l) = self.lease.take() {
                         l.release(false).await;
                     }
                 }
             }
         }
+    }
+
+    /// The journal as it travels with an assignment.
+    fn move_journal(&self) -> MoveJournal {
+        MoveJournal {
+            id: self.id.clone(),
+            coordinator: self.this.inner.mesh.swarm.peer_id.to_string(),
+            lease_id: self.lease_id.unwrap_or(0),
+            record: self.m.record().clone(),
+        }
+    }
+
+    /// After the last step, the last assignment once more with the finished journal, so no node
+    /// takes the move for an orphan to finish (best effort: one that missed it still finds the
+    /// move's last assignment in force, and a successor's reading ends at once).
+    async fn announce_finished(&mut self) {
+        let (Some(entries), Some(epoch)) = (
+            self.last_entries.take(),
+            self.lease.as_ref().and_then(Lease::epoch),
+        ) else {
+            return;
+        };
+        let a = Assignment {
+            service: self.m.record().plan.service.clone(),
+            epoch,
+            seq: self.m.record().seq + 1,
+            entries,
+            journal: Some(Box::new(self.move_journal())),
+        };
+        let inner = self.this.inner.clone();
+        if let Err(e) = inner.assignments.take(a.clone()) {
+            tracing::debug!(error = %e, "the finished move's assignment not taken here");
+        }
+        let (_, all) = self.peers_of(&[]);
+        let _ = inner.leases.assign(&all, &a).await;
     }
 
     fn change(

@@ -4,9 +4,14 @@
 //!
 //! - `store`: what the acting half keeps durably (`acting.redb`): the voter's state, the highest
 //!   epoch seen per service (fencing);
-//! - `config`: the lease settings of the signed fleet document, followed as the catalog changes.
+//! - `config`: the lease settings of the signed fleet document, followed as the catalog changes;
+//! - `assignments`: the services' assignments (and the moves' journals that travel with them);
+//! - `executor`: the migrations this node coordinates, and takeovers of orphaned ones;
+//! - `autonomy`: the autonomous loop (cases, election, witness, moves) around
+//!   `augur_orchestrate::autonomy`.
 
 pub mod assignments;
+pub mod autonomy;
 pub mod config;
 pub mod executor;
 pub mod store;

@@ -14,6 +14,7 @@ use augur_mesh::membership::MemberStatus;
 use augur_mesh::values::{InstanceValue, NodeValue};
 use augur_mesh::{EventKind, InstanceChange, Mesh};
 use augur_orchestrate::Machine as _;
+use augur_orchestrate::autonomy::Mode;
 use augur_orchestrate::health::{Check, Health, HealthTracker, Transition};
 use augur_orchestrate::migration::{Entry, Role};
 use augur_orchestrate::placement::{Candidate, place_with};
@@ -342,6 +343,7 @@ impl Runtime {
             .map(|c| c.node_name.as_str())
             .collect();
         let mut out = BTreeMap::new();
+        let fleet_mode = self.catalog.fleet().map(|(_, d)| d.autonomy.mode);
         for s in self.catalog.services() {
             let assigned = self.assignments.as_ref().and_then(|a| a.get(&s.name));
             let epoch = assigned.as_ref().map_or(0, |a| a.epoch);
@@ -358,9 +360,16 @@ impl Runtime {
                     base
                 }
             };
+            // With a fleet document (lease voters) and autonomy acting for the service, a
+            // serving slot on a dead node stays its until a move under a lease takes it away (the
+            // autonomy's reactive path): a minority partition that sees the others dead starts
+            // nothing in their place. Standbys are placed again at once (they serve nothing).
+            let lease_gated = fleet_mode == Some(Mode::Act) && s.spec.autonomy == Mode::Act;
             let entries: Vec<Entry> = all
                 .into_iter()
-                .filter(|e| !gone.contains(e.node.as_str()))
+                .filter(|e| {
+                    !gone.contains(e.node.as_str()) || (lease_gated && e.role == Role::Serving)
+                })
                 .collect();
             let covered: std::collections::BTreeSet<&str> =
                 entries.iter().map(|e| e.slot.as_str()).collect();
@@ -509,6 +518,7 @@ impl Runtime {
     ) {
         let wanted = self.wanted();
         let now = tokio::time::Instant::now();
+        let mut moved = Vec::new();
         for (id, r) in running.iter_mut() {
             match wanted.get(id) {
                 // Still here; a newer spec that runs the same thing applies as it is. Under
@@ -529,6 +539,25 @@ impl Runtime {
                         if w.role == Role::Serving && r.role != Role::Serving {
                             r.lease_epoch = w.lease_epoch;
                             r.lease_seq = w.lease_seq;
+                        }
+                        // Moved away by a migration: its history says so, so that training
+                        // does not take a prevented failure for health.
+                        if r.role == Role::Serving
+                            && w.role == Role::Retiring
+                            && let (Ok(resource_id), Ok(resource_type)) =
+                                (ResourceId::parse(id), ResourceType::parse(&r.service))
+                        {
+                            moved.push(Sample {
+                                ts: UnixMicros::now(),
+                                resource_id,
+                                resource_type,
+                                metrics: BTreeMap::from([(
+                                    "up".to_owned(),
+                                    if r.up { 1.0 } else { 0.0 },
+                                )]),
+                                event: Some(augur_proto::Event::Migration),
+                                labels: BTreeMap::from([("node".to_owned(), r.node.clone())]),
+                            });
                         }
                         r.role = w.role;
                         r.slot = w.slot.clone();
@@ -552,6 +581,7 @@ impl Runtime {
                 }
             }
         }
+        self.record(moved);
         let gone: Vec<String> = running
             .iter()
             .filter(|(_, r)| r.draining_until.is_some_and(|t| now >= t))

@@ -30,6 +30,7 @@ fn predicted(instance: &str, node: &str) -> Case {
         epoch: 3,
         mode: Mode::Act,
         trigger: Trigger::Predicted {
+            resource: instance.into(),
             probability: 0.9,
             threshold: 0.75,
             eta_s: Some(60.0),
@@ -298,6 +299,7 @@ fn a_starved_nodes_prediction_needs_independent_evidence() {
     let ms = members(&["a", "b", "c", "d", "e", "x"]);
     let mut case = predicted("web-0", "x");
     case.trigger = Trigger::Predicted {
+        resource: "x".into(),
         probability: 0.99,
         threshold: 0.75,
         eta_s: None,
@@ -455,7 +457,9 @@ fn cases_come_from_alarms_on_serving_instances_of_their_own_node_and_from_deaths
     let inst = |id: &str, serving, epoch| ObservedInstance {
         id: id.into(),
         service: "web".into(),
+        slot: id.trim_start_matches("web-").into(),
         serving,
+        healthy: true,
         lease_epoch: epoch,
     };
     let alarm = |r: &str, p| Alarm {
@@ -486,13 +490,24 @@ fn cases_come_from_alarms_on_serving_instances_of_their_own_node_and_from_deaths
         instances: vec![inst("web-1", true, 2)],
         ..Default::default()
     };
+    // c is dead: its serving web-2 is a case; its web-5 is not (b serves slot 5 again).
     let c = Observed {
         peer_id: "pc".into(),
         node_name: "c".into(),
         dead: true,
-        instances: vec![inst("web-2", true, 1), inst("web-3", false, 1)],
+        instances: vec![
+            inst("web-2", true, 1),
+            inst("web-3", false, 1),
+            inst("web-5", true, 1),
+        ],
         ..Default::default()
     };
+    let mut b = b;
+    b.instances.push(ObservedInstance {
+        id: "web-5-e3".into(),
+        slot: "5".into(),
+        ..inst("web-5", true, 3)
+    });
     // d's host resource is predicted to fail: its serving instance is a case.
     let d = Observed {
         peer_id: "pd".into(),

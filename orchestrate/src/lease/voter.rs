@@ -35,8 +35,9 @@ pub struct KeyState {
     /// The service moved: no new lease on it before this time (persisted as "in hold-down").
     #[serde(with = "hold_down_flag")]
     pub hold_down_until: Option<Duration>,
-    /// The lease whose end started the hold-down (holder, lease id): it may take the key again
-    /// (a holder that restarted mid-way finishing or undoing its own move).
+    /// The lease whose end started the hold-down (holder, lease id): that lease (its id) may take
+    /// the key again: its holder restarted mid-way, or a successor took over the move of a holder
+    /// that died, to finish or undo it. A release ends the exemption.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_down_lease: Option<(String, u64)>,
 }
@@ -267,8 +268,10 @@ impl Voter {
                     remaining: a.until.saturating_sub(now),
                 });
             }
-            let own =
-                k.hold_down_lease.as_ref() == Some(&(ballot.proposer.clone(), ballot.lease_id));
+            let own = k
+                .hold_down_lease
+                .as_ref()
+                .is_some_and(|(_, id)| *id == ballot.lease_id);
             if let Some(t) = k.hold_down_until.filter(|_| !own) {
                 hold_down.push((key.clone(), t.saturating_sub(now)));
             }
@@ -304,7 +307,10 @@ impl Voter {
                 };
                 return self.refuse(id, Some(ballot), why);
             }
-            let own = k.hold_down_lease.as_ref() == Some(&(grant.holder.clone(), grant.lease_id));
+            let own = k
+                .hold_down_lease
+                .as_ref()
+                .is_some_and(|(_, id)| *id == grant.lease_id);
             if let Some(t) = k.hold_down_until.filter(|_| !own) {
                 let why = Refusal::HoldDown {
                     key: key.clone(),
@@ -440,8 +446,13 @@ mod tests {
             round,
             proposer: who.into(),
             nonce: 7,
-            lease_id: 1,
+            lease_id: lease_of(who),
         }
+    }
+
+    /// Each test proposer's lease id (a node's leases are its own).
+    fn lease_of(who: &str) -> u64 {
+        who.bytes().map(u64::from).sum()
     }
 
     fn keys() -> Vec<String> {
@@ -469,7 +480,7 @@ mod tests {
                 ballot: ballot(round, who),
                 grant: Grant {
                     holder: who.into(),
-                    lease_id: 1,
+                    lease_id: lease_of(who),
                     keys: keys(),
                     duration: D,
                     note: "move web".into(),
@@ -483,7 +494,7 @@ mod tests {
             from: who.into(),
             id: 0,
             request: Request::Release {
-                lease_id: 1,
+                lease_id: lease_of(who),
                 keys: keys(),
                 moved,
             },
@@ -715,6 +726,87 @@ mod tests {
                 ballot: ballot(2, "b")
             }
         );
+    }
+
+    /// A lease that ended unreleased starts a hold-down that the same lease id escapes, whoever
+    /// asks under it (the holder after a restart, or its successor); once released as moved,
+    /// nobody escapes it.
+    #[test]
+    fn a_successor_takes_over_the_ended_lease_through_its_hold_down() {
+        let mut v = Voter::new(1, HOLD);
+        v.on_event(prepare(1, "a"), Duration::ZERO);
+        v.on_event(propose(1, "a"), Duration::ZERO);
+        let successor = |round: u64, lease_id: u64| {
+            let b = Ballot {
+                lease_id,
+                ..ballot(round, "b")
+            };
+            (
+                Event::Request {
+                    from: "b".into(),
+                    id: round,
+                    request: Request::Prepare {
+                        config: 1,
+                        ballot: b.clone(),
+                        keys: keys(),
+                    },
+                },
+                Event::Request {
+                    from: "b".into(),
+                    id: round,
+                    request: Request::Propose {
+                        config: 1,
+                        ballot: b,
+                        grant: Grant {
+                            holder: "b".into(),
+                            lease_id,
+                            keys: keys(),
+                            duration: D,
+                            note: "take over".into(),
+                        },
+                    },
+                },
+            )
+        };
+        // While a's lease is open, its successor is refused as busy.
+        let (p, q) = successor(2, lease_of("a"));
+        v.on_event(p, D / 2);
+        assert!(matches!(
+            refusal(&v.on_event(q, D / 2)),
+            Refusal::Held { .. }
+        ));
+        // Ended unreleased: b under another id is held down; under a's id it is accepted.
+        let (p, q) = successor(3, 99);
+        v.on_event(p, D);
+        assert!(matches!(
+            refusal(&v.on_event(q, D)),
+            Refusal::HoldDown { .. }
+        ));
+        let (p, q) = successor(4, lease_of("a"));
+        v.on_event(p, D);
+        let (r, _) = reply(&v.on_event(q, D));
+        assert!(matches!(r, Reply::Accepted { .. }), "{r:?}");
+        // b finishes the move and releases it as moved: nobody escapes the hold-down now.
+        v.on_event(
+            Event::Request {
+                from: "b".into(),
+                id: 0,
+                request: Request::Release {
+                    lease_id: lease_of("a"),
+                    keys: keys(),
+                    moved: true,
+                },
+            },
+            D + D / 2,
+        );
+        for (round, id) in [(5, lease_of("a")), (6, lease_of("b"))] {
+            let (p, q) = successor(round, id);
+            v.on_event(p, D + D / 2);
+            assert!(matches!(
+                refusal(&v.on_event(q, D + D / 2)),
+                Refusal::HoldDown { .. }
+            ));
+        }
     }
 
     #[test]
