@@ -116,10 +116,13 @@ pub enum ActRequest {
     },
 }
 
-/// Samples a trend carries at most (four minutes at the default interval).
-pub const MAX_TREND_POINTS: usize = 240;
+/// Samples a trend carries at most (twelve minutes at the default interval: enough for a
+/// witness's engine to learn its forecast errors as far ahead as the node's did).
+pub const MAX_TREND_POINTS: usize = 720;
 /// Metrics each sample of a trend carries at most.
 pub const MAX_TREND_METRICS: usize = 16;
+/// Values (points times metrics) a trend carries at most (about 60 KB on the wire).
+pub const MAX_TREND_VALUES: usize = 2_400;
 
 /// One sample of a resource's recent telemetry, as a node hands it to a witness.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -160,6 +163,10 @@ impl Trend {
             if !p.metrics.iter().all(|(k, v)| name_ok(k) && v.is_finite()) {
                 return Err("a metric's name is not a name, or its value is not finite".into());
             }
+        }
+        let values: usize = self.points.iter().map(|p| p.metrics.len()).sum();
+        if values > MAX_TREND_VALUES {
+            return Err(format!("{values} values; at most {MAX_TREND_VALUES}"));
         }
         if self.points.windows(2).any(|w| w[0].ts_ms > w[1].ts_ms) {
             return Err("the trend's points are not in time order".into());

@@ -160,6 +160,14 @@ struct MetricState {
     /// The engine tick at which the metric was last seen.
     #[serde(default)]
     last_tick: u64,
+    /// When it was last seen (seconds), and its own smoothed interval between samples (0: not
+    /// known yet). A resource's metrics may come from several sources at different rates (the
+    /// node's sampler of an instance, the workload's own pushes): each forecast steps at its own
+    /// metric's rate, so another source's samples do not change how far ahead it looks.
+    #[serde(default)]
+    last_ts_s: Option<f64>,
+    #[serde(default)]
+    interval_s: f64,
 }
 
 impl MetricState {
@@ -365,8 +373,21 @@ impl ResourceEngine {
                     recent: VecDeque::new(),
                     pending: VecDeque::new(),
                     last_tick: ticks,
+                    last_ts_s: None,
+                    interval_s: 0.0,
                 });
             st.last_tick = ticks;
+            if let Some(prev) = st.last_ts_s {
+                let dt = ts_s - prev;
+                if dt > 0.0 {
+                    st.interval_s = if st.interval_s > 0.0 {
+                        0.9 * st.interval_s + 0.1 * dt
+                    } else {
+                        dt
+                    };
+                }
+            }
+            st.last_ts_s = Some(ts_s);
             st.errors.observe(x);
             st.anomaly = st.scorer.update(x);
             // Forecasts made before the smoother has settled would teach the error model spreads
@@ -392,13 +413,18 @@ impl ResourceEngine {
             .filter(|_| models.as_ref().is_some_and(|m| m.mlp_preferred()))
             .map(|m| m.config().horizon as f64);
 
-        let steps_total = (self.config.horizon_s / self.interval_s.max(1e-3)).max(1.0);
         let points = self.config.horizon_points.max(1);
         let mut risks: Vec<(f64, &str, Option<f64>)> = Vec::new();
         for (name, st) in &self.metrics {
             let Some(limit) = self.limit_of(name) else {
                 continue;
             };
+            let interval_s = if st.interval_s > 0.0 {
+                st.interval_s
+            } else {
+                self.interval_s
+            };
+            let steps_total = (self.config.horizon_s / interval_s.max(1e-3)).max(1.0);
             let mut p_max: f64 = 0.0;
             let mut eta = None;
             for k in 1..=points {
@@ -418,7 +444,7 @@ impl ResourceEngine {
                     Direction::Below => normal_tail((f.mean - limit.value) / sd),
                 };
                 if eta.is_none() && p >= 0.5 {
-                    eta = Some(steps * self.interval_s);
+                    eta = Some(steps * interval_s);
                 }
                 p_max = p_max.max(p);
             }
@@ -563,6 +589,43 @@ fn combine_anomaly(level: f64, trained: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A resource fed by two sources at different rates (a workload pushing a ramp ten times a
+    /// second, the node's sampler once a second with other metrics): the slower source's samples
+    /// change neither the ramp's predictions nor, when they come, the probability (it used to
+    /// drop on each of them: the forecast stepped at the resource's mixed rate).
+    #[test]
+    fn a_second_source_at_another_rate_does_not_change_the_prediction() {
+        let config = EngineConfig {
+            horizon_s: 30.0,
+            ..EngineConfig::default()
+        };
+        let mut alone = ResourceEngine::new(config.clone());
+        let mut mixed = ResourceEngine::new(config);
+        let mut crossed = false;
+        for j in 0..900u32 {
+            let ts = f64::from(j) * 0.1;
+            // A ramp with a little noise, crossing 0.95 at about j = 900.
+            let noise = 0.002 * ((f64::from(j) * 12.9898).sin() * 43758.5453).fract();
+            let ramp = BTreeMap::from([(
+                "mem_used_ratio".to_owned(),
+                0.32 + 0.0007 * f64::from(j) + noise,
+            )]);
+            let a = alone.observe(ts, &ramp).failure_probability;
+            let b = mixed.observe(ts, &ramp).failure_probability;
+            assert!((a - b).abs() < 1e-9, "at {j}: {a} alone, {b} mixed");
+            if j % 10 == 5 {
+                let other = BTreeMap::from([("cpu_util".to_owned(), 0.2)]);
+                let c = mixed.observe(ts + 0.05, &other).failure_probability;
+                assert!(
+                    (c - b).abs() < 1e-9,
+                    "at {j}: {c} on the other source's sample, {b} before"
+                );
+            }
+            crossed |= a >= 0.75;
+        }
+        assert!(crossed, "the ramp is predicted to cross");
+    }
 
     fn sample(name: &str, v: f64) -> BTreeMap<String, f64> {
         BTreeMap::from([(name.to_owned(), v), ("queue_len".to_owned(), 3.0)])

@@ -360,7 +360,10 @@ impl Autonomy {
     ) -> Vec<Action> {
         let mut out = Vec::new();
         let keys: BTreeSet<(String, String)> = cases.iter().map(Case::key).collect();
-        self.states.retain(|k, _| keys.contains(k));
+        // A case that went away while this node's move of it runs (the move itself makes the
+        // instance stop serving) is kept until the move's outcome comes.
+        self.states
+            .retain(|k, s| keys.contains(k) || matches!(s.act, Act::Asked | Act::Running));
         let me = self.settings.me.clone();
         for case in cases {
             let s = self.states.entry(case.key()).or_insert_with(|| State {

@@ -60,12 +60,24 @@ pub async fn setup_nodes(
     ready_after_ms: u64,
     haproxy: bool,
 ) -> Setup {
+    setup_nodes_config(nodes, strategy, standbys, ready_after_ms, haproxy, "").await
+}
+
+/// [`setup_nodes`], with `extra` added to every agent's configuration.
+pub async fn setup_nodes_config(
+    nodes: &[&str],
+    strategy: &str,
+    standbys: u32,
+    ready_after_ms: u64,
+    haproxy: bool,
+    extra: &str,
+) -> Setup {
     let haproxy = match crate::haproxy_bin().filter(|_| haproxy) {
         Some(bin) => Some(Haproxy::start(&bin, "echo").await.expect("haproxy starts")),
         None => None,
     };
     let mut fleet = LocalFleet::new().expect("fleet key");
-    let base = "[collect]\nhost = false\n[services]\ndrain_grace = \"2s\"\n".to_owned();
+    let base = format!("[collect]\nhost = false\n[services]\ndrain_grace = \"2s\"\n{extra}");
     for &n in nodes {
         fleet.config = match (&haproxy, n) {
             (Some(h), "n1") => format!(

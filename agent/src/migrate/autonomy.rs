@@ -503,7 +503,9 @@ pub struct Trends {
 
 impl TrendSource for Trends {
     fn trend(&self, resource_id: &str) -> Option<augur_mesh::act::Trend> {
-        use augur_mesh::act::{MAX_TREND_METRICS, MAX_TREND_POINTS, Trend, TrendPoint};
+        use augur_mesh::act::{
+            MAX_TREND_METRICS, MAX_TREND_POINTS, MAX_TREND_VALUES, Trend, TrendPoint,
+        };
         let id = augur_proto::ResourceId::parse(resource_id).ok()?;
         let window = self.history.window(&id);
         let last = window.last()?;
@@ -511,13 +513,20 @@ impl TrendSource for Trends {
         let (engine_cfg, _) =
             crate::models::engine_config(&self.config.borrow(), resource_type.as_str());
         let limited = |k: &str| engine_cfg.limits.iter().any(|l| k.starts_with(&l.prefix));
-        let mut names: Vec<&String> = last.metrics.keys().collect();
+        // Every metric of the window (samples from several sources carry different ones).
+        let all: BTreeSet<&String> = window.iter().flat_map(|s| s.metrics.keys()).collect();
+        let mut names: Vec<&String> = all.into_iter().collect();
+        // The metrics with limits (what a failure probability comes from) and no others when
+        // there are some: the longest trend fits the message.
         names.sort_by_key(|k| (!limited(k), k.len(), *k));
+        if names.first().is_some_and(|k| limited(k)) {
+            names.retain(|k| limited(k));
+        }
         names.truncate(MAX_TREND_METRICS);
         let names: BTreeSet<&str> = names.into_iter().map(String::as_str).collect();
-        let start = window.len().saturating_sub(MAX_TREND_POINTS);
-        let points = window[start..]
+        let points: Vec<TrendPoint> = window
             .iter()
+            .rev()
             .map(|s| TrendPoint {
                 ts_ms: s.ts.as_unix_ms(),
                 metrics: s
@@ -527,7 +536,16 @@ impl TrendSource for Trends {
                     .map(|(k, v)| (k.clone(), *v))
                     .collect(),
             })
+            .filter(|p| !p.metrics.is_empty())
+            .scan(0usize, |values, p| {
+                *values += p.metrics.len();
+                (*values <= MAX_TREND_VALUES).then_some(p)
+            })
+            .take(MAX_TREND_POINTS)
             .collect();
+        let mut points = points;
+        points.reverse();
+
         Some(Trend {
             resource_type,
             points,

@@ -344,6 +344,11 @@ impl Runtime {
             .collect();
         let mut out = BTreeMap::new();
         let fleet_mode = self.catalog.fleet().map(|(_, d)| d.autonomy.mode);
+        // Where instances run now, as this node sees the fleet.
+        let fleet = match &self.mesh {
+            Some(m) => fleet_instances(&self.node_name, &self.view.read(), &m.members()),
+            None => fleet_instances(&self.node_name, &self.view.read(), &[]),
+        };
         for s in self.catalog.services() {
             let assigned = self.assignments.as_ref().and_then(|a| a.get(&s.name));
             let epoch = assigned.as_ref().map_or(0, |a| a.epoch);
@@ -376,11 +381,34 @@ impl Runtime {
             let numbered = |e: &Entry, prefix: &str| -> Option<(usize, String)> {
                 Some((e.slot.strip_prefix(prefix)?.parse().ok()?, e.node.clone()))
             };
-            let fixed: BTreeMap<usize, String> = entries
+            let mut fixed: BTreeMap<usize, String> = entries
                 .iter()
                 .filter(|e| e.role == Role::Serving)
                 .filter_map(|e| numbered(e, ""))
                 .collect();
+            // A replica stays where it runs (on a live node): placement decides where new ones
+            // go, not where running ones move (a move is a migration, under a lease). Of two
+            // instances of one slot, the older holds it.
+            let mut held: BTreeMap<usize, (u64, String)> = BTreeMap::new();
+            for i in fleet
+                .iter()
+                .filter(|i| i.service == s.name && i.role == Role::Serving && i.health != "down")
+                .filter(|i| !gone.contains(i.node.as_str()))
+            {
+                let Ok(slot) = i.slot.parse::<usize>() else {
+                    continue;
+                };
+                if slot >= s.spec.replicas as usize || covered.contains(i.slot.as_str()) {
+                    continue;
+                }
+                let e = held.entry(slot).or_insert((i.epoch, i.node.clone()));
+                if (i.epoch, &i.node) < (e.0, &e.1) {
+                    *e = (i.epoch, i.node.clone());
+                }
+            }
+            for (slot, (_, node)) in held {
+                fixed.entry(slot).or_insert(node);
+            }
             let want = |slot: String, role: Role, lease_epoch: u64| Wanted {
                 service: s.name.clone(),
                 version: s.version,

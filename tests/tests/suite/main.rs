@@ -1,6 +1,7 @@
 //! Real-process integration tests: each starts `augur agent` processes on loopback and checks what a
 //! user would see through the HTTP and gRPC APIs, the CLI, signals and restarts.
 
+mod autonomy;
 mod crash;
 mod grpc;
 mod http;
