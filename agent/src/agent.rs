@@ -301,6 +301,7 @@ pub async fn run(
                 drain: cfg.services.drain_grace,
                 ingestor: Some(ingestor.clone()),
                 assignments: Some(assignments.clone()),
+                api_url: Some(format!("http://{http_addr}")),
             }
             .run(stage_group.token()),
         ),

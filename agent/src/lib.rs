@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod collect;
 pub mod config;
+pub mod demo;
 pub mod eval;
 pub mod files;
 pub mod fleet;

@@ -121,6 +121,46 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show what this node's autonomy considers: each case (a resource predicted to fail, a
+    /// node declared dead, an orphaned move), this node's rank in its election and its stage.
+    Autonomy(ClientArgs),
+    /// Start a local fleet on loopback with a sample service under load, inject a fault, and
+    /// show augur moving the work away (no set-up; about two minutes)
+    Demo {
+        /// memory_leak, disk_fill, error_ramp, latency_creep, cpu_hog (predictable),
+        /// sudden_crash (not predictable: the node dies), none (a healthy control run).
+        #[arg(long, value_enum, default_value = "memory_leak")]
+        fault: crate::demo::fault::Fault,
+        /// Agents in the fleet (3 to 5).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// live, warm_standby or blue_green (default: warm_standby for sudden_crash, live
+        /// otherwise).
+        #[arg(long, value_parser = parse_strategy)]
+        strategy: Option<augur_orchestrate::spec::Strategy>,
+        /// Compresses the fault's course (90 s at 1) and the telemetry's clock with it; the
+        /// fleet's reactions stay real time (docs/DEMO.md).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Seeds the telemetry's noise and the crash's moment.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// How long a `none` run watches (default: one fault course).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Requests a second through a proxy.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        /// Keep the fleet's folder (logs and data) and print where it is.
+        #[arg(long)]
+        keep: bool,
+        /// Print one JSON object at the end instead of the story.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The demo's sample HTTP service (run by the agents as a service instance).
+    #[command(hide = true)]
+    DemoService,
     /// List the migrations this agent coordinated, or show one with its steps.
     Migrations {
         id: Option<String>,
@@ -579,6 +619,41 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
         }) => service::apply_fleet(&client.api, &file, &credential, client.json).await,
         Command::Fleet(cmd) => fleet::run(cmd),
         Command::Leases(c) => service::leases(&c.api, c.json).await,
+        Command::Autonomy(c) => service::autonomy(&c.api, c.json).await,
+        Command::Demo {
+            fault,
+            nodes,
+            strategy,
+            speed,
+            seed,
+            duration,
+            rate,
+            keep,
+            json,
+        } => {
+            let out = crate::demo::run(crate::demo::Options {
+                fault,
+                nodes,
+                strategy,
+                speed,
+                seed,
+                duration,
+                rate,
+                story: !json,
+                keep,
+            })
+            .await?;
+            if json {
+                print_json(&out)?;
+            } else if let Some(f) = &out.folder {
+                eprintln!(
+                    "the fleet's folder (logs n1.log, ...; data n1/, ...): {}",
+                    f.display()
+                );
+            }
+            Ok(())
+        }
+        Command::DemoService => crate::demo::service::run().await,
         Command::Migrate {
             service,
             instance,

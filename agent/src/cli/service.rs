@@ -91,6 +91,51 @@ pub async fn apply_fleet(api: &str, file: &Path, cred: &Path, json: bool) -> any
     print(&answer, json)
 }
 
+/// `augur autonomy`.
+pub async fn autonomy(api: &str, json: bool) -> anyhow::Result<()> {
+    let agent = Agent::new(api)?;
+    let v: crate::api::http::AutonomyState = agent.get("/v1/autonomy", &[]).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "mode {:?}, dwell {}, takeover {}{}",
+        v.settings.mode,
+        humantime::format_duration(v.settings.dwell),
+        humantime::format_duration(v.settings.takeover),
+        if v.fleet_document {
+            ""
+        } else {
+            " (no fleet document: nothing can move; `augur fleet apply`)"
+        }
+    );
+    if v.cases.is_empty() {
+        println!("no cases: nothing predicted to fail, no dead node with work, no orphaned move");
+    }
+    for r in &v.cases {
+        let rank = if r.rank == usize::MAX {
+            "not a candidate".to_owned()
+        } else {
+            format!("rank {}", r.rank)
+        };
+        println!(
+            "{} {} on {} ({}): {:?}, {rank}{}",
+            r.case.service,
+            r.case.instance,
+            r.case.node_name,
+            r.case.trigger.name(),
+            r.stage,
+            if r.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" - {}", r.detail)
+            }
+        );
+    }
+    Ok(())
+}
+
 /// `augur leases`.
 pub async fn leases(api: &str, json: bool) -> anyhow::Result<()> {
     let v: augur_mesh::leases::LeaseView = Agent::new(api)?.get("/v1/leases", &[]).await?;

@@ -843,7 +843,14 @@ impl Run {
             .filter(|n| !gone(n))
             .filter_map(|n| peer(n))
             .collect();
+        // A dead node is not waited for (its answer would only come as a timeout).
+        let dead: Vec<PeerId> = members
+            .iter()
+            .filter(|m| matches!(m.status, MemberStatus::Dead | MemberStatus::Left))
+            .filter_map(|m| m.peer_id.parse().ok())
+            .collect();
         let mut all = mesh.swarm.admitted();
+        all.retain(|p| !dead.contains(p));
         all.push(me);
         all.sort();
         all.dedup();

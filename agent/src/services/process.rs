@@ -84,6 +84,10 @@ pub struct Instance {
     pub host: std::net::IpAddr,
     pub port: u16,
     pub spec: ProcessSpec,
+    /// Handed to the process: its service (`AUGUR_SERVICE`) and where its node's API takes its
+    /// telemetry (`AUGUR_API`, the base URL), when known.
+    pub service: String,
+    pub api: Option<String>,
 }
 
 /// What the supervisor tells the runtime about an instance's process.
@@ -209,6 +213,8 @@ fn spawn(instance: &Instance) -> Result<Child, DriverError> {
         .env("HOST", instance.host.to_string())
         .env("PORT", instance.port.to_string())
         .env("AUGUR_INSTANCE", &instance.id)
+        .env("AUGUR_SERVICE", &instance.service)
+        .env("AUGUR_API", instance.api.as_deref().unwrap_or(""))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -387,6 +393,8 @@ mod tests {
             host: std::net::IpAddr::from([127, 0, 0, 1]),
             port: 45_678,
             spec: sh(&script, Duration::from_millis(300)),
+            service: "web".into(),
+            api: None,
         };
         let stats = Arc::new(InstanceStats::default());
         let stop = CancellationToken::new();
@@ -470,6 +478,8 @@ mod tests {
                 command: "/nonexistent/program".into(),
                 ..sh("", Duration::from_secs(1))
             },
+            service: "x".into(),
+            api: None,
         };
         assert!(matches!(spawn(&bad), Err(DriverError::Start { .. })));
     }

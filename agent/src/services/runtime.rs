@@ -275,6 +275,8 @@ pub struct Runtime {
     pub ingestor: Option<Ingestor>,
     /// The services' assignments from migrations (none: placement alone decides).
     pub assignments: Option<crate::migrate::assignments::Assignments>,
+    /// This node's HTTP API (instances push their telemetry there: `AUGUR_API`).
+    pub api_url: Option<String>,
 }
 
 fn health_str(h: Health) -> &'static str {
@@ -344,11 +346,17 @@ impl Runtime {
             .collect();
         let mut out = BTreeMap::new();
         let fleet_mode = self.catalog.fleet().map(|(_, d)| d.autonomy.mode);
-        // Where instances run now, as this node sees the fleet.
-        let fleet = match &self.mesh {
-            Some(m) => fleet_instances(&self.node_name, &self.view.read(), &m.members()),
-            None => fleet_instances(&self.node_name, &self.view.read(), &[]),
-        };
+        // Where instances run now, as this node sees the fleet, and what dead nodes ran.
+        let members = self.mesh.as_ref().map(Mesh::members).unwrap_or_default();
+        let fleet = fleet_instances(&self.node_name, &self.view.read(), &members);
+        let dead: Vec<(String, augur_mesh::values::InstanceValue)> = members
+            .iter()
+            .filter(|m| matches!(m.status, MemberStatus::Dead | MemberStatus::Left))
+            .flat_map(|m| {
+                let node = m.node_name.clone().unwrap_or_else(|| m.peer_id.clone());
+                m.instances.iter().map(move |i| (node.clone(), i.clone()))
+            })
+            .collect();
         for s in self.catalog.services() {
             let assigned = self.assignments.as_ref().and_then(|a| a.get(&s.name));
             let epoch = assigned.as_ref().map_or(0, |a| a.epoch);
@@ -409,6 +417,23 @@ impl Runtime {
             for (slot, (_, node)) in held {
                 fixed.entry(slot).or_insert(node);
             }
+            // A serving slot whose instance's node died is not placed again here when moves
+            // are lease-gated: the autonomy moves it, under a lease (a minority partition that
+            // sees the others dead starts nothing in their place).
+            let gated: std::collections::BTreeSet<String> = if lease_gated {
+                dead.iter()
+                    .filter(|(_, i)| {
+                        i.service == s.name && i.role.unwrap_or_default() == Role::Serving
+                    })
+                    .filter_map(|(_, i)| i.slot.clone())
+                    .filter(|slot| {
+                        slot.parse::<usize>()
+                            .is_ok_and(|n| n < s.spec.replicas as usize && !fixed.contains_key(&n))
+                    })
+                    .collect()
+            } else {
+                std::collections::BTreeSet::new()
+            };
             let want = |slot: String, role: Role, lease_epoch: u64| Wanted {
                 service: s.name.clone(),
                 version: s.version,
@@ -421,7 +446,10 @@ impl Runtime {
             let nodes = place_with(&s.spec, &candidates, &fixed);
             for (i, node) in nodes.iter().enumerate() {
                 let slot = i.to_string();
-                if !covered.contains(slot.as_str()) && node.as_deref() == Some(&self.node_name) {
+                if !covered.contains(slot.as_str())
+                    && !gated.contains(&slot)
+                    && node.as_deref() == Some(&self.node_name)
+                {
                     out.insert(
                         fresh(format!("{}-{i}", s.name)),
                         want(slot, Role::Serving, 0),
@@ -431,8 +459,9 @@ impl Runtime {
             if s.spec.standbys > 0 {
                 let serving: std::collections::BTreeSet<&str> = nodes
                     .iter()
-                    .flatten()
-                    .map(String::as_str)
+                    .enumerate()
+                    .filter(|(i, _)| !gated.contains(&i.to_string()))
+                    .filter_map(|(_, n)| n.as_deref())
                     .chain(
                         entries
                             .iter()
@@ -448,11 +477,29 @@ impl Runtime {
                     .filter(|c| !serving.contains(c.node_name.as_str()))
                     .cloned()
                     .collect();
-                let fixed: BTreeMap<usize, String> = entries
+                let mut fixed: BTreeMap<usize, String> = entries
                     .iter()
                     .filter(|e| e.role == Role::Standby)
                     .filter_map(|e| numbered(e, "standby-"))
                     .collect();
+                // Standbys stay where they run too (away from the serving nodes).
+                for i in fleet.iter().filter(|i| {
+                    i.service == s.name
+                        && i.role == Role::Standby
+                        && i.health != "down"
+                        && !gone.contains(i.node.as_str())
+                        && !serving.contains(i.node.as_str())
+                }) {
+                    if let Some(j) = i
+                        .slot
+                        .strip_prefix("standby-")
+                        .and_then(|j| j.parse::<usize>().ok())
+                        .filter(|j| *j < s.spec.standbys as usize)
+                        && !covered.contains(i.slot.as_str())
+                    {
+                        fixed.entry(j).or_insert_with(|| i.node.clone());
+                    }
+                }
                 for (j, node) in place_with(&standby, &away, &fixed).iter().enumerate() {
                     let slot = format!("standby-{j}");
                     if !covered.contains(slot.as_str()) && node.as_deref() == Some(&self.node_name)
@@ -668,6 +715,8 @@ impl Runtime {
                             workdir: workdir.as_ref().map(PathBuf::from),
                             stop_grace: *stop_grace,
                         },
+                        service: service.clone(),
+                        api: self.api_url.clone(),
                     };
                     let task = instances.spawn(supervise(
                         instance,
