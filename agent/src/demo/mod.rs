@@ -781,11 +781,11 @@ pub async fn run(o: Options) -> anyhow::Result<Outcome> {
                     {
                         out.predicted_at_s = Some(at);
                     }
-                    K::MigrationStep(m) if m.service == "demo" => {
-                        if out.migration_started_s.is_none() {
-                            out.migration_started_s = Some(at);
-                            out.coordinator = e.event.node_name.clone();
-                        }
+                    K::MigrationStep(m)
+                        if m.service == "demo" && out.migration_started_s.is_none() =>
+                    {
+                        out.migration_started_s = Some(at);
+                        out.coordinator = e.event.node_name.clone();
                     }
                     K::MigrationFinished(m)
                         if m.service == "demo" && m.outcome.as_deref() == Some("completed") =>

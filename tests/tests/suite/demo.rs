@@ -45,9 +45,15 @@ async fn pre_empted(fault: &str) {
         secs(&v, "migration_done_s"),
         secs(&v, "failure_at_s"),
     );
-    assert!(predicted <= started && started <= done && done < failure, "{v}");
+    assert!(
+        predicted <= started && started <= done && done < failure,
+        "{v}"
+    );
     assert!(secs(&v, "lead_time_s") > 0.0, "{v}");
-    assert_ne!(v["coordinator"], v["from"], "the failing node does not coordinate: {v}");
+    assert_ne!(
+        v["coordinator"], v["from"],
+        "the failing node does not coordinate: {v}"
+    );
     assert_ne!(v["to"], v["from"], "{v}");
     assert_eq!(v["migrations"], 1, "{v}");
 }
@@ -86,7 +92,10 @@ async fn demo_sudden_crash_is_served_again_within_five_seconds() {
     assert!(v["predicted_at_s"].is_null(), "nothing foretold it: {v}");
     let again = secs(&v, "served_again_after_s");
     assert!(again <= 5.0, "served again after {again} s: {v}");
-    assert!(secs(&v, "migration_done_s") > secs(&v, "failure_at_s"), "{v}");
+    assert!(
+        secs(&v, "migration_done_s") > secs(&v, "failure_at_s"),
+        "{v}"
+    );
     assert_ne!(v["coordinator"], v["from"], "{v}");
     assert_eq!(v["strategy"], "warm_standby");
 }

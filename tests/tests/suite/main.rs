@@ -3,6 +3,7 @@
 
 mod autonomy;
 mod crash;
+mod demo;
 mod grpc;
 mod http;
 mod layout;
