@@ -459,6 +459,12 @@ impl Autonomy {
                 _ => continue,
             }
             if s.case.mode == Mode::Shadow {
+                // Nothing is expected to start in shadow mode: the first in the order speaks,
+                // the others do not take over.
+                if rank > 0 {
+                    s.stage = Stage::Standby;
+                    continue;
+                }
                 let what = format!(
                     "would move {} off {} ({})",
                     s.case.instance,
@@ -646,9 +652,26 @@ pub fn cases(
     };
     let mode_of =
         |service: &str| fleet_mode.combine(modes.get(service).copied().unwrap_or_default());
+    // Of several claims to serve one slot (a node back from a partition still runs what it was
+    // told before), the one under the highest epoch is the slot's (as the proxies route).
+    let mut newest: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for i in members
+        .iter()
+        .filter(|m| m.alive || m.dead)
+        .flat_map(|m| &m.instances)
+        .filter(|i| i.serving)
+    {
+        let e = newest.entry((&i.service, &i.slot)).or_insert(0);
+        *e = (*e).max(i.lease_epoch);
+    }
+    let current = |i: &ObservedInstance| {
+        newest
+            .get(&(i.service.as_str(), i.slot.as_str()))
+            .is_none_or(|e| i.lease_epoch >= *e)
+    };
     let mut out: BTreeMap<(String, String), Case> = BTreeMap::new();
     for m in members {
-        for i in m.instances.iter().filter(|i| i.serving) {
+        for i in m.instances.iter().filter(|i| i.serving && current(i)) {
             let base = |trigger| Case {
                 service: i.service.clone(),
                 instance: i.id.clone(),
@@ -725,5 +748,7 @@ pub fn cases(
     out.into_values().collect()
 }
 
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;
