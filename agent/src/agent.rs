@@ -194,7 +194,6 @@ pub async fn run(
                 migrations: mg.clone(),
                 assignments: assignments.clone(),
                 catalog: catalog.clone(),
-                history: history.clone(),
                 models: models.clone(),
                 config: rx_config.clone(),
                 events: emitter.clone(),

@@ -46,7 +46,6 @@ pub struct Setup {
     pub migrations: Migrations,
     pub assignments: Assignments,
     pub catalog: CatalogStore,
-    pub history: History,
     pub models: ModelStore,
     pub config: watch::Receiver<Arc<Config>>,
     pub events: Emitter,

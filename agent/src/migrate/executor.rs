@@ -453,18 +453,8 @@ impl Migrations {
             .flat_map(|m| {
                 let node = m.node_name.clone().unwrap_or_else(|| m.peer_id.clone());
                 m.instances.into_iter().map(move |i| PlacedInstance {
-                    node: node.clone(),
-                    id: i.id.clone(),
-                    service: i.service.clone(),
-                    version: i.version,
-                    addr: i.addr.clone(),
                     health: "down".into(),
-                    epoch: i.epoch,
-                    reason: None,
-                    slot: i.slot.clone().unwrap_or_else(|| i.id.clone()),
-                    role: i.role.unwrap_or_default(),
-                    lease_epoch: i.lease_epoch,
-                    lease_seq: i.lease_seq,
+                    ..PlacedInstance::published(&node, &i)
                 })
             })
             .filter(|i| i.service == req.service && i.role == Role::Serving)

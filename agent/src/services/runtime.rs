@@ -102,6 +102,26 @@ pub struct PlacedInstance {
     pub lease_seq: u64,
 }
 
+impl PlacedInstance {
+    /// An instance as its node `node` publishes it.
+    pub fn published(node: &str, i: &augur_mesh::values::InstanceValue) -> Self {
+        Self {
+            node: node.to_owned(),
+            id: i.id.clone(),
+            service: i.service.clone(),
+            version: i.version,
+            addr: i.addr.clone(),
+            health: i.health.clone(),
+            epoch: i.epoch,
+            reason: None,
+            slot: i.slot.clone().unwrap_or_else(|| i.id.clone()),
+            role: i.role.unwrap_or_default(),
+            lease_epoch: i.lease_epoch,
+            lease_seq: i.lease_seq,
+        }
+    }
+}
+
 /// Every instance in the fleet: this node's (`local`, the freshest) and the live members'.
 pub fn fleet_instances(
     node_name: &str,
@@ -130,20 +150,11 @@ pub fn fleet_instances(
             continue;
         }
         let node = m.node_name.clone().unwrap_or_else(|| m.peer_id.clone());
-        out.extend(m.instances.iter().map(|i| PlacedInstance {
-            node: node.clone(),
-            id: i.id.clone(),
-            service: i.service.clone(),
-            version: i.version,
-            addr: i.addr.clone(),
-            health: i.health.clone(),
-            epoch: i.epoch,
-            reason: None,
-            slot: i.slot.clone().unwrap_or_else(|| i.id.clone()),
-            role: i.role.unwrap_or_default(),
-            lease_epoch: i.lease_epoch,
-            lease_seq: i.lease_seq,
-        }));
+        out.extend(
+            m.instances
+                .iter()
+                .map(|i| PlacedInstance::published(&node, i)),
+        );
     }
     out.sort_by(|a, b| (&a.service, &a.id, &a.node).cmp(&(&b.service, &b.id, &b.node)));
     out

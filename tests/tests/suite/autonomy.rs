@@ -8,7 +8,10 @@
 use std::time::Duration;
 
 use augur_tests::Load;
-use augur_tests::migration_fleet::{NODES, failed, fronts, one_serving, setup_nodes_config};
+use augur_tests::migration_fleet::{
+    NODES, at_step, failed, free_node, fronts, one_serving, setup, setup_nodes_config,
+    start_migration, until_journal,
+};
 use serde_json::Value;
 
 /// Pushes, every second until `stop`, ten samples of `mem_used_ratio` for `instance` (100 ms
@@ -159,5 +162,183 @@ async fn a_predicted_failure_moves_the_instance_away_by_itself_and_loses_no_requ
             .as_str()
             .is_some_and(|d| d.contains("engine")),
         "{confirmed}"
+    );
+    // The failing instance's history says it was moved (training does not take the prevented
+    // failure for health).
+    let history = s.fleet.agents[from.as_str()]
+        .get_json(&format!("/v1/resources/{id}/telemetry?since=10m"))
+        .await
+        .expect("its telemetry");
+    assert!(
+        history["records"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["event"] == "migration"),
+        "a migration event in {id}'s history"
+    );
+}
+
+/// Shadow mode (the fleet document's `[autonomy] mode = "shadow"`): the same drifting telemetry
+/// is decided on and published as what would be done, and nothing moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_shadow_mode_the_decision_is_published_and_nothing_moves() {
+    let s = setup_nodes_config(
+        &NODES,
+        "live",
+        0,
+        0,
+        false,
+        "[resource_types.echo]\nhorizon = \"30s\"\n",
+    )
+    .await;
+    let (id, from, addr) = one_serving(&s.fleet, "echo served").await;
+    // The fleet document again, version 2, in shadow mode.
+    let mut voters = Vec::new();
+    for n in NODES {
+        let st = s.fleet.agents[n]
+            .get_json("/v1/status")
+            .await
+            .expect("status");
+        voters.push(format!("\"{}\"", st["peer_id"].as_str().expect("peer id")));
+    }
+    let doc = s.fleet.dir.path().join("fleet-shadow.toml");
+    std::fs::write(
+        &doc,
+        format!(
+            "[leases]\nvoters = [{}]\nhold_down = \"1s\"\nduration = \"6s\"\n[autonomy]\nmode = \"shadow\"\n",
+            voters.join(", ")
+        ),
+    )
+    .expect("document");
+    augur_tests::augur_json(&[
+        "fleet",
+        "apply",
+        doc.to_str().expect("path"),
+        "--credential",
+        s.cred.to_str().expect("path"),
+        "--api",
+        &s.fleet.agents["n1"].url(""),
+        "--json",
+    ])
+    .expect("applied");
+    for n in NODES {
+        augur_tests::eventually("the shadow document everywhere", || async {
+            let v = s.fleet.agents[n].get_json("/v1/autonomy").await.ok()?;
+            (v["settings"]["mode"] == "shadow").then_some(())
+        })
+        .await
+        .expect("shadow");
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let url = s.fleet.agents[from.as_str()].url("/v1/telemetry");
+    let pusher = push_ramp(url, id.clone(), 0.3, 0.001, stop.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let shadow = loop {
+        let story = decisions(&s, &id).await;
+        if let Some(e) = story.iter().find(|e| e["detail"]["stage"] == "shadow") {
+            break e.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no shadow decision within 120 s: {story:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // A little longer: still nothing moves.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.cancel();
+    let _ = pusher.await;
+    assert!(
+        shadow["detail"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&format!("would move {id}"))),
+        "{shadow}"
+    );
+    for n in NODES {
+        let m = s.fleet.agents[n]
+            .get_json("/v1/migrations")
+            .await
+            .expect("migrations");
+        assert_eq!(
+            m.as_array().map(Vec::len),
+            Some(0),
+            "{n} moved something: {m}"
+        );
+    }
+    let (still, _, still_addr) = one_serving(&s.fleet, "echo still where it was").await;
+    assert_eq!((still, still_addr), (id, addr));
+}
+
+/// A coordinator killed mid-move and never restarted: its move's journal is with a majority of
+/// the voters; once it is declared dead, the peer elected for the orphaned move takes over its
+/// lease (the old one ends on the voters' timers) and finishes or undoes the move from the
+/// journal. The service is served all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_that_dies_mid_move_is_taken_over_by_a_peer() {
+    let mut s = setup("live", 0, 0).await;
+    let (_, from, _) = one_serving(&s.fleet, "echo served through every proxy").await;
+    let coordinator = free_node(&s.fleet).await;
+    let others: Vec<&str> = NODES
+        .iter()
+        .copied()
+        .filter(|n| **n != coordinator)
+        .collect();
+    let load = Load::start(fronts(&mut s, &others), 200);
+    let target = others
+        .iter()
+        .find(|n| **n != from)
+        .expect("a third node")
+        .to_string();
+    let id = start_migration(
+        &s,
+        &coordinator,
+        &["--strategy", "live", "--from", &from, "--to", &target],
+    )
+    .await;
+    until_journal(&s.fleet, &coordinator, &id, "at shift", |j| {
+        at_step(j, "shift")
+    })
+    .await;
+    s.fleet.kill(&coordinator).await.expect("killed");
+    // A peer takes the move over and ends it (before retire: rolled back).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let (successor, journal) = loop {
+        let mut found = None;
+        for n in &others {
+            if let Ok(j) = s.fleet.agents[*n]
+                .get_json(&format!("/v1/migrations/{id}"))
+                .await
+                && j["record"]["phase"]["outcome"].is_string()
+            {
+                found = Some((n.to_string(), j));
+            }
+        }
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nobody took {id} over within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        journal["record"]["phase"]["outcome"], "rolled_back",
+        "{journal}"
+    );
+    let (_, node, _) = one_serving(&s.fleet, "echo serves after the takeover").await;
+    assert_eq!(node, from, "the old instance serves again");
+    let outcomes = load.finish().await;
+    let failures = failed(&outcomes);
+    eprintln!(
+        "takeover: {id} by {successor} after {coordinator} died; {} requests, {} failed",
+        outcomes.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{:?}",
+        &failures[..failures.len().min(5)]
     );
 }
