@@ -327,8 +327,23 @@ async fn a_coordinator_that_dies_mid_move_is_taken_over_by_a_peer() {
         journal["record"]["phase"]["outcome"], "rolled_back",
         "{journal}"
     );
-    let (_, node, _) = one_serving(&s.fleet, "echo serves after the takeover").await;
-    assert_eq!(node, from, "the old instance serves again");
+    // As a surviving node sees it (the dead coordinator may be the usual observer, n1).
+    let observer = &s.fleet.agents[others[0]];
+    augur_tests::eventually("the old instance serves again", || async {
+        let v = observer.get_json("/v1/services").await.ok()?;
+        let serving: Vec<&Value> = v["instances"]
+            .as_array()?
+            .iter()
+            .filter(|i| {
+                i["service"] == "echo"
+                    && i["health"] == "healthy"
+                    && i["role"].as_str().unwrap_or("serving") == "serving"
+            })
+            .collect();
+        (serving.len() == 1 && serving[0]["node"] == from.as_str()).then_some(())
+    })
+    .await
+    .expect("the old instance serves again");
     let outcomes = load.finish().await;
     let failures = failed(&outcomes);
     eprintln!(
