@@ -133,10 +133,10 @@ pub fn condition(fault: Fault, f: f64, noise: f64) -> Condition {
         (Fault::DiskFill, true) => Behaviour::Error(507),
         (Fault::ErrorRamp, true) => Behaviour::Error(500),
         (Fault::LatencyCreep | Fault::CpuHog, true) => Behaviour::Hang,
-        // Latency creeps for real: requests are slowed by a fifth of the reported latency.
-        (Fault::LatencyCreep, false) => {
-            Behaviour::Serve(Duration::from_secs_f64(metrics["latency_ms"] / 5000.0))
-        }
+        // Latency creeps for real: requests are slowed by a fifth of the latency it added.
+        (Fault::LatencyCreep, false) => Behaviour::Serve(Duration::from_secs_f64(
+            (metrics["latency_ms"] - BASE[3].1).max(0.0) / 5000.0,
+        )),
         _ => Behaviour::Serve(Duration::ZERO),
     };
     Condition { metrics, behaviour }
