@@ -160,9 +160,15 @@ async fn cancel_at_each_step(strategy: &str, standbys: u32, steps: &[&str], extr
     let count = if standbys > 0 { 2 } else { 1 };
     let targets = fronts(&mut s, &NODES);
     let fleet = &s.fleet;
+    // Every instance healthy, and in its role again: one serving, the standby (if any) standing
+    // by (a rolled-back standby is retiring until its node applies the last assignment).
     let all_there = || async {
         let v = instances(fleet).await;
-        (v.len() == count && v.iter().all(|i| i.3 == "healthy")).then_some(())
+        let standing_by = v.iter().filter(|i| i.4 == "standby").count();
+        (v.len() == count
+            && v.iter().all(|i| i.3 == "healthy")
+            && standing_by == count - 1)
+            .then_some(())
     };
     augur_tests::eventually("every instance healthy", all_there)
         .await
