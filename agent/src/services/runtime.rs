@@ -377,12 +377,30 @@ impl Runtime {
             // promoted standby keeps its id while it serves another slot).
             let taken: std::collections::BTreeSet<String> =
                 all.iter().map(|e| e.instance.clone()).collect();
+            // A renamed instance this node already runs for the name keeps its name (a lease's
+            // renewals raise the epoch: each assignment of one move would otherwise rename, so
+            // restart, it).
+            let local: Vec<String> = self
+                .view
+                .read()
+                .iter()
+                .filter(|i| i.service == s.name)
+                .map(|i| i.id.clone())
+                .collect();
             let fresh = |base: String| {
-                if taken.contains(&base) {
-                    format!("{base}-e{epoch}")
-                } else {
-                    base
+                if !taken.contains(&base) {
+                    return base;
                 }
+                let renamed = format!("{base}-e");
+                local
+                    .iter()
+                    .find(|id| {
+                        id.strip_prefix(&renamed)
+                            .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
+                            && !taken.contains(*id)
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| format!("{base}-e{epoch}"))
             };
             // With a fleet document (lease voters) and autonomy acting for the service, a
             // serving slot on a dead node stays its until a move under a lease takes it away (the
