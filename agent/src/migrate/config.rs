@@ -26,6 +26,19 @@ pub async fn follow(
     stop: CancellationToken,
 ) {
     let mut changes = catalog.subscribe_changes();
+    // A change between `channel` and the subscription above is taken here.
+    let update = |tx: &watch::Sender<LeaseConfig>| {
+        let next = current(&catalog);
+        tx.send_if_modified(|held| {
+            if *held == next {
+                false
+            } else {
+                *held = next;
+                true
+            }
+        });
+    };
+    update(&tx);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -33,15 +46,7 @@ pub async fn follow(
                 if r.is_err() {
                     return;
                 }
-                let next = current(&catalog);
-                tx.send_if_modified(|held| {
-                    if *held == next {
-                        false
-                    } else {
-                        *held = next;
-                        true
-                    }
-                });
+                update(&tx);
             }
         }
     }
