@@ -286,6 +286,45 @@ pub struct Migration {
     healthy: bool,
     /// Times the current rollback assignment was sent again.
     rollback_tries: u32,
+    /// Why it was resumed (a restart of its node, or a takeover by a peer), for its log.
+    resumed: Resumed,
+}
+
+/// Why a migration is resumed from its record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resumed {
+    /// Its coordinator's agent restarted.
+    Restarted,
+    /// Its coordinator died and the named peer took it over.
+    TakenOver { by: String },
+}
+
+impl Resumed {
+    fn at(&self, at: Step) -> String {
+        match self {
+            Resumed::Restarted => format!("the agent restarted at {}", at.as_str()),
+            Resumed::TakenOver { by } => format!(
+                "taken over by {by} at {} (its coordinator died)",
+                at.as_str()
+            ),
+        }
+    }
+
+    fn mid_way(&self) -> String {
+        match self {
+            Resumed::Restarted => "the agent restarted mid-way".into(),
+            Resumed::TakenOver { by } => {
+                format!("its coordinator died mid-way; {by} took it over")
+            }
+        }
+    }
+
+    fn prefix(&self) -> &'static str {
+        match self {
+            Resumed::Restarted => "restarted",
+            Resumed::TakenOver { .. } => "taken over",
+        }
+    }
 }
 
 impl Migration {
@@ -306,12 +345,18 @@ impl Migration {
             next_timer: 0,
             healthy: false,
             rollback_tries: 0,
+            resumed: Resumed::Restarted,
         }
     }
 
     /// A migration from its journal, after a restart at `now`: it asks for its lease again, then
     /// rolls back (before `retire`) or finishes (from `retire` on). A finished one stays finished.
-    pub fn resume(mut record: Record, now: Duration) -> (Self, Vec<Action>) {
+    pub fn resume(record: Record, now: Duration) -> (Self, Vec<Action>) {
+        Self::resume_as(record, Resumed::Restarted, now)
+    }
+
+    /// [`Migration::resume`], saying why (a takeover by a peer reads differently in the log).
+    pub fn resume_as(mut record: Record, why: Resumed, now: Duration) -> (Self, Vec<Action>) {
         let at = match &record.phase {
             Phase::Forward { step, .. } => Some(*step),
             Phase::RollingBack { from, .. } => Some((*from).min(Step::Shift)),
@@ -326,20 +371,18 @@ impl Migration {
             // Nothing was done: give up cleanly.
             let outcome = Outcome::Abandoned {
                 step: Step::Lease,
-                reason: "the agent restarted while asking for the lease".into(),
+                reason: format!("{} while asking for the lease", why.prefix()),
             };
             record.phase = Phase::Finished(outcome.clone());
-            let m = Self::with_record(record, now);
+            let mut m = Self::with_record(record, now);
+            m.resumed = why;
             let journal = Action::Journal(Box::new(m.record.clone()));
             return (m, vec![journal, Action::Finished(outcome)]);
         }
         record.phase = Phase::Resuming { at };
         let mut m = Self::with_record(record, now);
-        m.log(
-            now,
-            "resume",
-            format!("the agent restarted at {}", at.as_str()),
-        );
+        m.log(now, "resume", why.at(at));
+        m.resumed = why;
         let mut out = vec![
             Action::Journal(Box::new(m.record.clone())),
             Action::AcquireLease,
@@ -358,6 +401,7 @@ impl Migration {
             next_timer: 0,
             healthy: false,
             rollback_tries: 0,
+            resumed: Resumed::Restarted,
         }
     }
 
@@ -776,20 +820,23 @@ impl Migration {
                 if at >= Step::Retire {
                     self.enter(Step::Stop, now)
                 } else {
-                    self.fail(at, "the agent restarted mid-way".into(), now)
+                    self.fail(at, self.resumed.mid_way(), now)
                 }
             }
             Event::LeaseRefused { reason } => {
                 let outcome = Outcome::Abandoned {
                     step: at,
-                    reason: format!("restarted, and the lease was refused: {reason}"),
+                    reason: format!(
+                        "{}, and the lease was refused: {reason}",
+                        self.resumed.prefix()
+                    ),
                 };
                 self.finish(outcome, false, now)
             }
             Event::Timer(id) if id == self.timer => {
                 let outcome = Outcome::Abandoned {
                     step: at,
-                    reason: "restarted, and no lease in time".into(),
+                    reason: format!("{}, and no lease in time", self.resumed.prefix()),
                 };
                 self.finish(outcome, true, now)
             }

@@ -378,7 +378,13 @@ impl Migrations {
             }
         };
         tracing::info!(%migration, %service, phase = ?record.phase, predecessor = %j.coordinator, "taking over a move whose coordinator died");
-        let (m, actions) = Migration::resume(record, Duration::ZERO);
+        let (m, actions) = Migration::resume_as(
+            record,
+            augur_orchestrate::migration::Resumed::TakenOver {
+                by: inner.node_name.clone(),
+            },
+            Duration::ZERO,
+        );
         self.spawn_with(
             migration.to_owned(),
             Some(j.lease_id),
@@ -1123,7 +1129,12 @@ impl Run {
             to: p.new.node.clone(),
             step: step.to_owned(),
             note: note.to_owned(),
-            epoch: j.record.epoch,
+            // Resuming, it holds no lease yet: the epoch in its record is its predecessor's.
+            epoch: if matches!(j.record.phase, Phase::Resuming { .. }) {
+                0
+            } else {
+                j.record.epoch
+            },
             outcome: outcome.map(str::to_owned),
         }
     }
