@@ -301,6 +301,7 @@ pub async fn run(
                 ingestor: Some(ingestor.clone()),
                 assignments: Some(assignments.clone()),
                 api_url: Some(format!("http://{http_addr}")),
+                memory: None,
             }
             .run(stage_group.token()),
         ),

@@ -32,6 +32,12 @@ impl Clock {
         Self(Arc::new(move || ms))
     }
 
+    /// This clock, `ms` ahead (or behind, when negative): a node whose wall clock is skewed.
+    pub fn skewed(&self, ms: i64) -> Self {
+        let base = self.clone();
+        Self(Arc::new(move || base.now_ms().saturating_add_signed(ms)))
+    }
+
     pub fn now_ms(&self) -> u64 {
         (self.0)()
     }

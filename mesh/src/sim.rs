@@ -113,6 +113,8 @@ pub struct SimFleet {
     next_port: u16,
     seeds: Vec<String>,
     clock: Clock,
+    /// Nodes whose wall clock is off the fleet's, by milliseconds.
+    skews: BTreeMap<String, i64>,
 }
 
 /// Deterministic 32 bytes from a seed and a label.
@@ -149,6 +151,20 @@ impl SimFleet {
             next_port: 10_000,
             seeds: Vec::new(),
             clock: Clock::tokio(1_800_000_000_000),
+            skews: BTreeMap::new(),
+        }
+    }
+
+    /// Sets `name`'s wall clock `ms` off the fleet's (ahead when positive) from its next start.
+    pub fn set_skew(&mut self, name: &str, ms: i64) {
+        self.skews.insert(name.to_owned(), ms);
+    }
+
+    /// `name`'s wall clock.
+    pub fn clock_of(&self, name: &str) -> Clock {
+        match self.skews.get(name) {
+            Some(ms) => self.clock.skewed(*ms),
+            None => self.clock.clone(),
         }
     }
 
@@ -198,6 +214,7 @@ impl SimFleet {
         let config = self.membership_config(addr, generation);
         let trust = Trust::new(trusted);
         let trusted = trust.clone();
+        let clock = self.clock_of(name);
         let (membership, mesh) = if self.config.p2p {
             let listen = format!("/memory/{memory_port}")
                 .parse()
@@ -215,7 +232,7 @@ impl SimFleet {
                     api_grpc: None,
                     memory: Some(self.memory.clone()),
                 },
-                self.clock.clone(),
+                clock.clone(),
                 Arc::new(self.transport.clone()),
                 &Tasks::default(),
             )
@@ -228,7 +245,7 @@ impl SimFleet {
                 keypair.clone(),
                 token,
                 trusted,
-                self.clock.clone(),
+                clock.clone(),
                 Arc::new(self.transport.clone()),
                 &Tasks::default(),
             )

@@ -288,6 +288,84 @@ pub struct Runtime {
     pub assignments: Option<crate::migrate::assignments::Assignments>,
     /// This node's HTTP API (instances push their telemetry there: `AUGUR_API`).
     pub api_url: Option<String>,
+    /// Runs every instance in memory instead of on its spec's driver (the deterministic
+    /// harness's agents; none in the agent).
+    pub memory: Option<MemoryDriver>,
+}
+
+/// Instances that run in memory, for the deterministic in-process harness (tokio's paused clock,
+/// no process, no socket): each is up from its start until stopped or crashed by the script, and
+/// passes its health checks unless the script makes it fail them. Everything else about them
+/// (placement, roles, assignments, draining, publication) is the runtime's own.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryDriver {
+    failing: Arc<RwLock<std::collections::BTreeSet<String>>>,
+    crashes: Arc<RwLock<BTreeMap<String, CancellationToken>>>,
+    next_port: Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl MemoryDriver {
+    /// Makes `instance` fail (or pass again) its health checks.
+    pub fn set_failing(&self, instance: &str, failing: bool) {
+        let mut f = self.failing.write();
+        if failing {
+            f.insert(instance.to_owned());
+        } else {
+            f.remove(instance);
+        }
+    }
+
+    /// Ends `instance` as a crash would (it is restarted like any instance that exits).
+    pub fn crash(&self, instance: &str) {
+        if let Some(t) = self.crashes.read().get(instance) {
+            t.cancel();
+        }
+    }
+
+    fn port(&self) -> u16 {
+        20_000
+            + self
+                .next_port
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                % 40_000
+    }
+
+    fn check(&self, instance: &str) -> Check {
+        if self.failing.read().contains(instance) {
+            Check::Failed("failing (in memory)".into())
+        } else {
+            Check::Passed(Duration::from_millis(1))
+        }
+    }
+
+    /// An instance's life: started, then up until stopped; a crash reports an exit and starts it
+    /// again after a second.
+    async fn run(self, id: String, reports: UnboundedSender<Report>, stop: CancellationToken) {
+        loop {
+            let crash = CancellationToken::new();
+            self.crashes.write().insert(id.clone(), crash.clone());
+            let _ = reports.send(Report::Started {
+                id: id.clone(),
+                detail: "in memory".into(),
+                epoch: 0,
+                pid: None,
+            });
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = crash.cancelled() => {
+                    let _ = reports.send(Report::Exited {
+                        id: id.clone(),
+                        reason: "crashed (in memory)".into(),
+                    });
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        self.crashes.write().remove(&id);
+    }
 }
 
 fn health_str(h: Health) -> &'static str {
@@ -723,14 +801,26 @@ impl Runtime {
                         tracing::error!(error = %e, ip = %self.instance_ip, "no free port for an instance (check services.instance_ip)");
                     })
             };
-            let (port, task, token) = match &spec.driver {
-                Driver::Process {
-                    command,
-                    args,
-                    env,
-                    workdir,
-                    stop_grace,
-                } => {
+            let (port, task, token) = match (&self.memory, &spec.driver) {
+                (Some(memory), _) => {
+                    let token = stop.child_token();
+                    let task = instances.spawn(memory.clone().run(
+                        id.clone(),
+                        reports.clone(),
+                        token.clone(),
+                    ));
+                    (memory.port(), task, token)
+                }
+                (
+                    None,
+                    Driver::Process {
+                        command,
+                        args,
+                        env,
+                        workdir,
+                        stop_grace,
+                    },
+                ) => {
                     let Ok(port) = free_port() else { continue };
                     let token = stop.child_token();
                     let instance = Instance {
@@ -757,12 +847,15 @@ impl Runtime {
                     ));
                     (port, task, token)
                 }
-                Driver::Hook {
-                    start,
-                    stop: stop_script,
-                    status,
-                    ..
-                } => {
+                (
+                    None,
+                    Driver::Hook {
+                        start,
+                        stop: stop_script,
+                        status,
+                        ..
+                    },
+                ) => {
                     let scripts = hook::Scripts {
                         start: start.clone(),
                         stop: stop_script.clone(),
@@ -892,10 +985,12 @@ impl Runtime {
                 (id.clone(), r.addr, r.spec.health.clone())
             })
             .collect();
-        let checks = futures::future::join_all(
-            due.iter()
-                .map(|(_, addr, check)| super::health::probe(client, *addr, check)),
-        )
+        let checks = futures::future::join_all(due.iter().map(|(id, addr, check)| async move {
+            match &self.memory {
+                Some(memory) => memory.check(id),
+                None => super::health::probe(client, *addr, check).await,
+            }
+        }))
         .await;
         let mut samples = Vec::new();
         for ((id, _, _), check) in due.into_iter().zip(checks) {
