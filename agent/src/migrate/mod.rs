@@ -14,4 +14,6 @@ pub mod assignments;
 pub mod autonomy;
 pub mod config;
 pub mod executor;
+#[cfg(test)]
+pub mod sim;
 pub mod store;
