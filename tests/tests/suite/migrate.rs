@@ -165,9 +165,7 @@ async fn cancel_at_each_step(strategy: &str, standbys: u32, steps: &[&str], extr
     let all_there = || async {
         let v = instances(fleet).await;
         let standing_by = v.iter().filter(|i| i.4 == "standby").count();
-        (v.len() == count
-            && v.iter().all(|i| i.3 == "healthy")
-            && standing_by == count - 1)
+        (v.len() == count && v.iter().all(|i| i.3 == "healthy") && standing_by == count - 1)
             .then_some(())
     };
     augur_tests::eventually("every instance healthy", all_there)
