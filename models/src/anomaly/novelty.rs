@@ -69,6 +69,9 @@ pub fn rest_samples(learning: usize, config: &NoveltyConfig) -> u64 {
 const MAX_VALUES: usize = 1024;
 const MAX_SHAPES: usize = 512;
 
+/// Samples a young series shows before its detector may report (see [`NoveltyConfig::min_learning`]).
+pub const MIN_LEARNING: usize = 150;
+
 /// The detector's settings; the defaults are the constants above.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NoveltyConfig {
@@ -80,6 +83,17 @@ pub struct NoveltyConfig {
     pub shape_alarm: f64,
     pub rest_share: f64,
     pub max_shapes: usize,
+    /// The detector reports from this many samples on; until the series has shown its full
+    /// learning period, the shape window and the rest after an alarm are the same shares of what
+    /// it has shown so far (they start short and grow). A live detector never knows how long its
+    /// series will be: this is what lets a short one be judged before its end. At least the
+    /// learning period: the old fixed behaviour.
+    #[serde(default = "min_learning")]
+    pub min_learning: usize,
+}
+
+fn min_learning() -> usize {
+    MIN_LEARNING
 }
 
 impl NoveltyConfig {
@@ -107,10 +121,12 @@ impl NoveltyConfig {
                 "shape_alarm" => c.shape_alarm = v,
                 "rest_share" => c.rest_share = v,
                 "max_shapes" => c.max_shapes = (v as usize).max(1),
+                "min_learning" => c.min_learning = (v as usize).max(1),
                 other => {
                     return Err(format!(
                         "unknown setting {other:?} (value_rho, value_alarm, shape_window_div, \
-                         shape_rho, shape_rate_weight, shape_alarm, rest_share, max_shapes)"
+                         shape_rho, shape_rate_weight, shape_alarm, rest_share, max_shapes, \
+                         min_learning)"
                     ));
                 }
             }
@@ -130,6 +146,7 @@ impl Default for NoveltyConfig {
             shape_alarm: SHAPE_ALARM,
             rest_share: REST_SHARE,
             max_shapes: MAX_SHAPES,
+            min_learning: MIN_LEARNING,
         }
     }
 }
@@ -165,7 +182,7 @@ impl Novelty {
         // The caps are powers of two, which is where a growing vector's capacity stops.
         std::mem::size_of::<Self>()
             + 8 * (MAX_VALUES + shapes * SHAPE_CHUNKS + shapes)
-            + 9 * self.window_len
+            + 9 * (self.learning / self.config.shape_window_div.max(1)).max(SHAPE_CHUNKS)
     }
 
     /// A detector that learns for `learning` samples before it reports anything; the shape window
@@ -210,9 +227,13 @@ impl Novelty {
         self.lo = self.lo.min(x);
         self.hi = self.hi.max(x);
         let range = (self.hi - self.lo).max(1e-9);
+        // What the series has shown so far, up to the learning period, sets the rest.
+        let shown = self.shown();
         let value = self.value_distance(x, range);
         let shape = self.shape_score(x, range);
-        if self.seen <= self.learning || self.seen < self.resting_until {
+        if self.seen <= self.config.min_learning.min(self.learning)
+            || self.seen < self.resting_until
+        {
             return 0.0;
         }
         let c = &self.config;
@@ -220,8 +241,15 @@ impl Novelty {
         if evidence < 1.0 {
             return 0.0;
         }
-        self.resting_until = self.seen + (self.learning as f64 * c.rest_share) as usize + 1;
+        self.resting_until = self.seen + (shown as f64 * c.rest_share) as usize + 1;
         1.0 - (1.0 - ALARM_SCORE) / evidence
+    }
+
+    /// The samples that set the detector's time scales: those seen so far, from the first
+    /// report's threshold up to the learning period.
+    fn shown(&self) -> usize {
+        self.seen
+            .clamp(self.config.min_learning.min(self.learning), self.learning)
     }
 
     /// Distance (share of the range) from `x` to the nearest remembered value; remembers `x` if
@@ -250,7 +278,7 @@ impl Novelty {
     /// The burst score of the current shape if it is new, else 0.
     fn shape_score(&mut self, x: f64, range: f64) -> f64 {
         self.window.push_back(x);
-        if self.window.len() > self.window_len {
+        while self.window.len() > self.window_len {
             self.window.pop_front();
         }
         if self.window.len() < self.window_len {
@@ -296,8 +324,10 @@ impl Novelty {
         self.recent_new.push_back(is_new);
         self.recent_new_count += usize::from(is_new);
         self.new_shapes += usize::from(is_new);
-        if self.recent_new.len() > self.window_len && self.recent_new.pop_front() == Some(true) {
-            self.recent_new_count -= 1;
+        while self.recent_new.len() > self.window_len {
+            if self.recent_new.pop_front() == Some(true) {
+                self.recent_new_count -= 1;
+            }
         }
         if !is_new {
             return 0.0;
@@ -385,6 +415,36 @@ mod tests {
         assert_eq!(d.update(f64::NAN), 0.0);
         assert_eq!(d.update(f64::INFINITY), 0.0);
         assert!(d.update(1e9) >= 0.5);
+    }
+
+    #[test]
+    fn a_young_series_is_judged_before_its_learning_period_ends_and_rests_for_a_share_of_what_it_showed()
+     {
+        // Learning 600 samples, reporting from 150: a new level at 300 alarms at once, and the
+        // rest after it is a share of the 300 samples shown, not of 600. (The shape window stays
+        // the learning period's: a window that grew would change what a shape is as it grows,
+        // and every shape would look new.)
+        let mut d = Novelty::new(600);
+        let mut rng = SplitMix64::new(7);
+        for i in 0..300 {
+            assert_eq!(d.update(noisy(&mut rng, 50.0)), 0.0, "at {i}");
+        }
+        assert!(d.update(noisy(&mut rng, 80.0)) >= 0.5);
+        let rest = (300.0 * REST_SHARE) as usize + 1;
+        assert_eq!(d.resting_until, 301 + rest);
+        // Told to learn all of it first (the old behaviour): nothing before 600.
+        let mut old = Novelty::with_config(
+            600,
+            NoveltyConfig {
+                min_learning: 600,
+                ..NoveltyConfig::default()
+            },
+        );
+        let mut rng = SplitMix64::new(7);
+        for _ in 0..300 {
+            old.update(noisy(&mut rng, 50.0));
+        }
+        assert_eq!(old.update(noisy(&mut rng, 80.0)), 0.0);
     }
 
     #[test]

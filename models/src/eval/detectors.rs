@@ -35,8 +35,8 @@ impl DetectorKind {
 
     pub fn name(self) -> &'static str {
         match self {
-            DetectorKind::Augur => "augur",
-            DetectorKind::AugurTrained => "augur (engine, trained on probation)",
+            DetectorKind::Augur => "augur (told the probationary period)",
+            DetectorKind::AugurTrained => "augur (engine, told it, trained on probation)",
             DetectorKind::WindowedGaussian => "windowed_gaussian",
             DetectorKind::IsolationForest => "isolation_forest",
         }
@@ -82,6 +82,11 @@ impl DetectorKind {
     /// [`run`](Self::run) with other novelty settings for augur's detectors.
     pub fn run_with(self, values: &[f64], seed: u64, novelty: NoveltyConfig) -> Vec<f64> {
         let learning = super::nab::probationary_period(values.len());
+        // Told the probationary period, they learn all of it before they report.
+        let novelty = NoveltyConfig {
+            min_learning: learning,
+            ..novelty
+        };
         let mut d = self.build(
             seed,
             learning,
