@@ -180,10 +180,73 @@ pub fn brier(pairs: &[(f64, bool)]) -> f64 {
         / pairs.len() as f64
 }
 
+/// One bin of a reliability table: the predictions in `[lo, hi)` (the last bin includes 1), how
+/// many, their mean, and how often the outcome followed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReliabilityBin {
+    pub lo: f64,
+    pub hi: f64,
+    pub count: usize,
+    pub mean_predicted: f64,
+    pub observed: f64,
+}
+
+/// A reliability table over `bins` equal-width bins of the predicted probability (empty bins are
+/// left out): a calibrated predictor's `observed` matches its `mean_predicted` in every bin.
+pub fn reliability(pairs: &[(f64, bool)], bins: usize) -> Vec<ReliabilityBin> {
+    let bins = bins.max(1);
+    let mut sums = vec![(0usize, 0.0f64, 0usize); bins];
+    for &(p, y) in pairs {
+        if !p.is_finite() {
+            continue;
+        }
+        let i = ((p.clamp(0.0, 1.0) * bins as f64) as usize).min(bins - 1);
+        sums[i].0 += 1;
+        sums[i].1 += p;
+        sums[i].2 += usize::from(y);
+    }
+    sums.into_iter()
+        .enumerate()
+        .filter(|(_, (n, _, _))| *n > 0)
+        .map(|(i, (n, sum, pos))| ReliabilityBin {
+            lo: i as f64 / bins as f64,
+            hi: (i + 1) as f64 / bins as f64,
+            count: n,
+            mean_predicted: sum / n as f64,
+            observed: pos as f64 / n as f64,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::anomaly::iforest::SplitMix64;
+
+    #[test]
+    fn a_reliability_table_shows_an_overconfident_predictor() {
+        // Says 0.9 where failures follow half the time, 0.05 where they never do.
+        let pairs: Vec<(f64, bool)> = (0..1000)
+            .map(|i| {
+                if i < 500 {
+                    (0.9, i % 2 == 0)
+                } else {
+                    (0.05, false)
+                }
+            })
+            .collect();
+        let t = reliability(&pairs, 10);
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].lo, t[0].count, t[0].observed), (0.0, 500, 0.0));
+        assert_eq!((t[1].lo, t[1].count), (0.9, 500));
+        assert!((t[1].mean_predicted - 0.9).abs() < 1e-12 && (t[1].observed - 0.5).abs() < 1e-12);
+        assert_eq!(
+            reliability(&[(1.0, true)], 10)[0].lo,
+            0.9,
+            "1 falls in the last bin"
+        );
+        assert!(reliability(&[(f64::NAN, true)], 10).is_empty());
+    }
 
     #[test]
     fn recovers_a_known_miscalibration() {
