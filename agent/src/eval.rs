@@ -48,19 +48,132 @@ fn par_map<T: Sync, R: Send>(items: &[T], pb: &ProgressBar, f: impl Fn(&T) -> R 
     })
 }
 
+/// A detector's row: its score per profile at the profile's best threshold, and its speed.
+fn scored_row(
+    name: &str,
+    files: &[LabelledFile],
+    per_file: &[Vec<f64>],
+    secs: f64,
+    corpus: &[nab::NabSeries],
+) -> Value {
+    let mut scores = serde_json::Map::new();
+    let mut thresholds = serde_json::Map::new();
+    for p in Profile::ALL {
+        let r: CorpusScore = nab::optimise_threshold(files, per_file, p);
+        scores.insert(p.name().to_owned(), json!(r.score));
+        thresholds.insert(p.name().to_owned(), json!(r.threshold));
+    }
+    let rows_scored: usize = corpus.iter().map(|s| s.values.len()).sum();
+    json!({
+        "detector": name,
+        "scores": scores,
+        "thresholds": thresholds,
+        "seconds": secs,
+        "rows_per_sec": rows_scored as f64 / secs,
+    })
+}
+
+/// A NAB file as telemetry: one resource (named for the file) of type `nab`, its one metric
+/// `value`, at the file's own timestamps (UTC), one JSON line per row.
+pub fn nab_telemetry(series: &nab::NabSeries) -> anyhow::Result<String> {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    let resource_id: String = series
+        .file
+        .name
+        .trim_end_matches(".csv")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let mut out = String::new();
+    for (ts, v) in series.timestamps.iter().zip(&series.values) {
+        let t = time::PrimitiveDateTime::parse(ts, format)
+            .with_context(|| format!("{}: timestamp {ts:?}", series.file.name))?
+            .assume_utc();
+        let record = augur_proto::TelemetryRecord {
+            ts: Some(t),
+            resource_id: resource_id.clone(),
+            resource_type: "nab".into(),
+            metrics: [("value".to_owned(), json!(v))].into_iter().collect(),
+            event: None,
+            labels: Default::default(),
+        };
+        out.push_str(&serde_json::to_string(&record)?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// The anomaly scores `augur replay` gives a NAB file converted to telemetry
+/// ([`nab_telemetry`]): the product's own path, told nothing about the file (no probationary
+/// period, no length), with `options` as `augur replay --config` would set them.
+pub fn nab_through_replay(
+    series: &nab::NabSeries,
+    options: &crate::replay::ReplayOptions,
+) -> anyhow::Result<Vec<f64>> {
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("telemetry.jsonl");
+    let output = dir.path().join("predictions.jsonl");
+    std::fs::write(&input, nab_telemetry(series)?)?;
+    crate::replay::replay_with(&input, &output, false, options)?;
+    let text = std::fs::read_to_string(&output)?;
+    let scores: Vec<f64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .and_then(|v| v["anomaly_score"].as_f64())
+                .unwrap_or(0.0)
+        })
+        .collect();
+    anyhow::ensure!(
+        scores.len() == series.values.len(),
+        "{}: {} predictions for {} rows",
+        series.file.name,
+        scores.len(),
+        series.values.len()
+    );
+    Ok(scores)
+}
+
 /// Scores every detector on NAB with per-profile optimised thresholds (as NAB tunes its detectors),
 /// re-scores Numenta HTM's published per-row scores as a check of the scorer, and lists the published
-/// results beside them.
+/// results beside them. The first of augur's rows is the product's path: `augur replay` on each file
+/// as telemetry, with `options` (the agent's configuration); the others are told each file's
+/// probationary period, as NAB's protocol allows.
 pub fn nab(
     root: &Path,
     seed: u64,
     novelty: augur_models::anomaly::NoveltyConfig,
+    options: &crate::replay::ReplayOptions,
     as_json: bool,
 ) -> anyhow::Result<()> {
     let corpus =
         nab::load_corpus(root).with_context(|| format!("reading NAB from {}", root.display()))?;
     let files: Vec<LabelledFile> = corpus.iter().map(|s| s.file.clone()).collect();
     let mut rows: Vec<Value> = Vec::new();
+
+    {
+        let what = "augur replay";
+        let pb = progress(corpus.len() as u64, what);
+        let started = std::time::Instant::now();
+        let per_file: Vec<anyhow::Result<Vec<f64>>> =
+            par_map(&corpus, &pb, |series| nab_through_replay(series, options));
+        pb.finish_and_clear();
+        let per_file: Vec<Vec<f64>> = per_file.into_iter().collect::<anyhow::Result<_>>()?;
+        rows.push(scored_row(
+            "augur (as `augur replay` runs it, told nothing)",
+            &files,
+            &per_file,
+            started.elapsed().as_secs_f64(),
+            &corpus,
+        ));
+    }
 
     // The scorer, checked against a published result in the same run.
     if let Ok(htm) = nab::load_published_scores(root, "numenta", &corpus) {
@@ -85,21 +198,7 @@ pub fn nab(
         });
         pb.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
-        let mut scores = serde_json::Map::new();
-        let mut thresholds = serde_json::Map::new();
-        for p in Profile::ALL {
-            let r: CorpusScore = nab::optimise_threshold(&files, &per_file, p);
-            scores.insert(p.name().to_owned(), json!(r.score));
-            thresholds.insert(p.name().to_owned(), json!(r.threshold));
-        }
-        let rows_scored: usize = corpus.iter().map(|s| s.values.len()).sum();
-        rows.push(json!({
-            "detector": kind.name(),
-            "scores": scores,
-            "thresholds": thresholds,
-            "seconds": secs,
-            "rows_per_sec": rows_scored as f64 / secs,
-        }));
+        rows.push(scored_row(kind.name(), &files, &per_file, secs, &corpus));
     }
 
     let published = std::fs::read_to_string(root.join("results/final_results.json"))
@@ -172,6 +271,9 @@ pub struct FailureReport {
     pub platt: augur_models::calibration::Platt,
     pub brier_raw: f64,
     pub brier_cal: f64,
+    /// Reliability tables (10 bins) of the raw and the calibrated probability on these traces.
+    pub reliability_raw: Vec<augur_models::calibration::ReliabilityBin>,
+    pub reliability_cal: Vec<augur_models::calibration::ReliabilityBin>,
     pub judged: usize,
     pub train_s: f64,
     pub trained_meta: augur_models::trained::ModelMeta,
@@ -198,13 +300,14 @@ pub fn failure_report(
         5,
     ));
     let judged = failures::calibration_examples(&traces, horizon_s, 5);
-    let brier_raw = brier(&judged.iter().map(|&(r, _, y)| (r, y)).collect::<Vec<_>>());
-    let brier_cal = brier(
-        &judged
-            .iter()
-            .map(|&(r, a, y)| (platt.apply(r, a), y))
-            .collect::<Vec<_>>(),
-    );
+    let raw: Vec<(f64, bool)> = judged.iter().map(|&(r, _, y)| (r, y)).collect();
+    let cal: Vec<(f64, bool)> = judged
+        .iter()
+        .map(|&(r, a, y)| (platt.apply(r, a), y))
+        .collect();
+    let (brier_raw, brier_cal) = (brier(&raw), brier(&cal));
+    let reliability_raw = augur_models::calibration::reliability(&raw, 10);
+    let reliability_cal = augur_models::calibration::reliability(&cal, 10);
     // The trained models: fitted, as the agent's trainer would, on the history of other resources
     // (the other seed's traces, failures labelled), then used on these.
     let train_started = std::time::Instant::now();
@@ -300,6 +403,8 @@ pub fn failure_report(
         platt,
         brier_raw,
         brier_cal,
+        reliability_raw,
+        reliability_cal,
         judged: judged.len(),
         train_s,
         trained_meta,
@@ -318,6 +423,8 @@ fn print_failures(r: &FailureReport, as_json: bool) -> anyhow::Result<()> {
         platt,
         brier_raw,
         brier_cal,
+        reliability_raw,
+        reliability_cal,
         judged,
         train_s,
         trained_meta,
@@ -345,7 +452,8 @@ fn print_failures(r: &FailureReport, as_json: bool) -> anyhow::Result<()> {
                         "earlier": p.a_earlier, "later": p.b_earlier})).collect::<Vec<_>>(),
                     "calibration": {"fitted_on_seed": fit_seed, "weights": platt.w, "examples": platt.examples,
                         "positives": platt.positives, "brier_raw": brier_raw, "brier_calibrated": brier_cal,
-                        "judged_examples": judged},
+                        "judged_examples": judged, "reliability_raw": reliability_raw,
+                        "reliability_calibrated": reliability_cal},
                     "trained_models": {"train_seconds": train_s, "meta": trained_meta}})
             )?
         );
@@ -386,6 +494,29 @@ fn print_failures(r: &FailureReport, as_json: bool) -> anyhow::Result<()> {
         "calibration fitted on seed {fit_seed} ({} examples, {} failing): Brier score on these traces {brier_raw:.4} raw, {brier_cal:.4} calibrated",
         platt.examples, platt.positives
     );
+    println!(
+        "reliability on these traces (predicted bin: examples, mean predicted -> observed failure rate):"
+    );
+    let cell = |t: &[augur_models::calibration::ReliabilityBin], lo: f64| {
+        t.iter()
+            .find(|b| (b.lo - lo).abs() < 1e-9)
+            .map_or("-".to_owned(), |b| {
+                format!(
+                    "{:>6}, {:.3} -> {:.3}",
+                    b.count, b.mean_predicted, b.observed
+                )
+            })
+    };
+    println!("{:<12} {:>26} {:>26}", "bin", "raw", "calibrated");
+    for i in 0..10 {
+        let lo = f64::from(i) / 10.0;
+        println!(
+            "{:<12} {:>26} {:>26}",
+            format!("{lo:.1}-{:.1}", lo + 0.1),
+            cell(reliability_raw, lo),
+            cell(reliability_cal, lo)
+        );
+    }
     println!(
         "trained models (seed {fit_seed}'s history, {} samples, {train_s:.1} s): MLP {}, calibration {}",
         trained_meta.rows,
@@ -676,6 +807,9 @@ mod tests {
         let best = r.outcomes[..4].iter().map(|o| o.caught).max();
         assert!(best > Some(0), "{:?}", r.outcomes);
         assert!(r.brier_raw.is_finite() && r.brier_cal.is_finite() && r.judged > 0);
+        let counted: usize = r.reliability_raw.iter().map(|b| b.count).sum();
+        assert_eq!(counted, r.judged, "every judged example in one bin");
+        assert!(!r.reliability_cal.is_empty());
         assert!(r.trained_meta.rows > 0);
         print_failures(&r, true).expect("prints");
     }
@@ -684,8 +818,61 @@ mod tests {
     fn runs_every_detector_on_a_nab_shaped_folder() {
         let dir = tempfile::tempdir().expect("tempdir");
         tiny_nab(dir.path());
-        nab(dir.path(), 7, Default::default(), true).expect("evaluation runs");
+        let options = crate::replay::ReplayOptions::default();
+        nab(dir.path(), 7, Default::default(), &options, true).expect("evaluation runs");
         let corpus = nab::load_corpus(dir.path()).expect("loads");
         assert_eq!(corpus[0].file.windows, vec![(670, 730)]);
+    }
+
+    /// Issue 15's target, on the product's path: NAB through `augur replay` with default settings
+    /// (without trained models, which give the same score and take minutes: see BENCHMARKS.md),
+    /// told nothing about the files, scores at least 70 on the standard profile. Runs where
+    /// `.ci/run` has the data (`EVAL_DATA`).
+    #[test]
+    fn nab_through_replay_with_default_settings_scores_70() {
+        let Some(dir) = std::env::var_os("EVAL_DATA") else {
+            eprintln!("EVAL_DATA not set: NAB through replay not checked");
+            return;
+        };
+        let root = std::path::PathBuf::from(dir).join("nab");
+        let corpus = nab::load_corpus(&root).expect("NAB corpus");
+        let files: Vec<LabelledFile> = corpus.iter().map(|s| s.file.clone()).collect();
+        let options = crate::replay::ReplayOptions {
+            schedule: None,
+            ..Default::default()
+        };
+        let pb = ProgressBar::hidden();
+        let scores: Vec<Vec<f64>> = par_map(&corpus, &pb, |s| {
+            nab_through_replay(s, &options).expect("replays")
+        });
+        let got = nab::optimise_threshold(&files, &scores, Profile::Standard);
+        eprintln!("NAB through replay, standard profile: {:.2}", got.score);
+        assert!(got.score >= 70.0, "{got:?}");
+    }
+
+    /// The replay row is `augur replay` itself: a NAB file as telemetry gives one prediction per
+    /// row, the level shift is reported inside its window, and nothing was told about the file.
+    #[test]
+    fn a_nab_file_goes_through_augur_replay_as_telemetry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        tiny_nab(dir.path());
+        let corpus = nab::load_corpus(dir.path()).expect("loads");
+        let text = nab_telemetry(&corpus[0]).expect("converts");
+        let first: augur_proto::TelemetryRecord =
+            serde_json::from_str(text.lines().next().expect("a line")).expect("a record");
+        assert_eq!(
+            (first.resource_id.as_str(), first.resource_type.as_str()),
+            ("demo-a", "nab")
+        );
+        assert_eq!(text.lines().count(), 1200);
+        let options = crate::replay::ReplayOptions::default();
+        let scores = nab_through_replay(&corpus[0], &options).expect("replays");
+        assert_eq!(scores.len(), 1200);
+        let (a, b) = corpus[0].file.windows[0];
+        let reported: Vec<usize> = (0..scores.len()).filter(|i| scores[*i] >= 0.5).collect();
+        assert!(
+            reported.iter().any(|i| (a..=b).contains(i)),
+            "the shift reported in its window: {reported:?}"
+        );
     }
 }

@@ -50,6 +50,8 @@ pub struct ReplayOptions {
     /// None: no trained models, the online statistical models only.
     pub schedule: Option<Schedule>,
     pub train: TrainConfig,
+    /// The novelty detectors' settings (evaluations sweep them; the agent has the defaults).
+    pub novelty: augur_models::anomaly::NoveltyConfig,
 }
 
 impl Default for ReplayOptions {
@@ -65,6 +67,7 @@ impl ReplayOptions {
             schedule: Some(Schedule::from_config(&config)),
             train: crate::models::train_config(&config),
             config,
+            novelty: augur_models::anomaly::NoveltyConfig::default(),
         }
     }
 }
@@ -177,7 +180,10 @@ pub fn replay_with(
                         .map(|id| training.histories[id].clone())
                         .collect()
                 };
-                let (engine, _) = engine_config(&options.config, &rtype);
+                let engine = augur_models::engine::EngineConfig {
+                    novelty: options.novelty,
+                    ..engine_config(&options.config, &rtype).0
+                };
                 let trained = augur_models::training::train(
                     &rtype,
                     &data,
@@ -204,7 +210,10 @@ pub fn replay_with(
         let (_, engine) = engines
             .entry(sample.resource_id.to_string())
             .or_insert_with(|| {
-                let mut e = ResourceEngine::new(engine_config(&options.config, &rtype).0);
+                let mut e = ResourceEngine::new(augur_models::engine::EngineConfig {
+                    novelty: options.novelty,
+                    ..engine_config(&options.config, &rtype).0
+                });
                 e.set_models(types.get(&rtype).and_then(|tt| tt.models.clone()));
                 (rtype.clone(), e)
             });
@@ -306,6 +315,7 @@ mod tests {
         let options = ReplayOptions {
             schedule: Some(Schedule::every(Duration::from_secs(600))),
             config: Config::default(),
+            novelty: Default::default(),
             train: TrainConfig {
                 mlp: augur_models::forecast::mlp::MlpConfig {
                     epochs: 1,

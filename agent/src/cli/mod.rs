@@ -351,9 +351,16 @@ pub enum EvalCommand {
         seed: u64,
         /// Other settings for augur's novelty detectors, e.g. "shape_rho=0.04,rest_share=0.1"
         /// (names: value_rho, value_alarm, shape_window_div, shape_rho, shape_rate_weight,
-        /// shape_alarm, rest_share, max_shapes).
+        /// shape_alarm, rest_share, max_shapes, min_learning).
         #[arg(long, default_value = "")]
         novelty: String,
+        /// The agent's configuration for the replay row (each file is replayed as a resource of
+        /// type `nab`): the defaults without it, as `augur replay` has them.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The replay row without trained models (`augur replay --no-train`).
+        #[arg(long)]
+        no_train: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -454,6 +461,19 @@ fn mesh_overrides(a: &AgentArgs) -> Option<crate::config::MeshOverrides> {
     any.then_some(o)
 }
 
+/// The agent's configuration from `file`, or the defaults.
+fn read_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    match file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            Config::from_toml(&text)
+                .with_context(|| format!("{} is not a valid augur configuration", file.display()))
+        }
+        None => Ok(Config::default()),
+    }
+}
+
 /// Runs a non-agent command.
 pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
     match cmd {
@@ -467,17 +487,8 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             json,
         } => {
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let cfg = match &config {
-                Some(file) => {
-                    let text = std::fs::read_to_string(file)
-                        .with_context(|| format!("cannot read {}", file.display()))?;
-                    Config::from_toml(&text).with_context(|| {
-                        format!("{} is not a valid augur configuration", file.display())
-                    })?
-                }
-                None => Config::default(),
-            };
-            let mut options = crate::replay::ReplayOptions::for_config(cfg);
+            let mut options =
+                crate::replay::ReplayOptions::for_config(read_config(config.as_deref())?);
             if let Some(every) = retrain_every {
                 options.schedule = Some(crate::models::Schedule::every(every));
             }
@@ -528,12 +539,22 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             data,
             seed,
             novelty,
+            config,
+            no_train,
             json,
         }) => {
             let novelty = augur_models::anomaly::NoveltyConfig::parse(&novelty)
                 .map_err(|e| anyhow::anyhow!("--novelty: {e}"))?;
-            tokio::task::spawn_blocking(move || crate::eval::nab(&data, seed, novelty, json))
-                .await?
+            let mut options =
+                crate::replay::ReplayOptions::for_config(read_config(config.as_deref())?);
+            if no_train {
+                options.schedule = None;
+            }
+            options.novelty = novelty;
+            tokio::task::spawn_blocking(move || {
+                crate::eval::nab(&data, seed, novelty, &options, json)
+            })
+            .await?
         }
         Command::ValidateConfig { file, json } => {
             let text = std::fs::read_to_string(&file)
