@@ -247,12 +247,13 @@ pub fn nab(
 /// The failure-injection replay: augur's engine, a static threshold and `predict_linear` over the
 /// same seeded synthetic telemetry.
 pub fn failures(
+    family: augur_models::eval::failures::Family,
     seed: u64,
     per_scenario: usize,
     seconds: usize,
     as_json: bool,
 ) -> anyhow::Result<()> {
-    let r = failure_report(seed, per_scenario, seconds)?;
+    let r = failure_report(family, seed, per_scenario, seconds)?;
     print_failures(&r, as_json)
 }
 
@@ -260,6 +261,7 @@ pub fn failures(
 /// augur row paired with predict_linear, the calibration and the trained models.
 #[derive(Debug)]
 pub struct FailureReport {
+    pub family: augur_models::eval::failures::Family,
     pub seed: u64,
     pub resources: usize,
     pub samples: usize,
@@ -281,6 +283,7 @@ pub struct FailureReport {
 
 /// Runs the failure-injection replay (see [`failures`]).
 pub fn failure_report(
+    family: augur_models::eval::failures::Family,
     seed: u64,
     per_scenario: usize,
     seconds: usize,
@@ -289,13 +292,13 @@ pub fn failure_report(
     use augur_models::eval::failures::{
         self, Alarmer, EngineAlarm, PredictLinear, StaticThreshold,
     };
-    let traces = failures::generate(seed, per_scenario, seconds);
+    let traces = failures::generate_family(family, seed, per_scenario, seconds);
     let samples: usize = traces.iter().map(|t| t.samples.len()).sum();
     let horizon_s = 300.0;
     // Calibration is fitted on other traces (another seed) and judged on these.
     let fit_seed = seed.wrapping_add(1000);
     let platt = Platt::fit(&failures::calibration_examples(
-        &failures::generate(fit_seed, per_scenario, seconds),
+        &failures::generate_family(family, fit_seed, per_scenario, seconds),
         horizon_s,
         5,
     ));
@@ -313,7 +316,12 @@ pub fn failure_report(
     let train_started = std::time::Instant::now();
     let trained = augur_models::training::train(
         "host",
-        &failures::as_history(&failures::generate(fit_seed, per_scenario, seconds)),
+        &failures::as_history(&failures::generate_family(
+            family,
+            fit_seed,
+            per_scenario,
+            seconds,
+        )),
         1,
         &augur_models::engine::EngineConfig {
             horizon_s,
@@ -393,6 +401,7 @@ pub fn failure_report(
         })
         .unwrap_or_default();
     Ok(FailureReport {
+        family,
         seed,
         resources: traces.len(),
         samples,
@@ -413,6 +422,7 @@ pub fn failure_report(
 
 fn print_failures(r: &FailureReport, as_json: bool) -> anyhow::Result<()> {
     let FailureReport {
+        family,
         seed,
         resources,
         samples,
@@ -444,7 +454,7 @@ fn print_failures(r: &FailureReport, as_json: bool) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({"seed": seed, "samples": samples, "horizon_s": horizon_s, "results": rows,
+                &json!({"family": family.name(), "seed": seed, "samples": samples, "horizon_s": horizon_s, "results": rows,
                     "paired_with_predict_linear": pairs.iter().map(|(d, p)| json!({
                         "detector": d, "both_caught": p.both, "median_lead_s": p.median_lead_a_s,
                         "predict_linear_median_lead_s": p.median_lead_b_s,
@@ -460,7 +470,8 @@ fn print_failures(r: &FailureReport, as_json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "failure-injection replay: {resources} resources, {samples} samples (1 s apart), horizon {horizon_s} s, caught = alarm at least 30 s ahead"
+        "failure-injection replay ({} family): {resources} resources, {samples} samples (1 s apart), horizon {horizon_s} s, caught = alarm at least 30 s ahead",
+        family.name()
     );
     println!(
         "{:<34} {:>8} {:>8} {:>12} {:>14}",
@@ -791,7 +802,8 @@ mod tests {
 
     #[test]
     fn the_failure_replay_runs_small() {
-        let r = failure_report(3, 1, 900).expect("runs");
+        let r =
+            failure_report(augur_models::eval::failures::Family::Classic, 3, 1, 900).expect("runs");
         // Every detector judged on the same failures; augur's rows paired with predict_linear.
         assert_eq!(r.outcomes.len(), 6);
         let failures = r.outcomes[0].failures;

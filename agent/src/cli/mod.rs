@@ -338,6 +338,11 @@ pub enum EvalCommand {
         /// Length of each trace in seconds (failing ones end at the failure).
         #[arg(long, default_value_t = 5400)]
         seconds: usize,
+        /// The scenarios: `classic` (the engine's settings were chosen on its seed 1007) or `wild`
+        /// (other habits: heavy-tailed noise, cycles, deploys, missing samples, failures that
+        /// step, accelerate or peg; nothing was tuned on it).
+        #[arg(long, default_value = "classic", value_parser = parse_family)]
+        family: augur_models::eval::failures::Family,
         #[arg(long)]
         json: bool,
     },
@@ -461,6 +466,11 @@ fn mesh_overrides(a: &AgentArgs) -> Option<crate::config::MeshOverrides> {
     any.then_some(o)
 }
 
+fn parse_family(s: &str) -> Result<augur_models::eval::failures::Family, String> {
+    augur_models::eval::failures::Family::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a family of scenarios (classic, wild)"))
+}
+
 /// The agent's configuration from `file`, or the defaults.
 fn read_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
     match file {
@@ -513,10 +523,11 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             seed,
             per_scenario,
             seconds,
+            family,
             json,
         }) => {
             tokio::task::spawn_blocking(move || {
-                crate::eval::failures(seed, per_scenario, seconds, json)
+                crate::eval::failures(family, seed, per_scenario, seconds, json)
             })
             .await?
         }

@@ -21,9 +21,69 @@ pub enum Scenario {
     CacheWarmup,
     TempFiles,
     TrafficBurst,
+    // The second family (`wild`): other shapes, other habits.
+    /// A leak that pauses (a plateau) and resumes, in steps.
+    SteppedLeak,
+    /// A disk that fills faster and faster.
+    AcceleratingFill,
+    /// A queue backing up, behind latency-like heavy-tailed noise.
+    QueueRunaway,
+    /// CPU climbing to just under its limit, pegged there, then over.
+    CpuPegged,
+    /// An error rate ramping in bursts.
+    ErrorBursts,
+    /// A deploy: memory and CPU shift to a new level and stay (benign).
+    DeployShift,
+    /// A disk that climbs to 0.92 and is cleaned up (benign: a near miss).
+    NearMiss,
+    /// A strong daily-like cycle of CPU and queue (benign).
+    BusyCycle,
+}
+
+/// A family of scenarios: the first written beside the engine (`classic`; the engine's settings
+/// were chosen on its seed 1007) and a second with other habits (`wild`) that nothing was tuned on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Classic,
+    Wild,
+}
+
+impl Family {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "classic" => Some(Family::Classic),
+            "wild" => Some(Family::Wild),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Classic => "classic",
+            Family::Wild => "wild",
+        }
+    }
+
+    pub fn scenarios(self) -> [Scenario; 8] {
+        match self {
+            Family::Classic => Scenario::ALL,
+            Family::Wild => Scenario::WILD,
+        }
+    }
 }
 
 impl Scenario {
+    pub const WILD: [Scenario; 8] = [
+        Scenario::SteppedLeak,
+        Scenario::AcceleratingFill,
+        Scenario::QueueRunaway,
+        Scenario::CpuPegged,
+        Scenario::ErrorBursts,
+        Scenario::DeployShift,
+        Scenario::NearMiss,
+        Scenario::BusyCycle,
+    ];
+
     pub const ALL: [Scenario; 8] = [
         Scenario::MemoryLeak,
         Scenario::DiskFill,
@@ -45,13 +105,26 @@ impl Scenario {
             Scenario::CacheWarmup => "cache_warmup (benign)",
             Scenario::TempFiles => "temp_files (benign)",
             Scenario::TrafficBurst => "traffic_burst (benign)",
+            Scenario::SteppedLeak => "stepped_leak",
+            Scenario::AcceleratingFill => "accelerating_fill",
+            Scenario::QueueRunaway => "queue_runaway",
+            Scenario::CpuPegged => "cpu_pegged",
+            Scenario::ErrorBursts => "error_bursts",
+            Scenario::DeployShift => "deploy_shift (benign)",
+            Scenario::NearMiss => "near_miss (benign)",
+            Scenario::BusyCycle => "busy_cycle (benign)",
         }
     }
 
     pub fn fails(self) -> bool {
         !matches!(
             self,
-            Scenario::CacheWarmup | Scenario::TempFiles | Scenario::TrafficBurst
+            Scenario::CacheWarmup
+                | Scenario::TempFiles
+                | Scenario::TrafficBurst
+                | Scenario::DeployShift
+                | Scenario::NearMiss
+                | Scenario::BusyCycle
         )
     }
 }
@@ -81,30 +154,39 @@ pub struct Trace {
     pub failure_at: Option<usize>,
 }
 
-fn gauss(rng: &mut SplitMix64) -> f64 {
+pub(super) fn gauss(rng: &mut SplitMix64) -> f64 {
     // Box-Muller.
     let u1 = rng.next_f64().max(1e-12);
     let u2 = rng.next_f64();
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
-fn uniform(rng: &mut SplitMix64, lo: f64, hi: f64) -> f64 {
+pub(super) fn uniform(rng: &mut SplitMix64, lo: f64, hi: f64) -> f64 {
     lo + (hi - lo) * rng.next_f64()
 }
 
 /// Generates `per_scenario` traces of every scenario, about `seconds` long each (failing ones end at
 /// the failure).
 pub fn generate(seed: u64, per_scenario: usize, seconds: usize) -> Vec<Trace> {
+    generate_family(Family::Classic, seed, per_scenario, seconds)
+}
+
+/// [`generate`] for a family.
+pub fn generate_family(
+    family: Family,
+    seed: u64,
+    per_scenario: usize,
+    seconds: usize,
+) -> Vec<Trace> {
     let mut rng = SplitMix64::new(seed);
     let mut out = Vec::new();
-    for scenario in Scenario::ALL {
+    for scenario in family.scenarios() {
         for k in 0..per_scenario {
-            out.push(trace(
-                &mut rng,
-                scenario,
-                format!("{}-{k}", scenario.name().split(' ').next().unwrap_or("x")),
-                seconds,
-            ));
+            let id = format!("{}-{k}", scenario.name().split(' ').next().unwrap_or("x"));
+            out.push(match family {
+                Family::Classic => trace(&mut rng, scenario, id, seconds),
+                Family::Wild => super::wild::trace(&mut rng, scenario, id, seconds),
+            });
         }
     }
     out
@@ -149,12 +231,12 @@ fn trace(rng: &mut SplitMix64, scenario: Scenario, resource_id: String, seconds:
                     };
                     disk += (0.9 - disk0) * bump;
                 }
-                Scenario::TrafficBurst => {
-                    if since < 90.0 {
-                        cpu += (0.9 - cpu0) * (since / 30.0).min(1.0);
-                        queue += 200.0 * (since / 90.0);
-                    }
+                Scenario::TrafficBurst if since < 90.0 => {
+                    cpu += (0.9 - cpu0) * (since / 30.0).min(1.0);
+                    queue += 200.0 * (since / 90.0);
                 }
+                // The wild family's are generated by `wild::trace`.
+                _ => {}
             }
         }
         let m = BTreeMap::from([

@@ -6,6 +6,7 @@ pub mod detectors;
 pub mod failures;
 pub mod nab;
 pub mod smd;
+pub mod wild;
 
 use std::path::{Path, PathBuf};
 
