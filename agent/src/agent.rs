@@ -530,6 +530,8 @@ async fn signals(
             _ = hup.recv() => {
                 match Config::load(&sources) {
                     Ok(new) => {
+                        // Counted first: whoever reads a log line of this reload finds it counted.
+                        stats.reload(true);
                         let fixed = current.restart_only_changes(&new);
                         if !fixed.is_empty() {
                             tracing::warn!(settings = ?fixed, "these settings changed but take effect only after a restart");
@@ -546,7 +548,6 @@ async fn signals(
                                 Err(e) => tracing::error!(error = %e, "mesh.fleet_keys not applied"),
                             }
                         }
-                        stats.reload(true);
                         tracing::info!("configuration reloaded");
                         current = new.clone();
                         tx_config.send_replace(Arc::new(new));
