@@ -251,9 +251,10 @@ pub fn failures(
     seed: u64,
     per_scenario: usize,
     seconds: usize,
+    damping: f64,
     as_json: bool,
 ) -> anyhow::Result<()> {
-    let r = failure_report(family, seed, per_scenario, seconds)?;
+    let r = failure_report(family, seed, per_scenario, seconds, damping)?;
     print_failures(&r, as_json)
 }
 
@@ -287,6 +288,7 @@ pub fn failure_report(
     seed: u64,
     per_scenario: usize,
     seconds: usize,
+    damping: f64,
 ) -> anyhow::Result<FailureReport> {
     use augur_models::calibration::{Platt, brier};
     use augur_models::eval::failures::{
@@ -301,8 +303,9 @@ pub fn failure_report(
         &failures::generate_family(family, fit_seed, per_scenario, seconds),
         horizon_s,
         5,
+        damping,
     ));
-    let judged = failures::calibration_examples(&traces, horizon_s, 5);
+    let judged = failures::calibration_examples(&traces, horizon_s, 5, damping);
     let raw: Vec<(f64, bool)> = judged.iter().map(|&(r, _, y)| (r, y)).collect();
     let cal: Vec<(f64, bool)> = judged
         .iter()
@@ -326,6 +329,7 @@ pub fn failure_report(
         &augur_models::engine::EngineConfig {
             horizon_s,
             limits: failures::limits(),
+            trend_damping: damping,
             ..Default::default()
         },
         &augur_models::training::TrainConfig {
@@ -343,24 +347,28 @@ pub fn failure_report(
             horizon_s,
             calibration: None,
             models: Some(trained),
+            damping,
         }),
         Box::new(EngineAlarm {
             threshold: 0.75,
             horizon_s,
             calibration: Some(platt.clone()),
             models: None,
+            damping,
         }),
         Box::new(EngineAlarm {
             threshold: 0.75,
             horizon_s,
             calibration: None,
             models: None,
+            damping,
         }),
         Box::new(EngineAlarm {
             threshold: 0.5,
             horizon_s,
             calibration: None,
             models: None,
+            damping,
         }),
         Box::new(StaticThreshold { fraction: 0.9 }),
         Box::new(PredictLinear {
@@ -544,9 +552,11 @@ fn print_failures(r: &FailureReport, as_json: bool) -> anyhow::Result<()> {
             .calibration
             .as_ref()
             .map_or("none".to_owned(), |c| format!(
-                "Brier {:.4} vs raw {:.4} on held-out history{}",
+                "Brier {:.4} vs raw {:.4} on held-out history, {} vs {} failing examples at the alarm{}",
                 c.brier_calibrated,
                 c.brier_raw,
+                c.alarmed_calibrated,
+                c.alarmed_raw,
                 if c.used { ", used" } else { ", not used" }
             ))
     );
@@ -802,8 +812,14 @@ mod tests {
 
     #[test]
     fn the_failure_replay_runs_small() {
-        let r =
-            failure_report(augur_models::eval::failures::Family::Classic, 3, 1, 900).expect("runs");
+        let r = failure_report(
+            augur_models::eval::failures::Family::Classic,
+            3,
+            1,
+            900,
+            augur_models::engine::HOLT_PHI,
+        )
+        .expect("runs");
         // Every detector judged on the same failures; augur's rows paired with predict_linear.
         assert_eq!(r.outcomes.len(), 6);
         let failures = r.outcomes[0].failures;

@@ -314,10 +314,13 @@ pub fn train_type(
         Ok(d) => d,
         Err(e) => return outcome(None, Some(format!("cannot read history: {e}"))),
     };
-    let (engine, _) = engine_config(cfg, resource_type);
+    let (engine, threshold) = engine_config(cfg, resource_type);
     let version = store.next_version(resource_type);
-    match augur_models::training::train(resource_type, &data, version, &engine, &train_config(cfg))
-    {
+    let train = augur_models::training::TrainConfig {
+        threshold,
+        ..train_config(cfg)
+    };
+    match augur_models::training::train(resource_type, &data, version, &engine, &train) {
         Ok(models) => {
             let meta = models.meta.clone();
             match store.install(models, cfg.models.keep_versions) {

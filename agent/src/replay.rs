@@ -180,16 +180,21 @@ pub fn replay_with(
                         .map(|id| training.histories[id].clone())
                         .collect()
                 };
+                let (engine, threshold) = engine_config(&options.config, &rtype);
                 let engine = augur_models::engine::EngineConfig {
                     novelty: options.novelty,
-                    ..engine_config(&options.config, &rtype).0
+                    ..engine
+                };
+                let train = TrainConfig {
+                    threshold,
+                    ..options.train.clone()
                 };
                 let trained = augur_models::training::train(
                     &rtype,
                     &data,
                     training.version + 1,
                     &engine,
-                    &options.train,
+                    &train,
                 );
                 schedule.done(&mut training.next, t, trained.is_ok());
                 if let Ok(m) = trained {

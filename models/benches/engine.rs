@@ -168,6 +168,8 @@ fn all_models(c: &mut Criterion) {
         excluded_by_migration: 0,
         brier_raw: 1.0,
         brier_calibrated: 0.0,
+        alarmed_raw: 0,
+        alarmed_calibrated: 0,
         used: true,
     });
     let models = Arc::new(models);

@@ -65,6 +65,9 @@ pub struct EngineConfig {
     /// and its rest after an alarm scale with this (`anomaly::Novelty`).
     #[serde(default = "default_anomaly_learning")]
     pub anomaly_learning: usize,
+    /// The forecaster's trend damping per sample ([`HOLT_PHI`] by default).
+    #[serde(default = "default_trend_damping")]
+    pub trend_damping: f64,
     /// The novelty detectors' settings.
     #[serde(default)]
     pub novelty: NoveltyConfig,
@@ -95,6 +98,10 @@ fn default_metric_ttl() -> u64 {
 /// Ten minutes of samples at the default interval of one second.
 pub const DEFAULT_ANOMALY_LEARNING: usize = 600;
 
+fn default_trend_damping() -> f64 {
+    HOLT_PHI
+}
+
 fn default_anomaly_learning() -> usize {
     DEFAULT_ANOMALY_LEARNING
 }
@@ -107,6 +114,7 @@ impl Default for EngineConfig {
             horizon_points: 20,
             anomaly_learning: DEFAULT_ANOMALY_LEARNING,
             novelty: NoveltyConfig::default(),
+            trend_damping: HOLT_PHI,
             max_metrics: DEFAULT_MAX_METRICS,
             metric_ttl_samples: DEFAULT_METRIC_TTL_SAMPLES,
         }
@@ -145,6 +153,8 @@ pub const WARM_UP: u64 = 60;
 /// the failure replay and judged on another (docs/BENCHMARKS.md, "Failure-injection replay").
 pub const HOLT_ALPHA: f64 = 0.15;
 pub const HOLT_BETA: f64 = 0.02;
+/// The forecaster's trend damping per sample (1: undamped, Holt's line).
+pub const HOLT_PHI: f64 = 1.0;
 
 pub use crate::MODEL_VERSION;
 
@@ -364,7 +374,7 @@ impl ResourceEngine {
                 .entry(name.clone())
                 .or_insert_with(|| MetricState {
                     scorer: MetricScorer::new(
-                        Holt::new(HOLT_ALPHA, HOLT_BETA),
+                        Holt::new(HOLT_ALPHA, HOLT_BETA).damped(self.config.trend_damping),
                         self.config.anomaly_learning,
                         self.config.novelty,
                     ),

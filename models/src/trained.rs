@@ -108,7 +108,13 @@ pub struct CalibrationReport {
     pub excluded_by_migration: usize,
     pub brier_raw: f64,
     pub brier_calibrated: f64,
-    /// Whether the engine applies it (only when it lowered the Brier score).
+    /// Held-out failing examples at or above the alarm threshold, raw and calibrated.
+    #[serde(default)]
+    pub alarmed_raw: usize,
+    #[serde(default)]
+    pub alarmed_calibrated: usize,
+    /// Whether the engine applies it: only when it lowered the Brier score and left at least as
+    /// many held-out failing examples at the alarm threshold.
     pub used: bool,
 }
 

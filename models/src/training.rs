@@ -143,6 +143,10 @@ pub struct TrainConfig {
     /// Metrics the forest reads, at most (the first in name order).
     pub max_forest_metrics: usize,
     pub seed: u64,
+    /// The type's alarm threshold: a calibration that would leave fewer of the held-out
+    /// positives at or above it than the raw probability does is not used, whatever its Brier
+    /// score (a lower Brier score on rare failures can come from pushing them under the alarm).
+    pub threshold: f64,
 }
 
 impl Default for TrainConfig {
@@ -159,6 +163,7 @@ impl Default for TrainConfig {
             forest_sample: 256,
             max_forest_metrics: 32,
             seed: 7,
+            threshold: 0.75,
         }
     }
 }
@@ -329,6 +334,7 @@ fn train_calibration(
     data: &[ResourceHistory],
     engine: &EngineConfig,
     partial: &Arc<TrainedModels>,
+    threshold: f64,
 ) -> Option<(Platt, CalibrationReport)> {
     if data.iter().all(|r| r.failures.is_empty()) {
         return None;
@@ -364,13 +370,21 @@ fn train_calibration(
     let raw: Vec<(f64, bool)> = held.iter().map(|e| (e.1, e.3)).collect();
     let cal: Vec<(f64, bool)> = held.iter().map(|e| (platt.apply(e.1, e.2), e.3)).collect();
     let (brier_raw, brier_calibrated) = (brier(&raw), brier(&cal));
+    // The held-out positives the alarm would see, raw and calibrated.
+    let alarmed = |v: &[(f64, bool)]| v.iter().filter(|(p, y)| *y && *p >= threshold).count();
+    let (alarmed_raw, alarmed_calibrated) = (alarmed(&raw), alarmed(&cal));
     let report = CalibrationReport {
         examples: examples.len(),
         positives: examples.iter().filter(|e| e.3).count(),
         excluded_by_migration: excluded,
         brier_raw,
         brier_calibrated,
-        used: platt.is_fitted() && held.iter().any(|e| e.3) && brier_calibrated < brier_raw,
+        alarmed_raw,
+        alarmed_calibrated,
+        used: platt.is_fitted()
+            && held.iter().any(|e| e.3)
+            && brier_calibrated < brier_raw
+            && alarmed_calibrated >= alarmed_raw,
     };
     Some((platt, report))
 }
@@ -422,7 +436,9 @@ pub fn train(
         forest,
         calibration: None,
     };
-    if let Some((platt, report)) = train_calibration(data, engine, &Arc::new(models.clone())) {
+    if let Some((platt, report)) =
+        train_calibration(data, engine, &Arc::new(models.clone()), cfg.threshold)
+    {
         models.calibration = Some(platt);
         models.meta.calibration = Some(report);
     }
@@ -614,5 +630,14 @@ mod tests {
         // the data does, with no failure in it) but reach the migration at 1900 s; later ones have
         // no complete horizon either way.
         assert_eq!(c.excluded_by_migration, 100, "{c:?}");
+        // Used only when it keeps at least as many held-out failing examples at the alarm.
+        assert!(!c.used || c.alarmed_calibrated >= c.alarmed_raw, "{c:?}");
+        let strict = TrainConfig {
+            threshold: 1.0,
+            ..quick()
+        };
+        let m = train("service", &data, 1, &EngineConfig::default(), &strict).expect("trains");
+        let c = m.meta.calibration.expect("calibration report");
+        assert_eq!((c.alarmed_raw, c.alarmed_calibrated), (0, 0), "{c:?}");
     }
 }

@@ -343,6 +343,9 @@ pub enum EvalCommand {
         /// step, accelerate or peg; nothing was tuned on it).
         #[arg(long, default_value = "classic", value_parser = parse_family)]
         family: augur_models::eval::failures::Family,
+        /// The forecaster's trend damping per sample for augur's rows (1: Holt's undamped line).
+        #[arg(long, default_value_t = augur_models::engine::HOLT_PHI)]
+        damping: f64,
         #[arg(long)]
         json: bool,
     },
@@ -524,10 +527,11 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             per_scenario,
             seconds,
             family,
+            damping,
             json,
         }) => {
             tokio::task::spawn_blocking(move || {
-                crate::eval::failures(family, seed, per_scenario, seconds, json)
+                crate::eval::failures(family, seed, per_scenario, seconds, damping, json)
             })
             .await?
         }

@@ -280,6 +280,8 @@ pub struct EngineAlarm {
     pub calibration: Option<crate::calibration::Platt>,
     /// Trained models the engine uses (MLP, forest, and their calibration when it helped).
     pub models: Option<std::sync::Arc<crate::trained::TrainedModels>>,
+    /// The forecaster's trend damping ([`crate::engine::HOLT_PHI`] unless an evaluation sweeps it).
+    pub damping: f64,
 }
 
 /// The traces as training history: one resource each, its failure labelled.
@@ -297,10 +299,11 @@ pub fn as_history(traces: &[Trace]) -> Vec<crate::training::ResourceHistory> {
         .collect()
 }
 
-fn replay_engine(horizon_s: f64) -> ResourceEngine {
+fn replay_engine(horizon_s: f64, damping: f64) -> ResourceEngine {
     ResourceEngine::new(EngineConfig {
         horizon_s,
         limits: limits(),
+        trend_damping: damping,
         ..EngineConfig::default()
     })
 }
@@ -316,7 +319,7 @@ impl Alarmer for EngineAlarm {
     }
 
     fn alarms(&self, samples: &[BTreeMap<String, f64>]) -> Vec<bool> {
-        let mut e = replay_engine(self.horizon_s);
+        let mut e = replay_engine(self.horizon_s, self.damping);
         e.set_models(self.models.clone());
         samples
             .iter()
@@ -339,10 +342,11 @@ pub fn calibration_examples(
     traces: &[Trace],
     horizon_s: f64,
     every: usize,
+    damping: f64,
 ) -> Vec<(f64, f64, bool)> {
     let mut out = Vec::new();
     for tr in traces {
-        let mut e = replay_engine(horizon_s);
+        let mut e = replay_engine(horizon_s, damping);
         let ts: Vec<f64> = (0..tr.samples.len()).map(|t| t as f64).collect();
         let failures: Vec<f64> = tr.failure_at.map(|f| f as f64).into_iter().collect();
         let labels = crate::calibration::label_windows(&ts, &failures, &[], horizon_s);

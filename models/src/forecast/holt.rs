@@ -16,6 +16,14 @@ pub struct Holt {
     trend: f64,
     variance: f64,
     seen: u64,
+    /// Damping of the trend (Gardner and McKenzie): the forecast `h` steps ahead adds the trend
+    /// `phi + phi^2 + ... + phi^h` times; 1 is Holt's undamped line.
+    #[serde(default = "undamped")]
+    phi: f64,
+}
+
+fn undamped() -> f64 {
+    1.0
 }
 
 impl Holt {
@@ -29,6 +37,26 @@ impl Holt {
             trend: 0.0,
             variance: 0.0,
             seen: 0,
+            phi: 1.0,
+        }
+    }
+
+    /// The same smoother with its trend damped by `phi` per step (in (0, 1]; 1: undamped).
+    pub fn damped(mut self, phi: f64) -> Self {
+        self.phi = if phi.is_finite() {
+            phi.clamp(0.5, 1.0)
+        } else {
+            1.0
+        };
+        self
+    }
+
+    /// `phi + phi^2 + ... + phi^h`.
+    fn trend_steps(&self, h: f64) -> f64 {
+        if self.phi >= 1.0 {
+            h
+        } else {
+            self.phi * (1.0 - self.phi.powf(h)) / (1.0 - self.phi)
         }
     }
 
@@ -48,7 +76,7 @@ impl Holt {
             return None;
         }
         let h = f64::from(steps.max(1));
-        let mean = self.level + h * self.trend;
+        let mean = self.level + self.trend_steps(h) * self.trend;
         // Var of the h-step error of a local linear trend: sigma^2 (1 + sum_{j<h} (alpha (1 + j beta))^2).
         // Closed form of the sum over j = 1..h-1 of (1 + j beta)^2.
         let n = h - 1.0;
@@ -76,14 +104,15 @@ impl Holt {
                 None
             }
             _ => {
-                let predicted = self.level + self.trend;
+                let predicted = self.level + self.phi * self.trend;
                 let residual = x - predicted;
                 let prev_level = self.level;
                 self.level = self.alpha * x + (1.0 - self.alpha) * predicted;
                 // Early on the trend is the running mean of level changes (weight 1/n), so a small
                 // beta does not leave a bad start in place for hundreds of samples.
                 let beta = self.beta.max(1.0 / (self.seen as f64 - 1.0));
-                self.trend = beta * (self.level - prev_level) + (1.0 - beta) * self.trend;
+                self.trend =
+                    beta * (self.level - prev_level) + (1.0 - beta) * self.phi * self.trend;
                 let g = if self.seen < 50 {
                     1.0 / (self.seen as f64 - 2.0)
                 } else {
