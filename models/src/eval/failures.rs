@@ -239,17 +239,8 @@ fn trace(rng: &mut SplitMix64, scenario: Scenario, resource_id: String, seconds:
                 _ => {}
             }
         }
-        let m = BTreeMap::from([
-            ("mem_used_ratio".to_owned(), mem.clamp(0.0, 1.0)),
-            ("disk_used_ratio:/".to_owned(), disk.clamp(0.0, 1.0)),
-            ("cpu_util".to_owned(), cpu.clamp(0.0, 1.0)),
-            ("error_rate".to_owned(), err.clamp(0.0, 1.0)),
-            ("queue_len".to_owned(), queue.max(0.0)),
-        ]);
-        let failed = limits().iter().any(|l| {
-            m.iter()
-                .any(|(k, v)| k.starts_with(l.prefix.as_str()) && *v >= l.value)
-        });
+        let m = sample(mem, disk, cpu, err, queue);
+        let failed = crosses_a_limit(&m);
         samples.push(m);
         if failed && scenario.fails() && active {
             failure_at = Some(t);
@@ -262,6 +253,25 @@ fn trace(rng: &mut SplitMix64, scenario: Scenario, resource_id: String, seconds:
         samples,
         failure_at,
     }
+}
+
+/// A sample of the five metrics both families generate, each in its range.
+pub(super) fn sample(mem: f64, disk: f64, cpu: f64, err: f64, queue: f64) -> BTreeMap<String, f64> {
+    BTreeMap::from([
+        ("mem_used_ratio".to_owned(), mem.clamp(0.0, 1.0)),
+        ("disk_used_ratio:/".to_owned(), disk.clamp(0.0, 1.0)),
+        ("cpu_util".to_owned(), cpu.clamp(0.0, 1.0)),
+        ("error_rate".to_owned(), err.clamp(0.0, 1.0)),
+        ("queue_len".to_owned(), queue.max(0.0)),
+    ])
+}
+
+/// Whether a metric of `m` is at or past its limit ([`limits`]).
+pub(super) fn crosses_a_limit(m: &BTreeMap<String, f64>) -> bool {
+    limits().iter().any(|l| {
+        m.iter()
+            .any(|(k, v)| k.starts_with(l.prefix.as_str()) && *v >= l.value)
+    })
 }
 
 /// Something that raises alarms from a resource's samples, one second apart.

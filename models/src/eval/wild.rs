@@ -12,13 +12,13 @@
 //!   (errors), and benign look-alikes that shift (a deploy), nearly fail and recover (a disk
 //!   cleaned up at 0.92), or cycle hard (a busy period every cycle).
 //!
-//! The limits are the first family's ([`super::failures::limits`]), given alike to every
+//! The limits are the first family's (`failures::limits`), given alike to every
 //! detector. A failure is when a metric's true value (observed or not) crosses its limit; that
 //! sample is always observed.
 
 use std::collections::BTreeMap;
 
-use super::failures::{Scenario, Trace, gauss, limits, uniform};
+use super::failures::{Scenario, Trace, crosses_a_limit, gauss, sample, uniform};
 use crate::anomaly::iforest::SplitMix64;
 
 /// Student's t with 3 degrees of freedom (variance 3), clipped at +-6.
@@ -165,17 +165,8 @@ pub fn trace(
             err = err.min(0.04);
             queue = queue.min(900.0);
         }
-        let m = BTreeMap::from([
-            ("mem_used_ratio".to_owned(), mem.clamp(0.0, 1.0)),
-            ("disk_used_ratio:/".to_owned(), disk.clamp(0.0, 1.0)),
-            ("cpu_util".to_owned(), cpu.clamp(0.0, 1.0)),
-            ("error_rate".to_owned(), err.clamp(0.0, 1.0)),
-            ("queue_len".to_owned(), queue.max(0.0)),
-        ]);
-        let failed = limits().iter().any(|l| {
-            m.iter()
-                .any(|(k, v)| k.starts_with(l.prefix.as_str()) && *v >= l.value)
-        });
+        let m = sample(mem, disk, cpu, err, queue);
+        let failed = crosses_a_limit(&m);
         if failed && scenario.fails() && active {
             samples.push(m);
             failure_at = Some(t);

@@ -7,6 +7,15 @@ use super::{AgentFleet, FleetSettings, service};
 
 const FOUR: [&str; 4] = ["a", "b", "c", "d"];
 
+/// Runs (checked) until `service` is served by exactly one instance, not on `node`.
+async fn moved_off(f: &AgentFleet, service: &str, node: &str, limit: Duration) -> bool {
+    f.until_checked(limit, |f| {
+        let s = f.serving(service);
+        s.len() == 1 && s[0].0 != node
+    })
+    .await
+}
+
 /// The node whose alarm a scenario raises: the one serving `service`, and its instance.
 fn serving(f: &AgentFleet, service: &str) -> (String, String) {
     let s = f.serving(service);
@@ -20,12 +29,7 @@ async fn a_predicted_failure_is_moved_once_by_an_elected_peer() {
     f.apply("web", service("web", 8080, "live", 0)).await;
     let (node, instance) = serving(&f, "web");
     f.predict(&node, &instance, "web");
-    let moved = f
-        .until_checked(Duration::from_secs(90), |f| {
-            let s = f.serving("web");
-            s.len() == 1 && s[0].0 != node
-        })
-        .await;
+    let moved = moved_off(&f, "web", &node, Duration::from_secs(90)).await;
     assert!(moved, "moved off {node}: {:?}", f.instances("web"));
     // The old instance retires, the fleet settles, nothing else moves.
     f.alarm(&node, &[]);
@@ -185,12 +189,7 @@ async fn a_coordinator_killed_mid_move_is_taken_over_by_the_next_peer() {
         j.outcome()
     );
     // Rolled back or finished, the prediction stands: the work ends up off the failing node.
-    let off = f
-        .until_checked(Duration::from_secs(120), |f| {
-            let s = f.serving("web");
-            s.len() == 1 && s[0].0 != node
-        })
-        .await;
+    let off = moved_off(&f, "web", &node, Duration::from_secs(120)).await;
     assert!(off, "moved off {node} in the end: {:?}", f.instances("web"));
     f.assert_history();
     f.stop().await;
@@ -283,12 +282,7 @@ async fn skewed_clocks_change_nothing() {
     f.apply("web", service("web", 8080, "live", 0)).await;
     let (node, instance) = serving(&f, "web");
     f.predict(&node, &instance, "web");
-    let moved = f
-        .until_checked(Duration::from_secs(90), |f| {
-            let s = f.serving("web");
-            s.len() == 1 && s[0].0 != node
-        })
-        .await;
+    let moved = moved_off(&f, "web", &node, Duration::from_secs(90)).await;
     assert!(moved, "moved off {node}: {:?}", f.instances("web"));
     f.alarm(&node, &[]);
     f.run_checked(Duration::from_secs(30)).await;
