@@ -294,13 +294,13 @@ pub fn failure_report(
     use augur_models::eval::failures::{
         self, Alarmer, EngineAlarm, PredictLinear, StaticThreshold,
     };
-    let traces = failures::generate_family(family, seed, per_scenario, seconds);
+    let traces = augur_models::eval::wild::generate_family(family, seed, per_scenario, seconds);
     let samples: usize = traces.iter().map(|t| t.samples.len()).sum();
     let horizon_s = 300.0;
     // Calibration is fitted on other traces (another seed) and judged on these.
     let fit_seed = seed.wrapping_add(1000);
     let platt = Platt::fit(&failures::calibration_examples(
-        &failures::generate_family(family, fit_seed, per_scenario, seconds),
+        &augur_models::eval::wild::generate_family(family, fit_seed, per_scenario, seconds),
         horizon_s,
         5,
         damping,
@@ -319,7 +319,7 @@ pub fn failure_report(
     let train_started = std::time::Instant::now();
     let trained = augur_models::training::train(
         "host",
-        &failures::as_history(&failures::generate_family(
+        &failures::as_history(&augur_models::eval::wild::generate_family(
             family,
             fit_seed,
             per_scenario,

@@ -165,34 +165,37 @@ pub(super) fn uniform(rng: &mut SplitMix64, lo: f64, hi: f64) -> f64 {
     lo + (hi - lo) * rng.next_f64()
 }
 
-/// Generates `per_scenario` traces of every scenario, about `seconds` long each (failing ones end at
-/// the failure).
+/// Generates `per_scenario` traces of every classic scenario, about `seconds` long each (failing
+/// ones end at the failure). `wild::generate_family` generates either family.
 pub fn generate(seed: u64, per_scenario: usize, seconds: usize) -> Vec<Trace> {
-    generate_family(Family::Classic, seed, per_scenario, seconds)
+    generate_with(Family::Classic, seed, per_scenario, seconds, trace)
 }
 
-/// [`generate`] for a family.
-pub fn generate_family(
+/// `per_scenario` traces of every scenario of `family`, each made by `make`.
+pub(super) fn generate_with(
     family: Family,
     seed: u64,
     per_scenario: usize,
     seconds: usize,
+    make: impl Fn(&mut SplitMix64, Scenario, String, usize) -> Trace,
 ) -> Vec<Trace> {
     let mut rng = SplitMix64::new(seed);
     let mut out = Vec::new();
     for scenario in family.scenarios() {
         for k in 0..per_scenario {
             let id = format!("{}-{k}", scenario.name().split(' ').next().unwrap_or("x"));
-            out.push(match family {
-                Family::Classic => trace(&mut rng, scenario, id, seconds),
-                Family::Wild => super::wild::trace(&mut rng, scenario, id, seconds),
-            });
+            out.push(make(&mut rng, scenario, id, seconds));
         }
     }
     out
 }
 
-fn trace(rng: &mut SplitMix64, scenario: Scenario, resource_id: String, seconds: usize) -> Trace {
+pub(super) fn trace(
+    rng: &mut SplitMix64,
+    scenario: Scenario,
+    resource_id: String,
+    seconds: usize,
+) -> Trace {
     let onset = (uniform(rng, 0.3, 0.6) * seconds as f64) as usize;
     let mem0 = uniform(rng, 0.35, 0.6);
     let disk0 = uniform(rng, 0.4, 0.75);

@@ -18,8 +18,26 @@
 
 use std::collections::BTreeMap;
 
-use super::failures::{Scenario, Trace, crosses_a_limit, gauss, sample, uniform};
+use super::failures::{
+    Family, Scenario, Trace, crosses_a_limit, gauss, generate_with, sample, uniform,
+};
 use crate::anomaly::iforest::SplitMix64;
+
+/// `per_scenario` traces of every scenario of `family`, about `seconds` long each (failing ones
+/// end at the failure).
+pub fn generate_family(
+    family: Family,
+    seed: u64,
+    per_scenario: usize,
+    seconds: usize,
+) -> Vec<Trace> {
+    match family {
+        Family::Classic => {
+            generate_with(family, seed, per_scenario, seconds, super::failures::trace)
+        }
+        Family::Wild => generate_with(family, seed, per_scenario, seconds, trace),
+    }
+}
 
 /// Student's t with 3 degrees of freedom (variance 3), clipped at +-6.
 fn t3(rng: &mut SplitMix64) -> f64 {
@@ -193,7 +211,8 @@ pub fn trace(
 
 #[cfg(test)]
 mod tests {
-    use super::super::failures::{Family, generate_family};
+    use super::super::failures::Family;
+    use super::generate_family;
 
     #[test]
     fn the_wild_family_is_seeded_fails_where_it_should_and_has_gaps() {
