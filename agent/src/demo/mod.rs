@@ -239,21 +239,62 @@ async fn start_fleet(o: &Options, story: &Story) -> anyhow::Result<(Fleet, Fleet
     }
     // Every node sees every other alive.
     let n = o.nodes;
-    for node in &fleet.nodes {
-        let agent = Agent::new(&node.api)?;
-        until(Duration::from_secs(60), "the fleet to form", || async {
-            let v: Value = agent.get("/v1/members", &[]).await.ok()?;
-            let alive = v["members"]
-                .as_array()?
-                .iter()
-                .filter(|m| m["status"] == "alive")
-                .count();
-            (alive == n).then_some(())
-        })
-        .await?;
+    for i in 0..fleet.nodes.len() {
+        let agent = Agent::new(&fleet.nodes[i].api)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            // An agent that exited (a port taken between choosing it and binding it, say) is
+            // reported with the end of its log, not waited for.
+            for node in &mut fleet.nodes {
+                if let Ok(Some(status)) = node.child.try_wait() {
+                    let log =
+                        std::fs::read_to_string(fleet.path.join(format!("{}.log", node.name)))
+                            .unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                    bail!(
+                        "{} exited ({status}) while the fleet formed: {}",
+                        node.name,
+                        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                    );
+                }
+            }
+            let alive = agent
+                .get::<Value>("/v1/members", &[])
+                .await
+                .ok()
+                .and_then(|v| {
+                    Some(
+                        v["members"]
+                            .as_array()?
+                            .iter()
+                            .filter(|m| m["status"] == "alive")
+                            .count(),
+                    )
+                });
+            if alive == Some(n) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after 60s waiting for the fleet to form");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     story.say("fleet", &format!("{n} agents see each other alive"));
     Ok((fleet, key))
+}
+
+/// [`start_fleet`], tried a second time on new ports and in a new folder when the first fleet
+/// does not form (its agents are stopped first).
+async fn start_fleet_retrying(o: &Options, story: &Story) -> anyhow::Result<(Fleet, FleetKey)> {
+    match start_fleet(o, story).await {
+        Ok(f) => Ok(f),
+        Err(e) => {
+            story.say("fleet", &format!("{e:#}; starting a fresh fleet"));
+            tracing::warn!(error = %format!("{e:#}"), "the demo's fleet did not form; trying once more");
+            start_fleet(o, story).await
+        }
+    }
 }
 
 /// Polls `check` every 100 ms until it answers, at most `within`.
@@ -503,7 +544,7 @@ pub async fn run(o: Options) -> anyhow::Result<Outcome> {
     } else {
         Strategy::Live
     });
-    let (fleet, key) = start_fleet(&o, &story).await?;
+    let (fleet, key) = start_fleet_retrying(&o, &story).await?;
     let first = Agent::new(&fleet.nodes[0].api)?;
     let cred = OperatorCredential::create(
         &key,
