@@ -421,11 +421,14 @@ pub fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// A free UDP port on loopback (bound, read, released; another process could take it in between,
-/// which on a test machine's loopback does not happen in practice).
-pub fn free_udp_port() -> anyhow::Result<u16> {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    Ok(s.local_addr()?.port())
+/// Two different free UDP ports on loopback (bound, read, released; another process could take
+/// one in between, which on a test machine's loopback does not happen in practice). Both sockets
+/// are held until both are bound: a port released at once can be handed out again by the next
+/// bind, and an agent refuses the same port for gossip and libp2p.
+pub fn free_udp_port_pair() -> anyhow::Result<(u16, u16)> {
+    let a = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let b = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
 /// Runs the augur binary with `args` and parses its JSON output.
@@ -530,7 +533,7 @@ impl LocalFleet {
         let (gossip, p2p) = match self.ports.get(name) {
             Some(p) => *p,
             None => {
-                let p = (free_udp_port()?, free_udp_port()?);
+                let p = free_udp_port_pair()?;
                 self.ports.insert(name.to_owned(), p);
                 p
             }

@@ -119,16 +119,27 @@ impl Drop for Fleet {
     }
 }
 
+/// A free TCP port on loopback (the service's, on every node's proxy address).
 fn free_tcp() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn free_udp() -> anyhow::Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// An agent's four ports on loopback (HTTP, gRPC, gossip, libp2p), all different: every socket
+/// is held until all are bound (a port released at once can be handed out again by the next
+/// bind, and an agent refuses the same port for gossip and libp2p).
+fn free_ports() -> anyhow::Result<(u16, u16, u16, u16)> {
+    let http = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let gossip = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let p2p = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok((
+        http.local_addr()?.port(),
+        grpc.local_addr()?.port(),
+        gossip.local_addr()?.port(),
+        p2p.local_addr()?.port(),
+    ))
 }
 
 /// The story, on stderr with a counter under it when it is a terminal.
@@ -190,7 +201,7 @@ async fn start_fleet(o: &Options, story: &Story) -> anyhow::Result<(Fleet, Fleet
         std::fs::create_dir_all(&data)?;
         let peer = NodeIdentity::load_or_create(&data)?.peer_id();
         let token = key.issue(peer, crate::sample::UnixMicros::now().as_unix_s() + 86_400);
-        let (http, grpc, gossip, p2p) = (free_tcp()?, free_tcp()?, free_udp()?, free_udp()?);
+        let (http, grpc, gossip, p2p) = free_ports()?;
         let proxy_ip = format!("127.0.0.{}", i + 2);
         let config = format!(
             "[collect]\nhost = false\n\
