@@ -72,6 +72,21 @@ impl ReplayOptions {
     }
 }
 
+impl ReplayOptions {
+    /// A type's engine settings and threshold, as the agent has them, with these options'
+    /// novelty settings.
+    fn engine_config(&self, resource_type: &str) -> (augur_models::engine::EngineConfig, f64) {
+        let (engine, threshold) = engine_config(&self.config, resource_type);
+        (
+            augur_models::engine::EngineConfig {
+                novelty: self.novelty,
+                ..engine
+            },
+            threshold,
+        )
+    }
+}
+
 /// The training state of one resource type during a replay.
 #[derive(Default)]
 struct TypeTraining {
@@ -180,11 +195,7 @@ pub fn replay_with(
                         .map(|id| training.histories[id].clone())
                         .collect()
                 };
-                let (engine, threshold) = engine_config(&options.config, &rtype);
-                let engine = augur_models::engine::EngineConfig {
-                    novelty: options.novelty,
-                    ..engine
-                };
+                let (engine, threshold) = options.engine_config(&rtype);
                 let train = TrainConfig {
                     threshold,
                     ..options.train.clone()
@@ -215,10 +226,7 @@ pub fn replay_with(
         let (_, engine) = engines
             .entry(sample.resource_id.to_string())
             .or_insert_with(|| {
-                let mut e = ResourceEngine::new(augur_models::engine::EngineConfig {
-                    novelty: options.novelty,
-                    ..engine_config(&options.config, &rtype).0
-                });
+                let mut e = ResourceEngine::new(options.engine_config(&rtype).0);
                 e.set_models(types.get(&rtype).and_then(|tt| tt.models.clone()));
                 (rtype.clone(), e)
             });
