@@ -174,10 +174,18 @@ pub async fn routes(fleet: &LocalFleet) -> Vec<BTreeSet<String>> {
 
 /// `echo`'s instances as n1 sees them: (id, node, addr, health, role).
 pub async fn instances(fleet: &LocalFleet) -> Vec<(String, String, String, String, String)> {
-    let v = fleet.agents["n1"]
-        .get_json("/v1/services")
-        .await
-        .unwrap_or_default();
+    instances_on(fleet, "n1").await
+}
+
+/// `echo`'s instances as `node` sees them (each node's view follows the gossip on its own).
+pub async fn instances_on(
+    fleet: &LocalFleet,
+    node: &str,
+) -> Vec<(String, String, String, String, String)> {
+    let Some(agent) = fleet.agents.get(node) else {
+        return Vec::new();
+    };
+    let v = agent.get_json("/v1/services").await.unwrap_or_default();
     v["instances"]
         .as_array()
         .into_iter()
@@ -195,13 +203,24 @@ pub async fn instances(fleet: &LocalFleet) -> Vec<(String, String, String, Strin
         .collect()
 }
 
-/// Waits for a healthy standby of `echo`; returns it (id, node, addr, health, role).
+/// Waits until every node sees the same healthy standby of `echo`; returns it (id, node, addr,
+/// health, role). Every node, because any of them may be asked to coordinate the switchover, and
+/// one whose view still lags refuses it (409: no healthy standby); CI once caught that.
 pub async fn healthy_standby(fleet: &LocalFleet) -> (String, String, String, String, String) {
-    crate::eventually("a healthy standby", || async {
-        instances(fleet)
-            .await
-            .into_iter()
-            .find(|i| i.4 == "standby" && i.3 == "healthy")
+    crate::eventually("a healthy standby seen by every node", || async {
+        let mut seen = None;
+        for node in fleet.agents.keys() {
+            let standby = instances_on(fleet, node)
+                .await
+                .into_iter()
+                .find(|i| i.4 == "standby" && i.3 == "healthy")?;
+            match &seen {
+                None => seen = Some(standby),
+                Some(s) if s.0 == standby.0 => {}
+                Some(_) => return None,
+            }
+        }
+        seen
     })
     .await
     .expect("a healthy standby")

@@ -438,6 +438,34 @@ impl Migrations {
                 req.service
             )));
         };
+        // A move already under way, as this node's voter knows it: refuse with its holder now.
+        // Planning against the fleet mid-move would otherwise refuse for a passing reason (the
+        // standby already being promoted) and hide the real one.
+        let key = augur_orchestrate::lease::wire::service_key(&req.service);
+        if let Some(open) = self
+            .inner
+            .leases
+            .view()
+            .open
+            .into_iter()
+            .find(|o| o.key == key)
+        {
+            let holder = self
+                .inner
+                .mesh
+                .members()
+                .into_iter()
+                .find(|m| m.peer_id == open.holder)
+                .and_then(|m| m.node_name)
+                .unwrap_or(open.holder);
+            return Err(RequestError::Conflict(
+                augur_orchestrate::lease::proposer::Failure::Busy {
+                    service: req.service.clone(),
+                    holder,
+                }
+                .to_string(),
+            ));
+        }
         let spec = entry.spec;
         let strategy = req.strategy.unwrap_or(spec.strategy);
         let fleet: Vec<PlacedInstance> = self
