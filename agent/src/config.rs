@@ -301,6 +301,10 @@ pub struct ResourceTypeConfig {
     pub horizon: Duration,
     /// Failure probability at or above which a resource counts as predicted to fail.
     pub threshold: f64,
+    /// A raised alarm stays raised until the probability has stayed below the threshold this
+    /// long (a probability hovering about it raises one alarm, not one per sample above).
+    #[serde(with = "humantime_serde")]
+    pub keep_firing: Duration,
     /// How long each metric's anomaly detector learns before it reports anything; its pattern
     /// window (a thirteenth of this) and its rest after an alarm (a fifth) scale with it.
     #[serde(with = "humantime_serde")]
@@ -464,6 +468,7 @@ impl Default for ResourceTypeConfig {
             interval: Duration::from_secs(1),
             horizon: Duration::from_secs(300),
             threshold: 0.75,
+            keep_firing: Duration::from_secs_f64(augur_models::alarm::KEEP_FIRING_S),
             anomaly_learning: Duration::from_secs(600),
             limits: augur_models::engine::default_limits(),
         }
@@ -792,6 +797,15 @@ impl Config {
             .get(resource_type)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// How long `resource_type`'s raised alarm stays raised below its threshold, seconds.
+    pub fn keep_firing_s(&self, resource_type: &str) -> f64 {
+        self.resource_types
+            .get(resource_type)
+            .map_or(augur_models::alarm::KEEP_FIRING_S, |r| {
+                r.keep_firing.as_secs_f64()
+            })
     }
 
     /// Samples each metric's anomaly detector of `resource_type` learns from (its

@@ -244,17 +244,40 @@ pub fn nab(
     Ok(())
 }
 
+/// What the failure-injection replay runs on.
+#[derive(Clone, Debug)]
+pub struct FailureRun {
+    pub family: augur_models::eval::failures::Family,
+    pub seed: u64,
+    pub per_scenario: usize,
+    pub seconds: usize,
+    /// The forecaster's trend damping for augur's rows.
+    pub damping: f64,
+    /// A metric whose limit no detector is told (the failures stay where it crosses it); the
+    /// trained models' history then holds one occurrence of its failure mode.
+    pub withhold: Option<String>,
+    /// How long every detector's raised alarm stays raised once its samples stop alarming.
+    pub keep_firing_s: f64,
+}
+
+impl FailureRun {
+    pub fn new(family: augur_models::eval::failures::Family, seed: u64) -> Self {
+        Self {
+            family,
+            seed,
+            per_scenario: 12,
+            seconds: 5400,
+            damping: augur_models::engine::HOLT_PHI,
+            withhold: None,
+            keep_firing_s: augur_models::alarm::KEEP_FIRING_S,
+        }
+    }
+}
+
 /// The failure-injection replay: augur's engine, a static threshold and `predict_linear` over the
 /// same seeded synthetic telemetry.
-pub fn failures(
-    family: augur_models::eval::failures::Family,
-    seed: u64,
-    per_scenario: usize,
-    seconds: usize,
-    damping: f64,
-    as_json: bool,
-) -> anyhow::Result<()> {
-    let r = failure_report(family, seed, per_scenario, seconds, damping)?;
+pub fn failures(run: &FailureRun, as_json: bool) -> anyhow::Result<()> {
+    let r = failure_report(run)?;
     print_failures(&r, as_json)
 }
 
@@ -263,6 +286,9 @@ pub fn failures(
 #[derive(Debug)]
 pub struct FailureReport {
     pub family: augur_models::eval::failures::Family,
+    pub keep_firing_s: f64,
+    /// The metric whose limit no detector was told, if one.
+    pub withhold: Option<String>,
     pub seed: u64,
     pub resources: usize,
     pub samples: usize,
@@ -283,13 +309,16 @@ pub struct FailureReport {
 }
 
 /// Runs the failure-injection replay (see [`failures`]).
-pub fn failure_report(
-    family: augur_models::eval::failures::Family,
-    seed: u64,
-    per_scenario: usize,
-    seconds: usize,
-    damping: f64,
-) -> anyhow::Result<FailureReport> {
+pub fn failure_report(run: &FailureRun) -> anyhow::Result<FailureReport> {
+    let FailureRun {
+        family,
+        seed,
+        per_scenario,
+        seconds,
+        damping,
+        ref withhold,
+        keep_firing_s,
+    } = *run;
     use augur_models::calibration::{Platt, brier};
     use augur_models::eval::failures::{
         self, Alarmer, EngineAlarm, PredictLinear, StaticThreshold,
@@ -297,6 +326,19 @@ pub fn failure_report(
     let traces = augur_models::eval::wild::generate_family(family, seed, per_scenario, seconds);
     let samples: usize = traces.iter().map(|t| t.samples.len()).sum();
     let horizon_s = 300.0;
+    let limits = failures::limits_without(withhold.as_deref());
+    if let Some(w) = withhold
+        && limits.len() == failures::limits().len()
+    {
+        anyhow::bail!(
+            "--withhold {w}: no limit of the replay is on that metric; the limited metrics are {}",
+            failures::limits()
+                .iter()
+                .map(|l| l.prefix.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     // Calibration is fitted on other traces (another seed) and judged on these.
     let fit_seed = seed.wrapping_add(1000);
     let platt = Platt::fit(&failures::calibration_examples(
@@ -304,8 +346,9 @@ pub fn failure_report(
         horizon_s,
         5,
         damping,
+        &limits,
     ));
-    let judged = failures::calibration_examples(&traces, horizon_s, 5, damping);
+    let judged = failures::calibration_examples(&traces, horizon_s, 5, damping, &limits);
     let raw: Vec<(f64, bool)> = judged.iter().map(|&(r, _, y)| (r, y)).collect();
     let cal: Vec<(f64, bool)> = judged
         .iter()
@@ -315,20 +358,21 @@ pub fn failure_report(
     let reliability_raw = augur_models::calibration::reliability(&raw, 10);
     let reliability_cal = augur_models::calibration::reliability(&cal, 10);
     // The trained models: fitted, as the agent's trainer would, on the history of other resources
-    // (the other seed's traces, failures labelled), then used on these.
+    // (the other seed's traces, failures labelled), then used on these. With a limit withheld,
+    // that history holds its failure mode once.
     let train_started = std::time::Instant::now();
+    let mut fit_traces =
+        augur_models::eval::wild::generate_family(family, fit_seed, per_scenario, seconds);
+    if let Some(w) = withhold {
+        fit_traces = failures::first_occurrence_only(fit_traces, w);
+    }
     let trained = augur_models::training::train(
         "host",
-        &failures::as_history(&augur_models::eval::wild::generate_family(
-            family,
-            fit_seed,
-            per_scenario,
-            seconds,
-        )),
+        &failures::as_history(&fit_traces),
         1,
         &augur_models::engine::EngineConfig {
             horizon_s,
-            limits: failures::limits(),
+            limits: limits.clone(),
             trend_damping: damping,
             ..Default::default()
         },
@@ -348,6 +392,7 @@ pub fn failure_report(
             calibration: None,
             models: Some(trained),
             damping,
+            limits: limits.clone(),
         }),
         Box::new(EngineAlarm {
             threshold: 0.75,
@@ -355,6 +400,7 @@ pub fn failure_report(
             calibration: Some(platt.clone()),
             models: None,
             damping,
+            limits: limits.clone(),
         }),
         Box::new(EngineAlarm {
             threshold: 0.75,
@@ -362,6 +408,7 @@ pub fn failure_report(
             calibration: None,
             models: None,
             damping,
+            limits: limits.clone(),
         }),
         Box::new(EngineAlarm {
             threshold: 0.5,
@@ -369,11 +416,16 @@ pub fn failure_report(
             calibration: None,
             models: None,
             damping,
+            limits: limits.clone(),
         }),
-        Box::new(StaticThreshold { fraction: 0.9 }),
+        Box::new(StaticThreshold {
+            fraction: 0.9,
+            limits: limits.clone(),
+        }),
         Box::new(PredictLinear {
             window: 300,
             horizon_s,
+            limits: limits.clone(),
         }),
     ];
     let pb = progress(alarmers.len() as u64, "failure replay");
@@ -383,7 +435,7 @@ pub fn failure_report(
             .map(|a| {
                 let (traces, pb) = (&traces, pb.clone());
                 s.spawn(move || {
-                    let o = failures::score(traces, a.as_ref(), horizon_s, 30.0);
+                    let o = failures::score(traces, a.as_ref(), horizon_s, 30.0, keep_firing_s);
                     pb.inc(1);
                     o
                 })
@@ -410,6 +462,8 @@ pub fn failure_report(
         .unwrap_or_default();
     Ok(FailureReport {
         family,
+        keep_firing_s,
+        withhold: withhold.clone(),
         seed,
         resources: traces.len(),
         samples,
@@ -431,6 +485,8 @@ pub fn failure_report(
 fn print_failures(r: &FailureReport, as_json: bool) -> anyhow::Result<()> {
     let FailureReport {
         family,
+        keep_firing_s,
+        withhold,
         seed,
         resources,
         samples,
@@ -472,15 +528,21 @@ fn print_failures(r: &FailureReport, as_json: bool) -> anyhow::Result<()> {
                         "positives": platt.positives, "brier_raw": brier_raw, "brier_calibrated": brier_cal,
                         "judged_examples": judged, "reliability_raw": reliability_raw,
                         "reliability_calibrated": reliability_cal},
+                    "withheld_limit": withhold, "keep_firing_s": keep_firing_s,
                     "trained_models": {"train_seconds": train_s, "meta": trained_meta}})
             )?
         );
         return Ok(());
     }
     println!(
-        "failure-injection replay ({} family): {resources} resources, {samples} samples (1 s apart), horizon {horizon_s} s, caught = alarm at least 30 s ahead",
+        "failure-injection replay ({} family): {resources} resources, {samples} samples (1 s apart), horizon {horizon_s} s, caught = alarm at least 30 s ahead; every alarm kept raised {keep_firing_s} s after its last alarming sample",
         family.name()
     );
+    if let Some(w) = withhold {
+        println!(
+            "the limit of {w} is withheld from every detector; the trained models' history holds one of its failures"
+        );
+    }
     println!(
         "{:<34} {:>8} {:>8} {:>12} {:>14}",
         "detector", "caught", "recall", "median lead", "false/res-hour"
@@ -560,6 +622,9 @@ fn print_failures(r: &FailureReport, as_json: bool) -> anyhow::Result<()> {
                 if c.used { ", used" } else { ", not used" }
             ))
     );
+    for l in trained_meta.patterns.iter().flat_map(|p| &p.limits) {
+        println!("  learned limit: {}", l.describe());
+    }
     println!();
     println!(
         "{:<26} {}",
@@ -812,13 +877,11 @@ mod tests {
 
     #[test]
     fn the_failure_replay_runs_small() {
-        let r = failure_report(
-            augur_models::eval::failures::Family::Classic,
-            3,
-            1,
-            900,
-            augur_models::engine::HOLT_PHI,
-        )
+        let r = failure_report(&crate::eval::FailureRun {
+            per_scenario: 1,
+            seconds: 900,
+            ..crate::eval::FailureRun::new(augur_models::eval::failures::Family::Classic, 3)
+        })
         .expect("runs");
         // Every detector judged on the same failures; augur's rows paired with predict_linear.
         assert_eq!(r.outcomes.len(), 6);

@@ -162,6 +162,8 @@ fn trained(
 
 struct Stage {
     engines: HashMap<ResourceId, ResourceEngine>,
+    /// Each resource's alarm: raised at its threshold, kept raised for `keep_firing` below it.
+    alarms: HashMap<ResourceId, augur_models::alarm::AlarmLatch>,
     config: watch::Receiver<Arc<Config>>,
     predictions: Predictions,
     models: ModelStore,
@@ -259,6 +261,12 @@ impl Stage {
         let n = snap.resources.len();
         let mut latest = self.predictions.latest.write();
         for r in snap.resources {
+            if r.latest.failure_probability >= r.threshold {
+                self.alarms.insert(
+                    r.resource_id.clone(),
+                    augur_models::alarm::AlarmLatch::raised(),
+                );
+            }
             latest.insert(
                 r.resource_id.clone(),
                 PredictionView {
@@ -330,13 +338,24 @@ impl Stage {
                 });
             // Over budget, engines keep the metrics they have and learn no new ones.
             engine.set_frozen(over);
-            let prediction = engine.observe(s.ts.0 as f64 / 1e6, &s.metrics);
+            let ts_s = s.ts.0 as f64 / 1e6;
+            let prediction = engine.observe(ts_s, &s.metrics);
             self.budget.update(&s.resource_id, engine);
+            let above_threshold = self
+                .alarms
+                .entry(s.resource_id.clone())
+                .or_default()
+                .update(
+                    ts_s,
+                    prediction.failure_probability,
+                    threshold,
+                    cfg.keep_firing_s(s.resource_type.as_str()),
+                );
             updates.push(PredictionView {
                 ts: s.ts,
                 resource_id: s.resource_id.clone(),
                 resource_type: s.resource_type.clone(),
-                above_threshold: prediction.failure_probability >= threshold,
+                above_threshold,
                 prediction,
                 threshold,
             });
@@ -385,6 +404,7 @@ impl Stage {
         let mut latest = self.predictions.latest.write();
         for id in &gone {
             self.engines.remove(id);
+            self.alarms.remove(id);
             latest.remove(id);
             self.budget.remove(id);
         }
@@ -419,6 +439,7 @@ pub async fn run(
     let start = tokio::task::spawn_blocking(move || {
         let mut stage = Stage {
             engines: HashMap::new(),
+            alarms: HashMap::new(),
             config,
             predictions,
             models,
@@ -539,6 +560,7 @@ mod tests {
         let (_tx, rx) = watch::channel(Arc::new(Config::default()));
         Stage {
             engines: HashMap::new(),
+            alarms: HashMap::new(),
             config: rx,
             predictions: Predictions::default(),
             models: ModelStore::in_memory(),
@@ -681,6 +703,50 @@ mod tests {
             assert_ne!(c.above_threshold, last);
             last = c.above_threshold;
         }
+    }
+
+    /// A raised alarm is kept for the type's `keep_firing` after the probability falls below the
+    /// threshold: the crossing back down comes that long after the last sample above it, and a
+    /// probability dipping under the threshold for less than that raises no second alarm.
+    #[test]
+    fn a_raised_alarm_clears_only_after_keep_firing_below_the_threshold() {
+        let cfg =
+            Config::from_toml("[resource_types.service]\nkeep_firing = \"45s\"\n").expect("config");
+        let (_cfg_tx, rx) = watch::channel(Arc::new(cfg));
+        let (tx, mut rx_crossings) = mpsc::channel(CROSSINGS_QUEUE);
+        let mut s = stage();
+        s.config = rx;
+        s.tx_crossings = Some(tx);
+        let id = ResourceId::parse("db-1").expect("id");
+        // Steady, climbing to the limit, then back down for good.
+        let mem = |t: i64| match t {
+            ..600 => 0.5 + 0.001 * (t % 7) as f64,
+            600..900 => 0.5 + 0.0016 * (t - 600) as f64,
+            _ => 0.5 + 0.001 * (t % 7) as f64,
+        };
+        let (mut last_over, mut crossings) = (None, Vec::new());
+        for t in 0..2400 {
+            s.observe(&[sample(t, mem(t))]);
+            let view = s.predictions.get(&id).expect("a prediction");
+            if view.prediction.failure_probability >= view.threshold {
+                last_over = Some(t);
+            }
+            while let Ok(c) = rx_crossings.try_recv() {
+                crossings.push((
+                    c.above_threshold,
+                    (c.ts.0 - 1_700_000_000_000_000) / 1_000_000,
+                ));
+            }
+        }
+        let last_over = last_over.expect("the climb is predicted");
+        assert_eq!(
+            crossings.len(),
+            2,
+            "one alarm, raised and cleared: {crossings:?}"
+        );
+        assert!(crossings[0].0 && !crossings[1].0);
+        // Below from the sample after the last one over; cleared 45 s after that.
+        assert_eq!(crossings[1].1, last_over + 1 + 45, "{crossings:?}");
     }
 
     /// Finding 7: the engines' memory stays within `models.max_engine_memory` (a new resource is

@@ -21,37 +21,7 @@ use crate::forecast::empirical::EmpiricalErrors;
 use crate::forecast::{Forecast, Holt};
 use crate::trained::TrainedModels;
 
-/// Which side of a limit is failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    Above,
-    Below,
-}
-
-/// A critical limit of one metric (or of every metric whose name starts with `prefix`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limit {
-    pub prefix: String,
-    pub value: f64,
-    pub direction: Direction,
-}
-
-/// The documented default limits: used ratios of memory, swap and disks at 0.95, error rates at 0.05.
-pub fn default_limits() -> Vec<Limit> {
-    let above = |prefix: &str, value| Limit {
-        prefix: prefix.to_owned(),
-        value,
-        direction: Direction::Above,
-    };
-    vec![
-        above("mem_used_ratio", 0.95),
-        above("swap_used_ratio", 0.95),
-        above("disk_used_ratio", 0.95),
-        above("error_rate", 0.05),
-    ]
-}
+pub use crate::limits::{Direction, Limit, default_limits};
 
 /// Settings of the engine for one resource type.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -426,8 +396,30 @@ impl ResourceEngine {
         let points = self.config.horizon_points.max(1);
         let mut risks: Vec<(f64, &str, Option<f64>)> = Vec::new();
         for (name, st) in &self.metrics {
-            let Some(limit) = self.limit_of(name) else {
+            // The configured limit, and one learned from labelled failures (`crate::patterns`);
+            // the riskier of the two counts.
+            let limits: Vec<(f64, Direction)> = self
+                .limit_of(name)
+                .map(|l| (l.value, l.direction))
+                .into_iter()
+                .chain(
+                    models
+                        .as_ref()
+                        .and_then(|m| m.learned_limit(name))
+                        .map(|l| (l.value, l.direction)),
+                )
+                .collect();
+            if limits.is_empty() {
                 continue;
+            }
+            let tail = |mean: f64, sd: f64| {
+                limits
+                    .iter()
+                    .map(|&(value, direction)| match direction {
+                        Direction::Above => normal_tail((value - mean) / sd),
+                        Direction::Below => normal_tail((mean - value) / sd),
+                    })
+                    .fold(0.0, f64::max)
             };
             let interval_s = if st.interval_s > 0.0 {
                 st.interval_s
@@ -448,11 +440,7 @@ impl ResourceEngine {
                 let Some(variance) = st.errors.variance(steps) else {
                     break;
                 };
-                let sd = variance.sqrt().max(1e-9);
-                let p = match limit.direction {
-                    Direction::Above => normal_tail((limit.value - f.mean) / sd),
-                    Direction::Below => normal_tail((f.mean - limit.value) / sd),
-                };
+                let p = tail(f.mean, variance.sqrt().max(1e-9));
                 if eta.is_none() && p >= 0.5 {
                     eta = Some(steps * interval_s);
                 }
@@ -462,11 +450,7 @@ impl ResourceEngine {
             if let (Some(h), Some(f)) = (mlp_horizon, mlp_forecasts.get(name.as_str()))
                 && st.scorer.holt.seen() >= WARM_UP
             {
-                let sd = f.variance.sqrt().max(1e-9);
-                let p = match limit.direction {
-                    Direction::Above => normal_tail((limit.value - f.mean) / sd),
-                    Direction::Below => normal_tail((f.mean - limit.value) / sd),
-                };
+                let p = tail(f.mean, f.variance.sqrt().max(1e-9));
                 if p >= 0.5 {
                     eta =
                         Some(eta.map_or(h * self.interval_s, |e: f64| e.min(h * self.interval_s)));

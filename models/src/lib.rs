@@ -1,11 +1,15 @@
 //! augur's local models: forecasting, anomaly scoring and calibration on burn's pure-Rust CPU
 //! backend (flex), and their offline evaluation. Knows nothing of the network.
 
+pub mod alarm;
 pub mod anomaly;
 pub mod calibration;
 pub mod engine;
 pub mod eval;
 pub mod forecast;
+pub mod history;
+pub mod limits;
+pub mod patterns;
 pub mod trained;
 pub mod training;
 

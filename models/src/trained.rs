@@ -18,6 +18,7 @@ use crate::MODEL_VERSION;
 use crate::anomaly::iforest::IsolationForest;
 use crate::calibration::Platt;
 use crate::forecast::mlp::MlpForecaster;
+use crate::limits::{Direction, Limit};
 
 /// An Isolation Forest over a resource's metric vector: each metric's value and its change since
 /// the previous sample, standardised per metric (so a jump inside the usual range still isolates).
@@ -84,6 +85,10 @@ pub struct ModelMeta {
     pub mlp: Option<MlpReport>,
     pub forest_metrics: usize,
     pub calibration: Option<CalibrationReport>,
+    /// Limits learned from labelled failures, used or not, with their check (`crate::patterns`);
+    /// absent from models trained before they existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patterns: Option<FailurePatterns>,
 }
 
 /// The MLP against Holt on the last fifth of each series, at the MLP's horizon (mean squared error
@@ -128,6 +133,33 @@ pub struct TrainedModels {
 }
 
 impl TrainedModels {
+    /// No model at all (a base to add one to, in tests and evaluations).
+    pub fn empty(resource_type: &str) -> Self {
+        Self {
+            meta: ModelMeta {
+                resource_type: resource_type.to_owned(),
+                version: 0,
+                engine: MODEL_VERSION.to_owned(),
+                data_until_s: 0.0,
+                resources: 0,
+                rows: 0,
+                train_ms: 0,
+                mlp: None,
+                forest_metrics: 0,
+                calibration: None,
+                patterns: None,
+            },
+            mlp: None,
+            forest: None,
+            calibration: None,
+        }
+    }
+
+    /// The learned limit the engine uses for `metric`, if any.
+    pub fn learned_limit(&self, metric: &str) -> Option<Limit> {
+        self.meta.patterns.as_ref()?.limit_for(metric)
+    }
+
     /// The version string predictions made with these models carry.
     pub fn version_label(&self) -> String {
         format!(
@@ -143,5 +175,85 @@ impl TrainedModels {
     pub fn calibration_used(&self) -> Option<&Platt> {
         let used = self.meta.calibration.as_ref().is_some_and(|c| c.used);
         self.calibration.as_ref().filter(|_| used)
+    }
+}
+
+/// One learned limit, with what the check on the history found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LearnedLimit {
+    pub metric: String,
+    pub value: f64,
+    pub direction: Direction,
+    /// Failures at which the metric was this far out.
+    pub failures: usize,
+    /// The metric's usual median and spread (1.4826 MAD) on the type's history away from failures.
+    pub usual_median: f64,
+    pub usual_spread: f64,
+    /// Failures caught at least [`crate::patterns::MIN_LEAD_S`] ahead over the history, with it and with the
+    /// limits alone; false alarm episodes, likewise.
+    pub caught_with: usize,
+    pub caught_without: usize,
+    pub false_alarms_with: usize,
+    pub false_alarms_without: usize,
+    /// Leave one failure out (only where it was seen at two or more): each failure predicted by
+    /// the limit learned from the others, (caught, tried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out: Option<(usize, usize)>,
+    /// Whether the engine uses it: it caught a failure the limits miss and added no false alarm.
+    pub used: bool,
+}
+
+impl LearnedLimit {
+    /// One line for people: `augur models` and `augur eval failures` show it.
+    pub fn describe(&self) -> String {
+        let dir = match self.direction {
+            Direction::Above => ">=",
+            Direction::Below => "<=",
+        };
+        format!(
+            "{} {dir} {:.4} (usual {:.4} +- {:.4}; from {} failure{}; on the history {} vs {} caught, {} vs {} false alarms{}){}",
+            self.metric,
+            self.value,
+            self.usual_median,
+            self.usual_spread,
+            self.failures,
+            if self.failures == 1 { "" } else { "s" },
+            self.caught_with,
+            self.caught_without,
+            self.false_alarms_with,
+            self.false_alarms_without,
+            self.held_out
+                .map(|(c, n)| format!("; {c} of {n} caught when left out"))
+                .unwrap_or_default(),
+            if self.used { ", used" } else { ", not used" }
+        )
+    }
+
+    pub fn limit(&self) -> Limit {
+        Limit {
+            prefix: self.metric.clone(),
+            value: self.value,
+            direction: self.direction,
+        }
+    }
+}
+
+/// A type's learned limits (used or not: `augur models` shows the rejected ones too).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FailurePatterns {
+    pub limits: Vec<LearnedLimit>,
+}
+
+impl FailurePatterns {
+    /// The learned limit the engine uses for `metric` (exact name), if any.
+    pub fn limit_for(&self, metric: &str) -> Option<Limit> {
+        self.limits
+            .iter()
+            .find(|l| l.used && l.metric == metric)
+            .map(LearnedLimit::limit)
+    }
+
+    pub fn used(&self) -> usize {
+        self.limits.iter().filter(|l| l.used).count()
     }
 }

@@ -346,6 +346,15 @@ pub enum EvalCommand {
         /// The forecaster's trend damping per sample for augur's rows (1: Holt's undamped line).
         #[arg(long, default_value_t = augur_models::engine::HOLT_PHI)]
         damping: f64,
+        /// A limited metric whose limit no detector is told (`queue_len`, `cpu_util`,
+        /// `error_rate`, ...): its failures still happen, and the trained models' history holds
+        /// one of them, to show a failure mode learned from its first labelled occurrence.
+        #[arg(long)]
+        withhold: Option<String>,
+        /// How long every detector's raised alarm stays raised after its last alarming sample
+        /// (seconds; the agent's default).
+        #[arg(long, default_value_t = augur_models::alarm::KEEP_FIRING_S)]
+        keep_firing: f64,
         #[arg(long)]
         json: bool,
     },
@@ -528,12 +537,20 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             seconds,
             family,
             damping,
+            withhold,
+            keep_firing,
             json,
         }) => {
-            tokio::task::spawn_blocking(move || {
-                crate::eval::failures(family, seed, per_scenario, seconds, damping, json)
-            })
-            .await?
+            let run = crate::eval::FailureRun {
+                keep_firing_s: keep_firing,
+                family,
+                seed,
+                per_scenario,
+                seconds,
+                damping,
+                withhold,
+            };
+            tokio::task::spawn_blocking(move || crate::eval::failures(&run, json)).await?
         }
         Command::Eval(EvalCommand::Forecast {
             data,
@@ -844,6 +861,9 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                     "{:<16} {:>7} {:>8} {:>9} {:<24} {:<22}",
                     m.resource_type, m.version, m.rows, m.train_ms, mlp, cal
                 );
+                for l in m.patterns.iter().flat_map(|p| &p.limits) {
+                    println!("{:<16} learned limit: {}", "", l.describe());
+                }
             }
             Ok(())
         }

@@ -145,6 +145,38 @@ pub fn limits() -> Vec<Limit> {
     l
 }
 
+/// [`limits`] without those on metrics starting with `withhold` (the detectors are not told them;
+/// the failures are still where the metrics cross them).
+pub fn limits_without(withhold: Option<&str>) -> Vec<Limit> {
+    limits()
+        .into_iter()
+        .filter(|l| withhold.is_none_or(|w| !l.prefix.starts_with(w) && !w.starts_with(&*l.prefix)))
+        .collect()
+}
+
+/// The traces with one failure mode seen once: of the failing traces whose failure is a metric
+/// starting with `metric` crossing its limit, only the first is kept.
+pub fn first_occurrence_only(traces: Vec<Trace>, metric: &str) -> Vec<Trace> {
+    let mode: Vec<Limit> = limits()
+        .into_iter()
+        .filter(|l| l.prefix.starts_with(metric) || metric.starts_with(&*l.prefix))
+        .collect();
+    let of_mode = |t: &Trace| {
+        t.failure_at.is_some_and(|f| {
+            mode.iter().any(|l| {
+                t.samples[f]
+                    .iter()
+                    .any(|(k, v)| k.starts_with(l.prefix.as_str()) && *v >= l.value)
+            })
+        })
+    };
+    let mut seen = false;
+    traces
+        .into_iter()
+        .filter(|t| !of_mode(t) || !std::mem::replace(&mut seen, true))
+        .collect()
+}
+
 /// One synthetic resource: samples one second apart, and the second it failed (if it did).
 #[derive(Clone, Debug)]
 pub struct Trace {
@@ -295,6 +327,8 @@ pub struct EngineAlarm {
     pub models: Option<std::sync::Arc<crate::trained::TrainedModels>>,
     /// The forecaster's trend damping ([`crate::engine::HOLT_PHI`] unless an evaluation sweeps it).
     pub damping: f64,
+    /// The limits it is told ([`limits`], or [`limits_without`] one).
+    pub limits: Vec<Limit>,
 }
 
 /// The traces as training history: one resource each, its failure labelled.
@@ -312,10 +346,10 @@ pub fn as_history(traces: &[Trace]) -> Vec<crate::training::ResourceHistory> {
         .collect()
 }
 
-fn replay_engine(horizon_s: f64, damping: f64) -> ResourceEngine {
+fn replay_engine(horizon_s: f64, damping: f64, limits: &[Limit]) -> ResourceEngine {
     ResourceEngine::new(EngineConfig {
         horizon_s,
-        limits: limits(),
+        limits: limits.to_vec(),
         trend_damping: damping,
         ..EngineConfig::default()
     })
@@ -332,7 +366,7 @@ impl Alarmer for EngineAlarm {
     }
 
     fn alarms(&self, samples: &[BTreeMap<String, f64>]) -> Vec<bool> {
-        let mut e = replay_engine(self.horizon_s, self.damping);
+        let mut e = replay_engine(self.horizon_s, self.damping, &self.limits);
         e.set_models(self.models.clone());
         samples
             .iter()
@@ -356,10 +390,11 @@ pub fn calibration_examples(
     horizon_s: f64,
     every: usize,
     damping: f64,
+    limits: &[Limit],
 ) -> Vec<(f64, f64, bool)> {
     let mut out = Vec::new();
     for tr in traces {
-        let mut e = replay_engine(horizon_s, damping);
+        let mut e = replay_engine(horizon_s, damping, limits);
         let ts: Vec<f64> = (0..tr.samples.len()).map(|t| t as f64).collect();
         let failures: Vec<f64> = tr.failure_at.map(|f| f as f64).into_iter().collect();
         let labels = crate::calibration::label_windows(&ts, &failures, &[], horizon_s);
@@ -379,6 +414,7 @@ pub fn calibration_examples(
 #[derive(Debug, Clone)]
 pub struct StaticThreshold {
     pub fraction: f64,
+    pub limits: Vec<Limit>,
 }
 
 impl Alarmer for StaticThreshold {
@@ -387,11 +423,10 @@ impl Alarmer for StaticThreshold {
     }
 
     fn alarms(&self, samples: &[BTreeMap<String, f64>]) -> Vec<bool> {
-        let limits = limits();
         samples
             .iter()
             .map(|m| {
-                limits.iter().any(|l| {
+                self.limits.iter().any(|l| {
                     m.iter().any(|(k, v)| {
                         k.starts_with(l.prefix.as_str()) && *v >= self.fraction * l.value
                     })
@@ -407,6 +442,7 @@ impl Alarmer for StaticThreshold {
 pub struct PredictLinear {
     pub window: usize,
     pub horizon_s: f64,
+    pub limits: Vec<Limit>,
 }
 
 impl Alarmer for PredictLinear {
@@ -415,7 +451,7 @@ impl Alarmer for PredictLinear {
     }
 
     fn alarms(&self, samples: &[BTreeMap<String, f64>]) -> Vec<bool> {
-        let limits = limits();
+        let limits = &self.limits;
         let mut recent: BTreeMap<String, VecDeque<f64>> = BTreeMap::new();
         samples
             .iter()
@@ -510,14 +546,21 @@ pub fn paired(a: &Outcome, b: &Outcome) -> Paired {
 /// Scores an alarmer. An alarm episode (a rising edge) on a failing resource counts as a true alarm
 /// when it starts within `horizon_s` before the failure, else as a false alarm; every episode on a
 /// benign resource is false. A failure is caught when a true alarm starts at least `min_lead_s` ahead.
-pub fn score(traces: &[Trace], alarmer: &dyn Alarmer, horizon_s: f64, min_lead_s: f64) -> Outcome {
+/// Every alarmer's samples go through the same latch ([`crate::alarm::keep_firing`], `keep_s`).
+pub fn score(
+    traces: &[Trace],
+    alarmer: &dyn Alarmer,
+    horizon_s: f64,
+    min_lead_s: f64,
+    keep_s: f64,
+) -> Outcome {
     let mut leads = Vec::new();
     let mut per_failure = Vec::new();
     let (mut failures, mut caught, mut false_alarms) = (0, 0, 0);
     let mut seconds = 0usize;
     let mut by: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
     for tr in traces {
-        let alarms = alarmer.alarms(&tr.samples);
+        let alarms = crate::alarm::keep_firing(&alarmer.alarms(&tr.samples), keep_s);
         seconds += tr.samples.len();
         let entry = by.entry(tr.scenario.name().to_owned()).or_default();
         let mut first_true: Option<usize> = None;
@@ -619,12 +662,22 @@ mod tests {
             &At(vec![99, 899]),
             300.0,
             30.0,
+            0.0,
         );
         assert_eq!((o.caught, o.false_alarms), (1, 1));
         assert_eq!(o.median_lead_s, Some(100.0));
         // 10 s ahead is too late to count.
-        let o = score(&[trace], &At(vec![989]), 300.0, 30.0);
+        let o = score(
+            std::slice::from_ref(&trace),
+            &At(vec![989]),
+            300.0,
+            30.0,
+            0.0,
+        );
         assert_eq!(o.caught, 0);
+        // Through a latch of 60 s, alarms at 99 and 130 are one episode.
+        let o = score(&[trace], &At(vec![99, 130]), 300.0, 30.0, 60.0);
+        assert_eq!((o.caught, o.false_alarms), (0, 1));
     }
 
     #[test]
