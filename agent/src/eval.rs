@@ -251,8 +251,8 @@ pub struct FailureRun {
     pub seed: u64,
     pub per_scenario: usize,
     pub seconds: usize,
-    /// The forecaster's trend damping for augur's rows.
-    pub damping: f64,
+    /// The forecaster's settings for augur's rows.
+    pub forecaster: augur_models::eval::failures::Forecaster,
     /// A metric whose limit no detector is told (the failures stay where it crosses it); the
     /// trained models' history then holds one occurrence of its failure mode.
     pub withhold: Option<String>,
@@ -267,7 +267,7 @@ impl FailureRun {
             seed,
             per_scenario: 12,
             seconds: 5400,
-            damping: augur_models::engine::HOLT_PHI,
+            forecaster: Default::default(),
             withhold: None,
             keep_firing_s: augur_models::alarm::KEEP_FIRING_S,
         }
@@ -315,7 +315,7 @@ pub fn failure_report(run: &FailureRun) -> anyhow::Result<FailureReport> {
         seed,
         per_scenario,
         seconds,
-        damping,
+        forecaster,
         ref withhold,
         keep_firing_s,
     } = *run;
@@ -345,10 +345,10 @@ pub fn failure_report(run: &FailureRun) -> anyhow::Result<FailureReport> {
         &augur_models::eval::wild::generate_family(family, fit_seed, per_scenario, seconds),
         horizon_s,
         5,
-        damping,
+        forecaster,
         &limits,
     ));
-    let judged = failures::calibration_examples(&traces, horizon_s, 5, damping, &limits);
+    let judged = failures::calibration_examples(&traces, horizon_s, 5, forecaster, &limits);
     let raw: Vec<(f64, bool)> = judged.iter().map(|&(r, _, y)| (r, y)).collect();
     let cal: Vec<(f64, bool)> = judged
         .iter()
@@ -370,12 +370,11 @@ pub fn failure_report(run: &FailureRun) -> anyhow::Result<FailureReport> {
         "host",
         &failures::as_history(&fit_traces),
         1,
-        &augur_models::engine::EngineConfig {
+        &forecaster.apply(augur_models::engine::EngineConfig {
             horizon_s,
             limits: limits.clone(),
-            trend_damping: damping,
             ..Default::default()
-        },
+        }),
         &augur_models::training::TrainConfig {
             max_rows: usize::MAX,
             seed,
@@ -391,7 +390,7 @@ pub fn failure_report(run: &FailureRun) -> anyhow::Result<FailureReport> {
             horizon_s,
             calibration: None,
             models: Some(trained),
-            damping,
+            forecaster,
             limits: limits.clone(),
         }),
         Box::new(EngineAlarm {
@@ -399,7 +398,7 @@ pub fn failure_report(run: &FailureRun) -> anyhow::Result<FailureReport> {
             horizon_s,
             calibration: Some(platt.clone()),
             models: None,
-            damping,
+            forecaster,
             limits: limits.clone(),
         }),
         Box::new(EngineAlarm {
@@ -407,7 +406,7 @@ pub fn failure_report(run: &FailureRun) -> anyhow::Result<FailureReport> {
             horizon_s,
             calibration: None,
             models: None,
-            damping,
+            forecaster,
             limits: limits.clone(),
         }),
         Box::new(EngineAlarm {
@@ -415,7 +414,7 @@ pub fn failure_report(run: &FailureRun) -> anyhow::Result<FailureReport> {
             horizon_s,
             calibration: None,
             models: None,
-            damping,
+            forecaster,
             limits: limits.clone(),
         }),
         Box::new(StaticThreshold {

@@ -38,6 +38,10 @@ pub struct EngineConfig {
     /// The forecaster's trend damping per sample ([`HOLT_PHI`] by default).
     #[serde(default = "default_trend_damping")]
     pub trend_damping: f64,
+    /// The forecaster's residual clipping, in standard deviations (0: none; [`HOLT_CLIP`] by
+    /// default).
+    #[serde(default = "default_clip")]
+    pub forecast_clip: f64,
     /// The novelty detectors' settings.
     #[serde(default)]
     pub novelty: NoveltyConfig,
@@ -68,6 +72,10 @@ fn default_metric_ttl() -> u64 {
 /// Ten minutes of samples at the default interval of one second.
 pub const DEFAULT_ANOMALY_LEARNING: usize = 600;
 
+fn default_clip() -> f64 {
+    HOLT_CLIP
+}
+
 fn default_trend_damping() -> f64 {
     HOLT_PHI
 }
@@ -85,6 +93,7 @@ impl Default for EngineConfig {
             anomaly_learning: DEFAULT_ANOMALY_LEARNING,
             novelty: NoveltyConfig::default(),
             trend_damping: HOLT_PHI,
+            forecast_clip: HOLT_CLIP,
             max_metrics: DEFAULT_MAX_METRICS,
             metric_ttl_samples: DEFAULT_METRIC_TTL_SAMPLES,
         }
@@ -125,6 +134,8 @@ pub const HOLT_ALPHA: f64 = 0.15;
 pub const HOLT_BETA: f64 = 0.02;
 /// The forecaster's trend damping per sample (1: undamped, Holt's line).
 pub const HOLT_PHI: f64 = 1.0;
+/// The forecaster's residual clipping, in standard deviations (0: none).
+pub const HOLT_CLIP: f64 = 0.0;
 
 pub use crate::MODEL_VERSION;
 
@@ -344,7 +355,9 @@ impl ResourceEngine {
                 .entry(name.clone())
                 .or_insert_with(|| MetricState {
                     scorer: MetricScorer::new(
-                        Holt::new(HOLT_ALPHA, HOLT_BETA).damped(self.config.trend_damping),
+                        Holt::new(HOLT_ALPHA, HOLT_BETA)
+                            .damped(self.config.trend_damping)
+                            .clipped(self.config.forecast_clip),
                         self.config.anomaly_learning,
                         self.config.novelty,
                     ),

@@ -346,6 +346,9 @@ pub enum EvalCommand {
         /// The forecaster's trend damping per sample for augur's rows (1: Holt's undamped line).
         #[arg(long, default_value_t = augur_models::engine::HOLT_PHI)]
         damping: f64,
+        /// The forecaster's residual clipping for augur's rows, in standard deviations (0: none).
+        #[arg(long, default_value_t = augur_models::engine::HOLT_CLIP)]
+        clip: f64,
         /// A limited metric whose limit no detector is told (`queue_len`, `cpu_util`,
         /// `error_rate`, ...): its failures still happen, and the trained models' history holds
         /// one of them, to show a failure mode learned from its first labelled occurrence.
@@ -537,17 +540,18 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             seconds,
             family,
             damping,
+            clip,
             withhold,
             keep_firing,
             json,
         }) => {
             let run = crate::eval::FailureRun {
                 keep_firing_s: keep_firing,
+                forecaster: augur_models::eval::failures::Forecaster { damping, clip },
                 family,
                 seed,
                 per_scenario,
                 seconds,
-                damping,
                 withhold,
             };
             tokio::task::spawn_blocking(move || crate::eval::failures(&run, json)).await?

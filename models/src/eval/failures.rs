@@ -325,8 +325,8 @@ pub struct EngineAlarm {
     pub calibration: Option<crate::calibration::Platt>,
     /// Trained models the engine uses (MLP, forest, and their calibration when it helped).
     pub models: Option<std::sync::Arc<crate::trained::TrainedModels>>,
-    /// The forecaster's trend damping ([`crate::engine::HOLT_PHI`] unless an evaluation sweeps it).
-    pub damping: f64,
+    /// The forecaster's settings (the engine's unless an evaluation sweeps them).
+    pub forecaster: Forecaster,
     /// The limits it is told ([`limits`], or [`limits_without`] one).
     pub limits: Vec<Limit>,
 }
@@ -346,13 +346,41 @@ pub fn as_history(traces: &[Trace]) -> Vec<crate::training::ResourceHistory> {
         .collect()
 }
 
-fn replay_engine(horizon_s: f64, damping: f64, limits: &[Limit]) -> ResourceEngine {
-    ResourceEngine::new(EngineConfig {
+/// The forecaster's settings an evaluation may sweep.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Forecaster {
+    /// Trend damping per sample ([`crate::engine::HOLT_PHI`]).
+    pub damping: f64,
+    /// Residual clipping in standard deviations ([`crate::engine::HOLT_CLIP`]).
+    pub clip: f64,
+}
+
+impl Default for Forecaster {
+    fn default() -> Self {
+        Self {
+            damping: crate::engine::HOLT_PHI,
+            clip: crate::engine::HOLT_CLIP,
+        }
+    }
+}
+
+impl Forecaster {
+    /// `config` with these settings.
+    pub fn apply(self, config: EngineConfig) -> EngineConfig {
+        EngineConfig {
+            trend_damping: self.damping,
+            forecast_clip: self.clip,
+            ..config
+        }
+    }
+}
+
+fn replay_engine(horizon_s: f64, forecaster: Forecaster, limits: &[Limit]) -> ResourceEngine {
+    ResourceEngine::new(forecaster.apply(EngineConfig {
         horizon_s,
         limits: limits.to_vec(),
-        trend_damping: damping,
         ..EngineConfig::default()
-    })
+    }))
 }
 
 impl Alarmer for EngineAlarm {
@@ -366,7 +394,7 @@ impl Alarmer for EngineAlarm {
     }
 
     fn alarms(&self, samples: &[BTreeMap<String, f64>]) -> Vec<bool> {
-        let mut e = replay_engine(self.horizon_s, self.damping, &self.limits);
+        let mut e = replay_engine(self.horizon_s, self.forecaster, &self.limits);
         e.set_models(self.models.clone());
         samples
             .iter()
@@ -389,12 +417,12 @@ pub fn calibration_examples(
     traces: &[Trace],
     horizon_s: f64,
     every: usize,
-    damping: f64,
+    forecaster: Forecaster,
     limits: &[Limit],
 ) -> Vec<(f64, f64, bool)> {
     let mut out = Vec::new();
     for tr in traces {
-        let mut e = replay_engine(horizon_s, damping, limits);
+        let mut e = replay_engine(horizon_s, forecaster, limits);
         let ts: Vec<f64> = (0..tr.samples.len()).map(|t| t as f64).collect();
         let failures: Vec<f64> = tr.failure_at.map(|f| f as f64).into_iter().collect();
         let labels = crate::calibration::label_windows(&ts, &failures, &[], horizon_s);

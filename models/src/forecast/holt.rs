@@ -20,6 +20,11 @@ pub struct Holt {
     /// `phi + phi^2 + ... + phi^h` times; 1 is Holt's undamped line.
     #[serde(default = "undamped")]
     phi: f64,
+    /// Residuals beyond this many standard deviations are clipped to it before they move the
+    /// level and trend (0: none), as in robust Holt-Winters (Gelper, Fried and Croux, 2010): a
+    /// burst of a few samples does not become a trend.
+    #[serde(default)]
+    clip: f64,
 }
 
 fn undamped() -> f64 {
@@ -38,7 +43,14 @@ impl Holt {
             variance: 0.0,
             seen: 0,
             phi: 1.0,
+            clip: 0.0,
         }
+    }
+
+    /// The same smoother with residuals clipped at `k` standard deviations (0: not clipped).
+    pub fn clipped(mut self, k: f64) -> Self {
+        self.clip = if k.is_finite() && k > 0.0 { k } else { 0.0 };
+        self
     }
 
     /// The same smoother with its trend damped by `phi` per step (in (0, 1]; 1: undamped).
@@ -105,7 +117,17 @@ impl Holt {
             }
             _ => {
                 let predicted = self.level + self.phi * self.trend;
-                let residual = x - predicted;
+                let mut residual = x - predicted;
+                // Clipped once the residuals' spread has settled; the spread then learns from
+                // clipped residuals too, so a lasting change still gets through within tens of
+                // samples (each one lets the spread grow by up to a few percent).
+                if self.clip > 0.0 && self.seen >= 50 {
+                    let bound = self.clip * self.variance.sqrt();
+                    if bound > 0.0 {
+                        residual = residual.clamp(-bound, bound);
+                    }
+                }
+                let x = predicted + residual;
                 let prev_level = self.level;
                 self.level = self.alpha * x + (1.0 - self.alpha) * predicted;
                 // Early on the trend is the running mean of level changes (weight 1/n), so a small
@@ -138,6 +160,32 @@ mod tests {
         let f = h.forecast(10).expect("warm");
         assert!((f.mean - (3.0 + 0.5 * 409.0)).abs() < 1e-6, "{f:?}");
         assert!(f.variance < 1e-3, "{f:?}");
+    }
+
+    /// Clipped, a burst of a few samples moves the trend far less; a lasting shift still gets
+    /// through.
+    #[test]
+    fn clipping_keeps_a_burst_out_of_the_trend_but_follows_a_shift() {
+        let run = |k: f64, burst: &dyn Fn(u32) -> f64| {
+            let mut h = Holt::new(0.15, 0.02).clipped(k);
+            let mut worst: f64 = 0.0;
+            for t in 0..600u32 {
+                let noise = if t % 2 == 0 { 0.01 } else { -0.01 };
+                h.update(1.0 + noise + burst(t));
+                if let Some(f) = h.forecast(300) {
+                    worst = worst.max(f.mean);
+                }
+            }
+            (worst, h.forecast(1).expect("warm").mean)
+        };
+        let burst = |t: u32| if (400..420).contains(&t) { 1.0 } else { 0.0 };
+        let (plain, _) = run(0.0, &burst);
+        let (clipped, _) = run(3.0, &burst);
+        assert!(plain > 3.0, "unclipped, the burst is a trend: {plain}");
+        assert!(clipped < 0.5 * plain, "clipped {clipped} vs {plain}");
+        let shift = |t: u32| if t >= 400 { 1.0 } else { 0.0 };
+        let (_, level) = run(3.0, &shift);
+        assert!((level - 2.0).abs() < 0.1, "follows the shift: {level}");
     }
 
     #[test]

@@ -259,3 +259,102 @@ async fn models_train_on_request_are_used_and_reload_after_a_restart() {
     assert_eq!(listed["engine"], engine.as_str());
     drop(temp);
 }
+
+/// `n` samples of `resource`'s latency, one a second ending `end_us`: steady about 40 ms, then
+/// (from `climb_at` on) climbing 2.5 ms a second; with a failure labelled at the end when `fails`.
+fn latency(resource: &str, end_us: i64, n: i64, climb_at: i64, fails: bool) -> String {
+    let start = end_us - n * 1_000_000;
+    let mut body: String = (0..n)
+        .map(|t| {
+            let wobble = [0.0, 1.5, -1.0, 0.5, -1.5, 1.0, -0.5][(t % 7) as usize];
+            let ms = 40.0 + wobble + 2.5 * (t - climb_at).max(0) as f64;
+            format!(
+                "{{\"ts\":\"{}\",\"resource_id\":\"{resource}\",\"resource_type\":\"service\",\"metrics\":{{\"latency_ms\":{ms:.2},\"mem_used_ratio\":0.5}}}}\n",
+                rfc3339(start + t * 1_000_000),
+            )
+        })
+        .collect();
+    if fails {
+        body.push_str(&format!(
+            "{{\"ts\":\"{}\",\"resource_id\":\"{resource}\",\"resource_type\":\"service\",\"metrics\":{{}},\"event\":\"failure\"}}\n",
+            rfc3339(end_us - 500_000)
+        ));
+    }
+    body
+}
+
+/// Issue 15: a failure mode on a metric nobody gave a limit (latency) is learned by a real agent
+/// from its first labelled occurrence, shown by `augur models`, and predicted ahead on another
+/// resource of the type, where the same agent without training predicts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_mode_without_a_limit_is_learned_from_its_first_occurrence() {
+    let agent = AgentProcess::start(AgentOptions {
+        config: "[collect]\nhost = false\n".to_owned(),
+        ..Default::default()
+    })
+    .await
+    .expect("agent starts");
+    // api-1 fails once its latency reaches about 790 ms, 300 s into a climb; api-2 stays well.
+    let end = now_us() - 1_200_000_000;
+    for body in [
+        latency("api-1", end, 1500, 1200, true),
+        latency("api-2", end, 1500, i64::MAX, false),
+    ] {
+        let resp = http()
+            .post(agent.url("/v1/telemetry"))
+            .body(body)
+            .send()
+            .await
+            .expect("push");
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+    let out = std::process::Command::new(augur_bin().expect("binary"))
+        .args(["models", "train", "--json", "--api", &agent.url("")])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = agent.get_json("/v1/models").await.expect("models");
+    let learned = &listed["models"][0]["patterns"]["limits"];
+    let latency_limit = learned
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["metric"] == "latency_ms")
+        .unwrap_or_else(|| panic!("a learned latency limit: {listed}"));
+    assert_eq!(latency_limit["used"], true, "{latency_limit}");
+    assert_eq!(latency_limit["direction"], "above");
+    let text = std::process::Command::new(augur_bin().expect("binary"))
+        .args(["models", "--api", &agent.url("")])
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("learned limit: latency_ms >=") && text.contains("used"),
+        "{text}"
+    );
+    // api-3's latency climbs the same way, faster: predicted before it reaches the learned limit.
+    let value = latency_limit["value"].as_f64().expect("a value");
+    let now = now_us();
+    let resp = http()
+        .post(agent.url("/v1/telemetry"))
+        .body(latency("api-3", now, 900, 700, false))
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(resp.status().as_u16(), 200);
+    let v = eventually("api-3 predicted to fail", || async {
+        let v = prediction(&agent, "api-3").await?;
+        (v["ts"].as_str()? >= rfc3339(now - 2_000_000).as_str()).then_some(v)
+    })
+    .await
+    .expect("a prediction");
+    // At its last sample api-3 is at 540 ms, below the learned ~790: the alarm is a prediction.
+    assert!(540.0 < value, "{value}");
+    assert_eq!(v["above_threshold"], true, "{v}");
+    assert_eq!(v["drivers"][0], "latency_ms", "{v}");
+    assert!(v["eta_s"].as_f64().is_some_and(|e| e > 30.0), "{v}");
+}
