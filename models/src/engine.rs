@@ -135,7 +135,7 @@ pub const HOLT_BETA: f64 = 0.02;
 /// The forecaster's trend damping per sample (1: undamped, Holt's line).
 pub const HOLT_PHI: f64 = 1.0;
 /// The forecaster's residual clipping, in standard deviations (0: none).
-pub const HOLT_CLIP: f64 = 0.0;
+pub const HOLT_CLIP: f64 = 2.0;
 
 pub use crate::MODEL_VERSION;
 
