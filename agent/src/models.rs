@@ -318,6 +318,7 @@ pub fn train_type(
     let version = store.next_version(resource_type);
     let train = augur_models::training::TrainConfig {
         threshold,
+        keep_firing_s: cfg.keep_firing_s(resource_type),
         ..train_config(cfg)
     };
     match augur_models::training::train(resource_type, &data, version, &engine, &train) {

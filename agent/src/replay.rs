@@ -198,6 +198,7 @@ pub fn replay_with(
                 let (engine, threshold) = options.engine_config(&rtype);
                 let train = TrainConfig {
                     threshold,
+                    keep_firing_s: options.config.keep_firing_s(&rtype),
                     ..options.train.clone()
                 };
                 let trained = augur_models::training::train(

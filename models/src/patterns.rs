@@ -157,6 +157,13 @@ pub fn candidates(data: &[ResourceHistory], engine: &EngineConfig) -> Vec<Learne
     out
 }
 
+/// The type's alarm: its threshold, and how long a raised alarm is kept (`crate::alarm`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Alarm {
+    pub threshold: f64,
+    pub keep_firing_s: f64,
+}
+
 /// What the engine's alarm did over one resource's history: failures caught at least
 /// [`MIN_LEAD_S`] ahead, and false alarm episodes (a rising edge with no failure within the
 /// horizon after it; one reaching a migration is not counted either way).
@@ -164,16 +171,18 @@ fn replay_alarms(
     r: &ResourceHistory,
     engine: &EngineConfig,
     models: &Arc<TrainedModels>,
-    threshold: f64,
+    alarm: &Alarm,
 ) -> (usize, usize) {
     let h = engine.horizon_s;
+    let mut latch = crate::alarm::AlarmLatch::default();
     let mut e = ResourceEngine::new(engine.clone());
     e.set_models(Some(models.clone()));
     let mut first_true: BTreeMap<usize, f64> = BTreeMap::new();
     let mut false_alarms = 0;
     let mut prev = false;
     for (j, &t) in r.ts.iter().enumerate() {
-        let on = e.observe_raw(t, &r.row(j)).0 >= threshold;
+        let p = e.observe_raw(t, &r.row(j)).0;
+        let on = latch.update(t, p, alarm.threshold, alarm.keep_firing_s);
         if on && !prev {
             match r.failures.iter().position(|&f| f >= t && f - t <= h) {
                 Some(k) => {
@@ -202,10 +211,10 @@ fn replay_all(
     data: &[ResourceHistory],
     engine: &EngineConfig,
     models: &Arc<TrainedModels>,
-    threshold: f64,
+    alarm: &Alarm,
 ) -> (usize, usize) {
     data.iter()
-        .map(|r| replay_alarms(r, engine, models, threshold))
+        .map(|r| replay_alarms(r, engine, models, alarm))
         .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
@@ -216,14 +225,14 @@ pub fn train_patterns(
     data: &[ResourceHistory],
     engine: &EngineConfig,
     partial: &Arc<TrainedModels>,
-    threshold: f64,
+    alarm: &Alarm,
 ) -> Option<FailurePatterns> {
     let mut found = candidates(data, engine);
     if found.is_empty() {
         return None;
     }
     let (caught_without, false_without) =
-        replay_all(data, engine, &with_patterns(partial, Vec::new()), threshold);
+        replay_all(data, engine, &with_patterns(partial, Vec::new()), alarm);
     for c in &mut found {
         let mut on = c.clone();
         on.used = true;
@@ -231,7 +240,7 @@ pub fn train_patterns(
             data,
             engine,
             &with_patterns(partial, vec![on.clone()]),
-            threshold,
+            alarm,
         );
         c.caught_with = caught;
         c.caught_without = caught_without;
@@ -239,7 +248,7 @@ pub fn train_patterns(
         c.false_alarms_without = false_without;
         c.used = caught > caught_without && false_alarms <= false_without;
         if c.failures >= 2 {
-            c.held_out = Some(leave_one_out(data, engine, partial, threshold, &on));
+            c.held_out = Some(leave_one_out(data, engine, partial, alarm, &on));
         }
     }
     Some(FailurePatterns { limits: found })
@@ -251,7 +260,7 @@ fn leave_one_out(
     data: &[ResourceHistory],
     engine: &EngineConfig,
     partial: &Arc<TrainedModels>,
-    threshold: f64,
+    alarm: &Alarm,
     limit: &LearnedLimit,
 ) -> (usize, usize) {
     let (mut caught, mut tried) = (0, 0);
@@ -281,7 +290,7 @@ fn leave_one_out(
                     ..from_others
                 }],
             );
-            caught += replay_alarms(&one, engine, &models, threshold).0;
+            caught += replay_alarms(&one, engine, &models, alarm).0;
         }
     }
     (caught, tried)
@@ -291,6 +300,11 @@ fn leave_one_out(
 mod tests {
     use super::*;
     use crate::eval::failures::{Scenario, Trace, as_history, generate, limits};
+
+    const ALARM: Alarm = Alarm {
+        threshold: 0.75,
+        keep_firing_s: crate::alarm::KEEP_FIRING_S,
+    };
 
     fn partial() -> Arc<TrainedModels> {
         Arc::new(crate::trained::TrainedModels::empty("host"))
@@ -328,7 +342,7 @@ mod tests {
     fn a_failure_mode_without_a_limit_is_learned_from_one_occurrence_and_caught_next_time() {
         let engine = withheld();
         let history = as_history(&one_occurrence(11));
-        let p = train_patterns(&history, &engine, &partial(), 0.75).expect("patterns");
+        let p = train_patterns(&history, &engine, &partial(), &ALARM).expect("patterns");
         let queue = p
             .limits
             .iter()
@@ -353,9 +367,9 @@ mod tests {
             .collect();
         let (mut with, mut without) = ((0, 0), (0, 0));
         for r in as_history(&next) {
-            let (c, f) = replay_alarms(&r, &engine, &models, 0.75);
+            let (c, f) = replay_alarms(&r, &engine, &models, &ALARM);
             with = (with.0 + c, with.1 + f);
-            let (c, f) = replay_alarms(&r, &engine, &partial(), 0.75);
+            let (c, f) = replay_alarms(&r, &engine, &partial(), &ALARM);
             without = (without.0 + c, without.1 + f);
         }
         // (The traffic bursts' CPU alarms, 3, are the CPU limit's, with or without the pattern.)
@@ -412,7 +426,7 @@ mod tests {
                 .collect(),
             ..EngineConfig::default()
         };
-        let p = train_patterns(&history, &engine, &partial(), 0.75).expect("a candidate");
+        let p = train_patterns(&history, &engine, &partial(), &ALARM).expect("a candidate");
         let l = p
             .limits
             .iter()

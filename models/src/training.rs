@@ -39,6 +39,14 @@ pub struct TrainConfig {
     /// positives at or above it than the raw probability does is not used, whatever its Brier
     /// score (a lower Brier score on rare failures can come from pushing them under the alarm).
     pub threshold: f64,
+    /// How long the type's raised alarm stays raised below the threshold (`crate::alarm`): the
+    /// learned limits' check counts alarm episodes as the agent raises them.
+    #[serde(default = "default_keep_firing")]
+    pub keep_firing_s: f64,
+}
+
+fn default_keep_firing() -> f64 {
+    crate::alarm::KEEP_FIRING_S
 }
 
 impl Default for TrainConfig {
@@ -56,6 +64,7 @@ impl Default for TrainConfig {
             max_forest_metrics: 32,
             seed: 7,
             threshold: 0.75,
+            keep_firing_s: crate::alarm::KEEP_FIRING_S,
         }
     }
 }
@@ -331,8 +340,15 @@ pub fn train(
     };
     // Learned limits are checked with the MLP and the forest in the engine; calibration is
     // fitted on the probability they make (learned limits included).
-    models.meta.patterns =
-        crate::patterns::train_patterns(data, engine, &Arc::new(models.clone()), cfg.threshold);
+    models.meta.patterns = crate::patterns::train_patterns(
+        data,
+        engine,
+        &Arc::new(models.clone()),
+        &crate::patterns::Alarm {
+            threshold: cfg.threshold,
+            keep_firing_s: cfg.keep_firing_s,
+        },
+    );
     if let Some((platt, report)) =
         train_calibration(data, engine, &Arc::new(models.clone()), cfg.threshold)
     {
