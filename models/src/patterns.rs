@@ -2,9 +2,10 @@
 //!
 //! A user cannot list a limit for every metric, but the history has labels (`"event":
 //! "failure"`). What preceded a failure is learned per resource type: each metric whose value at a
-//! failure lay far outside its usual range on the type's history (a robust z-score of at least
-//! [`MIN_Z`] and beyond the usual 99.9th percentile) gets a *learned limit* at that value (the
-//! nearest to usual over the failures it was seen at). The engine then predicts the crossing of a
+//! failure lay far outside its usual range (a robust z-score of at least [`MIN_Z`] against the
+//! failing resource's own usual values, or the type's where it has too few, and beyond the 99.9th
+//! percentile of the type's usual values) gets a *learned limit* at that value (the nearest to
+//! usual over the failures it was seen at). The engine then predicts the crossing of a
 //! learned limit exactly as it predicts a configured one, from its forecast and the spread the
 //! forecast has shown, so a failure mode seen once on any resource of the type is predicted the
 //! next time on any resource of the type, with a lead and an ETA.
@@ -54,6 +55,15 @@ fn value_at(ts: &[f64], col: &[f64], f: f64, horizon_s: f64) -> Option<f64> {
         .find(|v| v.is_finite())
 }
 
+/// Median and spread (1.4826 MAD, floored) of sorted values.
+fn robust(sorted: &[f64]) -> (f64, f64) {
+    let median = quantile(sorted, 0.5);
+    let mut dev: Vec<f64> = sorted.iter().map(|v| (v - median).abs()).collect();
+    dev.sort_by(f64::total_cmp);
+    let spread = (1.4826 * quantile(&dev, 0.5)).max(1e-6 * (median.abs() + 1.0));
+    (median, spread)
+}
+
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     let i = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -94,20 +104,32 @@ pub fn candidates(data: &[ResourceHistory], engine: &EngineConfig) -> Vec<Learne
             continue;
         }
         values.sort_by(f64::total_cmp);
-        let median = quantile(&values, 0.5);
-        let mut dev: Vec<f64> = values.iter().map(|v| (v - median).abs()).collect();
-        dev.sort_by(f64::total_cmp);
-        let spread = (1.4826 * quantile(&dev, 0.5)).max(1e-6 * (median.abs() + 1.0));
+        let (median, spread) = robust(&values);
         let (lo, hi) = (quantile(&values, 0.001), quantile(&values, 0.999));
         // Per direction: the value nearest to usual over the failures, and how many.
         let mut found: BTreeMap<bool, (f64, usize)> = BTreeMap::new();
         for r in data {
             let Some(col) = r.column(name) else { continue };
+            // Far out for this resource: its own usual range where it has one (resources of a
+            // type sit at different levels; a leak from 0.4 to 0.95 is far out for the
+            // resource, not for a fleet whose levels spread from 0.35 to 0.85).
+            let mut own: Vec<f64> = col
+                .iter()
+                .enumerate()
+                .filter(|(j, v)| v.is_finite() && usual(r, *j, horizon_s))
+                .map(|(_, v)| *v)
+                .collect();
+            own.sort_by(f64::total_cmp);
+            let (centre, scale) = if own.len() >= MIN_USUAL {
+                robust(&own)
+            } else {
+                (median, spread)
+            };
             for &f in &r.failures {
                 let Some(x) = value_at(&r.ts, col, f, horizon_s) else {
                     continue;
                 };
-                let z = (x - median) / spread;
+                let z = (x - centre) / scale;
                 let above = if z >= MIN_Z && x > hi {
                     true
                 } else if z <= -MIN_Z && x < lo {
