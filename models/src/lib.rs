@@ -14,7 +14,7 @@ pub mod trained;
 pub mod training;
 
 /// The version string of the engine and its models (the engine's and the trained models' code together).
-pub const MODEL_VERSION: &str = "augur-engine-v7";
+pub const MODEL_VERSION: &str = "augur-engine-v8";
 
 use burn::tensor::Device;
 
