@@ -332,6 +332,13 @@ mod tests {
         Arc::new(crate::trained::TrainedModels::empty("host"))
     }
 
+    fn queue_limit(p: &FailurePatterns) -> &LearnedLimit {
+        p.limits
+            .iter()
+            .find(|l| l.metric == "queue_len")
+            .expect("a learned limit on the queue")
+    }
+
     /// Classic traces with the queue's limit withheld: the engine is blind to a queue backing up,
     /// until one labelled occurrence has been seen.
     fn withheld() -> EngineConfig {
@@ -365,11 +372,7 @@ mod tests {
         let engine = withheld();
         let history = as_history(&one_occurrence(11));
         let p = train_patterns(&history, &engine, &partial(), &ALARM).expect("patterns");
-        let queue = p
-            .limits
-            .iter()
-            .find(|l| l.metric == "queue_len")
-            .expect("the queue's pattern");
+        let queue = queue_limit(&p);
         assert!(queue.used, "{queue:?}");
         assert_eq!(queue.direction, Direction::Above);
         assert!(queue.value > 900.0, "{queue:?}");
@@ -449,11 +452,7 @@ mod tests {
             ..EngineConfig::default()
         };
         let p = train_patterns(&history, &engine, &partial(), &ALARM).expect("a candidate");
-        let l = p
-            .limits
-            .iter()
-            .find(|l| l.metric == "queue_len")
-            .expect("the queue's candidate");
+        let l = queue_limit(&p);
         assert!(!l.used, "{l:?}");
         assert!(l.false_alarms_with > l.false_alarms_without, "{l:?}");
         assert_eq!(p.used(), 0);

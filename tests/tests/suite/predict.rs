@@ -25,6 +25,20 @@ fn leak_and_steady() -> String {
     body
 }
 
+/// `augur models train --json` against `agent`: its answer.
+fn train_now(agent: &AgentProcess) -> Value {
+    let out = std::process::Command::new(augur_bin().expect("binary"))
+        .args(["models", "train", "--json", "--api", &agent.url("")])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
 async fn prediction(agent: &AgentProcess, id: &str) -> Option<Value> {
     let v = agent
         .get_json(&format!("/predict_failure?resource_id={id}"))
@@ -204,16 +218,7 @@ async fn models_train_on_request_are_used_and_reload_after_a_restart() {
     );
 
     // The CLI asks the agent to train now and reports the outcome.
-    let out = std::process::Command::new(augur_bin().expect("binary"))
-        .args(["models", "train", "--json", "--api", &agent.url("")])
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let v = train_now(&agent);
     let outcome = &v["outcomes"][0];
     assert_eq!(outcome["resource_type"], "service");
     assert_eq!(outcome["trained"]["version"], 1, "{v}");
@@ -308,15 +313,7 @@ async fn a_failure_mode_without_a_limit_is_learned_from_its_first_occurrence() {
             .expect("push");
         assert_eq!(resp.status().as_u16(), 200);
     }
-    let out = std::process::Command::new(augur_bin().expect("binary"))
-        .args(["models", "train", "--json", "--api", &agent.url("")])
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    train_now(&agent);
     let listed = agent.get_json("/v1/models").await.expect("models");
     let learned = &listed["models"][0]["patterns"]["limits"];
     let latency_limit = learned
