@@ -411,23 +411,21 @@ impl ResourceEngine {
         for (name, st) in &self.metrics {
             // The configured limit, and one learned from labelled failures (`crate::patterns`);
             // the riskier of the two counts.
-            let limits: Vec<(f64, Direction)> = self
-                .limit_of(name)
-                .map(|l| (l.value, l.direction))
-                .into_iter()
-                .chain(
-                    models
-                        .as_ref()
-                        .and_then(|m| m.learned_limit(name))
-                        .map(|l| (l.value, l.direction)),
-                )
-                .collect();
-            if limits.is_empty() {
+            // Per sample and metric: no allocation (an array of the two, either absent).
+            let limits: [Option<(f64, Direction)>; 2] = [
+                self.limit_of(name).map(|l| (l.value, l.direction)),
+                models
+                    .as_ref()
+                    .and_then(|m| m.learned_limit(name))
+                    .map(|l| (l.value, l.direction)),
+            ];
+            if limits.iter().all(Option::is_none) {
                 continue;
             }
             let tail = |mean: f64, sd: f64| {
                 limits
                     .iter()
+                    .flatten()
                     .map(|&(value, direction)| match direction {
                         Direction::Above => normal_tail((value - mean) / sd),
                         Direction::Below => normal_tail((mean - value) / sd),

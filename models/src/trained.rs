@@ -156,7 +156,7 @@ impl TrainedModels {
     }
 
     /// The learned limit the engine uses for `metric`, if any.
-    pub fn learned_limit(&self, metric: &str) -> Option<Limit> {
+    pub fn learned_limit(&self, metric: &str) -> Option<&LearnedLimit> {
         self.meta.patterns.as_ref()?.limit_for(metric)
     }
 
@@ -246,11 +246,8 @@ pub struct FailurePatterns {
 
 impl FailurePatterns {
     /// The learned limit the engine uses for `metric` (exact name), if any.
-    pub fn limit_for(&self, metric: &str) -> Option<Limit> {
-        self.limits
-            .iter()
-            .find(|l| l.used && l.metric == metric)
-            .map(LearnedLimit::limit)
+    pub fn limit_for(&self, metric: &str) -> Option<&LearnedLimit> {
+        self.limits.iter().find(|l| l.used && l.metric == metric)
     }
 
     pub fn used(&self) -> usize {
