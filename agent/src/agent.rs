@@ -84,6 +84,8 @@ pub async fn run(
     let writer_group = Tasks::new(tracker.clone(), CancellationToken::new(), Clock::system());
     let stage_group = writer_group.child();
     let source_group = stage_group.child();
+    // What systemd's watchdog judges (crate::systemd): tasks that must keep beating.
+    let liveness = crate::systemd::Liveness::new();
 
     // The named channels between them.
     let (tx_config, rx_config) = watch::channel(Arc::new(cfg.clone()));
@@ -238,6 +240,7 @@ pub async fn run(
             tx_committed,
             rx_config.clone(),
             stats.clone(),
+            liveness.register("history.writer", history::writer::BEAT_EVERY),
             writer_group.token(),
         ),
     )];
@@ -374,6 +377,10 @@ pub async fn run(
                 ingestor.clone(),
                 rx_config.clone(),
                 extra,
+                liveness.register(
+                    "collect.host",
+                    cfg.interval_of(augur_proto::HOST_RESOURCE_TYPE),
+                ),
                 source_group.token(),
             ),
         ));
@@ -445,9 +452,24 @@ pub async fn run(
         grpc_addr = %grpc_addr,
         "augur agent ready"
     );
+    crate::systemd::ready(&format!("ready: HTTP {http_addr}, gRPC {grpc_addr}"));
+    if let Some(timeout) = crate::systemd::watchdog_timeout() {
+        tracing::info!(timeout = ?timeout, "systemd watchdog on: pinging every half timeout while the agent's tasks are alive");
+        source_tasks.push(source_group.spawn(
+            "systemd.watchdog",
+            crate::systemd::watchdog(
+                liveness.clone(),
+                writer_group.health().clone(),
+                timeout,
+                source_group.token(),
+                crate::systemd::ping,
+            ),
+        ));
+    }
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");
+    crate::systemd::stopping();
     if let Some(m) = &mesh {
         // Members see this node leave rather than die.
         m.leave(cfg.mesh.gossip_interval * 4).await;
@@ -528,6 +550,8 @@ async fn signals(
             _ = term.recv() => { tracing::info!("SIGTERM"); shutdown.cancel(); }
             _ = int.recv() => { tracing::info!("SIGINT"); shutdown.cancel(); }
             _ = hup.recv() => {
+                // RELOADING=1 now, READY=1 when this arm ends, whether the reload was taken or not.
+                let _reloaded = crate::systemd::reloading();
                 match Config::load(&sources) {
                     Ok(new) => {
                         // Counted first: whoever reads a log line of this reload finds it counted.

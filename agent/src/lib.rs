@@ -22,3 +22,4 @@ pub mod replay;
 pub mod sample;
 pub mod services;
 pub mod stats;
+pub mod systemd;

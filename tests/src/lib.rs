@@ -70,6 +70,9 @@ pub struct AgentOptions {
     pub grpc_addr: Option<SocketAddr>,
     /// Extra environment (`AUGUR_SECTION__KEY` configures the agent).
     pub env: Vec<(String, String)>,
+    /// An environment variable set to the agent's own pid (as systemd sets `WATCHDOG_PID`): the
+    /// agent is started through `/bin/sh`, which exports it and `exec`s the agent.
+    pub pid_env: Option<String>,
 }
 
 /// A running `augur agent` process.
@@ -143,7 +146,16 @@ impl AgentProcess {
         };
         std::fs::create_dir_all(&data_dir)?;
         let config_file = data_dir.with_extension("toml");
-        let mut cmd = Command::new(augur_bin()?);
+        let mut cmd = match &opts.pid_env {
+            None => Command::new(augur_bin()?),
+            Some(var) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c")
+                    .arg(format!("export {var}=$$; exec \"$0\" \"$@\""))
+                    .arg(augur_bin()?);
+                c
+            }
+        };
         cmd.arg("agent");
         if !opts.config.is_empty() {
             // No configuration at all runs on the embedded defaults.
@@ -299,6 +311,13 @@ impl AgentProcess {
     /// SIGTERM, then wait for the exit (the agent stops its instances itself).
     pub async fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
         self.signal(nix::sys::signal::Signal::SIGTERM)?;
+        let status = tokio::time::timeout(STEP_TIMEOUT, self.child.wait()).await??;
+        self.reap = false;
+        Ok(status)
+    }
+
+    /// Waits for the process to exit (after a signal sent with [`signal`](Self::signal)).
+    pub async fn wait(&mut self) -> anyhow::Result<ExitStatus> {
         let status = tokio::time::timeout(STEP_TIMEOUT, self.child.wait()).await??;
         self.reap = false;
         Ok(status)
@@ -709,6 +728,32 @@ pub fn apply_service(api: &str, file: &Path, cred: &Path) -> anyhow::Result<Valu
         api,
         "--json",
     ])
+}
+
+/// A packaging tool (`systemd-analyze`, `dpkg-deb`, `lintian`, ...) on the PATH or in the usual
+/// folders. Missing: `None` (the caller skips), unless `AUGUR_REQUIRE_PACKAGING` is set (`.ci/run`
+/// installs them and sets it): then it panics.
+pub fn packaging_tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(["/usr/bin", "/bin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("AUGUR_REQUIRE_PACKAGING").is_none(),
+            "{name} not found; .ci/run installs it (see the README)"
+        );
+        eprintln!("skipped: {name} not installed");
+    }
+    found
+}
+
+/// systemd's `systemd-analyze` (Debian's `systemd` package).
+pub fn systemd_analyze() -> Option<PathBuf> {
+    packaging_tool("systemd-analyze")
 }
 
 /// Debian's haproxy (`apt-get install haproxy`), or `$HAPROXY`. Missing: `None` (the caller

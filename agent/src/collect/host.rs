@@ -295,6 +295,7 @@ pub async fn run(
     ingestor: Ingestor,
     mut config: watch::Receiver<Arc<Config>>,
     extra: Option<ExtraMetrics>,
+    heartbeat: crate::systemd::Heartbeat,
     shutdown: CancellationToken,
 ) {
     let include_loopback = config.borrow().collect.include_loopback;
@@ -311,6 +312,7 @@ pub async fn run(
         ResourceType::parse(HOST_RESOURCE_TYPE).expect("'host' is a valid resource type");
     let mut period = config.borrow().interval_of(HOST_RESOURCE_TYPE);
     let mut ticker = interval(period);
+    heartbeat.set_period(period);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -319,6 +321,7 @@ pub async fn run(
                 if want != period {
                     period = want;
                     ticker = interval(period);
+                    heartbeat.set_period(period);
                     tracing::info!(interval = ?period, "host collection interval changed");
                 }
             }
@@ -327,6 +330,7 @@ pub async fn run(
                 let ts = UnixMicros::now();
                 let metrics = match tokio::task::spawn_blocking(move || c.lock().tick()).await {
                     Ok(mut m) => {
+                        heartbeat.beat();
                         if let Some(extra) = &extra {
                             m.extend(extra());
                         }

@@ -12,6 +12,7 @@ use crate::accept::{RejectReason, Rejection};
 use crate::config::Config;
 use crate::sample::{Sample, UnixMicros};
 use crate::stats::{Source, Stats};
+use crate::systemd::Heartbeat;
 
 /// Most samples gathered into one transaction.
 const MAX_GROUP_SAMPLES: usize = 100_000;
@@ -38,6 +39,10 @@ pub struct Written {
 /// While writes fail, how often the writer tries to reopen the store.
 const RECOVERY_EVERY: Duration = Duration::from_secs(2);
 
+/// How often the writer beats while idle (the watchdog's [`Heartbeat`]); a commit or retention
+/// pass that never returns stops its beats.
+pub const BEAT_EVERY: Duration = Duration::from_secs(1);
+
 /// Runs until `shutdown`, then writes everything still queued and returns.
 pub async fn run(
     history: History,
@@ -45,8 +50,11 @@ pub async fn run(
     tx_committed: mpsc::Sender<Vec<Arc<Sample>>>,
     config: watch::Receiver<Arc<Config>>,
     stats: Arc<Stats>,
+    heartbeat: Heartbeat,
     shutdown: CancellationToken,
 ) {
+    let mut beat = tokio::time::interval(BEAT_EVERY);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retention = tokio::time::interval(config.borrow().history.retention_interval);
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut recovery = tokio::time::interval(RECOVERY_EVERY);
@@ -55,6 +63,7 @@ pub async fn run(
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            _ = beat.tick() => heartbeat.beat(),
             _ = recovery.tick(), if history.failure().is_some() => {
                 let h = history.clone();
                 match tokio::task::spawn_blocking(move || h.recover(Duration::from_secs(1))).await {
@@ -81,6 +90,7 @@ pub async fn run(
                 }
                 history.set_max_metric_names(config.borrow().ingest.max_metric_names);
                 commit(&history, group, &tx_committed, &stats).await;
+                heartbeat.beat();
             }
             _ = retention.tick(), if history.failure().is_none() => {
                 let cfg = config.borrow().clone();

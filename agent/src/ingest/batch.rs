@@ -168,6 +168,7 @@ mod tests {
                 tx_committed,
                 rx_cfg,
                 stats.clone(),
+                crate::systemd::Liveness::new().register("history.writer", writer::BEAT_EVERY),
                 shutdown.clone(),
             ));
         });

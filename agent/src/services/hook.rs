@@ -131,6 +131,10 @@ async fn run(
         .env("AUGUR_VERSION", instance.version.to_string())
         .env("HOST", instance.host.to_string())
         .env("PORT", instance.port.to_string())
+        // systemd's notification socket is the agent's, not its children's.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

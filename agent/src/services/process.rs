@@ -215,6 +215,10 @@ fn spawn(instance: &Instance) -> Result<Child, DriverError> {
         .env("AUGUR_INSTANCE", &instance.id)
         .env("AUGUR_SERVICE", &instance.service)
         .env("AUGUR_API", instance.api.as_deref().unwrap_or(""))
+        // systemd's notification socket is the agent's, not its children's.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -15,4 +15,5 @@ mod services;
 mod slow;
 mod sources;
 mod storage;
+mod systemd;
 mod traffic;
