@@ -76,7 +76,13 @@ pub async fn run(
                 }
             }
             req = rx_writes.recv() => {
-                let Some(first) = req else { break };
+                let Some(first) = req else {
+                    // Every source has stopped (they stop first): nothing more will come, but
+                    // the writer's own group has not been stopped yet, and a task that returns
+                    // before its stop is one that ended unexpectedly.
+                    shutdown.cancelled().await;
+                    break;
+                };
                 let mut group = vec![first];
                 let mut n = group[0].samples.len();
                 while n < MAX_GROUP_SAMPLES {

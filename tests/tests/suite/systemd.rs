@@ -173,6 +173,10 @@ async fn the_agent_tells_systemd_it_is_ready_alive_reloading_and_stopping() {
     );
     let exit = agent.wait().await.expect("exits");
     assert!(exit.success(), "{exit:?}");
+    // A clean stop ends no task unexpectedly (the writer used to return as soon as its sources
+    // had stopped, before its own stop, and was logged and counted as ended).
+    let ended = agent.wait_log("a task ended unexpectedly").await;
+    assert!(ended.is_err(), "{ended:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
