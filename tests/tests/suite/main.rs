@@ -10,6 +10,7 @@ mod layout;
 mod lifecycle;
 mod mesh;
 mod migrate;
+mod package;
 mod predict;
 mod services;
 mod slow;
