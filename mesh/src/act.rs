@@ -114,6 +114,8 @@ pub enum ActRequest {
     Trend {
         resource_id: String,
     },
+    /// The node's wall clock (`augur doctor`'s clock offset against peers).
+    Time,
 }
 
 /// Samples a trend carries at most (twelve minutes at the default interval: enough for a
@@ -183,4 +185,8 @@ pub enum ActReply {
     Latest(Option<Assignment>),
     /// The resource's recent samples (none: not tracked here).
     Trend(Option<Trend>),
+    /// The answering node's wall clock when it answered (unix milliseconds).
+    Time {
+        unix_ms: u64,
+    },
 }

@@ -61,6 +61,21 @@ impl NodeIdentity {
         }
     }
 
+    /// Loads `dir/node.key` if it exists (`None` if not); never creates one.
+    pub fn load(dir: &Path) -> Result<Option<Self>, IdentityError> {
+        let path = dir.join(KEY_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
+                .map(|k| Some(Self::from_keypair(k)))
+                .map_err(|e| IdentityError::Corrupt {
+                    path,
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(IdentityError::Read { path, source }),
+        }
+    }
+
     pub fn from_keypair(keypair: Keypair) -> Self {
         let peer_id = keypair.public().to_peer_id();
         Self { keypair, peer_id }

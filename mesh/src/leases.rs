@@ -134,6 +134,15 @@ struct Inner {
     trends: std::sync::OnceLock<Arc<dyn TrendSource>>,
 }
 
+/// A peer's clock against this node's ([`Leases::clock_offset`]).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClockOffset {
+    /// The peer's clock minus this node's (milliseconds; positive: the peer is ahead).
+    pub offset_ms: f64,
+    /// The round trip it was measured over; the offset is right within half of it.
+    pub rtt_ms: f64,
+}
+
 /// This node's leases. Cloneable handle.
 #[derive(Clone)]
 pub struct Leases {
@@ -282,6 +291,9 @@ impl Leases {
                         ActRequest::Trend { resource_id } => Some(ActReply::Trend(
                             self.inner.trends.get().and_then(|t| t.trend(&resource_id)),
                         )),
+                        ActRequest::Time => Some(ActReply::Time {
+                            unix_ms: self.inner.tasks.clock().now_ms(),
+                        }),
                     };
                     if let Some(reply) = reply {
                         self.inner.swarm.answer_lease(req.id, reply).await;
@@ -437,6 +449,28 @@ impl Leases {
                 Ok(Some(t))
             }
             Ok(ActReply::Trend(None)) => Ok(None),
+            Ok(_) => Err("answered with another kind of reply".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// This node's clock against `peer`'s, measured as NTP does with one exchange: the peer's
+    /// time when it answered minus this node's at the middle of the round trip. The error is at
+    /// most half the round trip.
+    pub async fn clock_offset(&self, peer: PeerId) -> Result<ClockOffset, String> {
+        let clock = self.inner.tasks.clock();
+        let sent_ms = clock.now_ms();
+        let start = Instant::now();
+        let reply = self.inner.swarm.lease_request(peer, ActRequest::Time).await;
+        let rtt = start.elapsed();
+        match reply {
+            Ok(ActReply::Time { unix_ms }) => {
+                let middle = sent_ms as f64 + rtt.as_secs_f64() * 500.0;
+                Ok(ClockOffset {
+                    offset_ms: unix_ms as f64 - middle,
+                    rtt_ms: rtt.as_secs_f64() * 1000.0,
+                })
+            }
             Ok(_) => Err("answered with another kind of reply".into()),
             Err(e) => Err(e.to_string()),
         }

@@ -16,6 +16,7 @@ pub mod leases;
 pub mod membership;
 pub mod node;
 pub mod operator;
+pub mod reach;
 pub mod secure;
 pub mod sim;
 pub mod swarm;

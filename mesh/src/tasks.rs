@@ -148,6 +148,11 @@ impl Tasks {
         &self.tracker
     }
 
+    /// The clock the group's tasks read (the system's, or a test's).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     pub fn health(&self) -> &Arc<TaskHealth> {
         &self.health
     }

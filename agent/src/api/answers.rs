@@ -87,6 +87,24 @@ pub struct MemberList {
     pub message: Option<String>,
 }
 
+/// `GET /v1/clock`: this node's clock against each live peer's (`augur doctor`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClockAnswer {
+    pub peers: Vec<PeerClock>,
+}
+
+/// One peer's clock against this node's, or why it could not be read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerClock {
+    pub peer_id: String,
+    pub node_name: Option<String>,
+    /// The peer's clock minus this node's, in milliseconds (positive: the peer is ahead).
+    pub offset_ms: Option<f64>,
+    /// The round trip of the exchange; the offset is right within half of it.
+    pub rtt_ms: Option<f64>,
+    pub error: Option<String>,
+}
+
 /// The `missed` notice of the event stream: `missed` events after index `after` were dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Missed {

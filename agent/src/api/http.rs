@@ -72,6 +72,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/services", get(services).post(change_service))
         .route("/v1/fleet", get(fleet_document).post(change_service))
         .route("/v1/leases", get(leases))
+        .route("/v1/clock", get(clock))
         .route("/v1/autonomy", get(autonomy))
         .route("/orchestrate_migration", post(orchestrate_migration))
         .route("/v1/migrations", get(list_migrations))
@@ -336,6 +337,46 @@ async fn leases(
                 .to_owned(),
         )
     })
+}
+
+/// How long a peer has to answer `/v1/clock`'s exchange.
+const CLOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// This node's clock against each live peer's, measured over libp2p (one exchange each, all at
+/// once).
+async fn clock(State(st): State<ApiState>) -> Result<Json<super::answers::ClockAnswer>, ApiError> {
+    let (Some(mesh), Some(leases)) = (st.fleet.mesh.as_ref(), st.leases.as_ref()) else {
+        return Err(ApiError::Unavailable(
+            "this node is not in a mesh: there are no peers to compare clocks with".to_owned(),
+        ));
+    };
+    let peers: Vec<_> = mesh
+        .members()
+        .into_iter()
+        .filter(|m| !m.is_self && m.status == augur_mesh::membership::MemberStatus::Alive)
+        .collect();
+    let asks = peers.into_iter().map(|m| async move {
+        let measured = match m.peer_id.parse::<augur_mesh::PeerId>() {
+            Ok(peer) => tokio::time::timeout(CLOCK_TIMEOUT, leases.clock_offset(peer))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {CLOCK_TIMEOUT:?}"))),
+            Err(e) => Err(format!("not a peer id: {e}")),
+        };
+        let (offset_ms, rtt_ms, error) = match measured {
+            Ok(c) => (Some(c.offset_ms), Some(c.rtt_ms), None),
+            Err(e) => (None, None, Some(e)),
+        };
+        super::answers::PeerClock {
+            peer_id: m.peer_id,
+            node_name: m.node_name,
+            offset_ms,
+            rtt_ms,
+            error,
+        }
+    });
+    Ok(Json(super::answers::ClockAnswer {
+        peers: futures::future::join_all(asks).await,
+    }))
 }
 
 /// The fleet's autonomy settings and the cases this node considers (`augur autonomy`).

@@ -7,6 +7,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 pub mod client;
+pub mod doctor;
 pub mod events;
 pub mod fleet;
 pub mod migrate;
@@ -40,6 +41,17 @@ pub enum Command {
     ValidateConfig {
         file: PathBuf,
         /// Print the effective configuration as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check this host: configuration, data directory and disk, ports, the agent, its join token
+    /// and fleet keys, its seeds (UDP and QUIC) and its clock against its peers; each problem with
+    /// what to do. Takes the agent's flags (and reads /etc/augur/augur.toml when no --config is
+    /// given and it exists). Exits 1 when a check fails.
+    Doctor {
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -755,6 +767,25 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             client,
         }) => service::delete(&client.api, &name, &credential, client.json).await,
         Command::Services(c) => service::list(&c.api, c.json).await,
+        Command::Doctor { agent, json } => {
+            let pb = spinner("checking this host");
+            let report = doctor::run(agent.sources()).await;
+            pb.finish_and_clear();
+            if json {
+                print_json(&report)?;
+            } else {
+                print!("{}", doctor::render(&report));
+            }
+            if !report.healthy {
+                let failed = report
+                    .checks
+                    .iter()
+                    .filter(|c| c.verdict == doctor::Verdict::Fail)
+                    .count();
+                anyhow::bail!("{failed} check(s) failed");
+            }
+            Ok(())
+        }
         Command::Members(c) => {
             let v: MemberList = Agent::new(&c.api)?.get("/v1/members", &[]).await?;
             if c.json {

@@ -4,6 +4,7 @@
 mod autonomy;
 mod crash;
 mod demo;
+mod doctor;
 mod grpc;
 mod http;
 mod layout;
