@@ -274,6 +274,10 @@ async fn installed_on_three_hosts_it_forms_a_fleet_sees_a_host_die_and_rejoin_th
         "augur is installed on this machine already ({}); the test would replace it",
         dpkg_status()
     );
+    // Namespaces left by a run that was killed before it could clean up.
+    for ns in [HUB, "augur-pkg-h1", "augur-pkg-h2", "augur-pkg-h3"] {
+        let _ = Command::new("ip").args(["netns", "del", ns]).output();
+    }
     let mut setup = Installed {
         namespaces: Vec::new(),
         agents: Vec::new(),
