@@ -6,6 +6,7 @@ pub mod anomaly;
 pub mod calibration;
 pub mod engine;
 pub mod eval;
+pub mod federated;
 pub mod forecast;
 pub mod history;
 pub mod limits;

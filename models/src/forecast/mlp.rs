@@ -144,6 +144,33 @@ impl MlpForecaster {
     /// Like [`train`](Self::train) on every `stride`-th window only, which bounds the cost of
     /// training on a long history.
     pub fn train_strided(series: &[&[f64]], config: MlpConfig, stride: usize) -> Option<Self> {
+        Self::fit(series, config, stride, None)
+    }
+
+    /// Like [`train_strided`](Self::train_strided), starting from `base`'s weights instead of
+    /// the seeded initialisation: a federated round trains from the last merged model
+    /// (`crate::federated`). `base` must have this configuration's shape; otherwise None.
+    pub fn train_from(
+        base: &MlpWeights,
+        series: &[&[f64]],
+        config: MlpConfig,
+        stride: usize,
+    ) -> Option<Self> {
+        let fits = base.config.window == config.window
+            && base.config.hidden == config.hidden
+            && base.config.horizon == config.horizon;
+        if !fits {
+            return None;
+        }
+        Self::fit(series, config, stride, Some(base))
+    }
+
+    fn fit(
+        series: &[&[f64]],
+        config: MlpConfig,
+        stride: usize,
+        base: Option<&MlpWeights>,
+    ) -> Option<Self> {
         let (w, h) = (config.window, config.horizon);
         let series_sd: Vec<f64> = series.iter().map(|s| std_dev(s)).collect();
         let mut sds: Vec<f64> = series
@@ -192,7 +219,17 @@ impl MlpForecaster {
         }
         let plain = crate::cpu_device();
         let device = plain.clone().autodiff();
-        let mut net = MlpNet::new(w, config.hidden, &device, config.seed);
+        let mut net = match base {
+            None => MlpNet::new(w, config.hidden, &device, config.seed),
+            Some(b) => match b.layers.as_slice() {
+                [l1, l2, out] => MlpNet {
+                    l1: linear_from(l1, &device).ok()?,
+                    l2: linear_from(l2, &device).ok()?,
+                    out: linear_from(out, &device).ok()?,
+                },
+                _ => return None,
+            },
+        };
         let mut optim = AdamConfig::new().init();
         let mut order: Vec<usize> = (0..n).collect();
         let mut rng = crate::anomaly::iforest::SplitMix64::new(config.seed);
