@@ -689,3 +689,98 @@ async fn a_seeded_fuzz_run_from_an_admitted_node_never_stops_gossip() {
         }
     }
 }
+
+/// Federated models (issue 17): an update arrives opened, under its author's signature, at every
+/// admitted peer; a tampered one, one claimed for another author, one for another fleet and one
+/// from a node outside the fleet are refused and counted, and nothing of them is delivered.
+#[tokio::test(start_paused = true)]
+async fn model_updates_reach_peers_only_as_their_admitted_authors_signed_them() {
+    use crate::model_updates::{MODELS_TOPIC, SignedUpdate, seal};
+    let mut fleet = SimFleet::new(27, SimConfig::default());
+    fleet.join_all(["a", "b", "c"]).await;
+    fleet.converge().await.expect("converges");
+    let mut at_a = fleet.mesh("a").subscribe_model_updates();
+    let stats = fleet.mesh("a").model_update_stats.clone();
+    let b = fleet.mesh("b").clone();
+    let mut sent = false;
+    for _ in 0..50 {
+        if b.publish_model_update(b"b's weights".to_vec())
+            .await
+            .is_ok()
+        {
+            sent = true;
+            break;
+        }
+        fleet.run_for(Duration::from_millis(200)).await;
+    }
+    assert!(sent, "b publishes");
+    let (author, body) = tokio::time::timeout(Duration::from_secs(10), at_a.recv())
+        .await
+        .expect("delivered")
+        .expect("an update");
+    assert_eq!(
+        (author.to_string(), body),
+        (fleet.peer_id("b"), b"b's weights".to_vec())
+    );
+
+    // c forwards b's update (a cold start's answer): it arrives as b's.
+    let fleet_id = b.fleet_id().to_owned();
+    let wire = seal(&b.keypair_for_tests(), &fleet_id, b"b's weights".to_vec());
+    fleet
+        .mesh("c")
+        .forward_model_update(wire.clone())
+        .await
+        .expect("c forwards");
+    let (author, _) = tokio::time::timeout(Duration::from_secs(10), at_a.recv())
+        .await
+        .expect("delivered")
+        .expect("an update");
+    assert_eq!(author.to_string(), fleet.peer_id("b"));
+
+    // Forgeries, each published by c, an admitted node.
+    let decode = |w: &[u8]| -> SignedUpdate { ciborium::from_reader(w).expect("cbor") };
+    let encode = |u: &SignedUpdate| {
+        let mut out = Vec::new();
+        ciborium::into_writer(u, &mut out).expect("cbor");
+        out
+    };
+    let mut tampered = decode(&wire);
+    tampered.body = b"poisoned".to_vec();
+    let mut stolen = decode(&seal(
+        &fleet.mesh("c").keypair_for_tests(),
+        &fleet_id,
+        b"c's weights".to_vec(),
+    ));
+    stolen.author = fleet.peer_id("b");
+    let other_fleet = seal(&b.keypair_for_tests(), "elsewhere", b"x".to_vec());
+    let outsider = seal(
+        &libp2p::identity::Keypair::generate_ed25519(),
+        &fleet_id,
+        b"x".to_vec(),
+    );
+    for forged in [
+        encode(&tampered),
+        encode(&stolen),
+        other_fleet,
+        outsider,
+        b"\x00 not cbor".to_vec(),
+    ] {
+        fleet
+            .mesh("c")
+            .swarm
+            .publish(MODELS_TOPIC, forged)
+            .await
+            .expect("c publishes");
+    }
+    fleet
+        .until(Duration::from_secs(10), |_| {
+            stats.refused().iter().map(|(_, n)| n).sum::<u64>() >= 5
+        })
+        .await
+        .expect("a refuses all five");
+    let refused: std::collections::BTreeMap<_, _> = stats.refused().into_iter().collect();
+    assert_eq!(refused["bad_signature"], 3, "{refused:?}");
+    assert_eq!(refused["not_admitted"], 1, "{refused:?}");
+    assert_eq!(refused["malformed"], 1, "{refused:?}");
+    assert!(at_a.try_recv().is_err(), "nothing forged was delivered");
+}

@@ -14,6 +14,7 @@ pub mod gatekeeper;
 pub mod identity;
 pub mod leases;
 pub mod membership;
+pub mod model_updates;
 pub mod node;
 pub mod operator;
 pub mod reach;

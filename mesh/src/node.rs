@@ -273,6 +273,13 @@ pub struct Mesh {
     pub catalog_undecodable: Arc<std::sync::atomic::AtomicU64>,
     /// The mesh's group of tasks (swarm, membership, and the task tying them together).
     tasks: Tasks,
+    /// Model updates from admitted authors, opened (author, body), for the agent to check.
+    model_updates: broadcast::Sender<(PeerId, Vec<u8>)>,
+    /// Model updates refused before anything read them, by reason.
+    pub model_update_stats: Arc<crate::model_updates::UpdateStats>,
+    /// This node's key (it signs the model updates it authors) and the fleet's name.
+    keypair: Keypair,
+    fleet_id: String,
 }
 
 /// What the mesh needs to start.
@@ -331,7 +338,7 @@ impl Mesh {
         .await?;
         let membership = Membership::start(
             config.membership.clone(),
-            keypair,
+            keypair.clone(),
             token,
             trusted.clone(),
             clock.clone(),
@@ -373,6 +380,10 @@ impl Mesh {
             rtt: Arc::default(),
             traffic,
             tasks: tasks.clone(),
+            model_updates: broadcast::channel(64).0,
+            model_update_stats: Arc::default(),
+            keypair,
+            fleet_id: config.membership.fleet_id.clone(),
         };
         tasks.spawn(
             "mesh.events",
@@ -430,6 +441,40 @@ impl Mesh {
         };
         let data = serde_json::to_vec(&message).unwrap_or_default();
         self.swarm.publish(CATALOG_TOPIC, data).await
+    }
+
+    /// Signs `body` (an encoded `augur_models::federated::ModelUpdate`) as this node's and sends it
+    /// to every admitted peer.
+    pub async fn publish_model_update(&self, body: Vec<u8>) -> Result<(), SwarmError> {
+        let wire = crate::model_updates::seal(&self.keypair, &self.fleet_id, body);
+        self.swarm
+            .publish(crate::model_updates::MODELS_TOPIC, wire)
+            .await
+    }
+
+    /// Hands on an update another node authored (as it arrived, still under its author's
+    /// signature), for a peer catching up.
+    pub async fn forward_model_update(&self, wire: Vec<u8>) -> Result<(), SwarmError> {
+        self.swarm
+            .publish(crate::model_updates::MODELS_TOPIC, wire)
+            .await
+    }
+
+    /// The fleet's name, which signed values and model updates are bound to.
+    pub fn fleet_id(&self) -> &str {
+        &self.fleet_id
+    }
+
+    /// This node's key, for tests that forge messages.
+    #[cfg(test)]
+    pub(crate) fn keypair_for_tests(&self) -> Keypair {
+        self.keypair.clone()
+    }
+
+    /// Model updates as they arrive, opened: signed by their author for this fleet, the author
+    /// an admitted member (the body still to be checked by the receiver).
+    pub fn subscribe_model_updates(&self) -> broadcast::Receiver<(PeerId, Vec<u8>)> {
+        self.model_updates.subscribe()
     }
 
     /// Catalog documents from peers, as they arrive (not verified: the receiver checks each).
@@ -565,6 +610,22 @@ impl Mesh {
                                 Err(e) => {
                                     self.catalog_undecodable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                     tracing::debug!(error = %e, "undecodable catalog message");
+                                }
+                            }
+                        }
+                        SwarmEvent::Message { topic, data, .. } if topic == crate::model_updates::MODELS_TOPIC => {
+                            let me = self.swarm.peer_id;
+                            let opened = crate::model_updates::open(&data, &self.fleet_id, |author| {
+                                *author == me || self.membership.member(&author.to_string()).is_some()
+                            });
+                            match opened {
+                                Ok(update) => {
+                                    self.model_update_stats.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    let _ = self.model_updates.send(update);
+                                }
+                                Err(why) => {
+                                    self.model_update_stats.refuse(why);
+                                    tracing::info!(reason = why.as_str(), "model update refused");
                                 }
                             }
                         }

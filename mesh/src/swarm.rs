@@ -407,7 +407,11 @@ pub async fn start(
         .map_err(|e| SwarmError::Build(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
-    for topic in [EVENTS_TOPIC, CATALOG_TOPIC] {
+    for topic in [
+        EVENTS_TOPIC,
+        CATALOG_TOPIC,
+        crate::model_updates::MODELS_TOPIC,
+    ] {
         swarm
             .behaviour_mut()
             .gossipsub

@@ -505,6 +505,21 @@ fn encode_mesh(enc: &mut DescriptorEncoder, mesh: &Mesh) -> fmt::Result {
         Counter,
         one(load(&mesh.events_refused)),
     )?;
+    let mu = &mesh.model_update_stats;
+    family(
+        enc,
+        "mesh_model_updates_refused",
+        "Model updates from peers refused before anything read them, by reason (oversized, malformed, unsigned, bad_signature, not_admitted)",
+        Counter,
+        mu.refused().into_iter().map(|(r, n)| (reason(r), n as f64)),
+    )?;
+    family(
+        enc,
+        "mesh_model_updates_opened",
+        "Model updates from peers opened (signed by their admitted author), to be checked by the models",
+        Counter,
+        one(load(&mu.opened)),
+    )?;
     let ss = &mesh.swarm.stats;
     family(
         enc,
