@@ -99,7 +99,7 @@ pub async fn run(
     let stats = Arc::new(Stats::new());
     let predictions = Predictions::default();
     let models = crate::models::ModelStore::open(&data_dir);
-    let (trainer, trainer_task) = crate::models::trainer(
+    let (trainer, mut trainer_task) = crate::models::trainer(
         history.clone(),
         models.clone(),
         rx_config.clone(),
@@ -217,7 +217,7 @@ pub async fn run(
         config: rx_config.clone(),
         predictions: predictions.clone(),
         models: models.clone(),
-        trainer: Some(trainer),
+        trainer: Some(trainer.clone()),
         fleet: api::Fleet {
             mesh: mesh.clone(),
             events: events.clone(),
@@ -245,6 +245,7 @@ pub async fn run(
         ),
     )];
 
+    let mut federation = None;
     let mut stage_tasks = vec![
         stage_group.spawn(
             "predict",
@@ -263,7 +264,37 @@ pub async fn run(
                 stage_group.token(),
             ),
         ),
-        stage_group.spawn("models.trainer", trainer_task.run(stage_group.token())),
+        stage_group.spawn("models.trainer", {
+            // In a fleet, the trainer shares its models and merges the peers' (crate::federation).
+            if let (Some(m), true) = (&mesh, cfg.models.federate) {
+                let (tx_own, rx_own) = mpsc::channel(16);
+                for loaded in models.all() {
+                    if let Some(u) = models
+                        .get(&loaded.resource_type)
+                        .and_then(|m| crate::models::own_update(&m))
+                    {
+                        let _ = tx_own.try_send(u);
+                    }
+                }
+                trainer_task.share_on(tx_own);
+                federation = Some(stage_group.spawn(
+                    "models.federation",
+                    crate::federation::run(
+                        crate::federation::Federation {
+                            mesh: m.clone(),
+                            leases: leases.clone(),
+                            trainer: trainer.clone(),
+                            history: history.clone(),
+                            models: models.clone(),
+                            stats: stats.clone(),
+                        },
+                        rx_own,
+                        stage_group.token(),
+                    ),
+                ));
+            }
+            trainer_task.run(stage_group.token())
+        }),
         stage_group.spawn(
             "fleet.publisher",
             crate::fleet::publisher::run(
@@ -281,6 +312,7 @@ pub async fn run(
             ),
         ),
     ];
+    stage_tasks.extend(federation);
     // Instances listen on the node's advertised address (loopback unless told otherwise) and
     // peers reach them there.
     let instance_ip = cfg

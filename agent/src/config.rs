@@ -146,6 +146,16 @@ pub struct ModelsConfig {
     /// no new metrics and new resources get no engine (their samples are stored, not predicted,
     /// and counted in `augur_predict_refused_total`).
     pub max_engine_memory: ByteSize,
+    /// In a fleet: share each type's trained models with the peers and merge theirs into a
+    /// candidate, adopted only if it does no worse on this node's own held-out history.
+    pub federate: bool,
+    /// Bad updates the merge tolerates among its contributors (a coordinate-wise trimmed mean that
+    /// drops this many of the highest and lowest values; with fewer than 2f + 1 contributors, the
+    /// median).
+    pub federation_tolerate: usize,
+    /// The most training rows one contribution's weight counts (no node outweighs the rest by
+    /// the sample count it claims).
+    pub federation_sample_cap: u64,
 }
 
 /// The fleet mesh. It starts when `join_token` is set (see `augur fleet init` and `augur fleet
@@ -448,6 +458,9 @@ impl Default for ModelsConfig {
             max_training_samples: 20_000,
             keep_versions: 3,
             max_engine_memory: ByteSize::mib(256),
+            federate: true,
+            federation_tolerate: 1,
+            federation_sample_cap: 20_000,
         }
     }
 }

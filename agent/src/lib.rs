@@ -9,6 +9,7 @@ pub mod collect;
 pub mod config;
 pub mod demo;
 pub mod eval;
+pub mod federation;
 pub mod files;
 pub mod fleet;
 pub mod history;

@@ -39,6 +39,23 @@ pub struct ModelStore {
     current: Arc<RwLock<HashMap<String, Arc<TrainedModels>>>>,
     /// Bumped on every install, so readers notice a change cheaply.
     generation: Arc<AtomicU64>,
+    /// The latest decisions on models merged from the fleet, newest last.
+    decisions: Arc<parking_lot::Mutex<std::collections::VecDeque<FederationDecision>>>,
+}
+
+/// How many federation decisions the store remembers.
+const KEEP_DECISIONS: usize = 64;
+
+/// A decision on a model merged from the fleet's updates (`GET /v1/models`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FederationDecision {
+    pub resource_type: String,
+    pub at_unix_ms: u64,
+    /// `adopted`, `rejected` or `cold_start`.
+    pub outcome: String,
+    /// The version installed, when adopted.
+    pub version: Option<u64>,
+    pub lineage: augur_models::federated::Lineage,
 }
 
 fn version_of(path: &Path) -> Option<u64> {
@@ -116,6 +133,20 @@ impl ModelStore {
 
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Records a federation decision.
+    pub fn decide(&self, d: FederationDecision) {
+        let mut q = self.decisions.lock();
+        q.push_back(d);
+        while q.len() > KEEP_DECISIONS {
+            q.pop_front();
+        }
+    }
+
+    /// The latest federation decisions, newest last.
+    pub fn decisions(&self) -> Vec<FederationDecision> {
+        self.decisions.lock().iter().cloned().collect()
     }
 
     /// Metadata of every installed type's models, by type.
@@ -316,9 +347,17 @@ pub fn train_type(
     };
     let (engine, threshold) = engine_config(cfg, resource_type);
     let version = store.next_version(resource_type);
+    // A model merged from the fleet is the start of this node's next local round (federated
+    // averaging); otherwise the shared seeded start.
+    let base_mlp = store
+        .get(resource_type)
+        .filter(|m| m.meta.federation.is_some())
+        .and_then(|m| m.mlp.clone())
+        .map(augur_models::forecast::mlp::MlpWeights::from);
     let train = augur_models::training::TrainConfig {
         threshold,
         keep_firing_s: cfg.keep_firing_s(resource_type),
+        base_mlp,
         ..train_config(cfg)
     };
     match augur_models::training::train(resource_type, &data, version, &engine, &train) {
@@ -347,6 +386,9 @@ pub struct Trainer {
 enum TrainerMsg {
     /// Train every type now and answer.
     Train(TrainRequest),
+    /// Peers' model updates (each signed by its admitted author; not yet checked), taken
+    /// together before a merge.
+    Peer(Vec<(String, augur_models::federated::ModelUpdate)>),
     /// End after the training under way (if any).
     Stop,
 }
@@ -357,6 +399,11 @@ impl Trainer {
         let (tx, rx) = oneshot::channel();
         self.tx.try_send(TrainerMsg::Train(tx)).ok()?;
         rx.await.ok()
+    }
+
+    /// Hands peers' model updates to the trainer (merged together); false when its queue is full.
+    pub fn offer(&self, updates: Vec<(String, augur_models::federated::ModelUpdate)>) -> bool {
+        self.tx.try_send(TrainerMsg::Peer(updates)).is_ok()
     }
 }
 
@@ -369,6 +416,19 @@ pub struct TrainerTask {
     stats: Arc<Stats>,
     tx: std::sync::mpsc::SyncSender<TrainerMsg>,
     rx: std::sync::mpsc::Receiver<TrainerMsg>,
+    /// Where this node's own updates go after each local training (the federation task), in a
+    /// fleet.
+    own_updates: Option<tokio::sync::mpsc::Sender<augur_models::federated::ModelUpdate>>,
+}
+
+impl TrainerTask {
+    /// Shares each local training's models on `tx` (the federation task publishes them).
+    pub fn share_on(
+        &mut self,
+        tx: tokio::sync::mpsc::Sender<augur_models::federated::ModelUpdate>,
+    ) {
+        self.own_updates = Some(tx);
+    }
 }
 
 /// Types with history that train under `cfg`.
@@ -391,7 +451,7 @@ pub fn trainer(
     config: watch::Receiver<Arc<Config>>,
     stats: Arc<Stats>,
 ) -> (Trainer, TrainerTask) {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<TrainerMsg>(4);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<TrainerMsg>(64);
     (
         Trainer { tx: tx.clone() },
         TrainerTask {
@@ -401,6 +461,7 @@ pub fn trainer(
             stats,
             tx,
             rx,
+            own_updates: None,
         },
     )
 }
@@ -416,13 +477,22 @@ impl TrainerTask {
             stats,
             tx,
             rx,
+            own_updates,
         } = self;
         let (done, finished) = oneshot::channel::<()>();
         let thread_stop = stop.clone();
         let spawned = std::thread::Builder::new()
             .name("augur-trainer".into())
             .spawn(move || {
-                train_loop(&history, &store, &config, &stats, &rx, &thread_stop);
+                train_loop(
+                    &history,
+                    &store,
+                    &config,
+                    &stats,
+                    &rx,
+                    own_updates.as_ref(),
+                    &thread_stop,
+                );
                 let _ = done.send(());
             });
         if let Err(e) = spawned {
@@ -451,8 +521,14 @@ fn train_loop(
     config: &watch::Receiver<Arc<Config>>,
     stats: &Stats,
     rx: &std::sync::mpsc::Receiver<TrainerMsg>,
+    own_updates: Option<&tokio::sync::mpsc::Sender<augur_models::federated::ModelUpdate>>,
     stop: &CancellationToken,
 ) {
+    // What the fleet sent, and the types a new update arrived for since they were last merged.
+    let mut peers = augur_models::federated::Peers::default();
+    let mut dirty: std::collections::BTreeSet<String> = Default::default();
+    // A message read while draining peers' updates, handled next.
+    let mut pending: Option<TrainerMsg> = None;
     let started = Instant::now();
     let now_s = || started.elapsed().as_secs_f64();
     // Each type's next training (seconds since the trainer started), on the shared schedule.
@@ -467,13 +543,46 @@ fn train_loop(
         if stop.is_cancelled() {
             return;
         }
-        let request = match rx.recv_timeout(wait) {
+        let msg = match pending.take() {
+            Some(m) => Ok(m),
+            None => rx.recv_timeout(wait),
+        };
+        let request = match msg {
             Ok(TrainerMsg::Train(reply)) => Some(reply),
+            Ok(TrainerMsg::Peer(updates)) => {
+                for (author, update) in updates {
+                    take_update(
+                        &author, update, &mut peers, &mut dirty, history, store, stats,
+                    );
+                }
+                // Several updates arrive together: take them all, then merge once.
+                while let Ok(m) = rx.try_recv() {
+                    match m {
+                        TrainerMsg::Peer(updates) => {
+                            for (author, update) in updates {
+                                take_update(
+                                    &author, update, &mut peers, &mut dirty, history, store, stats,
+                                );
+                            }
+                        }
+                        other => {
+                            pending = Some(other);
+                            break;
+                        }
+                    }
+                }
+                None
+            }
             Ok(TrainerMsg::Stop) => return,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         };
         let cfg = config.borrow().clone();
+        if cfg.models.federate {
+            for t in std::mem::take(&mut dirty) {
+                consider(history, store, &cfg, stats, &peers, &t);
+            }
+        }
         let schedule = Schedule::from_config(&cfg);
         let mut outcomes = Vec::new();
         for t in trainable_types(history, &cfg) {
@@ -486,6 +595,18 @@ fn train_loop(
             let o = train_type(history, store, &cfg, &t);
             stats.training(&t, o.trained.is_some(), began.elapsed());
             schedule.done(state, now_s(), o.trained.is_some());
+            if o.trained.is_some() && cfg.models.federate {
+                if let (Some(tx), Some(m)) = (own_updates, store.get(&t))
+                    && let Some(u) = own_update(&m)
+                {
+                    // The federation task publishes it; if it is busy, the next training shares.
+                    let _ = tx.try_send(u);
+                }
+                // This node's new local model meets the peers' latest (gossip learning's round).
+                if !peers.of_type(&t).is_empty() {
+                    dirty.insert(t.clone());
+                }
+            }
             match (&o.trained, &o.skipped) {
                 (Some(m), _) => {
                     tracing::info!(resource_type = %t, version = m.version, rows = m.rows, train_ms = m.train_ms,
@@ -507,7 +628,204 @@ fn train_loop(
             .values()
             .flatten()
             .fold(f64::INFINITY, |a, &b| a.min(b));
-        wait = Duration::from_secs_f64((soonest - now_s()).clamp(1.0, 60.0));
+        wait = if dirty.is_empty() {
+            Duration::from_secs_f64((soonest - now_s()).clamp(1.0, 60.0))
+        } else {
+            Duration::ZERO
+        };
+    }
+}
+
+/// Takes a peer's update into `peers` if it passes the checks (marking its type for a merge), or
+/// counts why not.
+fn take_update(
+    author: &str,
+    update: augur_models::federated::ModelUpdate,
+    peers: &mut augur_models::federated::Peers,
+    dirty: &mut std::collections::BTreeSet<String>,
+    history: &History,
+    store: &ModelStore,
+    stats: &Stats,
+) {
+    let t = update.resource_type.clone();
+    // Only the types this node has resources of: what a peer names is bounded by what this node
+    // runs, not by what the peer sends.
+    let known = store.get(&t).is_some()
+        || history
+            .resources()
+            .iter()
+            .any(|r| r.meta.resource_type.as_str() == t);
+    if !known {
+        stats.model_update_refused("unknown_type");
+        return;
+    }
+    let shape = store
+        .get(&t)
+        .and_then(|m| m.mlp.clone())
+        .map(augur_models::forecast::mlp::MlpWeights::from);
+    match peers.offer(author, update, MODEL_VERSION, shape.as_ref()) {
+        Ok(()) => {
+            dirty.insert(t);
+        }
+        Err(why) => {
+            stats.model_update_refused(why.reason());
+            tracing::info!(%author, resource_type = %t, reason = %why, "model update refused");
+        }
+    }
+}
+
+/// This node's update for its own freshly trained models (its round is the model's version,
+/// which only grows).
+pub fn own_update(m: &TrainedModels) -> Option<augur_models::federated::ModelUpdate> {
+    let mlp = m
+        .mlp
+        .clone()
+        .map(augur_models::forecast::mlp::MlpWeights::from)?;
+    Some(augur_models::federated::ModelUpdate {
+        resource_type: m.meta.resource_type.clone(),
+        engine: m.meta.engine.clone(),
+        base_round: 0,
+        round: m.meta.version,
+        samples: m.meta.rows as u64,
+        validation: augur_models::federated::Validation {
+            mse_mlp: m.meta.mlp.as_ref().map(|r| r.mse_mlp),
+            mse_holt: m.meta.mlp.as_ref().map(|r| r.mse_holt),
+            brier: m.meta.calibration.as_ref().map(|c| c.brier_calibrated),
+        },
+        mlp: Some(mlp),
+        calibration: m.calibration_used().cloned(),
+    })
+}
+
+/// Merges `resource_type`'s local model with its peers' latest updates and adopts the candidate
+/// if it does no worse on this node's own held-out history (or, with no local model, as a cold
+/// start); records the decision either way.
+pub fn consider(
+    history: &History,
+    store: &ModelStore,
+    cfg: &Config,
+    stats: &Stats,
+    peers: &augur_models::federated::Peers,
+    resource_type: &str,
+) {
+    use augur_models::federated::{Rule, adopt, candidate};
+    let of = peers.of_type(resource_type);
+    if of.is_empty() {
+        return;
+    }
+    let current = store.get(resource_type);
+    // This node's own contribution: a model it trained itself (one merged from the fleet is the
+    // peers', already counted in their updates).
+    let own_w = current
+        .as_ref()
+        .filter(|m| m.meta.federation.is_none())
+        .and_then(|m| m.mlp.clone())
+        .map(augur_models::forecast::mlp::MlpWeights::from);
+    let f = cfg.models.federation_tolerate;
+    let n = of.len() + usize::from(own_w.is_some());
+    let rule = if n > 2 * f {
+        Rule::TrimmedMean { f }
+    } else {
+        Rule::Median
+    };
+    let own_part = match (&current, &own_w) {
+        (Some(m), Some(w)) => Some((w, m.meta.rows as u64, m.meta.version)),
+        _ => None,
+    };
+    let Some((mlp, _calibration, mut lineage)) = candidate(
+        own_part,
+        current.as_ref().and_then(|m| m.calibration_used()),
+        &of,
+        rule,
+        cfg.models.federation_sample_cap,
+    ) else {
+        return;
+    };
+    let Ok(merged) = augur_models::forecast::mlp::MlpForecaster::try_from(mlp) else {
+        stats.model_candidate(resource_type, "rejected");
+        return;
+    };
+    let since = UnixMicros(
+        UnixMicros::now().0 - cfg.models.training_window.as_micros().min(i64::MAX as u128) as i64,
+    );
+    let data = read_history(
+        history,
+        resource_type,
+        since,
+        cfg.models.max_training_samples,
+    )
+    .unwrap_or_default();
+    let judged = augur_models::training::mlp_report(&merged, &data);
+    let decision = |outcome: &str, version: Option<u64>, lineage| FederationDecision {
+        resource_type: resource_type.to_owned(),
+        at_unix_ms: (UnixMicros::now().0 / 1000) as u64,
+        outcome: outcome.to_owned(),
+        version,
+        lineage,
+    };
+    // The adoption guard: the candidate against the model in use, on the same held-out windows
+    // of this node's history. With no network in use, or too little history to judge either, it
+    // is a cold start: the fleet's model until this node's own history is long enough.
+    let local = current
+        .as_ref()
+        .and_then(|m| m.mlp.as_ref())
+        .map(|m| augur_models::training::mlp_report(m, &data))
+        .filter(|r| r.validation_windows > 0 && judged.validation_windows > 0);
+    let outcome = match &local {
+        Some(local) => {
+            lineage.mse_local = Some(local.mse_mlp);
+            lineage.mse_candidate = Some(judged.mse_mlp);
+            if !adopt(local.mse_mlp, judged.mse_mlp) {
+                stats.model_candidate(resource_type, "rejected");
+                tracing::info!(
+                    resource_type,
+                    mse_local = local.mse_mlp,
+                    mse_candidate = judged.mse_mlp,
+                    contributors = lineage.contributors.len(),
+                    "merged model rejected: worse on this node's history"
+                );
+                store.decide(decision("rejected", None, lineage));
+                return;
+            }
+            "adopted"
+        }
+        None => {
+            lineage.cold_start = true;
+            lineage.mse_candidate = (judged.validation_windows > 0).then_some(judged.mse_mlp);
+            "cold_start"
+        }
+    };
+    let mut models = current
+        .as_deref()
+        .cloned()
+        .unwrap_or_else(|| TrainedModels::empty(resource_type));
+    let version = store.next_version(resource_type);
+    let preferred = if judged.validation_windows >= 50 {
+        judged.preferred
+    } else {
+        // Too little history here to judge: the contributors' own validations decide.
+        let said: Vec<bool> = of
+            .iter()
+            .filter_map(|(_, u)| Some(u.validation.mse_mlp? < u.validation.mse_holt?))
+            .collect();
+        said.iter().filter(|b| **b).count() * 2 > said.len()
+    };
+    models.meta.version = version;
+    models.meta.mlp = Some(augur_models::trained::MlpReport {
+        preferred,
+        examples: models.meta.mlp.as_ref().map_or(0, |r| r.examples),
+        ..judged
+    });
+    models.meta.federation = Some(lineage.clone());
+    models.mlp = Some(merged);
+    match store.install(models, cfg.models.keep_versions) {
+        Ok(()) => {
+            stats.model_candidate(resource_type, outcome);
+            tracing::info!(resource_type, version, outcome, contributors = lineage.contributors.len(),
+                mse_local = ?lineage.mse_local, mse_candidate = ?lineage.mse_candidate, "merged model installed");
+            store.decide(decision(outcome, Some(version), lineage));
+        }
+        Err(e) => tracing::warn!(resource_type, error = %e, "cannot save the merged model"),
     }
 }
 

@@ -79,6 +79,13 @@ pub struct Stats {
     reloads: Family<OutcomeLabels, Counter>,
     trainings: Family<TrainingLabels, Counter>,
     training_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    model_updates_refused: Family<ReasonLabels, Counter>,
+    model_candidates: Family<TrainingLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,6 +115,18 @@ impl Stats {
         let reloads = Family::<OutcomeLabels, Counter>::default();
         let trainings = Family::<TrainingLabels, Counter>::default();
         let training_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        let model_updates_refused = Family::<ReasonLabels, Counter>::default();
+        let model_candidates = Family::<TrainingLabels, Counter>::default();
+        registry.register(
+            "model_updates_refused",
+            "Peers' model updates refused by the models (engine, shape, non_finite, oversized, replayed, undecodable, queue_full); the mesh counts those refused before (augur_mesh_model_updates_refused)",
+            model_updates_refused.clone(),
+        );
+        registry.register(
+            "model_candidates",
+            "Models merged from the fleet's updates, by resource type and outcome (adopted, rejected: worse on this node's held-out history, cold_start: adopted with no local model to compare)",
+            model_candidates.clone(),
+        );
         registry.register(
             "model_trainings",
             "Background model trainings, by resource type and outcome (trained or skipped)",
@@ -184,7 +203,26 @@ impl Stats {
             reloads,
             trainings,
             training_seconds,
+            model_updates_refused,
+            model_candidates,
         }
+    }
+
+    /// A peer's model update refused by the models, for `reason`.
+    pub fn model_update_refused(&self, reason: &'static str) {
+        self.model_updates_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A merged candidate's fate: `adopted`, `rejected` or `cold_start`.
+    pub fn model_candidate(&self, resource_type: &str, outcome: &'static str) {
+        self.model_candidates
+            .get_or_create(&TrainingLabels {
+                resource_type: resource_type.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     pub fn training(&self, resource_type: &str, trained: bool, took: std::time::Duration) {

@@ -116,6 +116,11 @@ pub enum ActRequest {
     },
     /// The node's wall clock (`augur doctor`'s clock offset against peers).
     Time,
+    /// The node's current model update of a resource type, as its author signed it
+    /// (`crate::model_updates`): a new node's cold start.
+    Models {
+        resource_type: String,
+    },
 }
 
 /// Samples a trend carries at most (twelve minutes at the default interval: enough for a
@@ -189,4 +194,10 @@ pub enum ActReply {
     Time {
         unix_ms: u64,
     },
+    /// A signed model update (its wire form), or none for that type.
+    Models(Option<WireBytes>),
 }
+
+/// Bytes that serialise as one CBOR byte string (not an array of numbers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireBytes(#[serde(with = "crate::cbor_bytes")] pub Vec<u8>);

@@ -52,6 +52,11 @@ pub trait TrendSource: Send + Sync + 'static {
     fn trend(&self, resource_id: &str) -> Option<Trend>;
 }
 
+/// Where a node's current model updates come from when a peer asks (their signed wire form).
+pub trait ModelSource: Send + Sync + 'static {
+    fn model(&self, resource_type: &str) -> Option<Vec<u8>>;
+}
+
 /// A store in memory (the simulation's "disk": it survives a simulated restart when kept).
 #[derive(Debug, Default)]
 pub struct MemoryVoterStore(Mutex<Option<VoterState>>);
@@ -132,6 +137,7 @@ struct Inner {
     tasks: Tasks,
     assignments: Option<Arc<dyn AssignStore>>,
     trends: std::sync::OnceLock<Arc<dyn TrendSource>>,
+    models: std::sync::OnceLock<Arc<dyn ModelSource>>,
 }
 
 /// A peer's clock against this node's ([`Leases::clock_offset`]).
@@ -249,6 +255,7 @@ impl Leases {
             tasks: tasks.clone(),
             assignments,
             trends: std::sync::OnceLock::new(),
+            models: std::sync::OnceLock::new(),
         });
         let leases = Self { inner };
         if let Some(inbox) = swarm.take_lease_inbox() {
@@ -294,6 +301,13 @@ impl Leases {
                         ActRequest::Time => Some(ActReply::Time {
                             unix_ms: self.inner.tasks.clock().now_ms(),
                         }),
+                        ActRequest::Models { resource_type } => Some(ActReply::Models(
+                            self.inner
+                                .models
+                                .get()
+                                .and_then(|m| m.model(&resource_type))
+                                .map(crate::act::WireBytes),
+                        )),
                     };
                     if let Some(reply) = reply {
                         self.inner.swarm.answer_lease(req.id, reply).await;
@@ -431,6 +445,28 @@ impl Leases {
             .flatten()
             .filter(|a| a.service == service)
             .max_by_key(|a| (a.epoch, a.seq)))
+    }
+
+    /// Where this node's model updates come from when a peer asks (set once).
+    pub fn set_models(&self, source: Arc<dyn ModelSource>) {
+        let _ = self.inner.models.set(source);
+    }
+
+    /// Asks `peer` for its current model update of `resource_type` (its signed wire form; the
+    /// caller opens it with `crate::model_updates::open`).
+    pub async fn model(
+        &self,
+        peer: PeerId,
+        resource_type: &str,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let request = ActRequest::Models {
+            resource_type: resource_type.to_owned(),
+        };
+        match self.inner.swarm.lease_request(peer, request).await {
+            Ok(ActReply::Models(m)) => Ok(m.map(|b| b.0)),
+            Ok(_) => Err("answered with another kind of reply".into()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Where this node's trends come from when a peer asks (set once).

@@ -446,10 +446,37 @@ impl Mesh {
     /// Signs `body` (an encoded `augur_models::federated::ModelUpdate`) as this node's and sends it
     /// to every admitted peer.
     pub async fn publish_model_update(&self, body: Vec<u8>) -> Result<(), SwarmError> {
-        let wire = crate::model_updates::seal(&self.keypair, &self.fleet_id, body);
+        let wire = self.seal_model_update(body);
         self.swarm
             .publish(crate::model_updates::MODELS_TOPIC, wire)
             .await
+    }
+
+    /// `body` signed as this node's update, in its wire form (to publish, or to hand a peer that
+    /// asks).
+    pub fn seal_model_update(&self, body: Vec<u8>) -> Vec<u8> {
+        crate::model_updates::seal(&self.keypair, &self.fleet_id, body)
+    }
+
+    /// Opens an update's wire form that came by another way than the topic (a peer's answer to a
+    /// cold start's request): its author and body, or why not (counted).
+    pub fn open_model_update(
+        &self,
+        wire: &[u8],
+    ) -> Result<(PeerId, Vec<u8>), crate::model_updates::UpdateRejected> {
+        let me = self.swarm.peer_id;
+        let opened = crate::model_updates::open(wire, &self.fleet_id, |author| {
+            *author == me || self.membership.member(&author.to_string()).is_some()
+        });
+        match &opened {
+            Ok(_) => {
+                self.model_update_stats
+                    .opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(why) => self.model_update_stats.refuse(*why),
+        }
+        opened
     }
 
     /// Hands on an update another node authored (as it arrived, still under its author's

@@ -279,6 +279,138 @@ pub fn merge_platt(parts: &[&Platt], rule: Rule) -> Option<Platt> {
     })
 }
 
+/// One contribution to a merged model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Contributor {
+    /// The author's peer id ("self" for this node's own model).
+    pub author: String,
+    pub round: u64,
+    pub samples: u64,
+}
+
+/// Where a merged model came from and why it was adopted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lineage {
+    pub rule: Rule,
+    pub contributors: Vec<Contributor>,
+    /// The local model's and the candidate's MLP error on this node's held-out history (None for
+    /// a cold start: no local model, or too little history to judge).
+    pub mse_local: Option<f64>,
+    pub mse_candidate: Option<f64>,
+    /// Adopted without a local model to compare with (a new node).
+    pub cold_start: bool,
+}
+
+/// The latest update of every author, per resource type, and the rounds seen (replays are
+/// refused). What a node has heard from the fleet.
+#[derive(Clone, Debug, Default)]
+pub struct Peers {
+    latest: std::collections::BTreeMap<(String, String), ModelUpdate>,
+}
+
+impl Peers {
+    /// Takes an update from `author` if it passes [`check`] and is newer than the author's last
+    /// one for its type.
+    pub fn offer(
+        &mut self,
+        author: &str,
+        u: ModelUpdate,
+        engine: &str,
+        shape: Option<&MlpWeights>,
+    ) -> Result<(), Refusal> {
+        check(&u, engine, shape)?;
+        let key = (u.resource_type.clone(), author.to_owned());
+        if let Some(seen) = self.latest.get(&key)
+            && u.round <= seen.round
+        {
+            return Err(Refusal::Replayed {
+                got: u.round,
+                seen: seen.round,
+            });
+        }
+        self.latest.insert(key, u);
+        Ok(())
+    }
+
+    /// The latest update of each author for `resource_type`.
+    pub fn of_type(&self, resource_type: &str) -> Vec<(&str, &ModelUpdate)> {
+        self.latest
+            .iter()
+            .filter(|((t, _), _)| t == resource_type)
+            .map(|((_, a), u)| (a.as_str(), u))
+            .collect()
+    }
+
+    /// Types any author sent.
+    pub fn types(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.latest.keys().map(|(t, _)| t.clone()).collect();
+        t.dedup();
+        t
+    }
+}
+
+/// The merged MLP and calibration of `resource_type` from this node's own model (if any, as
+/// `own`: weights, samples and round) and its peers' latest updates of the same shape, with the
+/// lineage (its `mse_*` left for the adoption guard to fill). None when no network can be merged.
+pub fn candidate(
+    own: Option<(&MlpWeights, u64, u64)>,
+    own_calibration: Option<&Platt>,
+    peers: &[(&str, &ModelUpdate)],
+    rule: Rule,
+    sample_cap: u64,
+) -> Option<(MlpWeights, Option<Platt>, Lineage)> {
+    let shape = own
+        .map(|o| o.0)
+        .or_else(|| peers.iter().find_map(|(_, u)| u.mlp.as_ref()))?;
+    let mut parts: Vec<(&MlpWeights, f64)> = Vec::new();
+    let mut contributors = Vec::new();
+    if let Some((w, samples, round)) = own {
+        parts.push((w, weight_of(samples, sample_cap)));
+        contributors.push(Contributor {
+            author: "self".into(),
+            round,
+            samples,
+        });
+    }
+    for (author, u) in peers {
+        if let Some(m) = u.mlp.as_ref().filter(|m| same_shape(shape, m)) {
+            parts.push((m, weight_of(u.samples, sample_cap)));
+            contributors.push(Contributor {
+                author: (*author).to_owned(),
+                round: u.round,
+                samples: u.samples,
+            });
+        }
+    }
+    if parts.len() < 2 && own.is_some() {
+        // Nothing from the fleet to merge with.
+        return None;
+    }
+    let mlp = merge_mlp(&parts, rule)?;
+    let platts: Vec<&Platt> = own_calibration
+        .into_iter()
+        .chain(peers.iter().filter_map(|(_, u)| u.calibration.as_ref()))
+        .collect();
+    let calibration = merge_platt(&platts, rule);
+    Some((
+        mlp,
+        calibration,
+        Lineage {
+            rule,
+            contributors,
+            mse_local: None,
+            mse_candidate: None,
+            cold_start: own.is_none(),
+        },
+    ))
+}
+
+/// Whether a candidate is adopted over the local model: no worse on the node's own held-out
+/// history (a relative tolerance for float noise only).
+pub fn adopt(mse_local: f64, mse_candidate: f64) -> bool {
+    mse_candidate.is_finite() && mse_candidate <= mse_local * (1.0 + 1e-9)
+}
+
 /// The largest absolute difference between two networks' weights (how far a merge moved).
 pub fn distance(a: &MlpWeights, b: &MlpWeights) -> f64 {
     a.layers
@@ -536,6 +668,61 @@ mod tests {
             "{errors:?}"
         );
         assert!(last < errors[0].1, "{errors:?}");
+    }
+
+    #[test]
+    fn peers_keep_each_authors_newest_update_and_refuse_replays() {
+        let mut rng = SplitMix64::new(5);
+        let own = net(0.1, 0.02, &mut rng);
+        let engine = crate::MODEL_VERSION;
+        let mut peers = Peers::default();
+        let mut u = update(net(0.1, 0.02, &mut rng));
+        u.round = 3;
+        assert_eq!(peers.offer("b", u.clone(), engine, Some(&own)), Ok(()));
+        // The same round again (a replay), or an older one: refused.
+        assert_eq!(
+            peers
+                .offer("b", u.clone(), engine, Some(&own))
+                .map_err(|e| e.reason()),
+            Err("replayed")
+        );
+        u.round = 2;
+        assert_eq!(
+            peers
+                .offer("b", u.clone(), engine, Some(&own))
+                .map_err(|e| e.reason()),
+            Err("replayed")
+        );
+        u.round = 4;
+        assert_eq!(peers.offer("b", u.clone(), engine, Some(&own)), Ok(()));
+        // Another author's round 1 is its own.
+        u.round = 1;
+        assert_eq!(peers.offer("c", u, engine, Some(&own)), Ok(()));
+        let of = peers.of_type("service");
+        assert_eq!(
+            of.iter().map(|(a, u)| (*a, u.round)).collect::<Vec<_>>(),
+            vec![("b", 4), ("c", 1)]
+        );
+        assert_eq!(peers.types(), vec!["service".to_owned()]);
+
+        // The candidate merges this node's model with both; lineage names all three.
+        let (_, _, lineage) =
+            candidate(Some((&own, 500, 7)), None, &of, Rule::Median, 10_000).expect("merges");
+        assert_eq!(
+            lineage
+                .contributors
+                .iter()
+                .map(|c| c.author.as_str())
+                .collect::<Vec<_>>(),
+            vec!["self", "b", "c"]
+        );
+        assert!(!lineage.cold_start);
+        // With no local model: a cold start from the peers alone.
+        let (_, _, lineage) = candidate(None, None, &of, Rule::Median, 10_000).expect("merges");
+        assert!(lineage.cold_start && lineage.contributors.len() == 2);
+        // Alone: nothing to merge.
+        assert!(candidate(Some((&own, 500, 7)), None, &[], Rule::Median, 10_000).is_none());
+        assert!(adopt(1.0, 1.0) && adopt(1.0, 0.9) && !adopt(1.0, 1.1) && !adopt(1.0, f64::NAN));
     }
 
     fn scaled(m: &MlpWeights, k: f32) -> MlpWeights {

@@ -89,6 +89,10 @@ pub struct ModelMeta {
     /// absent from models trained before they existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patterns: Option<FailurePatterns>,
+    /// For a model merged from the fleet's updates (`crate::federated`): who contributed, how it
+    /// was merged, and how it did against the local model on this node's held-out history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<crate::federated::Lineage>,
 }
 
 /// The MLP against Holt on the last fifth of each series, at the MLP's horizon (mean squared error
@@ -148,6 +152,7 @@ impl TrainedModels {
                 forest_metrics: 0,
                 calibration: None,
                 patterns: None,
+                federation: None,
             },
             mlp: None,
             forest: None,

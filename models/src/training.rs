@@ -43,6 +43,10 @@ pub struct TrainConfig {
     /// learned limits' check counts alarm episodes as the agent raises them.
     #[serde(default = "default_keep_firing")]
     pub keep_firing_s: f64,
+    /// The MLP to train from instead of the seeded start: the fleet's last merged model
+    /// (`crate::federated`), when this node adopted one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_mlp: Option<crate::forecast::mlp::MlpWeights>,
 }
 
 fn default_keep_firing() -> f64 {
@@ -65,6 +69,7 @@ impl Default for TrainConfig {
             seed: 7,
             threshold: 0.75,
             keep_firing_s: crate::alarm::KEEP_FIRING_S,
+            base_mlp: None,
         }
     }
 }
@@ -102,12 +107,13 @@ fn series(data: &[ResourceHistory]) -> BTreeMap<String, Vec<Vec<f64>>> {
     out
 }
 
-fn train_mlp(
-    all: &BTreeMap<String, Vec<Vec<f64>>>,
-    cfg: &TrainConfig,
-) -> Option<(MlpForecaster, MlpReport)> {
-    let (w, h) = (cfg.mlp.window, cfg.mlp.horizon);
-    // Train on the first four fifths of every series; validate on the rest.
+/// Each series' first four fifths (to train on) and the rest (to validate on, starting a window
+/// early so its first forecast has inputs); series too short for both are left out.
+fn split<'a>(
+    all: &'a BTreeMap<String, Vec<Vec<f64>>>,
+    mlp: &MlpConfig,
+) -> (Vec<&'a [f64]>, Vec<&'a [f64]>) {
+    let (w, h) = (mlp.window, mlp.horizon);
     let mut train: Vec<&[f64]> = Vec::new();
     let mut valid: Vec<&[f64]> = Vec::new();
     for s in all.values().flatten() {
@@ -116,18 +122,20 @@ fn train_mlp(
         }
         let cut = s.len() * 4 / 5;
         train.push(&s[..cut]);
-        // The validation part starts a window early so its first forecast has inputs.
         valid.push(&s[cut.saturating_sub(w)..]);
     }
-    let windows: usize = train.iter().map(|s| s.len() + 1 - w - h).sum();
-    if windows == 0 {
-        return None;
-    }
-    // Bounded cost: thin the training windows evenly rather than dropping whole series.
-    let stride = windows.div_ceil(cfg.max_mlp_examples.max(1)).max(1);
-    let model = MlpForecaster::train_strided(&train, cfg.mlp.clone(), stride)?;
+    (train, valid)
+}
+
+/// An MLP's and Holt's mean squared errors (in units of each window's spread) at the MLP's horizon
+/// on every fourth window of `valid`, and how many windows.
+fn validate_mlp(model: &MlpForecaster, valid: &[&[f64]]) -> (f64, f64, usize) {
+    let (w, h) = (model.config().window, model.config().horizon);
     let (mut mse_mlp, mut mse_holt, mut n) = (0.0, 0.0, 0usize);
-    for s in &valid {
+    for s in valid {
+        if s.len() < w + h {
+            continue;
+        }
         let mut holt = Holt::new(crate::engine::HOLT_ALPHA, crate::engine::HOLT_BETA);
         for &v in &s[..w] {
             holt.update(v);
@@ -150,12 +158,51 @@ fn train_mlp(
         }
     }
     let n_f = n.max(1) as f64;
+    (mse_mlp / n_f, mse_holt / n_f, n)
+}
+
+/// An MLP's report on the validation part of `data` (the part training holds out): what the
+/// adoption guard of federated models compares a candidate and the local model on.
+pub fn mlp_report(model: &MlpForecaster, data: &[ResourceHistory]) -> MlpReport {
+    let all = series(data);
+    let (_, valid) = split(&all, model.config());
+    let (mse_mlp, mse_holt, n) = validate_mlp(model, &valid);
+    MlpReport {
+        examples: 0,
+        final_loss: model.final_loss,
+        validation_windows: n,
+        mse_mlp,
+        mse_holt,
+        preferred: n >= 50 && mse_mlp < mse_holt,
+    }
+}
+
+fn train_mlp(
+    all: &BTreeMap<String, Vec<Vec<f64>>>,
+    cfg: &TrainConfig,
+) -> Option<(MlpForecaster, MlpReport)> {
+    let (w, h) = (cfg.mlp.window, cfg.mlp.horizon);
+    let (train, valid) = split(all, &cfg.mlp);
+    let windows: usize = train.iter().map(|s| s.len() + 1 - w - h).sum();
+    if windows == 0 {
+        return None;
+    }
+    // Bounded cost: thin the training windows evenly rather than dropping whole series.
+    let stride = windows.div_ceil(cfg.max_mlp_examples.max(1)).max(1);
+    // A federated round trains from the model the fleet merged last (same shape), not from the
+    // seeded start.
+    let model = match &cfg.base_mlp {
+        Some(base) => MlpForecaster::train_from(base, &train, cfg.mlp.clone(), stride)
+            .or_else(|| MlpForecaster::train_strided(&train, cfg.mlp.clone(), stride))?,
+        None => MlpForecaster::train_strided(&train, cfg.mlp.clone(), stride)?,
+    };
+    let (mse_mlp, mse_holt, n) = validate_mlp(&model, &valid);
     let report = MlpReport {
         examples: windows.div_ceil(stride),
         final_loss: model.final_loss,
         validation_windows: n,
-        mse_mlp: mse_mlp / n_f,
-        mse_holt: mse_holt / n_f,
+        mse_mlp,
+        mse_holt,
         preferred: n >= 50 && mse_mlp < mse_holt,
     };
     Some((model, report))
@@ -333,6 +380,7 @@ pub fn train(
             mlp: mlp.as_ref().map(|m| m.1.clone()),
             calibration: None,
             patterns: None,
+            federation: None,
         },
         mlp: mlp.map(|m| m.0),
         forest,

@@ -65,6 +65,10 @@ pub struct ModelList {
     /// The engine the models serve.
     pub engine: String,
     pub models: Vec<ModelMeta>,
+    /// The latest decisions on models merged from the fleet (adopted, rejected, cold start),
+    /// newest last.
+    #[serde(default)]
+    pub federation: Vec<crate::models::FederationDecision>,
 }
 
 /// `POST /v1/models/train`.

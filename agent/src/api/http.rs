@@ -260,6 +260,7 @@ async fn models(State(models): State<ModelStore>) -> Json<ModelList> {
     Json(ModelList {
         engine: augur_models::MODEL_VERSION.to_owned(),
         models: models.all(),
+        federation: models.decisions(),
     })
 }
 

@@ -899,6 +899,22 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 for l in m.patterns.iter().flat_map(|p| &p.limits) {
                     println!("{:<16} learned limit: {}", "", l.describe());
                 }
+                if let Some(f) = &m.federation {
+                    println!("{:<16} merged from the fleet: {}", "", lineage(f));
+                }
+            }
+            if !v.federation.is_empty() {
+                println!("\nFLEET MODELS (newest last)");
+                for d in &v.federation {
+                    println!(
+                        "{:<16} {:<10} {} {}",
+                        d.resource_type,
+                        d.outcome,
+                        d.version
+                            .map_or_else(|| "-".to_owned(), |v| format!("v{v}")),
+                        lineage(&d.lineage)
+                    );
+                }
             }
             Ok(())
         }
@@ -967,6 +983,33 @@ fn parse_strategy(s: &str) -> Result<augur_orchestrate::spec::Strategy, String> 
 }
 
 /// Prints an answer as the JSON the agent sent (`--json`).
+/// A merged model's lineage in one line: contributors, rule, and the adoption guard's scores.
+fn lineage(l: &augur_models::federated::Lineage) -> String {
+    let who: Vec<String> = l
+        .contributors
+        .iter()
+        .map(|c| {
+            let short = c
+                .author
+                .get(c.author.len().saturating_sub(6)..)
+                .unwrap_or(&c.author);
+            format!("{short}@r{} ({} rows)", c.round, c.samples)
+        })
+        .collect();
+    let judged = match (l.mse_local, l.mse_candidate) {
+        (Some(a), Some(b)) => format!("; MSE here {a:.3} local vs {b:.3} merged"),
+        (None, Some(b)) => format!("; MSE here {b:.3}"),
+        _ => String::new(),
+    };
+    format!(
+        "{:?} of {}{}{}",
+        l.rule,
+        who.join(", "),
+        if l.cold_start { "; cold start" } else { "" },
+        judged
+    )
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())

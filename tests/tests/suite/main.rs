@@ -5,6 +5,7 @@ mod autonomy;
 mod crash;
 mod demo;
 mod doctor;
+mod federation;
 mod grpc;
 mod http;
 mod layout;

@@ -1,0 +1,197 @@
+//! Federated models between real agents (issue 17): each node trains on its own history and shares
+//! its models; its peers merge them with their own and adopt the merge only if it does no worse on
+//! their own held-out history; a node that joins later with too little history of its own starts
+//! from the fleet's models (cold start).
+
+use std::time::Duration;
+
+use augur_tests::{LocalFleet, augur_bin, eventually, http, now_us, rfc3339};
+use serde_json::Value;
+
+/// `n` one-second samples of a `service` resource: a sine of the node's own period and phase with
+/// a little noise, as each node's workload would differ.
+fn service_lines(resource: &str, start_us: i64, n: usize, period: f64, seed: u64) -> String {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut noise = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % 1000) as f64 / 1000.0 - 0.5
+    };
+    let mut body = String::new();
+    for i in 0..n {
+        let ts = rfc3339(start_us + i as i64 * 1_000_000);
+        let x = 50.0 + 20.0 * (std::f64::consts::TAU * i as f64 / period).sin() + noise();
+        body.push_str(&format!(
+            "{{\"ts\":\"{ts}\",\"resource_id\":\"{resource}\",\"resource_type\":\"service\",\"metrics\":{{\"latency_ms\":{x:.3}}}}}\n"
+        ));
+    }
+    body
+}
+
+fn train_now(api: &str) {
+    let out = std::process::Command::new(augur_bin().expect("binary"))
+        .args(["models", "train", "--json", "--api", api])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn push(api: &str, body: String) {
+    let resp = http()
+        .post(format!("{api}/v1/telemetry"))
+        .body(body)
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
+}
+
+/// The federation decisions a node lists.
+async fn decisions(fleet: &LocalFleet, node: &str) -> Vec<Value> {
+    fleet.agents[node]
+        .get_json("/v1/models")
+        .await
+        .ok()
+        .and_then(|v| v["federation"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_merge_each_others_models_and_a_new_node_starts_from_the_fleets() {
+    let mut fleet = LocalFleet::new().expect("fleet");
+    for n in ["n1", "n2", "n3"] {
+        fleet.start(n).await.expect("starts");
+    }
+    for n in ["n1", "n2", "n3"] {
+        fleet
+            .until_all_see(n, "alive", Duration::from_secs(30))
+            .await
+            .expect("fleet forms");
+    }
+    // libp2p admission comes after gossip: wait until every node reaches the others over QUIC.
+    eventually("every node measures the others' clocks", || async {
+        for n in ["n1", "n2", "n3"] {
+            let v: Value = fleet.agents[n].get_json("/v1/clock").await.ok()?;
+            let peers = v["peers"].as_array()?;
+            if !(peers.len() == 2 && peers.iter().all(|p| p["offset_ms"].is_number())) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await
+    .expect("libp2p connections");
+
+    // Each node's own history: 900 s of its service, a period of its own.
+    let start = now_us() - 1_000 * 1_000_000;
+    for (k, n) in ["n1", "n2", "n3"].iter().enumerate() {
+        let api = fleet.agents[*n].url("");
+        let period = 40.0 + 15.0 * k as f64;
+        push(
+            &api,
+            service_lines(&format!("svc-{n}"), start, 900, period, k as u64 + 1),
+        )
+        .await;
+    }
+    for n in ["n1", "n2", "n3"] {
+        train_now(&fleet.agents[n].url(""));
+    }
+    // Every node hears from both peers and decides on a merged model (adopted or, worse on its
+    // own history, rejected): either way the decision names all three contributors.
+    for n in ["n1", "n2", "n3"] {
+        let d = eventually(&format!("{n} decides on a merged model"), || async {
+            let all = decisions(&fleet, n).await;
+            all.into_iter().rev().find(|d| {
+                d["lineage"]["contributors"]
+                    .as_array()
+                    .is_some_and(|c| c.len() == 3)
+            })
+        })
+        .await
+        .expect("a decision with three contributors");
+        let outcome = d["outcome"].as_str().expect("outcome");
+        assert!(outcome == "adopted" || outcome == "rejected", "{d}");
+        let (local, merged) = (
+            d["lineage"]["mse_local"].as_f64().expect("judged locally"),
+            d["lineage"]["mse_candidate"].as_f64().expect("judged"),
+        );
+        assert_eq!(
+            outcome == "adopted",
+            merged <= local * (1.0 + 1e-9),
+            "adopted exactly when no worse here: {d}"
+        );
+        let authors: Vec<&str> = d["lineage"]["contributors"]
+            .as_array()
+            .expect("contributors")
+            .iter()
+            .filter_map(|c| c["author"].as_str())
+            .collect();
+        assert!(authors.contains(&"self"), "{authors:?}");
+    }
+    let metrics = fleet.agents["n1"]
+        .get_text("/metrics")
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("augur_mesh_model_updates_opened_total"),
+        "{metrics}"
+    );
+
+    // n4 joins with two minutes of its service: too little to train on (300 samples).
+    fleet.start("n4").await.expect("n4 starts");
+    let api = fleet.agents["n4"].url("");
+    push(
+        &api,
+        service_lines("svc-n4", now_us() - 130 * 1_000_000, 120, 50.0, 9),
+    )
+    .await;
+    let d = eventually("n4 starts from the fleet's models", || async {
+        decisions(&fleet, "n4")
+            .await
+            .into_iter()
+            .find(|d| d["outcome"] == "cold_start")
+    })
+    .await
+    .expect("a cold start");
+    assert_eq!(d["lineage"]["cold_start"], true);
+    assert!(
+        d["lineage"]["contributors"]
+            .as_array()
+            .is_some_and(|c| c.len() >= 2 && c.iter().all(|x| x["author"] != "self")),
+        "{d}"
+    );
+    let models = fleet.agents["n4"]
+        .get_json("/v1/models")
+        .await
+        .expect("models");
+    let service = models["models"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["resource_type"] == "service"))
+        .cloned()
+        .expect("n4 holds a service model");
+    assert!(service["federation"]["cold_start"] == true, "{service}");
+    // Its predictions are made with the fleet's model from its first samples on.
+    let p = eventually("n4 predicts svc-n4 with the merged model", || async {
+        let v: Value = fleet.agents["n4"]
+            .get_json("/predict_failure?resource_id=svc-n4")
+            .await
+            .ok()?;
+        v["model_version"]
+            .as_str()
+            .is_some_and(|m| m.contains("+service.v"))
+            .then_some(v)
+    });
+    // A new sample triggers a prediction with the installed model.
+    push(
+        &api,
+        service_lines("svc-n4", now_us() - 5 * 1_000_000, 3, 50.0, 10),
+    )
+    .await;
+    let p = p.await.expect("a prediction with the fleet's model");
+    assert!(p["failure_probability"].is_number(), "{p}");
+}
