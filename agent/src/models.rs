@@ -41,6 +41,36 @@ pub struct ModelStore {
     generation: Arc<AtomicU64>,
     /// The latest decisions on models merged from the fleet, newest last.
     decisions: Arc<parking_lot::Mutex<std::collections::VecDeque<FederationDecision>>>,
+    /// Types an operator pinned to a version: nothing replaces it until unpinned.
+    pinned: Arc<RwLock<HashMap<String, u64>>>,
+}
+
+/// The file in a type's folder that pins it (its content: the version).
+pub const PIN_FILE: &str = "PINNED";
+
+/// Why a pin, unpin or rollback could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("no models of type {0:?} on this node")]
+    UnknownType(String),
+    #[error("no version {version} of {resource_type} on disk (kept: {kept:?})")]
+    NoSuchVersion {
+        resource_type: String,
+        version: u64,
+        kept: Vec<u64>,
+    },
+    #[error("no version of {0} older than the one in use is kept on disk")]
+    NothingToRollBackTo(String),
+    #[error("version {version} of {resource_type} cannot be used: {reason}")]
+    Unusable {
+        resource_type: String,
+        version: u64,
+        reason: String,
+    },
+    #[error("this store keeps no files")]
+    NoFiles,
+    #[error("cannot write the pin: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// How many federation decisions the store remembers.
@@ -99,6 +129,24 @@ impl ModelStore {
             .filter(|e| e.path().is_dir());
         for t in types {
             let type_dir = t.path();
+            // A pinned version is loaded whatever is newer.
+            let pin: Option<u64> = std::fs::read_to_string(type_dir.join(PIN_FILE))
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            if let Some(v) = pin {
+                let path = type_dir.join(format!("v{v:06}.cbor"));
+                match load(&path) {
+                    Ok(m) if m.meta.engine == MODEL_VERSION => {
+                        tracing::info!(resource_type = %m.meta.resource_type, version = v, "pinned models loaded");
+                        store.pinned.write().insert(m.meta.resource_type.clone(), v);
+                        store.put(m);
+                        continue;
+                    }
+                    _ => {
+                        tracing::warn!(path = %path.display(), "the pinned version cannot be loaded; the newest usable one is used, unpinned")
+                    }
+                }
+            }
             for (_, path) in versions(&type_dir) {
                 match load(&path) {
                     Ok(m) if m.meta.engine == MODEL_VERSION => {
@@ -133,6 +181,100 @@ impl ModelStore {
 
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// The version a type is pinned to, if an operator pinned it.
+    pub fn pinned(&self, resource_type: &str) -> Option<u64> {
+        self.pinned.read().get(resource_type).copied()
+    }
+
+    /// Every pin.
+    pub fn pins(&self) -> std::collections::BTreeMap<String, u64> {
+        self.pinned
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    fn type_dir(&self, resource_type: &str) -> Result<PathBuf, PinError> {
+        let dir = self.dir.as_ref().ok_or(PinError::NoFiles)?;
+        Ok(dir.join(crate::files::component(resource_type)))
+    }
+
+    /// Installs `version` of `resource_type` (the one in use when None) and pins it: no training
+    /// or merge replaces it until [`unpin`](Self::unpin). Survives restarts.
+    pub fn pin(&self, resource_type: &str, version: Option<u64>) -> Result<ModelMeta, PinError> {
+        let current = self.get(resource_type);
+        let version = match (version, &current) {
+            (Some(v), _) => v,
+            (None, Some(m)) => m.meta.version,
+            (None, None) => return Err(PinError::UnknownType(resource_type.to_owned())),
+        };
+        let type_dir = self.type_dir(resource_type)?;
+        let kept: Vec<u64> = versions(&type_dir).into_iter().map(|v| v.0).collect();
+        if !kept.contains(&version) {
+            if kept.is_empty() && current.is_none() {
+                return Err(PinError::UnknownType(resource_type.to_owned()));
+            }
+            return Err(PinError::NoSuchVersion {
+                resource_type: resource_type.to_owned(),
+                version,
+                kept,
+            });
+        }
+        let m = load(&type_dir.join(format!("v{version:06}.cbor"))).map_err(|reason| {
+            PinError::Unusable {
+                resource_type: resource_type.to_owned(),
+                version,
+                reason,
+            }
+        })?;
+        if m.meta.engine != MODEL_VERSION {
+            return Err(PinError::Unusable {
+                resource_type: resource_type.to_owned(),
+                version,
+                reason: format!(
+                    "trained for engine {}, this agent runs {MODEL_VERSION}",
+                    m.meta.engine
+                ),
+            });
+        }
+        crate::files::write_atomic(&type_dir.join(PIN_FILE), |w| {
+            std::io::Write::write_all(w, version.to_string().as_bytes())
+        })?;
+        let meta = m.meta.clone();
+        self.pinned
+            .write()
+            .insert(resource_type.to_owned(), version);
+        self.put(m);
+        Ok(meta)
+    }
+
+    /// Pins the newest kept version older than the one in use.
+    pub fn rollback(&self, resource_type: &str) -> Result<ModelMeta, PinError> {
+        let current = self
+            .get(resource_type)
+            .ok_or_else(|| PinError::UnknownType(resource_type.to_owned()))?;
+        let type_dir = self.type_dir(resource_type)?;
+        let previous = versions(&type_dir)
+            .into_iter()
+            .map(|v| v.0)
+            .find(|v| *v < current.meta.version)
+            .ok_or_else(|| PinError::NothingToRollBackTo(resource_type.to_owned()))?;
+        self.pin(resource_type, Some(previous))
+    }
+
+    /// Lets trainings and merges replace the type's models again.
+    pub fn unpin(&self, resource_type: &str) -> Result<(), PinError> {
+        let type_dir = self.type_dir(resource_type)?;
+        match std::fs::remove_file(type_dir.join(PIN_FILE)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.pinned.write().remove(resource_type);
+        Ok(())
     }
 
     /// Records a federation decision.
@@ -176,8 +318,15 @@ impl ModelStore {
         installed.max(on_disk) + 1
     }
 
-    /// Saves the models as a new version (keeping the newest `keep`) and installs them.
+    /// Saves the models as a new version (keeping the newest `keep`) and installs them; refused
+    /// while the type is pinned.
     pub fn install(&self, models: TrainedModels, keep: usize) -> std::io::Result<()> {
+        if let Some(v) = self.pinned(&models.meta.resource_type) {
+            return Err(std::io::Error::other(format!(
+                "{} is pinned at v{v} (augur models unpin {})",
+                models.meta.resource_type, models.meta.resource_type
+            )));
+        }
         if let Some(dir) = &self.dir {
             // The type is input (any pushed record names one): encoded, it is one folder inside
             // `models/`, whatever it contains.
@@ -591,6 +740,15 @@ fn train_loop(
             if request.is_none() && (!cfg.models.train || !due) {
                 continue;
             }
+            if let Some(v) = store.pinned(&t) {
+                outcomes.push(TrainOutcome {
+                    resource_type: t.clone(),
+                    trained: None,
+                    skipped: Some(format!("pinned at v{v} (augur models unpin {t})")),
+                });
+                schedule.done(state, now_s(), false);
+                continue;
+            }
             let began = Instant::now();
             let o = train_type(history, store, &cfg, &t);
             stats.training(&t, o.trained.is_some(), began.elapsed());
@@ -710,7 +868,7 @@ pub fn consider(
 ) {
     use augur_models::federated::{Rule, adopt, candidate};
     let of = peers.of_type(resource_type);
-    if of.is_empty() {
+    if of.is_empty() || store.pinned(resource_type).is_some() {
         return;
     }
     let current = store.get(resource_type);

@@ -69,6 +69,25 @@ pub struct ModelList {
     /// newest last.
     #[serde(default)]
     pub federation: Vec<crate::models::FederationDecision>,
+    /// Types an operator pinned, with their version.
+    #[serde(default)]
+    pub pinned: std::collections::BTreeMap<String, u64>,
+}
+
+/// `POST /v1/models/{type}/pin|unpin|rollback`: what is in use now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PinAnswer {
+    pub resource_type: String,
+    /// The version in use (none after an unpin of a type without models).
+    pub version: Option<u64>,
+    pub pinned: bool,
+}
+
+/// The body of `POST /v1/models/{type}/pin` (no version: the one in use).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PinRequest {
+    #[serde(default)]
+    pub version: Option<u64>,
 }
 
 /// `POST /v1/models/train`.

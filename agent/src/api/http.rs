@@ -68,6 +68,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/members", get(members))
         .route("/v1/events", get(events))
         .route("/v1/models/train", post(train_models))
+        .route("/v1/models/{resource_type}/{action}", post(pin_models))
         .route("/v1/schema/telemetry", get(schema))
         .route("/v1/services", get(services).post(change_service))
         .route("/v1/fleet", get(fleet_document).post(change_service))
@@ -261,7 +262,49 @@ async fn models(State(models): State<ModelStore>) -> Json<ModelList> {
         engine: augur_models::MODEL_VERSION.to_owned(),
         models: models.all(),
         federation: models.decisions(),
+        pinned: models.pins(),
     })
+}
+
+/// Pins a type's models to a version (`pin`, body `{"version": N}` or none for the one in use),
+/// rolls back to the previous kept version and pins it (`rollback`), or unpins (`unpin`).
+async fn pin_models(
+    State(models): State<ModelStore>,
+    axum::extract::Path((resource_type, action)): axum::extract::Path<(String, String)>,
+    body: Option<Json<super::answers::PinRequest>>,
+) -> Result<Json<super::answers::PinAnswer>, ApiError> {
+    use crate::models::PinError;
+    let to_api = |e: PinError| match e {
+        PinError::UnknownType(_) | PinError::NoSuchVersion { .. } => {
+            ApiError::NotFound(e.to_string())
+        }
+        PinError::NothingToRollBackTo(_) | PinError::Unusable { .. } => {
+            ApiError::Conflict(e.to_string())
+        }
+        PinError::NoFiles | PinError::Io(_) => ApiError::Internal(e.to_string()),
+    };
+    let version = match action.as_str() {
+        "pin" => {
+            let v = body.map(|b| b.0.version).unwrap_or_default();
+            Some(models.pin(&resource_type, v).map_err(to_api)?.version)
+        }
+        "rollback" => Some(models.rollback(&resource_type).map_err(to_api)?.version),
+        "unpin" => {
+            models.unpin(&resource_type).map_err(to_api)?;
+            models.get(&resource_type).map(|m| m.meta.version)
+        }
+        other => {
+            return Err(ApiError::NotFound(format!(
+                "no model action {other:?}: pin, unpin or rollback"
+            )));
+        }
+    };
+    tracing::info!(%resource_type, %action, ?version, "models pinned, rolled back or unpinned");
+    Ok(Json(super::answers::PinAnswer {
+        pinned: models.pinned(&resource_type).is_some(),
+        resource_type,
+        version,
+    }))
 }
 
 /// Trains every resource type's models now (in the trainer thread) and answers what happened.

@@ -309,6 +309,16 @@ pub enum FleetCommand {
 pub enum ModelsAction {
     /// Train every resource type's models now, from the durable history.
     Train,
+    /// Use a kept version of a type's models (the one in use when none is given) and keep it:
+    /// no training or merge from the fleet replaces it until `unpin`.
+    Pin {
+        resource_type: String,
+        version: Option<u64>,
+    },
+    /// Go back to the newest kept version older than the one in use, pinned.
+    Rollback { resource_type: String },
+    /// Let trainings and merges replace the type's models again.
+    Unpin { resource_type: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -830,6 +840,34 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
         } => events::run(&client.api, follow, &topics, since, client.json).await,
         Command::Models { action, client } => {
             let agent = Agent::new(&client.api)?;
+            let pinning = match &action {
+                Some(ModelsAction::Pin {
+                    resource_type,
+                    version,
+                }) => Some((resource_type.clone(), "pin", *version)),
+                Some(ModelsAction::Rollback { resource_type }) => {
+                    Some((resource_type.clone(), "rollback", None))
+                }
+                Some(ModelsAction::Unpin { resource_type }) => {
+                    Some((resource_type.clone(), "unpin", None))
+                }
+                _ => None,
+            };
+            if let Some((t, verb, version)) = pinning {
+                let path = format!("/v1/models/{}/{verb}", url_component(&t));
+                let v: crate::api::answers::PinAnswer = agent
+                    .post_json(&path, &crate::api::answers::PinRequest { version })
+                    .await?;
+                if client.json {
+                    return print_json(&v);
+                }
+                match (v.version, v.pinned) {
+                    (Some(n), true) => println!("{} pinned at v{n}", v.resource_type),
+                    (Some(n), false) => println!("{} unpinned (v{n} in use)", v.resource_type),
+                    (None, _) => println!("{} unpinned", v.resource_type),
+                }
+                return Ok(());
+            }
             if let Some(ModelsAction::Train) = action {
                 let spinner = spinner("training models");
                 let v = agent
@@ -902,6 +940,9 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 if let Some(f) = &m.federation {
                     println!("{:<16} merged from the fleet: {}", "", lineage(f));
                 }
+            }
+            for (t, n) in &v.pinned {
+                println!("{t} is pinned at v{n} (augur models unpin {t})");
             }
             if !v.federation.is_empty() {
                 println!("\nFLEET MODELS (newest last)");
@@ -983,6 +1024,18 @@ fn parse_strategy(s: &str) -> Result<augur_orchestrate::spec::Strategy, String> 
 }
 
 /// Prints an answer as the JSON the agent sent (`--json`).
+/// A path component, percent-encoded (a resource type may hold any id character).
+fn url_component(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// A merged model's lineage in one line: contributors, rule, and the adoption guard's scores.
 fn lineage(l: &augur_models::federated::Lineage) -> String {
     let who: Vec<String> = l

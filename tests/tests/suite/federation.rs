@@ -195,3 +195,97 @@ async fn peers_merge_each_others_models_and_a_new_node_starts_from_the_fleets() 
     let p = p.await.expect("a prediction with the fleet's model");
     assert!(p["failure_probability"].is_number(), "{p}");
 }
+
+fn augur(args: &[&str], api: &str) -> Value {
+    let out = std::process::Command::new(augur_bin().expect("binary"))
+        .args(args)
+        .args(["--json", "--api", api])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "augur {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_rolls_back_pins_across_a_restart_and_unpins() {
+    use augur_tests::{AgentOptions, AgentProcess};
+    let config = "[collect]\nhost = false\n".to_owned();
+    let mut agent = AgentProcess::start(AgentOptions {
+        config: config.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("starts");
+    let api = agent.url("");
+    push(
+        &api,
+        service_lines("svc-1", now_us() - 1_000 * 1_000_000, 900, 45.0, 3),
+    )
+    .await;
+    let version = |v: &Value| -> Option<u64> {
+        v["models"]
+            .as_array()?
+            .iter()
+            .find(|m| m["resource_type"] == "service")?["version"]
+            .as_u64()
+    };
+    for want in [1, 2] {
+        train_now(&api);
+        let v = augur(&["models"], &api);
+        assert_eq!(version(&v), Some(want), "{v}");
+    }
+    // Back to v1, pinned: a training leaves it in place.
+    let r = augur(&["models", "rollback", "service"], &api);
+    assert_eq!(
+        (r["version"].as_u64(), r["pinned"].as_bool()),
+        (Some(1), Some(true)),
+        "{r}"
+    );
+    let t = augur(&["models", "train"], &api);
+    let skipped = t["outcomes"][0]["skipped"].as_str().unwrap_or_default();
+    assert!(skipped.contains("pinned at v1"), "{t}");
+    let v = augur(&["models"], &api);
+    assert_eq!(
+        (version(&v), v["pinned"]["service"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // The pin survives a restart.
+    let temp = agent.take_temp();
+    let data = agent.data_dir.clone();
+    agent.terminate().await.expect("stops");
+    let agent = AgentProcess::start(AgentOptions {
+        config,
+        data_dir: Some(data),
+        ..Default::default()
+    })
+    .await
+    .expect("restarts");
+    let api = agent.url("");
+    let v = augur(&["models"], &api);
+    assert_eq!(
+        (version(&v), v["pinned"]["service"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    // A version that is not kept is refused with what is.
+    let out = std::process::Command::new(augur_bin().expect("binary"))
+        .args(["models", "pin", "service", "99", "--api", &api])
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no version 99"),
+        "{err}"
+    );
+    // Unpinned, trainings replace it again.
+    let u = augur(&["models", "unpin", "service"], &api);
+    assert_eq!(u["pinned"], false);
+    train_now(&api);
+    let v = augur(&["models"], &api);
+    assert_eq!(version(&v), Some(3), "{v}");
+    drop(temp);
+}
