@@ -287,6 +287,7 @@ pub async fn run(
                             history: history.clone(),
                             models: models.clone(),
                             stats: stats.clone(),
+                            emitter: emitter.clone(),
                         },
                         rx_own,
                         stage_group.token(),

@@ -55,6 +55,8 @@ pub struct Federation {
     pub history: History,
     pub models: ModelStore,
     pub stats: Arc<Stats>,
+    /// Reports each merge decision as a `model.decision` fleet event.
+    pub emitter: crate::fleet::events::Emitter,
 }
 
 impl Federation {
@@ -119,6 +121,7 @@ pub async fn run(f: Federation, mut own: mpsc::Receiver<ModelUpdate>, stop: Canc
     }
     let mut unsent: BTreeSet<String> = BTreeSet::new();
     let mut asked: HashMap<String, Instant> = HashMap::new();
+    let mut decisions_seen = 0usize;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -151,6 +154,20 @@ pub async fn run(f: Federation, mut own: mpsc::Receiver<ModelUpdate>, stop: Canc
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = tick.tick() => {
+                // The trainer's merge decisions, as fleet events.
+                let (new, seen) = f.models.decisions_since(decisions_seen);
+                decisions_seen = seen;
+                for d in new {
+                    let change = augur_mesh::ModelChange {
+                        resource_type: d.resource_type.clone(),
+                        outcome: d.outcome.clone(),
+                        version: d.version,
+                        contributors: d.lineage.contributors.len(),
+                        mse_local: d.lineage.mse_local,
+                        mse_candidate: d.lineage.mse_candidate,
+                    };
+                    f.emitter.emit(augur_mesh::EventKind::Model(change), None).await;
+                }
                 for t in std::mem::take(&mut unsent) {
                     let wire = latest.0.lock().get(&t).cloned();
                     if let Some(wire) = wire

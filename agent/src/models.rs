@@ -39,8 +39,9 @@ pub struct ModelStore {
     current: Arc<RwLock<HashMap<String, Arc<TrainedModels>>>>,
     /// Bumped on every install, so readers notice a change cheaply.
     generation: Arc<AtomicU64>,
-    /// The latest decisions on models merged from the fleet, newest last.
-    decisions: Arc<parking_lot::Mutex<std::collections::VecDeque<FederationDecision>>>,
+    /// The latest decisions on models merged from the fleet, newest last, and how many were made
+    /// since start.
+    decisions: Arc<parking_lot::Mutex<(std::collections::VecDeque<FederationDecision>, usize)>>,
     /// Types an operator pinned to a version: nothing replaces it until unpinned.
     pinned: Arc<RwLock<HashMap<String, u64>>>,
 }
@@ -279,16 +280,25 @@ impl ModelStore {
 
     /// Records a federation decision.
     pub fn decide(&self, d: FederationDecision) {
-        let mut q = self.decisions.lock();
-        q.push_back(d);
-        while q.len() > KEEP_DECISIONS {
-            q.pop_front();
+        let mut g = self.decisions.lock();
+        g.0.push_back(d);
+        g.1 += 1;
+        while g.0.len() > KEEP_DECISIONS {
+            g.0.pop_front();
         }
     }
 
     /// The latest federation decisions, newest last.
     pub fn decisions(&self) -> Vec<FederationDecision> {
-        self.decisions.lock().iter().cloned().collect()
+        self.decisions.lock().0.iter().cloned().collect()
+    }
+
+    /// The decisions made after the first `seen` since start (those still kept), and the count
+    /// to pass next time.
+    pub fn decisions_since(&self, seen: usize) -> (Vec<FederationDecision>, usize) {
+        let g = self.decisions.lock();
+        let new = g.1.saturating_sub(seen).min(g.0.len());
+        (g.0.iter().skip(g.0.len() - new).cloned().collect(), g.1)
     }
 
     /// Metadata of every installed type's models, by type.

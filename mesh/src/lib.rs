@@ -29,7 +29,7 @@ pub use clock::Clock;
 pub use identity::{IdentityError, NodeIdentity};
 pub use node::{
     Crossing, EventKind, FleetEvent, InstanceChange, MemberChange, Mesh, MeshConfig, MeshError,
-    MigrationChange, TrafficProblem,
+    MigrationChange, ModelChange, TrafficProblem,
 };
 pub use tasks::Tasks;
 

@@ -98,6 +98,23 @@ pub enum EventKind {
     /// shadow mode what it would do, done): `augur_orchestrate::autonomy::Report`.
     #[serde(rename = "autonomy.decision")]
     Autonomy(augur_orchestrate::autonomy::Report),
+    /// A model merged from the fleet's updates was adopted, rejected, or used as a cold start.
+    #[serde(rename = "model.decision")]
+    Model(ModelChange),
+}
+
+/// A decision on a model merged from the fleet (federated learning).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelChange {
+    pub resource_type: String,
+    /// `adopted`, `rejected` or `cold_start`.
+    pub outcome: String,
+    /// The version installed, when adopted.
+    pub version: Option<u64>,
+    pub contributors: usize,
+    /// The local model's and the candidate's MLP error on the deciding node's held-out history.
+    pub mse_local: Option<f64>,
+    pub mse_candidate: Option<f64>,
 }
 
 /// A migration's progress, as its coordinator reports it.
@@ -175,6 +192,7 @@ impl EventKind {
             EventKind::MigrationStep(_) => "migration.step",
             EventKind::MigrationFinished(_) => "migration.finished",
             EventKind::Autonomy(_) => "autonomy.decision",
+            EventKind::Model(_) => "model.decision",
         }
     }
 

@@ -133,6 +133,22 @@ async fn peers_merge_each_others_models_and_a_new_node_starts_from_the_fleets() 
             .collect();
         assert!(authors.contains(&"self"), "{authors:?}");
     }
+    // Each decision is a fleet event, seen by the other nodes too.
+    eventually("n1 lists the fleet's model decisions as events", || async {
+        let v: Value = fleet.agents["n1"]
+            .get_json("/v1/events?topic=model")
+            .await
+            .ok()?;
+        let origins: std::collections::BTreeSet<String> = v["events"]
+            .as_array()?
+            .iter()
+            .filter(|e| e["topic"] == "model.decision")
+            .filter_map(|e| e["node_name"].as_str().map(str::to_owned))
+            .collect();
+        (origins.len() == 3).then_some(())
+    })
+    .await
+    .expect("model.decision events from all three nodes");
     let metrics = fleet.agents["n1"]
         .get_text("/metrics")
         .await
