@@ -149,6 +149,11 @@ pub struct PredictStats {
     pub crossings_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// The horizon of `resource_type`'s engines under `cfg` (seconds).
+fn engine_cfg_horizon(cfg: &Config, resource_type: &str) -> f64 {
+    crate::models::engine_config(cfg, resource_type).0.horizon_s
+}
+
 /// The trained models an engine of `resource_type` uses under `cfg`.
 fn trained(
     models: &ModelStore,
@@ -175,6 +180,10 @@ struct Stage {
     /// the budget cannot take the host's predictions away.
     own: Option<ResourceId>,
     tx_crossings: Option<mpsc::Sender<PredictionView>>,
+    /// How each model version does in production (its false alarms), and the versions each type
+    /// was served by, in order: a version worse than its predecessor is rolled back.
+    live: augur_models::live::LiveAlarms,
+    served: HashMap<String, Vec<u64>>,
 }
 
 /// File of the saved engine state, inside the data directory.
@@ -328,6 +337,7 @@ impl Stage {
                 continue;
             }
             let trained = trained(&self.models, &cfg, &s.resource_type);
+            let version = trained.as_ref().map_or(0, |m| m.meta.version);
             let engine = self
                 .engines
                 .entry(s.resource_id.clone())
@@ -351,6 +361,13 @@ impl Stage {
                     threshold,
                     cfg.keep_firing_s(s.resource_type.as_str()),
                 );
+            self.judge_live(
+                s,
+                version,
+                ts_s,
+                above_threshold,
+                engine_cfg_horizon(&cfg, s.resource_type.as_str()),
+            );
             updates.push(PredictionView {
                 ts: s.ts,
                 resource_id: s.resource_id.clone(),
@@ -387,6 +404,75 @@ impl Stage {
             self.budget.total as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    /// Counts the sample toward its model version's live record, and rolls back a version whose
+    /// false-alarm rate rose above its predecessor's (`augur_models::live`).
+    fn judge_live(
+        &mut self,
+        s: &crate::sample::Sample,
+        version: u64,
+        ts_s: f64,
+        alarm_on: bool,
+        horizon_s: f64,
+    ) {
+        let t = s.resource_type.as_str();
+        let failure = s.event == Some(augur_proto::Event::Failure);
+        self.live.observe(
+            s.resource_id.as_str(),
+            t,
+            version,
+            ts_s,
+            alarm_on,
+            failure,
+            horizon_s,
+        );
+        let served = self.served.entry(t.to_owned()).or_default();
+        if served.last() != Some(&version) {
+            served.push(version);
+            if served.len() > 8 {
+                served.remove(0);
+            }
+        }
+        let previous = served.len().checked_sub(2).map(|i| served[i]);
+        let Some(previous) = previous.filter(|p| *p > 0 && version > *p) else {
+            return;
+        };
+        if self.models.pinned(t).is_some() || !self.live.worse(t, version, previous) {
+            return;
+        }
+        let (now, before) = (
+            self.live.score(t, version).cloned().unwrap_or_default(),
+            self.live.score(t, previous).cloned().unwrap_or_default(),
+        );
+        match self.models.pin(t, Some(previous)) {
+            Ok(_) => {
+                tracing::warn!(
+                    resource_type = t,
+                    from = version,
+                    to = previous,
+                    rate_now = now.rate(),
+                    rate_before = before.rate(),
+                    "model version reverted: more false alarms per resource-hour than the one before it (pinned; augur models unpin to resume)"
+                );
+                self.models.decide(crate::models::FederationDecision {
+                    resource_type: t.to_owned(),
+                    at_unix_ms: (crate::sample::UnixMicros::now().0 / 1000) as u64,
+                    outcome: "reverted".to_owned(),
+                    version: Some(previous),
+                    lineage: augur_models::federated::Lineage {
+                        rule: augur_models::federated::Rule::Mean,
+                        contributors: Vec::new(),
+                        mse_local: None,
+                        mse_candidate: None,
+                        cold_start: false,
+                    },
+                });
+            }
+            Err(e) => {
+                tracing::warn!(resource_type = t, error = %e, "model version worse than the one before it, but it cannot be reverted");
+            }
+        }
     }
 
     /// Drops the engines (and latest predictions) of resources the history no longer holds
@@ -448,6 +534,8 @@ pub async fn run(
             stats,
             own,
             tx_crossings,
+            live: Default::default(),
+            served: HashMap::new(),
         };
         if let Some(path) = &restore_from {
             let restored = stage.restore(path);
@@ -569,6 +657,8 @@ mod tests {
             stats: PredictStats::default(),
             own: Some(ResourceId::parse("this-host").expect("id")),
             tx_crossings: None,
+            live: Default::default(),
+            served: HashMap::new(),
         }
     }
 
@@ -708,6 +798,77 @@ mod tests {
     /// A raised alarm is kept for the type's `keep_firing` after the probability falls below the
     /// threshold: the crossing back down comes that long after the last sample above it, and a
     /// probability dipping under the threshold for less than that raises no second alarm.
+    /// A model version that raises more false alarms per resource-hour than the one before it is
+    /// rolled back (pinned) by itself, and the decision recorded.
+    #[test]
+    fn a_version_with_more_false_alarms_than_its_predecessor_is_reverted() {
+        use augur_models::limits::Direction;
+        use augur_models::trained::{FailurePatterns, LearnedLimit, TrainedModels};
+        let dir = tempfile::tempdir().expect("temp");
+        let mut st = stage();
+        st.models = ModelStore::open(dir.path());
+        let version = |v: u64, limit: Option<f64>| {
+            let mut m = TrainedModels::empty("service");
+            m.meta.version = v;
+            m.meta.patterns = limit.map(|value| FailurePatterns {
+                limits: vec![LearnedLimit {
+                    metric: "queue_len".into(),
+                    value,
+                    direction: Direction::Above,
+                    failures: 1,
+                    usual_median: 0.0,
+                    usual_spread: 1.0,
+                    caught_with: 1,
+                    caught_without: 0,
+                    false_alarms_with: 0,
+                    false_alarms_without: 0,
+                    held_out: None,
+                    used: true,
+                }],
+            });
+            m
+        };
+        // The queue swings between 10 and 90 every 10 minutes, and nothing ever fails.
+        let queue = |t: i64| if (t / 300) % 2 == 0 { 10.0 } else { 90.0 };
+        let feed = |st: &mut Stage, from: i64, to: i64| {
+            let batch: Vec<Arc<Sample>> = (from..to)
+                .map(|t| {
+                    Arc::new(Sample {
+                        ts: UnixMicros(1_700_000_000_000_000 + t * 1_000_000),
+                        resource_id: ResourceId::parse("q-1").expect("id"),
+                        resource_type: ResourceType::parse("service").expect("type"),
+                        metrics: BTreeMap::from([("queue_len".to_owned(), queue(t))]),
+                        event: None,
+                        labels: BTreeMap::new(),
+                    })
+                })
+                .collect();
+            for chunk in batch.chunks(500) {
+                st.observe(chunk);
+            }
+        };
+        // v1 learned a limit at 1,000 (never reached); 75 minutes of it.
+        st.models.install(version(1, Some(1000.0)), 3).expect("v1");
+        feed(&mut st, 0, 4500);
+        assert_eq!(st.models.pinned("service"), None);
+        // v2 learned one at 50: every swing up is an alarm, and nothing fails.
+        st.models.install(version(2, Some(50.0)), 3).expect("v2");
+        feed(&mut st, 4500, 9000);
+        assert_eq!(
+            st.models.pinned("service"),
+            Some(1),
+            "v2 is reverted to v1: {:?} vs {:?}",
+            st.live.score("service", 2),
+            st.live.score("service", 1)
+        );
+        assert_eq!(st.models.get("service").expect("models").meta.version, 1);
+        let d = st.models.decisions();
+        assert_eq!(
+            d.last().map(|d| (d.outcome.as_str(), d.version)),
+            Some(("reverted", Some(1)))
+        );
+    }
+
     #[test]
     fn a_raised_alarm_clears_only_after_keep_firing_below_the_threshold() {
         let cfg =
