@@ -160,7 +160,7 @@ mod tests {
             if phase == 0 {
                 k += 1;
             }
-            let failure = phase == 60 && k % true_every == 0;
+            let failure = phase == 60 && k.is_multiple_of(true_every);
             for r in 0..3 {
                 live.observe(&format!("r{r}"), "service", version, t, on, failure, 300.0);
             }
