@@ -833,6 +833,215 @@ pub fn forecast(
     Ok(())
 }
 
+/// One machine's columns: each metric's values, train and test.
+struct FedNode {
+    name: String,
+    train: Vec<Vec<f64>>,
+    test: Vec<Vec<f64>>,
+}
+
+fn columns(rows: &[Vec<f64>], limit: usize) -> Vec<Vec<f64>> {
+    let n = rows.first().map_or(0, Vec::len);
+    (0..n)
+        .map(|j| rows.iter().take(limit).map(|r| r[j]).collect())
+        .collect()
+}
+
+/// A forecaster's error on `series` at its horizon, every `step`-th window: the mean over the
+/// non-constant series of MSE / the series' variance, and Holt's on the same windows.
+fn federated_error(
+    model: &augur_models::forecast::mlp::MlpForecaster,
+    series: &[Vec<f64>],
+    step: usize,
+) -> (f64, f64) {
+    let (w, h) = (model.config().window, model.config().horizon);
+    let (mut sum_mlp, mut sum_holt, mut n) = (0.0, 0.0, 0usize);
+    for s in series {
+        if s.len() < w + h + 1 {
+            continue;
+        }
+        let mean = s.iter().sum::<f64>() / s.len() as f64;
+        let var = s.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / s.len() as f64;
+        if var < 1e-12 {
+            continue;
+        }
+        let ends: Vec<usize> = (w..=s.len() - h).step_by(step).collect();
+        let windows: Vec<&[f64]> = ends.iter().map(|&t| &s[t - w..t]).collect();
+        let forecasts = model.forecast_batch(&windows);
+        let mut holt = augur_models::forecast::Holt::new(
+            augur_models::engine::HOLT_ALPHA,
+            augur_models::engine::HOLT_BETA,
+        );
+        let (mut e_mlp, mut e_holt, mut k) = (0.0, 0.0, 0usize);
+        let mut fed = 0usize;
+        for (i, &t) in ends.iter().enumerate() {
+            while fed < t {
+                holt.update(s[fed]);
+                fed += 1;
+            }
+            let truth = s[t + h - 1];
+            if let (Some(f), Some(hf)) = (&forecasts[i], holt.forecast(h as u32)) {
+                e_mlp += (f.mean - truth).powi(2);
+                e_holt += (hf.mean - truth).powi(2);
+                k += 1;
+            }
+        }
+        if k > 0 {
+            sum_mlp += e_mlp / k as f64 / var;
+            sum_holt += e_holt / k as f64 / var;
+            n += 1;
+        }
+    }
+    let n = n.max(1) as f64;
+    (sum_mlp / n, sum_holt / n)
+}
+
+/// Federated learning on SMD, each machine a node: the forecaster trained on a node's own data
+/// alone, federated over `rounds` rounds (local training from the last merge, a trimmed mean
+/// tolerating one bad update), and trained centrally on every node's data; each judged on every
+/// node's test data (its own, and the others': what it never saw).
+pub fn federation(root: &Path, rounds: usize, seed: u64, as_json: bool) -> anyhow::Result<()> {
+    use augur_models::federated::{self, Rule};
+    use augur_models::forecast::mlp::{MlpConfig, MlpForecaster, MlpWeights};
+    const TRAIN_ROWS: usize = 8_000;
+    const TEST_ROWS: usize = 4_000;
+    const STEP: usize = 8;
+    let machines = augur_models::eval::smd::load(root)
+        .with_context(|| format!("reading SMD from {}", root.display()))?;
+    let nodes: Vec<FedNode> = machines
+        .iter()
+        .map(|m| FedNode {
+            name: m.name.clone(),
+            train: columns(&m.train, TRAIN_ROWS),
+            test: columns(&m.test, TEST_ROWS),
+        })
+        .collect();
+    let config = MlpConfig {
+        epochs: 4,
+        seed,
+        ..MlpConfig::default()
+    };
+    let stride = 4;
+    let fit = |series: &[Vec<f64>], base: Option<&MlpWeights>| -> Option<MlpForecaster> {
+        let refs: Vec<&[f64]> = series.iter().map(Vec::as_slice).collect();
+        match base {
+            Some(b) => MlpForecaster::train_from(b, &refs, config.clone(), stride),
+            None => MlpForecaster::train_strided(&refs, config.clone(), stride),
+        }
+    };
+    let started = std::time::Instant::now();
+    let pb = progress(nodes.len() as u64, "local models");
+    let local: Vec<MlpForecaster> = par_map(&nodes, &pb, |n| fit(&n.train, None))
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .context("a node's history is too short to train on")?;
+    pb.finish_and_clear();
+    let local_s = started.elapsed().as_secs_f64() / nodes.len() as f64;
+    // Central: every node's training data in one model (the upper bound).
+    let all: Vec<Vec<f64>> = nodes.iter().flat_map(|n| n.train.clone()).collect();
+    let t0 = std::time::Instant::now();
+    let central = fit(&all, None).context("central training")?;
+    let central_s = t0.elapsed().as_secs_f64();
+    // Federated rounds.
+    let rows = |n: &FedNode| n.train.first().map_or(0, Vec::len) as u64;
+    let mut merged: Option<MlpWeights> = None;
+    let mut per_round = Vec::new();
+    let (mut update_bytes, mut merge_s, mut round_train_s) = (0usize, 0.0, 0.0);
+    for r in 0..rounds {
+        let pb = progress(nodes.len() as u64, &format!("federated round {}", r + 1));
+        let t0 = std::time::Instant::now();
+        let locals: Vec<MlpWeights> = par_map(&nodes, &pb, |n| {
+            fit(&n.train, merged.as_ref()).map(MlpWeights::from)
+        })
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .context("federated local training")?;
+        pb.finish_and_clear();
+        round_train_s = t0.elapsed().as_secs_f64() / nodes.len() as f64;
+        let update = federated::ModelUpdate {
+            resource_type: "smd".into(),
+            engine: augur_models::MODEL_VERSION.into(),
+            base_round: r as u64,
+            round: r as u64 + 1,
+            samples: rows(&nodes[0]),
+            validation: federated::Validation::default(),
+            mlp: Some(locals[0].clone()),
+            calibration: None,
+        };
+        let mut body = Vec::new();
+        ciborium::into_writer(&update, &mut body)?;
+        update_bytes = body.len();
+        let t0 = std::time::Instant::now();
+        let parts: Vec<(&MlpWeights, f64)> = locals
+            .iter()
+            .zip(&nodes)
+            .map(|(m, n)| (m, federated::weight_of(rows(n), 20_000)))
+            .collect();
+        let next = federated::merge_mlp(&parts, Rule::TrimmedMean { f: 1 }).context("merging")?;
+        merge_s = t0.elapsed().as_secs_f64();
+        let model = MlpForecaster::try_from(next.clone()).map_err(anyhow::Error::msg)?;
+        let own: f64 = nodes
+            .iter()
+            .map(|n| federated_error(&model, &n.test, STEP).0)
+            .sum::<f64>()
+            / nodes.len() as f64;
+        per_round.push(own);
+        merged = Some(next);
+    }
+    let federated_model =
+        MlpForecaster::try_from(merged.context("no round")?).map_err(anyhow::Error::msg)?;
+    // Each node's test data, judged by every model.
+    let pb = progress(nodes.len() as u64, "judging");
+    let judged: Vec<Value> = par_map(
+        &nodes.iter().enumerate().collect::<Vec<_>>(),
+        &pb,
+        |(i, n)| {
+            let (own_local, holt) = federated_error(&local[*i], &n.test, STEP);
+            let (fed, _) = federated_error(&federated_model, &n.test, STEP);
+            let (cen, _) = federated_error(&central, &n.test, STEP);
+            // The other nodes' local models on this node's data: models that never saw it.
+            let unseen: Vec<f64> = local
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| j != i)
+                .map(|(_, m)| federated_error(m, &n.test, STEP).0)
+                .collect();
+            let unseen_local = unseen.iter().sum::<f64>() / unseen.len().max(1) as f64;
+            json!({"machine": n.name, "local": own_local, "federated": fed, "central": cen,
+               "holt": holt, "others_local_models": unseen_local})
+        },
+    );
+    pb.finish_and_clear();
+    let mean =
+        |k: &str| judged.iter().filter_map(|v| v[k].as_f64()).sum::<f64>() / judged.len() as f64;
+    let fed_better_than_unseen = judged
+        .iter()
+        .filter(|v| v["federated"].as_f64() < v["others_local_models"].as_f64())
+        .count();
+    let report = json!({
+        "benchmark": "federated forecaster on SMD (each machine a node)",
+        "nodes": nodes.len(), "rounds": rounds, "seed": seed,
+        "train_rows_per_node": TRAIN_ROWS, "test_rows_per_node": TEST_ROWS,
+        "error": "MSE at the MLP's horizon / the test series' variance, mean over non-constant metrics",
+        "mean": {"local": mean("local"), "federated": mean("federated"), "central": mean("central"),
+                 "holt": mean("holt"), "others_local_models": mean("others_local_models")},
+        "federated_over_central": mean("federated") / mean("central"),
+        "nodes_where_federated_beats_models_that_never_saw_them": fed_better_than_unseen,
+        "federated_error_by_round": per_round,
+        "update_bytes": update_bytes,
+        "seconds": {"local_training_per_node": local_s, "central_training": central_s,
+                    "round_training_per_node": round_train_s, "merge": merge_s,
+                    "total": started.elapsed().as_secs_f64()},
+        "machines": judged,
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -323,6 +323,19 @@ pub enum ModelsAction {
 
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
+    /// Federated learning on SMD, each machine a node: a node's forecaster trained alone, merged
+    /// over rounds with the others' (trimmed mean), and trained centrally on all nodes' data, each
+    /// judged on every node's test data; update bytes and CPU per round
+    Federation {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Forecasting on NAB's series: the burn MLP against Holt.
     Forecast {
         /// The NAB folder.
@@ -589,6 +602,15 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 crate::eval::forecast(&data, horizon, epochs, seed, json)
             })
             .await?
+        }
+        Command::Eval(EvalCommand::Federation {
+            data,
+            rounds,
+            seed,
+            json,
+        }) => {
+            tokio::task::spawn_blocking(move || crate::eval::federation(&data, rounds, seed, json))
+                .await?
         }
         Command::Eval(EvalCommand::Smd { data, seed, json }) => {
             tokio::task::spawn_blocking(move || crate::eval::smd(&data, seed, json)).await?
