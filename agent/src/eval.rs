@@ -1012,6 +1012,55 @@ pub fn federation(root: &Path, rounds: usize, seed: u64, as_json: bool) -> anyho
         },
     );
     pb.finish_and_clear();
+    // A new node's first 10 minutes (its first 600 test rows, every window): without a model
+    // it has Holt only; with a cold start, the fleet's model merged from the other nodes alone
+    // (the same rounds, without it: it brings nothing).
+    let pb = progress(nodes.len() as u64, "cold starts");
+    let cold: Vec<Value> = par_map(&(0..nodes.len()).collect::<Vec<_>>(), &pb, |&k| {
+        let others: Vec<&FedNode> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != k)
+            .map(|(_, n)| n)
+            .collect();
+        let mut m: Option<MlpWeights> = None;
+        for _ in 0..rounds {
+            let locals: Option<Vec<MlpWeights>> = others
+                .iter()
+                .map(|n| fit(&n.train, m.as_ref()).map(MlpWeights::from))
+                .collect();
+            let Some(locals) = locals else {
+                return json!({"machine": nodes[k].name});
+            };
+            let parts: Vec<(&MlpWeights, f64)> = locals
+                .iter()
+                .zip(&others)
+                .map(|(w, n)| (w, federated::weight_of(rows(n), 20_000)))
+                .collect();
+            m = federated::merge_mlp(&parts, Rule::TrimmedMean { f: 1 });
+        }
+        let first: Vec<Vec<f64>> = nodes[k]
+            .test
+            .iter()
+            .map(|c| c.iter().take(600).copied().collect())
+            .collect();
+        match m.and_then(|w| MlpForecaster::try_from(w).ok()) {
+            Some(model) => {
+                let (fleet, holt) = federated_error(&model, &first, 1);
+                json!({"machine": nodes[k].name, "holt": holt, "fleet_model": fleet})
+            }
+            None => json!({"machine": nodes[k].name}),
+        }
+    });
+    pb.finish_and_clear();
+    let mean_of = |rows: &[Value], k: &str| {
+        let v: Vec<f64> = rows.iter().filter_map(|r| r[k].as_f64()).collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let cold_better = cold
+        .iter()
+        .filter(|v| v["fleet_model"].as_f64() < v["holt"].as_f64())
+        .count();
     let mean =
         |k: &str| judged.iter().filter_map(|v| v[k].as_f64()).sum::<f64>() / judged.len() as f64;
     let fed_better_than_unseen = judged
@@ -1033,6 +1082,11 @@ pub fn federation(root: &Path, rounds: usize, seed: u64, as_json: bool) -> anyho
                     "round_training_per_node": round_train_s, "merge": merge_s,
                     "total": started.elapsed().as_secs_f64()},
         "machines": judged,
+        "cold_start": {
+            "what": "a new node's first 600 samples (10 minutes at 1 s): Holt alone (no model yet) against the model merged from the other nodes without it",
+            "mean_holt": mean_of(&cold, "holt"), "mean_fleet_model": mean_of(&cold, "fleet_model"),
+            "nodes_better_with_the_fleet_model": cold_better, "machines": cold,
+        },
     });
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report)?);
