@@ -548,7 +548,29 @@ impl LocalFleet {
         Ok(v["join_token"].as_str().context("join_token")?.to_owned())
     }
 
+    /// Starts `name` with `token`. A node's UDP ports are picked free, then released for the agent
+    /// to bind: another test can take one in between. A first start that finds its port taken
+    /// picks new ones (a restart keeps its ports: its peers know them).
     async fn launch(&mut self, name: &str, token: String) -> anyhow::Result<()> {
+        let fresh = !self.ports.contains_key(name);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.launch_once(name, token.clone()).await {
+                Err(e)
+                    if fresh
+                        && attempt < 4
+                        && format!("{e:#}").contains("Address already in use") =>
+                {
+                    eprintln!("{name}: its UDP port was taken meanwhile; new ports ({e:#})");
+                    self.ports.remove(name);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn launch_once(&mut self, name: &str, token: String) -> anyhow::Result<()> {
         let (gossip, p2p) = match self.ports.get(name) {
             Some(p) => *p,
             None => {
