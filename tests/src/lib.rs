@@ -95,8 +95,35 @@ pub struct AgentProcess {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         if self.reap {
+            // Its children first: an instance the agent has just started may not have its pid
+            // file yet, and would outlive the test.
+            kill_children(self.pid);
             let _ = self.child.start_kill();
             reap_instances(&self.data_dir);
+        }
+    }
+}
+
+/// SIGKILLs the processes whose parent is `pid` (read from /proc).
+pub fn kill_children(pid: u32) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let parent = std::fs::read_to_string(format!("/proc/{child}/stat"))
+            .ok()
+            .and_then(|s| {
+                let rest = s[s.rfind(')')? + 2..].to_owned();
+                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+            });
+        if parent == Some(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
