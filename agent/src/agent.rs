@@ -268,7 +268,8 @@ pub async fn run(
             // In a fleet, the trainer shares its models and merges the peers' (crate::federation).
             if let (Some(m), true) = (&mesh, cfg.models.federate) {
                 let (tx_own, rx_own) = mpsc::channel(16);
-                for loaded in models.all() {
+                // The locally trained models it loaded (a merge is its contributors', not its own).
+                for loaded in models.all().into_iter().filter(|m| m.federation.is_none()) {
                     if let Some(u) = models
                         .get(&loaded.resource_type)
                         .and_then(|m| crate::models::own_update(&m))
