@@ -712,6 +712,35 @@ impl LocalFleet {
             .collect())
     }
 
+    /// Starts `names` and waits until every one sees every other alive.
+    pub async fn form(&mut self, names: &[&str]) -> anyhow::Result<()> {
+        for n in names {
+            self.start(n).await?;
+        }
+        for n in names {
+            self.until_all_see(n, "alive", Duration::from_secs(30))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every running node reaches every other over libp2p (its `/v1/clock` measures
+    /// them all): gossip sees members alive before libp2p has admitted them.
+    pub async fn until_connected(&self) -> anyhow::Result<()> {
+        let others = self.agents.len().saturating_sub(1);
+        eventually("every node reaches the others over libp2p", || async {
+            for a in self.agents.values() {
+                let v: Value = a.get_json("/v1/clock").await.ok()?;
+                let peers = v["peers"].as_array()?;
+                if !(peers.len() == others && peers.iter().all(|p| p["offset_ms"].is_number())) {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await
+    }
+
     /// Waits until every running node (but `except`) sees `target` with `status`; returns how long.
     pub async fn until_all_see(
         &self,

@@ -3,9 +3,8 @@
 //! problem planted on purpose is found and explained.
 
 use std::process::Command;
-use std::time::Duration;
 
-use augur_tests::{LocalFleet, augur_bin, augur_json, eventually, path_str};
+use augur_tests::{LocalFleet, augur_bin, augur_json, path_str};
 use serde_json::Value;
 
 /// Runs `augur doctor --json` with `args`; returns its exit success and report.
@@ -68,24 +67,10 @@ fn token(fleet: &LocalFleet, data_dir: &std::path::Path, ttl: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_passes_a_healthy_node_and_explains_each_planted_problem() {
     let mut fleet = LocalFleet::new().expect("fleet");
-    for n in ["n1", "n2", "n3"] {
-        fleet.start(n).await.expect("starts");
-    }
-    for n in ["n1", "n2", "n3"] {
-        fleet
-            .until_all_see(n, "alive", Duration::from_secs(30))
-            .await
-            .expect("fleet forms");
-    }
+    fleet.form(&["n1", "n2", "n3"]).await.expect("fleet forms");
+    // The clock travels over libp2p.
+    fleet.until_connected().await.expect("libp2p connections");
     let n2 = &fleet.agents["n2"];
-    // Gossip sees members alive before libp2p has admitted them (the clock travels over libp2p).
-    eventually("n2 measures both peers' clocks", || async {
-        let v: Value = n2.get_json("/v1/clock").await.ok()?;
-        let peers = v["peers"].as_array()?;
-        (peers.len() == 2 && peers.iter().all(|p| p["offset_ms"].is_number())).then_some(())
-    })
-    .await
-    .expect("libp2p connections");
     let (g1, _) = fleet.ports("n1").expect("n1 ports");
     let (g2, p2) = fleet.ports("n2").expect("n2 ports");
     // n2's own flags, as it was started.

@@ -3,8 +3,6 @@
 //! their own held-out history; a node that joins later with too little history of its own starts
 //! from the fleet's models (cold start).
 
-use std::time::Duration;
-
 use augur_tests::{LocalFleet, augur_bin, eventually, http, now_us, rfc3339};
 use serde_json::Value;
 
@@ -64,28 +62,9 @@ async fn decisions(fleet: &LocalFleet, node: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_merge_each_others_models_and_a_new_node_starts_from_the_fleets() {
     let mut fleet = LocalFleet::new().expect("fleet");
-    for n in ["n1", "n2", "n3"] {
-        fleet.start(n).await.expect("starts");
-    }
-    for n in ["n1", "n2", "n3"] {
-        fleet
-            .until_all_see(n, "alive", Duration::from_secs(30))
-            .await
-            .expect("fleet forms");
-    }
-    // libp2p admission comes after gossip: wait until every node reaches the others over QUIC.
-    eventually("every node measures the others' clocks", || async {
-        for n in ["n1", "n2", "n3"] {
-            let v: Value = fleet.agents[n].get_json("/v1/clock").await.ok()?;
-            let peers = v["peers"].as_array()?;
-            if !(peers.len() == 2 && peers.iter().all(|p| p["offset_ms"].is_number())) {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await
-    .expect("libp2p connections");
+    fleet.form(&["n1", "n2", "n3"]).await.expect("fleet forms");
+    // Updates travel over libp2p, whose admission comes after gossip's.
+    fleet.until_connected().await.expect("libp2p connections");
 
     // Each node's own history: 900 s of its service, a period of its own.
     let start = now_us() - 1_000 * 1_000_000;
