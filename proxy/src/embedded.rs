@@ -274,6 +274,7 @@ impl Proxy {
         let _ = server.set_nodelay(true);
         state.open.fetch_add(1, Ordering::Relaxed);
         tokio::select! {
+            biased;
             _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, RELAY_BUFFER, RELAY_BUFFER) => {}
             () = state.cut.cancelled() => {
                 self.stats.cut_by_drain.fetch_add(1, Ordering::Relaxed);
@@ -318,14 +319,23 @@ impl Proxy {
     ) {
         let mut done = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
-            let proxy = self.clone();
+            // Each shard picks on its own: the table is shared, the round-robin state is not,
+            // so no two threads contend for it on every connection (each shard still follows
+            // the weights, and so does their sum).
+            let proxy = Proxy {
+                picker: Arc::default(),
+                ..self.clone()
+            };
             let stop = stop.clone();
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let spawned = std::thread::Builder::new()
                 .name(format!("augur-proxy-{i}"))
                 .spawn(move || {
+                    // Sockets and timers only: no signal or process driver to visit on every
+                    // turn of the loop.
                     let rt = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
+                        .enable_io()
+                        .enable_time()
                         .build()
                     {
                         Ok(rt) => rt,
@@ -335,10 +345,18 @@ impl Proxy {
                         }
                     };
                     rt.block_on(async move {
-                        match TcpListener::from_std(l) {
-                            Ok(l) if http => proxy.serve_http(l, limits, stop).await,
-                            Ok(l) => proxy.serve(l, limits, stop).await,
-                            Err(e) => tracing::error!(error = %e, "proxy shard without a listener"),
+                        let serve = async move {
+                            match TcpListener::from_std(l) {
+                                Ok(l) if http => proxy.serve_http(l, limits, stop).await,
+                                Ok(l) => proxy.serve(l, limits, stop).await,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "proxy shard without a listener");
+                                }
+                            }
+                        };
+                        tokio::select! {
+                            () = serve => {}
+                            () = keep_a_timer_ahead(limits.connect_timeout) => {}
                         }
                     });
                     let _ = tx.send(());
@@ -351,6 +369,19 @@ impl Proxy {
         for rx in done {
             let _ = rx.await;
         }
+    }
+}
+
+/// Keeps a timer pending in the shard's runtime that expires before any connect's deadline
+/// (`deadline / 2` ahead, renewed when it fires). Tokio's time driver wakes itself (an eventfd
+/// write and one more `epoll_wait`) whenever a timer is armed earlier than its next planned
+/// wake-up; with no timer pending, every connect's timeout was such a timer, so every new
+/// connection paid for a wake-up. Behind this one, the connects' timers are later and arm
+/// silently. Never returns.
+async fn keep_a_timer_ahead(deadline: Duration) {
+    let period = (deadline / 2).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(period).await;
     }
 }
 

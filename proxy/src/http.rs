@@ -189,10 +189,11 @@ impl Proxy {
 
     /// The next usable backend by weight, among those not tried.
     pub(crate) fn pick(&self, table: &[Row], tried: &[bool]) -> Option<usize> {
-        let weights: Vec<crate::Weight> = table.iter().map(|r| r.weight).collect();
-        self.picker
-            .lock()
-            .pick(&weights, |i| !tried[i] && !table[i].draining)
+        self.picker.lock().pick_by(
+            table.len(),
+            |i| table[i].weight,
+            |i| !tried[i] && !table[i].draining,
+        )
     }
 
     /// A new connection to `row`'s backend, driven on the proxy's tasks until it closes or its

@@ -11,12 +11,24 @@ pub struct SmoothWrr {
 impl SmoothWrr {
     /// The next backend among those with `weights[i] > 0` and `usable(i)`; None if there is none.
     pub fn pick(&mut self, weights: &[u16], usable: impl Fn(usize) -> bool) -> Option<usize> {
-        if self.current.len() != weights.len() {
-            self.current = vec![0; weights.len()];
+        self.pick_by(weights.len(), |i| weights[i], usable)
+    }
+
+    /// [`Self::pick`] over `n` backends whose weights `weight(i)` gives (no list to build on the
+    /// path of every connection).
+    pub fn pick_by(
+        &mut self,
+        n: usize,
+        weight: impl Fn(usize) -> u16,
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        if self.current.len() != n {
+            self.current = vec![0; n];
         }
         let mut total = 0i64;
         let mut best: Option<usize> = None;
-        for (i, &w) in weights.iter().enumerate() {
+        for i in 0..n {
+            let w = weight(i);
             if w == 0 || !usable(i) {
                 continue;
             }

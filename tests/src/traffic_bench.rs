@@ -37,6 +37,8 @@ pub struct Settings {
     pub kills: usize,
     /// Protocols of the embedded proxy to compare (`tcp`, `http`).
     pub protocols: Vec<String>,
+    /// Throughput rounds (each target in turn, `secs / rounds` each).
+    pub rounds: u64,
 }
 
 /// `augur-echo`, beside this binary.
@@ -210,6 +212,20 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks as f64 / 100.0)
 }
 
+/// The whole machine's CPU time since boot from `/proc/stat`: (busy, idle) in seconds, busy
+/// being user, nice, system, irq, softirq and steal; idle being idle and iowait.
+fn machine_cpu() -> anyhow::Result<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat is empty")?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let at = |i: usize| f.get(i).copied().unwrap_or(0) as f64 / 100.0;
+    Ok((at(0) + at(1) + at(2) + at(5) + at(6) + at(7), at(3) + at(4)))
+}
+
 /// Resident memory of a process, bytes.
 fn rss(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -344,16 +360,17 @@ pub async fn proxies(s: &Settings, progress: impl Fn(&str)) -> anyhow::Result<Va
         // Interleaved rounds (each target in turn, `ROUNDS` times, `secs / ROUNDS` each), so
         // that the machine's drift falls on every target alike; each figure is the median of
         // its rounds, each ratio the median of the rounds' ratios.
-        const ROUNDS: u64 = 5;
-        let window = (s.secs / ROUNDS).max(1);
+        let rounds = s.rounds.max(1);
+        let window = (s.secs / rounds).max(1);
         for keepalive in [false, true] {
             let suffix = if keepalive { "_keepalive" } else { "" };
             let mut rps: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
             let mut per_request: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
-            for round in 0..ROUNDS {
+            let mut machine: Vec<Vec<(f64, f64)>> = vec![Vec::new(); targets.len()];
+            for round in 0..rounds {
                 for (i, (name, addr)) in targets.iter().enumerate() {
                     progress(&format!(
-                        "{protocol}: throughput{} round {}/{ROUNDS}: {name}",
+                        "{protocol}: throughput{} round {}/{rounds}: {name}",
                         if keepalive { " kept alive" } else { "" },
                         round + 1
                     ));
@@ -364,11 +381,17 @@ pub async fn proxies(s: &Settings, progress: impl Fn(&str)) -> anyhow::Result<Va
                         _ => None,
                     };
                     let before = pid.map(cpu_seconds).transpose()?;
+                    let (busy, idle) = machine_cpu()?;
                     let r = throughput(*addr, s.clients, window, keepalive).await?;
+                    let served = r * window as f64;
                     if let (Some(p), Some(b)) = (pid, before) {
                         let used = cpu_seconds(p)? - b;
-                        per_request[i].push(used * 1e6 / (r * window as f64));
+                        per_request[i].push(used * 1e6 / served);
                     }
+                    // The whole machine's: client, proxy, backends and the kernel's share.
+                    let (busy_after, idle_after) = machine_cpu()?;
+                    let (b, d) = (busy_after - busy, idle_after - idle);
+                    machine[i].push((b * 1e6 / served, d / (b + d).max(1e-9)));
                     rps[i].push(r);
                 }
             }
@@ -382,6 +405,12 @@ pub async fn proxies(s: &Settings, progress: impl Fn(&str)) -> anyhow::Result<Va
                 if !per_request[i].is_empty() {
                     cpu.insert(format!("{name}{suffix}"), json!(median(&per_request[i])));
                 }
+                let busy: Vec<f64> = machine[i].iter().map(|m| m.0).collect();
+                let idle: Vec<f64> = machine[i].iter().map(|m| m.1).collect();
+                cpu.insert(
+                    format!("machine_{name}{suffix}"),
+                    json!({"busy_us_per_request": median(&busy), "idle_share": median(&idle)}),
+                );
             }
             if let (Some(e), Some(h)) = (
                 targets.iter().position(|t| t.0 == "embedded"),

@@ -91,6 +91,9 @@ enum Cmd {
         /// Protocols of the embedded proxy to compare.
         #[arg(long, value_delimiter = ',', default_value = "tcp,http")]
         protocols: Vec<String>,
+        /// Throughput rounds: the targets take turns, `secs / rounds` seconds each.
+        #[arg(long, default_value_t = 5)]
+        rounds: u64,
     },
     /// Migrations under load with real agents: time from request to completion per strategy,
     /// requests failed, lease acquisition latency (3 voters, and more), lease traffic.
@@ -179,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
             connections,
             kills,
             protocols,
+            rounds,
         } => {
             let settings = augur_tests::traffic_bench::Settings {
                 requests,
@@ -187,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
                 connections,
                 kills,
                 protocols,
+                rounds,
             };
             let pb = ProgressBar::new_spinner();
             pb.enable_steady_tick(Duration::from_millis(200));
