@@ -967,6 +967,7 @@ pub fn federation(root: &Path, rounds: usize, seed: u64, as_json: bool) -> anyho
             validation: federated::Validation::default(),
             mlp: Some(locals[0].clone()),
             calibration: None,
+            forest: None,
         };
         let mut body = Vec::new();
         ciborium::into_writer(&update, &mut body)?;

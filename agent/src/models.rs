@@ -862,6 +862,9 @@ pub fn own_update(m: &TrainedModels) -> Option<augur_models::federated::ModelUpd
         },
         mlp: Some(mlp),
         calibration: m.calibration_used().cloned(),
+        forest: m.forest.as_ref().and_then(|f| {
+            augur_models::federated::share_forest(f, augur_models::federated::SHARED_TREES)
+        }),
     })
 }
 
@@ -900,7 +903,7 @@ pub fn consider(
         (Some(m), Some(w)) => Some((w, m.meta.rows as u64, m.meta.version)),
         _ => None,
     };
-    let Some((mlp, _calibration, mut lineage)) = candidate(
+    let Some((mlp, calibration, mut lineage)) = candidate(
         own_part,
         current.as_ref().and_then(|m| m.calibration_used()),
         &of,
@@ -984,8 +987,105 @@ pub fn consider(
         examples: models.meta.mlp.as_ref().map_or(0, |r| r.examples),
         ..judged
     });
-    models.meta.federation = Some(lineage.clone());
     models.mlp = Some(merged);
+    // The forest: this node's own (when it trained one itself) and the peers' samples of theirs,
+    // a union of trees drawn by weight, kept only if it tells a jump from the usual on this
+    // node's held-out history no worse than the forest in use.
+    let own_forest = current
+        .as_ref()
+        .filter(|m| m.meta.federation.is_none())
+        .and_then(|m| m.forest.as_ref())
+        .map(|f| {
+            let rows = current.as_ref().map_or(0, |m| m.meta.rows as u64);
+            (
+                f,
+                augur_models::federated::weight_of(rows, cfg.models.federation_sample_cap),
+            )
+        });
+    let peer_forests: Vec<(&augur_models::federated::SharedForest, f64)> = of
+        .iter()
+        .filter_map(|(_, u)| {
+            let w = augur_models::federated::weight_of(u.samples, cfg.models.federation_sample_cap);
+            u.forest.as_ref().map(|f| (f, w))
+        })
+        .collect();
+    let n_trees = own_forest.map_or(train_config(cfg).forest_trees, |(f, _)| f.trees());
+    if let Some(forest) = augur_models::federated::merge_forests(own_forest, &peer_forests, n_trees)
+    {
+        let seed = 0x006f_7265_7374;
+        let candidate = augur_models::training::forest_separation(&forest, &data, seed);
+        let local = models
+            .forest
+            .as_ref()
+            .and_then(|f| augur_models::training::forest_separation(f, &data, seed));
+        let adopted = match (local, candidate) {
+            (Some(l), Some(c)) => c >= l - 0.005,
+            // Nothing local to lose, or too little history to judge the candidate: a cold start.
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        lineage.forest = Some(augur_models::federated::PartDecision {
+            adopted,
+            contributors: peer_forests.len() + usize::from(own_forest.is_some()),
+            local,
+            candidate,
+        });
+        stats.model_candidate(
+            resource_type,
+            if adopted {
+                "forest_adopted"
+            } else {
+                "forest_rejected"
+            },
+        );
+        if adopted {
+            models.meta.forest_metrics = forest.metrics.len();
+            models.forest = Some(forest);
+        }
+    }
+    // The calibration: merged with the same rule, used only if its Brier score on this node's
+    // labelled history is no worse than the calibration (or raw probability) in use.
+    if let Some(platt) = calibration {
+        let (engine, _) = engine_config(cfg, resource_type);
+        let judged = augur_models::training::judge_calibration(&data, &engine, &models, &platt);
+        let adopted = judged
+            .as_ref()
+            .is_some_and(|j| j.brier_candidate <= j.brier_current * (1.0 + 1e-9));
+        let contributors = of.iter().filter(|(_, u)| u.calibration.is_some()).count()
+            + usize::from(
+                current
+                    .as_ref()
+                    .is_some_and(|m| m.calibration_used().is_some()),
+            );
+        lineage.calibration = Some(augur_models::federated::PartDecision {
+            adopted,
+            contributors,
+            local: judged.as_ref().map(|j| j.brier_current),
+            candidate: judged.as_ref().map(|j| j.brier_candidate),
+        });
+        stats.model_candidate(
+            resource_type,
+            if adopted {
+                "calibration_adopted"
+            } else {
+                "calibration_rejected"
+            },
+        );
+        if adopted && let Some(j) = judged {
+            models.calibration = Some(platt);
+            models.meta.calibration = Some(augur_models::trained::CalibrationReport {
+                examples: j.examples,
+                positives: j.positives,
+                excluded_by_migration: 0,
+                brier_raw: j.brier_current,
+                brier_calibrated: j.brier_candidate,
+                alarmed_raw: 0,
+                alarmed_calibrated: 0,
+                used: true,
+            });
+        }
+    }
+    models.meta.federation = Some(lineage.clone());
     match store.install(models, cfg.models.keep_versions) {
         Ok(()) => {
             stats.model_candidate(resource_type, outcome);

@@ -466,6 +466,8 @@ impl Stage {
                         mse_local: None,
                         mse_candidate: None,
                         cold_start: false,
+                        forest: None,
+                        calibration: None,
                     },
                 });
             }

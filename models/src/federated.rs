@@ -16,8 +16,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::anomaly::iforest::{IsolationForest, Tree};
 use crate::calibration::Platt;
 use crate::forecast::mlp::{LayerWeights, MlpWeights};
+use crate::trained::FeatureForest;
 
 /// The most weights an MLP update may carry (the default network has about 2,200).
 pub const MAX_WEIGHTS: usize = 200_000;
@@ -43,6 +45,110 @@ pub struct ModelUpdate {
     pub validation: Validation,
     pub mlp: Option<MlpWeights>,
     pub calibration: Option<Platt>,
+    /// A sample of the author's Isolation Forest (absent from updates before forests were
+    /// shared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forest: Option<SharedForest>,
+}
+
+/// Trees of its forest an author shares (a forest's trees are drawn alike, so any of them are a
+/// fair sample): about 2 KB each packed.
+pub const SHARED_TREES: usize = 32;
+/// The most trees an update may carry, and the most bytes one packed tree may take.
+pub const MAX_SHARED_TREES: usize = 64;
+pub const MAX_TREE_BYTES: usize = 5 * 8192;
+/// The most metrics a shared forest may read (its features are `2 x metrics`, a byte each).
+pub const MAX_FOREST_METRICS: usize = 127;
+
+/// An Isolation Forest as it travels: the metrics it reads with their standardisation (so a
+/// receiver can re-express every split in its own), the normalising path length, and trees packed
+/// in preorder (`crate::anomaly::iforest`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SharedForest {
+    pub metrics: Vec<String>,
+    pub mean: Vec<f64>,
+    pub sd: Vec<f64>,
+    pub dsd: Vec<f64>,
+    pub norm: f64,
+    pub trees: Vec<PackedTree>,
+}
+
+/// One packed tree (a CBOR byte string on the wire).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PackedTree(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+/// The first `trees` trees of `f`, packed. None if it reads more than [`MAX_FOREST_METRICS`]
+/// metrics or has no tree.
+pub fn share_forest(f: &FeatureForest, trees: usize) -> Option<SharedForest> {
+    if f.metrics.len() > MAX_FOREST_METRICS || f.forest.is_empty() {
+        return None;
+    }
+    let packed: Option<Vec<PackedTree>> = (0..f.forest.len().min(trees))
+        .map(|i| f.forest.tree(i)?.pack().map(PackedTree))
+        .collect();
+    Some(SharedForest {
+        metrics: f.metrics.clone(),
+        mean: f.mean.clone(),
+        sd: f.sd.clone(),
+        dsd: f.dsd.clone(),
+        norm: f.forest.norm(),
+        trees: packed?,
+    })
+}
+
+fn check_forest(f: &SharedForest) -> Result<(), Refusal> {
+    let n = f.metrics.len();
+    if n == 0 || n > MAX_FOREST_METRICS {
+        return Err(Refusal::Oversized(format!(
+            "a forest over {n} metrics (1 to {MAX_FOREST_METRICS})"
+        )));
+    }
+    if f.trees.is_empty() || f.trees.len() > MAX_SHARED_TREES {
+        return Err(Refusal::Oversized(format!(
+            "{} trees (1 to {MAX_SHARED_TREES})",
+            f.trees.len()
+        )));
+    }
+    let names: std::collections::BTreeSet<&str> = f.metrics.iter().map(String::as_str).collect();
+    if names.len() != n || f.metrics.iter().any(|m| m.is_empty() || m.len() > 256) {
+        return Err(Refusal::Shape(
+            "the forest's metric names are empty, too long or repeated".into(),
+        ));
+    }
+    if f.mean.len() != n || f.sd.len() != n || f.dsd.len() != n {
+        return Err(Refusal::Shape(format!(
+            "the forest reads {n} metrics but standardises {}, {} and {}",
+            f.mean.len(),
+            f.sd.len(),
+            f.dsd.len()
+        )));
+    }
+    let positive = |v: &[f64]| v.iter().all(|x| x.is_finite() && *x > 0.0);
+    if !(f.mean.iter().all(|x| x.is_finite())
+        && positive(&f.sd)
+        && positive(&f.dsd)
+        && f.norm.is_finite()
+        && f.norm > 0.0
+        && f.norm < 100.0)
+    {
+        return Err(Refusal::NonFinite("the forest's standardisation"));
+    }
+    let features = 2 * n;
+    for t in &f.trees {
+        if t.0.len() > MAX_TREE_BYTES {
+            return Err(Refusal::Oversized(format!(
+                "a packed tree of {} bytes (at most {MAX_TREE_BYTES})",
+                t.0.len()
+            )));
+        }
+        let inside = |k: u8, v: f64| (usize::from(k) < features).then_some((u16::from(k), v));
+        if Tree::unpack(&t.0, &inside).is_none() {
+            return Err(Refusal::Shape(
+                "a packed tree that is not one tree over the forest's features".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The author's own validation of an update.
@@ -145,6 +251,9 @@ pub fn check(u: &ModelUpdate, engine: &str, shape: Option<&MlpWeights>) -> Resul
         && p.w.iter().any(|w| !w.is_finite() || w.abs() > 1e3)
     {
         return Err(Refusal::NonFinite("the calibration"));
+    }
+    if let Some(f) = &u.forest {
+        check_forest(f)?;
     }
     let v = &u.validation;
     if [v.mse_mlp, v.mse_holt, v.brier]
@@ -279,6 +388,145 @@ pub fn merge_platt(parts: &[&Platt], rule: Rule) -> Option<Platt> {
     })
 }
 
+/// The feature space of a merged forest: `own`'s when this node has a forest; otherwise (a cold
+/// start) the metrics more than half of the peers read, each standardised by the sample-weighted
+/// median of theirs, and the median normalising length. None without a metric in common.
+fn forest_space(
+    own: Option<&FeatureForest>,
+    peers: &[(&SharedForest, f64)],
+) -> Option<FeatureForest> {
+    if let Some(o) = own {
+        return Some(FeatureForest {
+            forest: IsolationForest::from_trees(Vec::new(), o.forest.norm()),
+            ..o.clone()
+        });
+    }
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for (p, _) in peers {
+        for m in &p.metrics {
+            *counts.entry(m.as_str()).or_default() += 1;
+        }
+    }
+    let metrics: Vec<String> = counts
+        .into_iter()
+        .filter(|(_, c)| 2 * c > peers.len())
+        .map(|(m, _)| m.to_owned())
+        .take(MAX_FOREST_METRICS)
+        .collect();
+    if metrics.is_empty() {
+        return None;
+    }
+    let stat = |m: &str, get: &dyn Fn(&SharedForest, usize) -> f64| -> f64 {
+        let mut v: Vec<(f64, f64)> = peers
+            .iter()
+            .filter_map(|(p, w)| Some((get(p, p.metrics.iter().position(|x| x == m)?), *w)))
+            .collect();
+        merge_values(&mut v, Rule::Median)
+    };
+    let mean = metrics.iter().map(|m| stat(m, &|p, i| p.mean[i])).collect();
+    let sd = metrics.iter().map(|m| stat(m, &|p, i| p.sd[i])).collect();
+    let dsd = metrics.iter().map(|m| stat(m, &|p, i| p.dsd[i])).collect();
+    let mut norms: Vec<(f64, f64)> = peers.iter().map(|(p, w)| (p.norm, *w)).collect();
+    let norm = merge_values(&mut norms, Rule::Median);
+    Some(FeatureForest {
+        metrics,
+        mean,
+        sd,
+        dsd,
+        forest: IsolationForest::from_trees(Vec::new(), norm),
+    })
+}
+
+/// A peer's packed trees re-expressed in `space`: each split's metric found by name and its
+/// threshold carried through the peer's standardisation and back through `space`'s (exact: both
+/// are affine). A tree splitting on a metric `space` does not read is dropped, and so is one with
+/// a leaf larger than the sample a tree of this forest is fitted on (such a leaf would make every
+/// point look usual).
+fn remap_trees(p: &SharedForest, space: &FeatureForest) -> Vec<Tree> {
+    let max_leaf = crate::anomaly::iforest::sample_size_for(space.forest.norm());
+    let (np, ns) = (p.metrics.len(), space.metrics.len());
+    let to: Vec<Option<usize>> = p
+        .metrics
+        .iter()
+        .map(|m| space.metrics.iter().position(|x| x == m))
+        .collect();
+    let map = |k: u8, t: f64| -> Option<(u16, f64)> {
+        let k = usize::from(k);
+        if k < np {
+            let j = to[k]?;
+            let value = p.mean[k] + t * p.sd[k];
+            Some((j as u16, (value - space.mean[j]) / space.sd[j]))
+        } else if k < 2 * np {
+            let j = to[k - np]?;
+            Some(((ns + j) as u16, t * p.dsd[k - np] / space.dsd[j]))
+        } else {
+            None
+        }
+    };
+    p.trees
+        .iter()
+        .filter_map(|t| Tree::unpack(&t.0, &map))
+        .filter(|t| t.max_leaf() as usize <= max_leaf)
+        .collect()
+}
+
+/// Merges forests into one of `n_trees` trees in this node's feature space (see [`forest_space`]):
+/// a union of trees sampled by weight. Each contribution (`own` with `own_weight`, every peer with
+/// its [`weight_of`]) gets a share of the trees in proportion to its weight (largest remainders),
+/// filled from its own trees in order, repeated if it shared fewer. A peer whose normalising
+/// length differs from the space's by more than 1 % (another sample size: path lengths that do
+/// not compare) is left out. What one bad contributor can do is bounded by its share: its trees
+/// are at most `weight / total` of the forest, so the mean path length, and with it the score,
+/// moves at most that fraction of the longest path a tree may have. None without a peer's tree to
+/// merge.
+pub fn merge_forests(
+    own: Option<(&FeatureForest, f64)>,
+    peers: &[(&SharedForest, f64)],
+    n_trees: usize,
+) -> Option<FeatureForest> {
+    let space = forest_space(own.map(|o| o.0), peers)?;
+    let norm = space.forest.norm();
+    let mut parts: Vec<(Vec<Tree>, f64)> = Vec::new();
+    if let Some((o, w)) = own {
+        let trees: Vec<Tree> = (0..o.forest.len())
+            .filter_map(|i| o.forest.tree(i).cloned())
+            .collect();
+        if !trees.is_empty() {
+            parts.push((trees, w));
+        }
+    }
+    let own_parts = parts.len();
+    for (p, w) in peers {
+        if (p.norm - norm).abs() > 0.01 * norm {
+            continue;
+        }
+        let trees = remap_trees(p, &space);
+        if !trees.is_empty() {
+            parts.push((trees, *w));
+        }
+    }
+    if parts.len() == own_parts || n_trees == 0 {
+        return None;
+    }
+    let total: f64 = parts.iter().map(|p| p.1).sum();
+    let exact: Vec<f64> = parts.iter().map(|p| p.1 / total * n_trees as f64).collect();
+    let mut shares: Vec<usize> = exact.iter().map(|x| x.floor() as usize).collect();
+    let mut order: Vec<usize> = (0..parts.len()).collect();
+    order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())));
+    let missing = n_trees - shares.iter().sum::<usize>();
+    for &i in order.iter().take(missing) {
+        shares[i] += 1;
+    }
+    let mut trees = Vec::with_capacity(n_trees);
+    for ((pool, _), share) in parts.iter().zip(shares) {
+        trees.extend(pool.iter().cycle().take(share).cloned());
+    }
+    Some(FeatureForest {
+        forest: IsolationForest::from_trees(trees, norm),
+        ..space
+    })
+}
+
 /// One contribution to a merged model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Contributor {
@@ -299,6 +547,22 @@ pub struct Lineage {
     pub mse_candidate: Option<f64>,
     /// Adopted without a local model to compare with (a new node).
     pub cold_start: bool,
+    /// The merged forest and calibration, each judged on its own (absent: nothing to merge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forest: Option<PartDecision>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<PartDecision>,
+}
+
+/// How a merged part (the forest, the calibration) did against the one in use on this node's
+/// history: the forest by [`crate::training::forest_separation`] (higher is better), the
+/// calibration by its Brier score (lower is better). `adopted` false keeps the local part.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartDecision {
+    pub adopted: bool,
+    pub contributors: usize,
+    pub local: Option<f64>,
+    pub candidate: Option<f64>,
 }
 
 /// The latest update of every author, per resource type, and the rounds seen (replays are
@@ -401,6 +665,8 @@ pub fn candidate(
             mse_local: None,
             mse_candidate: None,
             cold_start: own.is_none(),
+            forest: None,
+            calibration: None,
         },
     ))
 }
@@ -468,6 +734,7 @@ mod tests {
             validation: Validation::default(),
             mlp: Some(mlp),
             calibration: None,
+            forest: None,
         }
     }
 
@@ -765,5 +1032,308 @@ mod tests {
             assert!((merged.w[i] - want).abs() <= 0.2, "{:?}", merged.w);
         }
         assert_eq!(merged.positives, 40);
+    }
+
+    /// A node's history of `cpu` and `mem` around `level`, with `jitter` noise.
+    fn forest_history(seed: u64, level: f64, n: usize) -> crate::training::ResourceHistory {
+        let mut rng = SplitMix64::new(seed);
+        let mut h = crate::training::ResourceHistory::default();
+        for t in 0..n {
+            let x = t as f64;
+            h.push(
+                x,
+                [
+                    (
+                        "cpu",
+                        level + 10.0 * (x * 0.05).sin() + 2.0 * rng.next_f64(),
+                    ),
+                    ("mem", 0.5 + 0.05 * rng.next_f64()),
+                ],
+            );
+        }
+        h
+    }
+
+    fn forest_of(data: &[crate::training::ResourceHistory], seed: u64) -> FeatureForest {
+        crate::training::train_forest(
+            data,
+            &crate::training::TrainConfig {
+                seed,
+                forest_trees: 64,
+                ..crate::training::TrainConfig::default()
+            },
+        )
+        .expect("a forest")
+    }
+
+    fn sample(cpu: f64, mem: f64) -> std::collections::BTreeMap<String, f64> {
+        [("cpu".to_owned(), cpu), ("mem".to_owned(), mem)].into()
+    }
+
+    /// Packing is lossless up to f32 thresholds, and a peer's trees re-expressed in another
+    /// node's standardisation score raw samples as they did in the peer's.
+    #[test]
+    fn a_shared_forest_scores_alike_in_the_receivers_space() {
+        let peer = forest_of(&[forest_history(1, 50.0, 2_000)], 1);
+        let shared = share_forest(&peer, 64).expect("shares");
+        assert_eq!(shared.trees.len(), 64);
+        let bytes: usize = shared.trees.iter().map(|t| t.0.len()).sum();
+        assert!(bytes < 64 * 4 * 1024, "{bytes} bytes");
+        // The receiver standardises differently (its cpu runs around 80).
+        let own = forest_of(&[forest_history(2, 80.0, 2_000)], 2);
+        let space = forest_space(Some(&own), &[]).expect("own space");
+        let mapped = FeatureForest {
+            forest: IsolationForest::from_trees(remap_trees(&shared, &space), peer.forest.norm()),
+            ..space
+        };
+        assert_eq!(mapped.trees(), 64);
+        let mut rng = SplitMix64::new(9);
+        let mut prev = sample(50.0, 0.5);
+        for _ in 0..200 {
+            let cur = sample(20.0 + 80.0 * rng.next_f64(), rng.next_f64());
+            let (a, b) = (
+                peer.score(&cur, Some(&prev)),
+                mapped.score(&cur, Some(&prev)),
+            );
+            assert!(
+                (a - b).abs() < 0.02,
+                "{a} in the peer's space, {b} in the receiver's"
+            );
+            prev = cur;
+        }
+    }
+
+    /// Bytes that are not exactly one tree over the forest's features are refused, whatever
+    /// they claim.
+    #[test]
+    fn malformed_forests_are_refused() {
+        let f = forest_of(&[forest_history(1, 50.0, 600)], 1);
+        let good = share_forest(&f, 4).expect("shares");
+        let with = |edit: &dyn Fn(&mut SharedForest)| {
+            let mut u = update(net(0.0, 0.0, &mut SplitMix64::new(1)));
+            let mut g = good.clone();
+            edit(&mut g);
+            u.forest = Some(g);
+            check(&u, crate::MODEL_VERSION, None).map_err(|e| e.reason())
+        };
+        assert_eq!(with(&|_| {}), Ok(()));
+        let leaf = |size: f32| {
+            let mut b = vec![crate::anomaly::iforest::PACKED_LEAF];
+            b.extend_from_slice(&size.to_le_bytes());
+            b
+        };
+        let split = |feature: u8, t: f32| {
+            let mut b = vec![feature];
+            b.extend_from_slice(&t.to_le_bytes());
+            b
+        };
+        type Edit = Box<dyn Fn(&mut SharedForest)>;
+        let cases: Vec<(&str, Edit, &str)> = vec![
+            (
+                "truncated",
+                Box::new(|g| {
+                    g.trees[0].0.pop();
+                }),
+                "shape",
+            ),
+            (
+                "a split without children",
+                Box::new(move |g| g.trees[0] = PackedTree(split(0, 0.0))),
+                "shape",
+            ),
+            (
+                "bytes after the tree",
+                Box::new(move |g| g.trees[0] = PackedTree([leaf(1.0), leaf(1.0)].concat())),
+                "shape",
+            ),
+            (
+                "a feature beyond the metrics",
+                Box::new(move |g| {
+                    g.trees[0] = PackedTree([split(4, 0.0), leaf(1.0), leaf(1.0)].concat())
+                }),
+                "shape",
+            ),
+            (
+                "a NaN threshold",
+                Box::new(move |g| {
+                    g.trees[0] = PackedTree([split(0, f32::NAN), leaf(1.0), leaf(1.0)].concat())
+                }),
+                "shape",
+            ),
+            (
+                "a fractional leaf",
+                Box::new(move |g| g.trees[0] = PackedTree(leaf(1.5))),
+                "shape",
+            ),
+            (
+                "deeper than any fitted tree",
+                Box::new(move |g| {
+                    let mut b = Vec::new();
+                    for _ in 0..60 {
+                        b.extend(split(0, 0.0));
+                        b.extend(leaf(1.0));
+                    }
+                    b.extend(leaf(1.0));
+                    g.trees[0] = PackedTree(b);
+                }),
+                "shape",
+            ),
+            (
+                "too many trees",
+                Box::new(|g| g.trees = vec![g.trees[0].clone(); MAX_SHARED_TREES + 1]),
+                "oversized",
+            ),
+            (
+                "an empty forest",
+                Box::new(|g| g.trees.clear()),
+                "oversized",
+            ),
+            (
+                "a zero deviation",
+                Box::new(|g| g.sd[0] = 0.0),
+                "non_finite",
+            ),
+            (
+                "an infinite mean",
+                Box::new(|g| g.mean[1] = f64::INFINITY),
+                "non_finite",
+            ),
+            ("a silly norm", Box::new(|g| g.norm = 1e9), "non_finite"),
+            (
+                "fewer deviations than metrics",
+                Box::new(|g| {
+                    g.dsd.pop();
+                }),
+                "shape",
+            ),
+            (
+                "a repeated metric",
+                Box::new(|g| g.metrics[1] = g.metrics[0].clone()),
+                "shape",
+            ),
+        ];
+        for (what, edit, reason) in &cases {
+            assert_eq!(with(edit.as_ref()), Err(*reason), "{what}");
+        }
+    }
+
+    /// A forest's trees come from each contributor in proportion to its capped weight, so a
+    /// liar's trees (leaves that swallow everything, so nothing looks anomalous) are bounded by
+    /// its share; weighted by claimed samples instead, the liar takes the forest and a clear
+    /// anomaly scores as usual.
+    #[test]
+    fn one_lying_forest_in_six_is_bounded_by_its_share() {
+        let cap = 20_000;
+        let own = forest_of(&[forest_history(1, 50.0, 2_000)], 1);
+        let honest: Vec<SharedForest> = (2..7)
+            .map(|s| {
+                share_forest(
+                    &forest_of(&[forest_history(s, 50.0, 2_000)], s),
+                    SHARED_TREES,
+                )
+                .expect("shares")
+            })
+            .collect();
+        let mut liar = honest[0].clone();
+        // Leaves as large as the sample (larger ones are dropped): the worst a well-formed tree
+        // can do to hide anomalies.
+        let psi = crate::anomaly::iforest::sample_size_for(liar.norm) as f32;
+        let mut swallow = vec![crate::anomaly::iforest::PACKED_LEAF];
+        swallow.extend_from_slice(&psi.to_le_bytes());
+        let mut huge = vec![crate::anomaly::iforest::PACKED_LEAF];
+        huge.extend_from_slice(&16_777_216f32.to_le_bytes());
+        liar.trees = vec![PackedTree(swallow); MAX_SHARED_TREES];
+        let mut hugest = liar.clone();
+        hugest.trees = vec![PackedTree(huge); 4];
+        let space = forest_space(Some(&own), &[]).expect("space");
+        assert!(
+            remap_trees(&hugest, &space).is_empty(),
+            "leaves beyond the sample are dropped"
+        );
+        assert_eq!(remap_trees(&liar, &space).len(), MAX_SHARED_TREES);
+        let mut u = update(net(0.0, 0.0, &mut SplitMix64::new(1)));
+        u.forest = Some(liar.clone());
+        assert_eq!(
+            check(&u, crate::MODEL_VERSION, None),
+            Ok(()),
+            "well-formed, only lying"
+        );
+        let anomaly = sample(400.0, 0.5);
+        let usual = sample(50.0, 0.52);
+        let merged = |liar_weight: f64| {
+            let mut peers: Vec<(&SharedForest, f64)> =
+                honest.iter().map(|h| (h, cap as f64)).collect();
+            peers.push((&liar, liar_weight));
+            merge_forests(Some((&own, cap as f64)), &peers, 100).expect("merges")
+        };
+        let honest_only = merge_forests(
+            Some((&own, cap as f64)),
+            &honest.iter().map(|h| (h, cap as f64)).collect::<Vec<_>>(),
+            100,
+        )
+        .expect("merges");
+        let capped = merged(weight_of(1_000_000_000, cap));
+        let plain = merged(1_000_000_000.0);
+        let score = |f: &FeatureForest, m| f.score(m, Some(&usual));
+        // The liar holds 1/7 of the capped forest's trees: the scores move by less than its
+        // share of the longest legal path allows, and the anomaly stands out as before.
+        let (ha, hu) = (score(&honest_only, &anomaly), score(&honest_only, &usual));
+        let (ca, cu) = (score(&capped, &anomaly), score(&capped, &usual));
+        assert!(ha > hu + 0.15, "honest: anomaly {ha}, usual {hu}");
+        assert!(
+            (ca - ha).abs() < 0.05 && (cu - hu).abs() < 0.05,
+            "capped: anomaly {ca}, usual {cu}; honest {ha}, {hu}"
+        );
+        assert!(ca > cu + 0.1, "capped: anomaly {ca}, usual {cu}");
+        // By claimed samples, nothing stands out any more.
+        assert!((score(&plain, &anomaly) - score(&plain, &usual)).abs() < 0.02);
+        // And the unsupervised guard sees it: the capped merge still tells a jump from the usual,
+        // the plain one cannot.
+        let data = [forest_history(1, 50.0, 2_000)];
+        let sep =
+            |f: &FeatureForest| crate::training::forest_separation(f, &data, 7).expect("judged");
+        assert!(sep(&capped) > 0.8, "{}", sep(&capped));
+        assert!(
+            sep(&plain) < sep(&capped) - 0.2,
+            "{} vs {}",
+            sep(&plain),
+            sep(&capped)
+        );
+    }
+
+    /// A new node (no forest of its own) takes the metrics most peers read and the median of
+    /// their standardisation; a peer with another sample size (norm) is left out.
+    #[test]
+    fn a_cold_start_forest_takes_the_peers_median_space() {
+        let peers: Vec<SharedForest> = [(2, 40.0), (3, 50.0), (4, 60.0)]
+            .into_iter()
+            .map(|(s, level)| {
+                share_forest(&forest_of(&[forest_history(s, level, 2_000)], s), 8).expect("shares")
+            })
+            .collect();
+        let mut odd = peers[0].clone();
+        odd.norm *= 1.5;
+        let parts: Vec<(&SharedForest, f64)> =
+            peers.iter().chain([&odd]).map(|p| (p, 1.0)).collect();
+        let f = merge_forests(None, &parts, 30).expect("merges");
+        assert_eq!(f.metrics, vec!["cpu".to_owned(), "mem".to_owned()]);
+        let (lo, hi) = (
+            peers[0].mean[0].min(peers[2].mean[0]),
+            peers[0].mean[0].max(peers[2].mean[0]),
+        );
+        assert!(
+            f.mean[0] >= lo && f.mean[0] <= hi,
+            "{} not inside {lo}..{hi}",
+            f.mean[0]
+        );
+        assert_eq!(f.trees(), 30);
+        let before = sample(50.0, 0.5);
+        let (a, u) = (
+            f.score(&sample(400.0, 0.5), Some(&before)),
+            f.score(&sample(50.0, 0.52), Some(&before)),
+        );
+        assert!(a > u + 0.1, "anomaly {a}, usual {u}");
+        // Nothing of one's own and nothing from peers: no forest.
+        assert!(merge_forests(None, &[], 30).is_none());
     }
 }

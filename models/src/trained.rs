@@ -64,6 +64,11 @@ impl FeatureForest {
         row
     }
 
+    /// Trees in the forest.
+    pub fn trees(&self) -> usize {
+        self.forest.len()
+    }
+
     /// Score in (0, 1]: about 0.5 or less for usual samples. `prev` is the sample before.
     pub fn score(&self, m: &BTreeMap<String, f64>, prev: Option<&BTreeMap<String, f64>>) -> f64 {
         self.forest.score(&self.row(m, prev))

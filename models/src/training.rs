@@ -208,7 +208,7 @@ fn train_mlp(
     Some((model, report))
 }
 
-fn train_forest(data: &[ResourceHistory], cfg: &TrainConfig) -> Option<FeatureForest> {
+pub fn train_forest(data: &[ResourceHistory], cfg: &TrainConfig) -> Option<FeatureForest> {
     let mut names: Vec<String> = data
         .iter()
         .flat_map(|r| r.names.iter().cloned())
@@ -287,30 +287,7 @@ fn train_calibration(
     if data.iter().all(|r| r.failures.is_empty()) {
         return None;
     }
-    let mut examples: Vec<(f64, f64, f64, bool)> = Vec::new();
-    let mut excluded = 0;
-    for r in data {
-        let mut e = ResourceEngine::new(engine.clone());
-        e.set_models(Some(partial.clone()));
-        let preds: Vec<(f64, f64)> =
-            r.ts.iter()
-                .enumerate()
-                .map(|(j, &t)| {
-                    let p = e.observe_raw(t, &r.row(j));
-                    (p.0, p.1)
-                })
-                .collect();
-        let labels = label_windows(&r.ts, &r.failures, &[], engine.horizon_s);
-        let guarded = label_windows(&r.ts, &r.failures, &r.migrations, engine.horizon_s);
-        for (i, (label, plain)) in guarded.iter().zip(&labels).enumerate() {
-            match label {
-                Some(y) => examples.push((r.ts[i], preds[i].0, preds[i].1, *y)),
-                None if plain.is_some() => excluded += 1,
-                None => {}
-            }
-        }
-    }
-    examples.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (examples, excluded) = labelled_predictions(data, engine, partial);
     let cut = examples.len() * 7 / 10;
     let fit: Vec<(f64, f64, bool)> = examples[..cut].iter().map(|e| (e.1, e.2, e.3)).collect();
     let platt = Platt::fit(&fit);
@@ -335,6 +312,131 @@ fn train_calibration(
             && alarmed_calibrated >= alarmed_raw,
     };
     Some((platt, report))
+}
+
+/// The engine's predictions over the history with `partial`'s models (no calibration), each
+/// labelled by whether a failure followed within the horizon, in time order: (time, raw
+/// probability, anomaly, label). Also the predictions left unlabelled because their window reached
+/// a migration.
+fn labelled_predictions(
+    data: &[ResourceHistory],
+    engine: &EngineConfig,
+    partial: &Arc<TrainedModels>,
+) -> (Vec<(f64, f64, f64, bool)>, usize) {
+    let mut examples: Vec<(f64, f64, f64, bool)> = Vec::new();
+    let mut excluded = 0;
+    for r in data {
+        let mut e = ResourceEngine::new(engine.clone());
+        e.set_models(Some(partial.clone()));
+        let preds: Vec<(f64, f64)> =
+            r.ts.iter()
+                .enumerate()
+                .map(|(j, &t)| {
+                    let p = e.observe_raw(t, &r.row(j));
+                    (p.0, p.1)
+                })
+                .collect();
+        let labels = label_windows(&r.ts, &r.failures, &[], engine.horizon_s);
+        let guarded = label_windows(&r.ts, &r.failures, &r.migrations, engine.horizon_s);
+        for (i, (label, plain)) in guarded.iter().zip(&labels).enumerate() {
+            match label {
+                Some(y) => examples.push((r.ts[i], preds[i].0, preds[i].1, *y)),
+                None if plain.is_some() => excluded += 1,
+                None => {}
+            }
+        }
+    }
+    examples.sort_by(|a, b| a.0.total_cmp(&b.0));
+    (examples, excluded)
+}
+
+/// A merged calibration judged on this node's history: Brier scores of the calibration in use
+/// (the raw probability without one) and of the candidate, on the later 30 % of the labelled
+/// predictions (those the local calibration was not fitted on). A history without failures is
+/// judged too: on it, the better calibration is the one that says less. None without labelled
+/// predictions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationJudgement {
+    pub examples: usize,
+    pub positives: usize,
+    pub brier_current: f64,
+    pub brier_candidate: f64,
+}
+
+pub fn judge_calibration(
+    data: &[ResourceHistory],
+    engine: &EngineConfig,
+    models: &TrainedModels,
+    candidate: &Platt,
+) -> Option<CalibrationJudgement> {
+    let partial = Arc::new(TrainedModels {
+        calibration: None,
+        ..models.clone()
+    });
+    let (examples, _) = labelled_predictions(data, engine, &partial);
+    let held = &examples[examples.len() * 7 / 10..];
+    if held.is_empty() {
+        return None;
+    }
+    let current = models.calibration_used();
+    let now: Vec<(f64, bool)> = held
+        .iter()
+        .map(|e| (current.map_or(e.1, |c| c.apply(e.1, e.2)), e.3))
+        .collect();
+    let cand: Vec<(f64, bool)> = held
+        .iter()
+        .map(|e| (candidate.apply(e.1, e.2), e.3))
+        .collect();
+    Some(CalibrationJudgement {
+        examples: held.len(),
+        positives: held.iter().filter(|e| e.3).count(),
+        brier_current: brier(&now),
+        brier_candidate: brier(&cand),
+    })
+}
+
+/// How well a forest tells a jump from the usual on the later fifth of each resource's history:
+/// the share of held-out samples that score higher once one metric (drawn by a seeded generator)
+/// is moved 4 standard deviations, changes included; ties count half (an area under the ROC
+/// curve between the usual and the jumped). A forest that cannot tell (junk splits, leaves that
+/// swallow everything) is near 0.5. None with fewer than 50 held-out samples.
+pub fn forest_separation(
+    forest: &FeatureForest,
+    data: &[ResourceHistory],
+    seed: u64,
+) -> Option<f64> {
+    let n = forest.metrics.len();
+    if n == 0 {
+        return None;
+    }
+    let mut rng = crate::anomaly::iforest::SplitMix64::new(seed);
+    let (mut wins, mut count) = (0.0, 0usize);
+    for r in data {
+        let cols: Vec<Option<&[f64]>> = forest.metrics.iter().map(|m| r.column(m)).collect();
+        let at = |j: usize| -> Vec<Option<f64>> {
+            cols.iter()
+                .map(|c| c.map(|c| c[j]).filter(|v| !v.is_nan()))
+                .collect()
+        };
+        let start = r.len() - r.len() / 5;
+        for j in start.max(1)..r.len() {
+            let row = forest.features(&at(j), Some(&at(j - 1)));
+            let mut jumped = row.clone();
+            let k = rng.below(n);
+            jumped[k] += 4.0;
+            jumped[n + k] += 4.0;
+            let (a, b) = (forest.forest.score(&row), forest.forest.score(&jumped));
+            wins += if b > a {
+                1.0
+            } else if b == a {
+                0.5
+            } else {
+                0.0
+            };
+            count += 1;
+        }
+    }
+    (count >= 50).then(|| wins / count as f64)
 }
 
 /// Trains the models of one resource type from its resources' histories.

@@ -59,8 +59,141 @@ enum Node {
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-struct Tree {
+pub(crate) struct Tree {
     nodes: Vec<Node>,
+}
+
+/// In a packed tree, the feature byte of a leaf.
+pub const PACKED_LEAF: u8 = u8::MAX;
+/// The deepest packed tree read (a fitted tree is at most `ceil(log2(sample))` deep).
+pub const PACKED_MAX_DEPTH: usize = 48;
+
+/// The sample size a forest normalised by `norm` was fitted on: the smallest `n` with
+/// `c(n) >= norm` (a leaf of a tree fitted on `n` points holds at most `n`).
+pub(crate) fn sample_size_for(norm: f64) -> usize {
+    let (mut lo, mut hi) = (1usize, 1usize << 24);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if c(mid) >= norm - 1e-9 {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    lo
+}
+
+impl Tree {
+    /// The largest leaf.
+    pub(crate) fn max_leaf(&self) -> u32 {
+        self.nodes
+            .iter()
+            .map(|n| match n {
+                Node::Leaf { size } => *size,
+                Node::Split { .. } => 0,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The tree in preorder, 5 bytes a node: the split's feature (or [`PACKED_LEAF`]), then the
+    /// split's threshold or the leaf's size as a little-endian f32. No indices travel, so a packed
+    /// tree cannot hold a cycle or point outside itself. None if a feature does not fit a byte.
+    pub(crate) fn pack(&self) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.nodes.len() * 5);
+        let mut stack = vec![0u32];
+        while let Some(i) = stack.pop() {
+            match self.nodes[i as usize] {
+                Node::Leaf { size } => {
+                    out.push(PACKED_LEAF);
+                    out.extend_from_slice(&(size as f32).to_le_bytes());
+                }
+                Node::Split {
+                    feature,
+                    threshold,
+                    left,
+                    right,
+                } => {
+                    out.push(u8::try_from(feature).ok().filter(|f| *f != PACKED_LEAF)?);
+                    out.extend_from_slice(&(threshold as f32).to_le_bytes());
+                    stack.push(right);
+                    stack.push(left);
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// Reads a packed tree, passing each split through `map` (its feature and threshold into the
+    /// reader's feature space; None drops the tree). None if the bytes are not exactly one tree
+    /// no deeper than [`PACKED_MAX_DEPTH`], or a leaf's size is not a count up to 2^24.
+    pub(crate) fn unpack(
+        bytes: &[u8],
+        map: &dyn Fn(u8, f64) -> Option<(u16, f64)>,
+    ) -> Option<Tree> {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(5) {
+            return None;
+        }
+        let node_at = |k: usize| -> (u8, f32) {
+            let b = &bytes[k * 5..k * 5 + 5];
+            (b[0], f32::from_le_bytes([b[1], b[2], b[3], b[4]]))
+        };
+        let total = bytes.len() / 5;
+        let mut tree = Tree {
+            nodes: Vec::with_capacity(total),
+        };
+        // (node index in `tree` waiting for its right child, depth); the left child comes next.
+        let mut open: Vec<(usize, usize)> = Vec::new();
+        let mut depth = 0usize;
+        for k in 0..total {
+            let (feature, value) = node_at(k);
+            let me = tree.nodes.len();
+            if feature == PACKED_LEAF {
+                if !(value.is_finite() && (0.0..=16_777_216.0).contains(&value))
+                    || value.fract() != 0.0
+                {
+                    return None;
+                }
+                tree.nodes.push(Node::Leaf { size: value as u32 });
+            } else {
+                if depth >= PACKED_MAX_DEPTH || !value.is_finite() {
+                    return None;
+                }
+                let (feature, threshold) = map(feature, f64::from(value))?;
+                if !threshold.is_finite() {
+                    return None;
+                }
+                tree.nodes.push(Node::Split {
+                    feature,
+                    threshold,
+                    left: me as u32 + 1,
+                    right: 0,
+                });
+                open.push((me, depth));
+                depth += 1;
+                continue;
+            }
+            // A leaf closes subtrees: the next node is the right child of the innermost split
+            // still waiting for one.
+            match open.pop() {
+                Some((parent, d)) => {
+                    let next = tree.nodes.len() as u32;
+                    if let Node::Split { right, .. } = &mut tree.nodes[parent] {
+                        *right = next;
+                    }
+                    depth = d + 1;
+                    if k + 1 == total {
+                        return None;
+                    }
+                }
+                None => {
+                    // The root's subtree is complete: nothing may follow.
+                    return (k + 1 == total).then_some(tree);
+                }
+            }
+        }
+        None
+    }
 }
 
 impl Tree {
@@ -161,6 +294,28 @@ pub struct IsolationForest {
 }
 
 impl IsolationForest {
+    /// A forest of `trees` normalised by `norm` (the expected path length of its sample size).
+    pub(crate) fn from_trees(trees: Vec<Tree>, norm: f64) -> Self {
+        Self { trees, norm }
+    }
+
+    pub fn len(&self) -> usize {
+        self.trees.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.trees.is_empty()
+    }
+
+    /// The expected path length the scores are normalised by (`c(sample size)`).
+    pub fn norm(&self) -> f64 {
+        self.norm
+    }
+
+    pub(crate) fn tree(&self, i: usize) -> Option<&Tree> {
+        self.trees.get(i)
+    }
+
     /// Fits `n_trees` trees on sub-samples of `sample_size` rows of `data` (rows of equal length).
     pub fn fit(data: &[Vec<f64>], n_trees: usize, sample_size: usize, seed: u64) -> Self {
         let mut rng = SplitMix64::new(seed);

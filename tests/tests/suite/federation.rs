@@ -111,6 +111,17 @@ async fn peers_merge_each_others_models_and_a_new_node_starts_from_the_fleets() 
             .filter_map(|c| c["author"].as_str())
             .collect();
         assert!(authors.contains(&"self"), "{authors:?}");
+        // The forest is merged too (this node's trees and both peers'), and kept exactly when it
+        // tells a jump from the usual on this node's history no worse than its own.
+        if outcome == "adopted" {
+            let f = &d["lineage"]["forest"];
+            assert_eq!(f["contributors"], 3, "{d}");
+            let (l, c) = (
+                f["local"].as_f64().expect("judged locally"),
+                f["candidate"].as_f64().expect("judged"),
+            );
+            assert_eq!(f["adopted"] == true, c >= l - 0.005, "{d}");
+        }
     }
     // Each decision is a fleet event, seen by the other nodes too.
     eventually("n1 lists the fleet's model decisions as events", || async {
@@ -154,6 +165,13 @@ async fn peers_merge_each_others_models_and_a_new_node_starts_from_the_fleets() 
     .await
     .expect("a cold start");
     assert_eq!(d["lineage"]["cold_start"], true);
+    assert_eq!(d["lineage"]["forest"]["adopted"], true, "{d}");
+    assert!(
+        d["lineage"]["forest"]["contributors"]
+            .as_u64()
+            .is_some_and(|c| c >= 2),
+        "{d}"
+    );
     assert!(
         d["lineage"]["contributors"]
             .as_array()
