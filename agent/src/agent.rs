@@ -268,12 +268,10 @@ pub async fn run(
             // In a fleet, the trainer shares its models and merges the peers' (crate::federation).
             if let (Some(m), true) = (&mesh, cfg.models.federate) {
                 let (tx_own, rx_own) = mpsc::channel(16);
-                // The locally trained models it loaded (a merge is its contributors', not its own).
-                for loaded in models.all().into_iter().filter(|m| m.federation.is_none()) {
-                    if let Some(u) = models
-                        .get(&loaded.resource_type)
-                        .and_then(|m| crate::models::own_update(&m))
-                    {
+                // The newest models it trained itself (a merge is its contributors', not its own),
+                // whether or not a merge is in use.
+                for own in models.own_all() {
+                    if let Some(u) = crate::models::own_update(&own) {
                         let _ = tx_own.try_send(u);
                     }
                 }

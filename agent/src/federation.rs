@@ -87,8 +87,9 @@ impl Federation {
             .collect()
     }
 
-    /// Asks every live peer for its model of `resource_type`.
-    async fn ask(&self, leases: &Leases, resource_type: &str) {
+    /// Asks every live peer for its model of `resource_type`; false if there was no live peer to
+    /// ask.
+    async fn ask(&self, leases: &Leases, resource_type: &str) -> bool {
         let peers: Vec<augur_mesh::PeerId> = self
             .mesh
             .members()
@@ -96,6 +97,9 @@ impl Federation {
             .filter(|m| !m.is_self && m.status == MemberStatus::Alive)
             .filter_map(|m| m.peer_id.parse().ok())
             .collect();
+        if peers.is_empty() {
+            return false;
+        }
         let asks = peers.into_iter().map(|p| async move {
             tokio::time::timeout(ASK_TIMEOUT, leases.model(p, resource_type)).await
         });
@@ -108,6 +112,7 @@ impl Federation {
             }
         }
         self.offer(opened);
+        true
     }
 }
 
@@ -183,11 +188,16 @@ pub async fn run(f: Federation, mut own: mpsc::Receiver<ModelUpdate>, stop: Canc
                         if asked.get(&t).is_some_and(|at| now < *at + ASK_AGAIN) {
                             continue;
                         }
-                        asked.insert(t.clone(), now);
-                        f.ask(leases, &t).await;
+                        // With no live peer yet (a node just started), the next tick asks again.
+                        if f.ask(leases, &t).await {
+                            asked.insert(t.clone(), now);
+                        }
                     }
                 }
             }
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

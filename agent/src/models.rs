@@ -44,6 +44,9 @@ pub struct ModelStore {
     decisions: Arc<parking_lot::Mutex<(std::collections::VecDeque<FederationDecision>, usize)>>,
     /// Types an operator pinned to a version: nothing replaces it until unpinned.
     pinned: Arc<RwLock<HashMap<String, u64>>>,
+    /// Each type's newest model this node trained itself (not merged from the fleet): its own
+    /// contribution to every merge, whether the model in use is it or a merge.
+    own: Arc<RwLock<HashMap<String, Arc<TrainedModels>>>>,
 }
 
 /// The file in a type's folder that pins it (its content: the version).
@@ -148,12 +151,24 @@ impl ModelStore {
                     }
                 }
             }
+            let mut in_use = false;
             for (_, path) in versions(&type_dir) {
                 match load(&path) {
                     Ok(m) if m.meta.engine == MODEL_VERSION => {
-                        tracing::info!(resource_type = %m.meta.resource_type, version = m.meta.version, "trained models loaded");
-                        store.put(m);
-                        break;
+                        let own = m.meta.federation.is_none();
+                        if !in_use {
+                            tracing::info!(resource_type = %m.meta.resource_type, version = m.meta.version, "trained models loaded");
+                            in_use = true;
+                            store.put(m.clone());
+                        }
+                        // Older versions are read only as far as this node's own newest.
+                        if own {
+                            store
+                                .own
+                                .write()
+                                .insert(m.meta.resource_type.clone(), Arc::new(m));
+                            break;
+                        }
                     }
                     Ok(m) => {
                         tracing::info!(path = %path.display(), engine = %m.meta.engine, "models of another engine version; not used");
@@ -178,6 +193,17 @@ impl ModelStore {
 
     pub fn get(&self, resource_type: &str) -> Option<Arc<TrainedModels>> {
         self.current.read().get(resource_type).cloned()
+    }
+
+    /// The newest model of `resource_type` this node trained itself (kept on disk or installed
+    /// since start), whether or not a merge replaced it in use.
+    pub fn own(&self, resource_type: &str) -> Option<Arc<TrainedModels>> {
+        self.own.read().get(resource_type).cloned()
+    }
+
+    /// Every type's newest own model.
+    pub fn own_all(&self) -> Vec<Arc<TrainedModels>> {
+        self.own.read().values().cloned().collect()
     }
 
     pub fn generation(&self) -> u64 {
@@ -336,6 +362,11 @@ impl ModelStore {
                 "{} is pinned at v{v} (augur models unpin {})",
                 models.meta.resource_type, models.meta.resource_type
             )));
+        }
+        if models.meta.federation.is_none() {
+            self.own
+                .write()
+                .insert(models.meta.resource_type.clone(), Arc::new(models.clone()));
         }
         if let Some(dir) = &self.dir {
             // The type is input (any pushed record names one): encoded, it is one folder inside
@@ -885,11 +916,12 @@ pub fn consider(
         return;
     }
     let current = store.get(resource_type);
-    // This node's own contribution: a model it trained itself (one merged from the fleet is the
-    // peers', already counted in their updates).
-    let own_w = current
+    // This node's own contribution: the newest model it trained itself, whether the model in use
+    // is it or an earlier merge (a merge's contributions are its contributors', counted through
+    // their latest updates, not again through it).
+    let own = store.own(resource_type);
+    let own_w = own
         .as_ref()
-        .filter(|m| m.meta.federation.is_none())
         .and_then(|m| m.mlp.clone())
         .map(augur_models::forecast::mlp::MlpWeights::from);
     let f = cfg.models.federation_tolerate;
@@ -899,13 +931,13 @@ pub fn consider(
     } else {
         Rule::Median
     };
-    let own_part = match (&current, &own_w) {
+    let own_part = match (&own, &own_w) {
         (Some(m), Some(w)) => Some((w, m.meta.rows as u64, m.meta.version)),
         _ => None,
     };
     let Some((mlp, calibration, mut lineage)) = candidate(
         own_part,
-        current.as_ref().and_then(|m| m.calibration_used()),
+        own.as_ref().and_then(|m| m.calibration_used()),
         &of,
         rule,
         cfg.models.federation_sample_cap,
@@ -944,6 +976,7 @@ pub fn consider(
         .filter(|r| r.validation_windows > 0 && judged.validation_windows > 0);
     let outcome = match &local {
         Some(local) => {
+            lineage.cold_start = false;
             lineage.mse_local = Some(local.mse_mlp);
             lineage.mse_candidate = Some(judged.mse_mlp);
             if !adopt(local.mse_mlp, judged.mse_mlp) {
@@ -991,21 +1024,27 @@ pub fn consider(
     // The forest: this node's own (when it trained one itself) and the peers' samples of theirs,
     // a union of trees drawn by weight, kept only if it tells a jump from the usual on this
     // node's held-out history no worse than the forest in use.
-    let own_forest = current
+    // Weights capped as the network's are: at the configured cap and twice the median claim.
+    let claimed: Vec<u64> = own
         .as_ref()
-        .filter(|m| m.meta.federation.is_none())
-        .and_then(|m| m.forest.as_ref())
-        .map(|f| {
-            let rows = current.as_ref().map_or(0, |m| m.meta.rows as u64);
-            (
-                f,
-                augur_models::federated::weight_of(rows, cfg.models.federation_sample_cap),
-            )
-        });
+        .filter(|m| m.forest.is_some())
+        .map(|m| m.meta.rows as u64)
+        .into_iter()
+        .chain(
+            of.iter()
+                .filter(|(_, u)| u.forest.is_some())
+                .map(|(_, u)| u.samples),
+        )
+        .collect();
+    let cap = augur_models::federated::relative_cap(&claimed, cfg.models.federation_sample_cap);
+    let own_forest = own.as_ref().and_then(|m| {
+        let w = augur_models::federated::weight_of(m.meta.rows as u64, cap);
+        m.forest.as_ref().map(|f| (f, w))
+    });
     let peer_forests: Vec<(&augur_models::federated::SharedForest, f64)> = of
         .iter()
         .filter_map(|(_, u)| {
-            let w = augur_models::federated::weight_of(u.samples, cfg.models.federation_sample_cap);
+            let w = augur_models::federated::weight_of(u.samples, cap);
             u.forest.as_ref().map(|f| (f, w))
         })
         .collect();
@@ -1052,11 +1091,7 @@ pub fn consider(
             .as_ref()
             .is_some_and(|j| j.brier_candidate <= j.brier_current * (1.0 + 1e-9));
         let contributors = of.iter().filter(|(_, u)| u.calibration.is_some()).count()
-            + usize::from(
-                current
-                    .as_ref()
-                    .is_some_and(|m| m.calibration_used().is_some()),
-            );
+            + usize::from(own.as_ref().is_some_and(|m| m.calibration_used().is_some()));
         lineage.calibration = Some(augur_models::federated::PartDecision {
             adopted,
             contributors,

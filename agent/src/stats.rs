@@ -215,6 +215,13 @@ impl Stats {
             .inc();
     }
 
+    /// Peers' model updates refused for `reason` so far.
+    pub fn model_updates_refused(&self, reason: &'static str) -> u64 {
+        self.model_updates_refused
+            .get_or_create(&ReasonLabels { reason })
+            .get()
+    }
+
     /// A merged candidate's fate: `adopted`, `rejected` or `cold_start`.
     pub fn model_candidate(&self, resource_type: &str, outcome: &'static str) {
         self.model_candidates

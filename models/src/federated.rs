@@ -330,6 +330,18 @@ pub fn weight_of(samples: u64, cap: u64) -> f64 {
     samples.clamp(1, cap.max(1)) as f64
 }
 
+/// The cap for one merge: `cap`, and at most twice the median of the contributors' claimed
+/// samples, so that one contributor claiming a billion rows weighs at most twice a typical one
+/// (a liar can move the median by one place, not to its claim).
+pub fn relative_cap(samples: &[u64], cap: u64) -> u64 {
+    let mut s = samples.to_vec();
+    s.sort_unstable();
+    match s.get(s.len() / 2) {
+        Some(&m) => cap.min(m.saturating_mul(2)).max(1),
+        None => cap,
+    }
+}
+
 /// Merges networks of one shape (checked by the caller, [`same_shape`]) with `rule`; each comes
 /// with its weight ([`weight_of`]). The first network's configuration is kept.
 pub fn merge_mlp(parts: &[(&MlpWeights, f64)], rule: Rule) -> Option<MlpWeights> {
@@ -626,6 +638,17 @@ pub fn candidate(
     let shape = own
         .map(|o| o.0)
         .or_else(|| peers.iter().find_map(|(_, u)| u.mlp.as_ref()))?;
+    let claimed: Vec<u64> = own
+        .map(|o| o.1)
+        .into_iter()
+        .chain(
+            peers
+                .iter()
+                .filter(|(_, u)| u.mlp.as_ref().is_some_and(|m| same_shape(shape, m)))
+                .map(|(_, u)| u.samples),
+        )
+        .collect();
+    let sample_cap = relative_cap(&claimed, sample_cap);
     let mut parts: Vec<(&MlpWeights, f64)> = Vec::new();
     let mut contributors = Vec::new();
     if let Some((w, samples, round)) = own {
