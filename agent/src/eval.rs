@@ -947,6 +947,44 @@ pub fn federation(root: &Path, rounds: usize, seed: u64, as_json: bool) -> anyho
     let mut merged: Option<MlpWeights> = None;
     let mut per_round = Vec::new();
     let (mut update_bytes, mut merge_s, mut round_train_s) = (0usize, 0.0, 0.0);
+    // Each node's Isolation Forest, as the agent trains it on the node's history, shared in its
+    // updates: the bytes it adds, and the time a merge of all of them takes.
+    let forests: Vec<augur_models::trained::FeatureForest> = {
+        let pb = progress(nodes.len() as u64, "forests");
+        let f = par_map(&nodes, &pb, |n| {
+            let mut h = augur_models::training::ResourceHistory::default();
+            for j in 0..n.train.first().map_or(0, Vec::len) {
+                h.push(
+                    j as f64,
+                    n.train
+                        .iter()
+                        .enumerate()
+                        .map(|(k, col)| (format!("m{k:02}"), col[j])),
+                );
+            }
+            augur_models::training::train_forest(
+                &[h],
+                &augur_models::training::TrainConfig {
+                    seed,
+                    ..Default::default()
+                },
+            )
+        });
+        pb.finish_and_clear();
+        f.into_iter().flatten().collect()
+    };
+    let shared: Vec<federated::SharedForest> = forests
+        .iter()
+        .filter_map(|f| federated::share_forest(f, federated::SHARED_TREES))
+        .collect();
+    let t0 = std::time::Instant::now();
+    let peers: Vec<(&federated::SharedForest, f64)> =
+        shared.iter().skip(1).map(|f| (f, 1.0)).collect();
+    let forest_merge_s = forests
+        .first()
+        .and_then(|own| federated::merge_forests(Some((own, 1.0)), &peers, own.trees()))
+        .map(|_| t0.elapsed().as_secs_f64());
+    let mut update_bytes_without_forest = 0usize;
     for r in 0..rounds {
         let pb = progress(nodes.len() as u64, &format!("federated round {}", r + 1));
         let t0 = std::time::Instant::now();
@@ -968,6 +1006,14 @@ pub fn federation(root: &Path, rounds: usize, seed: u64, as_json: bool) -> anyho
             mlp: Some(locals[0].clone()),
             calibration: None,
             forest: None,
+            patterns: Vec::new(),
+        };
+        let mut body = Vec::new();
+        ciborium::into_writer(&update, &mut body)?;
+        update_bytes_without_forest = body.len();
+        let update = federated::ModelUpdate {
+            forest: shared.first().cloned(),
+            ..update
         };
         let mut body = Vec::new();
         ciborium::into_writer(&update, &mut body)?;
@@ -1079,8 +1125,11 @@ pub fn federation(root: &Path, rounds: usize, seed: u64, as_json: bool) -> anyho
         "nodes_where_federated_beats_models_that_never_saw_them": fed_better_than_unseen,
         "federated_error_by_round": per_round,
         "update_bytes": update_bytes,
+        "update_bytes_without_forest": update_bytes_without_forest,
+        "forest_trees_shared": federated::SHARED_TREES,
         "seconds": {"local_training_per_node": local_s, "central_training": central_s,
                     "round_training_per_node": round_train_s, "merge": merge_s,
+                    "forest_merge": forest_merge_s,
                     "total": started.elapsed().as_secs_f64()},
         "machines": judged,
         "cold_start": {
@@ -1094,6 +1143,263 @@ pub fn federation(root: &Path, rounds: usize, seed: u64, as_json: bool) -> anyho
         return Ok(());
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// One node of the split failure replay: what it scored with its own models, with the fleet's
+/// learned limits adopted, and with models trained centrally on every node's history.
+#[derive(Debug, serde::Serialize)]
+pub struct SplitNode {
+    pub node: String,
+    /// The failure modes without a configured limit whose failures this node's history holds.
+    pub modes_seen: Vec<String>,
+    pub modes_unseen: Vec<String>,
+    /// (caught, failures) on the modes it never saw, and false alarms per resource-hour over
+    /// every scenario; local, federated, central.
+    pub unseen_local: (usize, usize),
+    pub unseen_federated: (usize, usize),
+    pub unseen_central: (usize, usize),
+    pub recall_local: f64,
+    pub recall_federated: f64,
+    pub recall_central: f64,
+    pub fa_per_hour_local: f64,
+    pub fa_per_hour_federated: f64,
+    pub fa_per_hour_central: f64,
+    /// Peers' learned limits offered and adopted by this node's history.
+    pub offered: usize,
+    pub adopted: usize,
+}
+
+/// Federated learned limits on the failure-injection replay: two failure modes have no
+/// configured limit (the queue and the CPU: no detector is told theirs), and the training history
+/// is split across three nodes so that one holds the queue's failures, one the CPU's and one
+/// neither (the other scenarios are dealt round-robin). Each node trains its models as the agent
+/// would; then adopts its peers' learned limits where its own history accepts them
+/// ([`augur_models::patterns::adopt_shared`]); a central model is trained on every node's history.
+/// All three are judged on other traces (`seed`; the training traces are `seed + 1000`).
+pub fn federation_failures(
+    family: augur_models::eval::failures::Family,
+    seed: u64,
+    per_scenario: usize,
+    seconds: usize,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    use augur_models::eval::failures::{self, EngineAlarm, Forecaster, Scenario, Trace};
+    use std::sync::Arc;
+    let horizon_s = 300.0;
+    let withheld = ["queue_len", "cpu_util"];
+    let limits: Vec<augur_models::engine::Limit> = failures::limits()
+        .into_iter()
+        .filter(|l| !withheld.contains(&l.prefix.as_str()))
+        .collect();
+    let engine = augur_models::engine::EngineConfig {
+        horizon_s,
+        limits: limits.clone(),
+        ..Default::default()
+    };
+    // The failing scenario of each withheld metric in this family.
+    let modes: [Scenario; 2] = match family {
+        failures::Family::Classic => [Scenario::QueueBacklog, Scenario::CpuRunaway],
+        failures::Family::Wild => [Scenario::QueueRunaway, Scenario::CpuPegged],
+    };
+    let fit = augur_models::eval::wild::generate_family(
+        family,
+        seed.wrapping_add(1000),
+        per_scenario,
+        seconds,
+    );
+    let names = ["a", "b", "c"];
+    let mut split: Vec<Vec<Trace>> = vec![Vec::new(); names.len()];
+    let mut next = 0;
+    for t in &fit {
+        match modes.iter().position(|m| *m == t.scenario) {
+            // Node a holds the first mode's failures, node b the second's, node c neither.
+            Some(i) => split[i].push(t.clone()),
+            None => {
+                split[next % names.len()].push(t.clone());
+                next += 1;
+            }
+        }
+    }
+    let train_cfg = augur_models::training::TrainConfig {
+        max_rows: usize::MAX,
+        seed,
+        ..Default::default()
+    };
+    let alarm = augur_models::patterns::Alarm {
+        threshold: train_cfg.threshold,
+        keep_firing_s: train_cfg.keep_firing_s,
+    };
+    let pb = progress(names.len() as u64 + 1, "training");
+    let train = |traces: &[Trace]| -> anyhow::Result<augur_models::trained::TrainedModels> {
+        let m = augur_models::training::train(
+            "host",
+            &failures::as_history(traces),
+            1,
+            &engine,
+            &train_cfg,
+        )?;
+        pb.inc(1);
+        Ok(m)
+    };
+    let (locals, central) = std::thread::scope(|s| {
+        let central = s.spawn(|| train(&fit));
+        let locals: Vec<_> = split.iter().map(|t| train(t)).collect();
+        (locals, central.join().expect("central training panicked"))
+    });
+    pb.finish_and_clear();
+    let locals = locals.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let central = Arc::new(central?);
+    let used =
+        |m: &augur_models::trained::TrainedModels| -> Vec<augur_models::trained::LearnedLimit> {
+            m.meta
+                .patterns
+                .as_ref()
+                .map(|p| p.limits.iter().filter(|l| l.used).cloned().collect())
+                .unwrap_or_default()
+        };
+    let test = augur_models::eval::wild::generate_family(family, seed, per_scenario, seconds);
+    let score = |m: Arc<augur_models::trained::TrainedModels>| {
+        failures::score(
+            &test,
+            &EngineAlarm {
+                threshold: train_cfg.threshold,
+                horizon_s,
+                calibration: None,
+                models: Some(m),
+                forecaster: Forecaster::default(),
+                limits: limits.clone(),
+            },
+            horizon_s,
+            30.0,
+            train_cfg.keep_firing_s,
+        )
+    };
+    let pb = progress(names.len() as u64, "scoring");
+    let central_outcome = score(central.clone());
+    let mut rows = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let own = &locals[i];
+        let peers: Vec<augur_models::trained::LearnedLimit> = locals
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .flat_map(|(_, m)| used(m))
+            .collect();
+        let partial = Arc::new(augur_models::trained::TrainedModels {
+            calibration: None,
+            ..own.clone()
+        });
+        let own_limits = own
+            .meta
+            .patterns
+            .as_ref()
+            .map(|p| p.limits.clone())
+            .unwrap_or_default();
+        let (limits_after, o) = augur_models::patterns::adopt_shared(
+            &failures::as_history(&split[i]),
+            &engine,
+            &partial,
+            &alarm,
+            &own_limits,
+            &peers,
+        );
+        let mut federated = own.clone();
+        federated.meta.patterns = Some(augur_models::trained::FailurePatterns {
+            limits: limits_after,
+        });
+        let (local, fed) = std::thread::scope(|s| {
+            let l = s.spawn(|| score(Arc::new(own.clone())));
+            let f = score(Arc::new(federated));
+            (l.join().expect("scoring panicked"), f)
+        });
+        pb.inc(1);
+        let seen: Vec<Scenario> = modes
+            .iter()
+            .copied()
+            .filter(|m| split[i].iter().any(|t| t.scenario == *m))
+            .collect();
+        let unseen: Vec<Scenario> = modes
+            .iter()
+            .copied()
+            .filter(|m| !seen.contains(m))
+            .collect();
+        let on = |o: &failures::Outcome| -> (usize, usize) {
+            unseen
+                .iter()
+                .filter_map(|m| o.by_scenario.get(m.name()))
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        };
+        rows.push(SplitNode {
+            node: (*name).to_owned(),
+            modes_seen: seen.iter().map(|m| m.name().to_owned()).collect(),
+            modes_unseen: unseen.iter().map(|m| m.name().to_owned()).collect(),
+            unseen_local: on(&local),
+            unseen_federated: on(&fed),
+            unseen_central: on(&central_outcome),
+            recall_local: local.recall,
+            recall_federated: fed.recall,
+            recall_central: central_outcome.recall,
+            fa_per_hour_local: local.false_alarms_per_resource_hour,
+            fa_per_hour_federated: fed.false_alarms_per_resource_hour,
+            fa_per_hour_central: central_outcome.false_alarms_per_resource_hour,
+            offered: o.offered,
+            adopted: o.adopted,
+        });
+    }
+    pb.finish_and_clear();
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "family": family.name(),
+                "seed": seed,
+                "training_seed": seed.wrapping_add(1000),
+                "per_scenario": per_scenario,
+                "seconds": seconds,
+                "withheld_limits": withheld,
+                "central_limits": used(&central).iter().map(|l| l.describe()).collect::<Vec<_>>(),
+                "nodes": rows,
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "Failure replay split across {} nodes ({} family, test seed {seed}, training seed {}); no \
+         limit configured for {}",
+        names.len(),
+        family.name(),
+        seed.wrapping_add(1000),
+        withheld.join(" or ")
+    );
+    println!(
+        "{:<5} {:<28} {:>18} {:>18} {:>18} {:>22} {:>9}",
+        "node", "never saw", "unseen: local", "federated", "central", "recall l / f / c", "adopted"
+    );
+    for r in &rows {
+        let f = |x: (usize, usize)| format!("{} of {}", x.0, x.1);
+        println!(
+            "{:<5} {:<28} {:>18} {:>18} {:>18} {:>22} {:>9}",
+            r.node,
+            if r.modes_unseen.is_empty() {
+                "-".to_owned()
+            } else {
+                r.modes_unseen.join(", ")
+            },
+            f(r.unseen_local),
+            f(r.unseen_federated),
+            f(r.unseen_central),
+            format!(
+                "{:.2} / {:.2} / {:.2}",
+                r.recall_local, r.recall_federated, r.recall_central
+            ),
+            format!("{} of {}", r.adopted, r.offered)
+        );
+        println!(
+            "      false alarms per resource-hour: local {:.3}, federated {:.3}, central {:.3}",
+            r.fa_per_hour_local, r.fa_per_hour_federated, r.fa_per_hour_central
+        );
+    }
     Ok(())
 }
 

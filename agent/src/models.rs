@@ -85,7 +85,9 @@ const KEEP_DECISIONS: usize = 64;
 pub struct FederationDecision {
     pub resource_type: String,
     pub at_unix_ms: u64,
-    /// `adopted`, `rejected` or `cold_start`.
+    /// `adopted`, `rejected`, `cold_start`, `adopted_parts` (the merged network was worse here
+    /// and not used, but the forest, the calibration or peers' learned limits were), or
+    /// `reverted`.
     pub outcome: String,
     /// The version installed, when adopted.
     pub version: Option<u64>,
@@ -896,6 +898,12 @@ pub fn own_update(m: &TrainedModels) -> Option<augur_models::federated::ModelUpd
         forest: m.forest.as_ref().and_then(|f| {
             augur_models::federated::share_forest(f, augur_models::federated::SHARED_TREES)
         }),
+        patterns: m
+            .meta
+            .patterns
+            .as_ref()
+            .map(|p| p.limits.iter().filter(|l| l.used).cloned().collect())
+            .unwrap_or_default(),
     })
 }
 
@@ -974,24 +982,26 @@ pub fn consider(
         .and_then(|m| m.mlp.as_ref())
         .map(|m| augur_models::training::mlp_report(m, &data))
         .filter(|r| r.validation_windows > 0 && judged.validation_windows > 0);
-    let outcome = match &local {
+    // The network decides the outcome; the forest, the calibration and the learned limits are
+    // each judged on their own below, so a network worse here does not keep out a failure mode
+    // a peer learned.
+    let mut outcome = match &local {
         Some(local) => {
             lineage.cold_start = false;
             lineage.mse_local = Some(local.mse_mlp);
             lineage.mse_candidate = Some(judged.mse_mlp);
-            if !adopt(local.mse_mlp, judged.mse_mlp) {
-                stats.model_candidate(resource_type, "rejected");
+            if adopt(local.mse_mlp, judged.mse_mlp) {
+                "adopted"
+            } else {
                 tracing::info!(
                     resource_type,
                     mse_local = local.mse_mlp,
                     mse_candidate = judged.mse_mlp,
                     contributors = lineage.contributors.len(),
-                    "merged model rejected: worse on this node's history"
+                    "merged network rejected: worse on this node's history"
                 );
-                store.decide(decision("rejected", None, lineage));
-                return;
+                "rejected"
             }
-            "adopted"
         }
         None => {
             lineage.cold_start = true;
@@ -1004,6 +1014,8 @@ pub fn consider(
         .cloned()
         .unwrap_or_else(|| TrainedModels::empty(resource_type));
     let version = store.next_version(resource_type);
+    let network = outcome != "rejected";
+    let mut parts_adopted = false;
     let preferred = if judged.validation_windows >= 50 {
         judged.preferred
     } else {
@@ -1015,12 +1027,14 @@ pub fn consider(
         said.iter().filter(|b| **b).count() * 2 > said.len()
     };
     models.meta.version = version;
-    models.meta.mlp = Some(augur_models::trained::MlpReport {
-        preferred,
-        examples: models.meta.mlp.as_ref().map_or(0, |r| r.examples),
-        ..judged
-    });
-    models.mlp = Some(merged);
+    if network {
+        models.meta.mlp = Some(augur_models::trained::MlpReport {
+            preferred,
+            examples: models.meta.mlp.as_ref().map_or(0, |r| r.examples),
+            ..judged
+        });
+        models.mlp = Some(merged);
+    }
     // The forest: this node's own (when it trained one itself) and the peers' samples of theirs,
     // a union of trees drawn by weight, kept only if it tells a jump from the usual on this
     // node's held-out history no worse than the forest in use.
@@ -1080,6 +1094,7 @@ pub fn consider(
         if adopted {
             models.meta.forest_metrics = forest.metrics.len();
             models.forest = Some(forest);
+            parts_adopted = true;
         }
     }
     // The calibration: merged with the same rule, used only if its Brier score on this node's
@@ -1107,6 +1122,7 @@ pub fn consider(
             },
         );
         if adopted && let Some(j) = judged {
+            parts_adopted = true;
             models.calibration = Some(platt);
             models.meta.calibration = Some(augur_models::trained::CalibrationReport {
                 examples: j.examples,
@@ -1119,6 +1135,59 @@ pub fn consider(
                 used: true,
             });
         }
+    }
+    // Learned limits: this node's own, joined by those peers learned from failures it never had,
+    // each kept only where this node's history says it does no harm (`patterns::adopt_shared`).
+    let shared: Vec<augur_models::trained::LearnedLimit> = of
+        .iter()
+        .flat_map(|(_, u)| u.patterns.iter().cloned())
+        .collect();
+    if !shared.is_empty() {
+        let own_limits: Vec<augur_models::trained::LearnedLimit> = own
+            .as_ref()
+            .and_then(|m| m.meta.patterns.clone())
+            .map(|p| p.limits)
+            .unwrap_or_default();
+        let (engine, threshold) = engine_config(cfg, resource_type);
+        let alarm = augur_models::patterns::Alarm {
+            threshold,
+            keep_firing_s: cfg.keep_firing_s(resource_type),
+        };
+        let partial = Arc::new(TrainedModels {
+            calibration: None,
+            ..models.clone()
+        });
+        let (limits, o) = augur_models::patterns::adopt_shared(
+            &data,
+            &engine,
+            &partial,
+            &alarm,
+            &own_limits,
+            &shared,
+        );
+        let before = models.meta.patterns.as_ref().map_or(0, |p| p.used());
+        let after = limits.iter().filter(|l| l.used).count();
+        lineage.patterns = Some(augur_models::federated::PartDecision {
+            adopted: o.adopted > 0,
+            contributors: of.iter().filter(|(_, u)| !u.patterns.is_empty()).count(),
+            local: Some(before as f64),
+            candidate: Some(after as f64),
+        });
+        if o.adopted > 0 || before != after {
+            stats.model_candidate(resource_type, "patterns_adopted");
+            models.meta.patterns = Some(augur_models::trained::FailurePatterns { limits });
+            parts_adopted = true;
+        }
+    }
+    if !network {
+        if !parts_adopted {
+            stats.model_candidate(resource_type, "rejected");
+            store.decide(decision("rejected", None, lineage));
+            return;
+        }
+        // The network in use stays; what else the fleet offered and this node's history
+        // accepted is installed with it.
+        outcome = "adopted_parts";
     }
     models.meta.federation = Some(lineage.clone());
     match store.install(models, cfg.models.keep_versions) {

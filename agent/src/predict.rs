@@ -468,6 +468,7 @@ impl Stage {
                         cold_start: false,
                         forest: None,
                         calibration: None,
+                        patterns: None,
                     },
                 });
             }

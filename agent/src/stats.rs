@@ -222,7 +222,9 @@ impl Stats {
             .get()
     }
 
-    /// A merged candidate's fate: `adopted`, `rejected` or `cold_start`.
+    /// A merged candidate's fate: `adopted`, `rejected`, `cold_start` or `adopted_parts` (the
+    /// network rejected, another part kept), and each part's (`forest_*`, `calibration_*`,
+    /// `patterns_adopted`).
     pub fn model_candidate(&self, resource_type: &str, outcome: &'static str) {
         self.model_candidates
             .get_or_create(&TrainingLabels {

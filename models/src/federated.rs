@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::anomaly::iforest::{IsolationForest, Tree};
 use crate::calibration::Platt;
 use crate::forecast::mlp::{LayerWeights, MlpWeights};
+pub use crate::lineage::{Contributor, Lineage, PartDecision, Rule};
 use crate::trained::FeatureForest;
 
 /// The most weights an MLP update may carry (the default network has about 2,200).
@@ -49,7 +50,14 @@ pub struct ModelUpdate {
     /// shared).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forest: Option<SharedForest>,
+    /// The limits the author learned from its labelled failures and uses
+    /// (`crate::patterns`): a failure mode one node has seen, for nodes that have not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<crate::trained::LearnedLimit>,
 }
+
+/// The most learned limits an update may carry.
+pub const MAX_SHARED_LIMITS: usize = 64;
 
 /// Trees of its forest an author shares (a forest's trees are drawn alike, so any of them are a
 /// fair sample): about 2 KB each packed.
@@ -255,6 +263,22 @@ pub fn check(u: &ModelUpdate, engine: &str, shape: Option<&MlpWeights>) -> Resul
     if let Some(f) = &u.forest {
         check_forest(f)?;
     }
+    if u.patterns.len() > MAX_SHARED_LIMITS {
+        return Err(Refusal::Oversized(format!(
+            "{} learned limits (at most {MAX_SHARED_LIMITS})",
+            u.patterns.len()
+        )));
+    }
+    for l in &u.patterns {
+        if l.metric.is_empty() || l.metric.len() > 256 {
+            return Err(Refusal::Shape(
+                "a learned limit's metric is empty or longer than 256".into(),
+            ));
+        }
+        if !(l.value.is_finite() && l.usual_median.is_finite() && l.usual_spread.is_finite()) {
+            return Err(Refusal::NonFinite("a learned limit"));
+        }
+    }
     let v = &u.validation;
     if [v.mse_mlp, v.mse_holt, v.brier]
         .into_iter()
@@ -276,17 +300,6 @@ pub fn same_shape(a: &MlpWeights, b: &MlpWeights) -> bool {
             .iter()
             .zip(&b.layers)
             .all(|(x, y)| (x.inputs, x.outputs) == (y.inputs, y.outputs))
-}
-
-/// How the contributions are merged, coordinate by coordinate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Rule {
-    /// The sample-weighted mean (federated averaging): one bad update moves it without bound.
-    Mean,
-    /// Drop the `f` lowest and `f` highest values, then the sample-weighted mean of the rest.
-    TrimmedMean { f: usize },
-    /// The sample-weighted median.
-    Median,
 }
 
 /// Merges one coordinate's values (`(value, weight)`; weights positive).
@@ -539,44 +552,6 @@ pub fn merge_forests(
     })
 }
 
-/// One contribution to a merged model.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Contributor {
-    /// The author's peer id ("self" for this node's own model).
-    pub author: String,
-    pub round: u64,
-    pub samples: u64,
-}
-
-/// Where a merged model came from and why it was adopted.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Lineage {
-    pub rule: Rule,
-    pub contributors: Vec<Contributor>,
-    /// The local model's and the candidate's MLP error on this node's held-out history (None for
-    /// a cold start: no local model, or too little history to judge).
-    pub mse_local: Option<f64>,
-    pub mse_candidate: Option<f64>,
-    /// Adopted without a local model to compare with (a new node).
-    pub cold_start: bool,
-    /// The merged forest and calibration, each judged on its own (absent: nothing to merge).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub forest: Option<PartDecision>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub calibration: Option<PartDecision>,
-}
-
-/// How a merged part (the forest, the calibration) did against the one in use on this node's
-/// history: the forest by [`crate::training::forest_separation`] (higher is better), the
-/// calibration by its Brier score (lower is better). `adopted` false keeps the local part.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PartDecision {
-    pub adopted: bool,
-    pub contributors: usize,
-    pub local: Option<f64>,
-    pub candidate: Option<f64>,
-}
-
 /// The latest update of every author, per resource type, and the rounds seen (replays are
 /// refused). What a node has heard from the fleet.
 #[derive(Clone, Debug, Default)]
@@ -690,6 +665,7 @@ pub fn candidate(
             cold_start: own.is_none(),
             forest: None,
             calibration: None,
+            patterns: None,
         },
     ))
 }
@@ -758,6 +734,7 @@ mod tests {
             mlp: Some(mlp),
             calibration: None,
             forest: None,
+            patterns: Vec::new(),
         }
     }
 

@@ -10,6 +10,7 @@ pub mod federated;
 pub mod forecast;
 pub mod history;
 pub mod limits;
+pub mod lineage;
 pub mod live;
 pub mod patterns;
 pub mod trained;

@@ -276,6 +276,116 @@ pub fn train_patterns(
     Some(FailurePatterns { limits: found })
 }
 
+/// What became of the learned limits peers shared (federated models, `crate::federated`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SharedOutcome {
+    /// Distinct (metric, direction) limits offered that this node had not learned itself.
+    pub offered: usize,
+    /// Of those, the ones this node's history accepted.
+    pub adopted: usize,
+}
+
+/// This node's learned limits joined by those its peers learned from failures it never saw. A
+/// peer's limit is taken only for a (metric, direction) this node has no limit of its own for; the
+/// value is the median of the authors' (one liar cannot place it). It is adopted only where this
+/// node's history says it does no harm: the metric has at least [`MIN_USUAL`] usual samples
+/// here, the value lies beyond their 99.9th percentile (0.1th for a lower limit), and replaying
+/// the history with it adds no false alarm episode. What it catches here is counted too (usually
+/// nothing: the point is the failures this node has not had yet).
+pub fn adopt_shared(
+    data: &[ResourceHistory],
+    engine: &EngineConfig,
+    partial: &Arc<TrainedModels>,
+    alarm: &Alarm,
+    own: &[LearnedLimit],
+    shared: &[LearnedLimit],
+) -> (Vec<LearnedLimit>, SharedOutcome) {
+    let mut kept: Vec<LearnedLimit> = own.to_vec();
+    let mine = |l: &LearnedLimit| {
+        own.iter()
+            .any(|o| o.used && o.metric == l.metric && o.direction == l.direction)
+    };
+    let mut groups: BTreeMap<(String, bool), Vec<&LearnedLimit>> = BTreeMap::new();
+    for l in shared.iter().filter(|l| l.used && !mine(l)) {
+        groups
+            .entry((l.metric.clone(), l.direction == Direction::Above))
+            .or_default()
+            .push(l);
+    }
+    let mut outcome = SharedOutcome {
+        offered: groups.len(),
+        adopted: 0,
+    };
+    let used_own: Vec<LearnedLimit> = kept.iter().filter(|l| l.used).cloned().collect();
+    let (caught_without, false_without) = replay_all(
+        data,
+        engine,
+        &with_patterns(partial, used_own.clone()),
+        alarm,
+    );
+    for ((metric, above), ls) in groups {
+        let mut values: Vec<f64> = ls.iter().map(|l| l.value).collect();
+        values.sort_by(f64::total_cmp);
+        let value = values[values.len() / 2];
+        let mut usual_values: Vec<f64> = Vec::new();
+        for r in data {
+            let Some(col) = r.column(&metric) else {
+                continue;
+            };
+            usual_values.extend(
+                col.iter()
+                    .enumerate()
+                    .filter(|(j, v)| v.is_finite() && usual(r, *j, engine.horizon_s))
+                    .map(|(_, v)| *v),
+            );
+        }
+        if usual_values.len() < MIN_USUAL || !value.is_finite() {
+            continue;
+        }
+        usual_values.sort_by(f64::total_cmp);
+        let beyond = if above {
+            value > quantile(&usual_values, 0.999)
+        } else {
+            value < quantile(&usual_values, 0.001)
+        };
+        if !beyond {
+            continue;
+        }
+        let (median, spread) = robust(&usual_values);
+        let candidate = LearnedLimit {
+            metric,
+            value,
+            direction: if above {
+                Direction::Above
+            } else {
+                Direction::Below
+            },
+            failures: ls.iter().map(|l| l.failures).sum(),
+            usual_median: median,
+            usual_spread: spread,
+            caught_with: 0,
+            caught_without,
+            false_alarms_with: 0,
+            false_alarms_without: false_without,
+            held_out: None,
+            used: true,
+        };
+        let mut with = used_own.clone();
+        with.push(candidate.clone());
+        let (caught, false_alarms) = replay_all(data, engine, &with_patterns(partial, with), alarm);
+        if false_alarms > false_without {
+            continue;
+        }
+        outcome.adopted += 1;
+        kept.push(LearnedLimit {
+            caught_with: caught,
+            false_alarms_with: false_alarms,
+            ..candidate
+        });
+    }
+    (kept, outcome)
+}
+
 /// Each failure at which `limit`'s metric was far out, predicted by the limit learned from the
 /// other failures alone: (caught, tried).
 fn leave_one_out(
@@ -456,5 +566,63 @@ mod tests {
         assert!(!l.used, "{l:?}");
         assert!(l.false_alarms_with > l.false_alarms_without, "{l:?}");
         assert_eq!(p.used(), 0);
+    }
+
+    /// A node that never had a queue backlog takes the limit a peer learned from one, and then
+    /// catches the next backlog ahead; a liar's limit inside this node's usual range is refused,
+    /// and so is a second copy of a limit the node learned itself.
+    #[test]
+    fn a_peers_learned_limit_is_adopted_only_where_this_history_allows_it() {
+        let engine = withheld();
+        let peer = train_patterns(
+            &as_history(&one_occurrence(11)),
+            &engine,
+            &partial(),
+            &ALARM,
+        )
+        .expect("the peer learns");
+        let shared: Vec<LearnedLimit> = peer.limits.iter().filter(|l| l.used).cloned().collect();
+        assert!(!shared.is_empty());
+        // This node's history: only the benign scenarios (a burst raises its queue to 200).
+        let mine: Vec<Trace> = generate(21, 2, 2400)
+            .into_iter()
+            .filter(|t| !t.scenario.fails())
+            .collect();
+        let history = as_history(&mine);
+        let liar = LearnedLimit {
+            value: 5.0,
+            ..queue_limit(&peer).clone()
+        };
+        let (limits, o) = adopt_shared(&history, &engine, &partial(), &ALARM, &[], &[liar]);
+        assert_eq!((o.offered, o.adopted), (1, 0), "inside the usual range");
+        assert!(limits.is_empty());
+        let (limits, o) = adopt_shared(&history, &engine, &partial(), &ALARM, &[], &shared);
+        assert_eq!(o.adopted, o.offered, "{limits:?}");
+        let queue = queue_limit(&FailurePatterns {
+            limits: limits.clone(),
+        })
+        .clone();
+        assert!(queue.used && queue.false_alarms_with == queue.false_alarms_without);
+        // The next backlogs, on other resources, are caught ahead with the adopted limit.
+        let mut models = TrainedModels::empty("host");
+        models.meta.patterns = Some(FailurePatterns { limits });
+        let models = Arc::new(models);
+        let next: Vec<Trace> = generate(12, 3, 2400)
+            .into_iter()
+            .filter(|t| t.scenario == Scenario::QueueBacklog)
+            .collect();
+        let caught: usize = as_history(&next)
+            .iter()
+            .map(|r| replay_alarms(r, &engine, &models, &ALARM).0)
+            .sum();
+        let blind: usize = as_history(&next)
+            .iter()
+            .map(|r| replay_alarms(r, &engine, &partial(), &ALARM).0)
+            .sum();
+        assert_eq!((caught, blind), (3, 0));
+        // A limit this node learned itself is not taken again from a peer.
+        let (again, o) = adopt_shared(&history, &engine, &partial(), &ALARM, &[queue], &shared);
+        assert_eq!(o.offered, shared.len() - 1);
+        assert_eq!(again.iter().filter(|l| l.metric == "queue_len").count(), 1);
     }
 }

@@ -97,7 +97,7 @@ pub struct ModelMeta {
     /// For a model merged from the fleet's updates (`crate::federated`): who contributed, how it
     /// was merged, and how it did against the local model on this node's held-out history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub federation: Option<crate::federated::Lineage>,
+    pub federation: Option<crate::lineage::Lineage>,
 }
 
 /// The MLP against Holt on the last fifth of each series, at the MLP's horizon (mean squared error

@@ -336,6 +336,25 @@ pub enum EvalCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Federated learned limits on the failure-injection replay, its history split across three
+    /// nodes so that each sees only some failure modes (the queue's and the CPU's limits are not
+    /// configured): each node's models alone, with its peers' learned limits, and trained
+    /// centrally, judged on other traces
+    FederationFailures {
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Resources per scenario (8 scenarios).
+        #[arg(long, default_value_t = 12)]
+        per_scenario: usize,
+        /// Length of each trace in seconds.
+        #[arg(long, default_value_t = 5400)]
+        seconds: usize,
+        /// `classic` or `wild`.
+        #[arg(long, default_value = "classic", value_parser = parse_family)]
+        family: augur_models::eval::failures::Family,
+        #[arg(long)]
+        json: bool,
+    },
     /// Forecasting on NAB's series: the burn MLP against Holt.
     Forecast {
         /// The NAB folder.
@@ -611,6 +630,18 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
         }) => {
             tokio::task::spawn_blocking(move || crate::eval::federation(&data, rounds, seed, json))
                 .await?
+        }
+        Command::Eval(EvalCommand::FederationFailures {
+            seed,
+            per_scenario,
+            seconds,
+            family,
+            json,
+        }) => {
+            tokio::task::spawn_blocking(move || {
+                crate::eval::federation_failures(family, seed, per_scenario, seconds, json)
+            })
+            .await?
         }
         Command::Eval(EvalCommand::Smd { data, seed, json }) => {
             tokio::task::spawn_blocking(move || crate::eval::smd(&data, seed, json)).await?

@@ -245,7 +245,7 @@ async fn robust_merges_hold_against_a_byzantine_peer_and_a_new_node_starts_from_
     for (n, node) in &nodes {
         let d = decision(node, 60, |d| d.lineage.contributors.len() == 4).await;
         assert!(
-            ["adopted", "rejected"].contains(&d.outcome.as_str()),
+            ["adopted", "rejected", "adopted_parts"].contains(&d.outcome.as_str()),
             "{n}: {d:?}"
         );
         honest_merge.insert(*n, d.lineage.mse_candidate.expect("judged"));
