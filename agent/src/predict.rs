@@ -469,6 +469,7 @@ impl Stage {
                         forest: None,
                         calibration: None,
                         patterns: None,
+                        digest: None,
                     },
                 });
             }

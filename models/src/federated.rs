@@ -654,6 +654,7 @@ pub fn candidate(
         .chain(peers.iter().filter_map(|(_, u)| u.calibration.as_ref()))
         .collect();
     let calibration = merge_platt(&platts, rule);
+    let digest = Some(fingerprint(&mlp));
     Some((
         mlp,
         calibration,
@@ -666,8 +667,31 @@ pub fn candidate(
             forest: None,
             calibration: None,
             patterns: None,
+            digest,
         },
     ))
+}
+
+/// A fingerprint of a network (64-bit FNV-1a over its configuration and every weight's bits, in
+/// hex): the same weights give the same one on every node and platform. For display and tests;
+/// not a security measure (updates are signed).
+pub fn fingerprint(m: &MlpWeights) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for x in [m.config.window, m.config.horizon, m.config.hidden] {
+        eat(&(x as u64).to_le_bytes());
+    }
+    for l in &m.layers {
+        for w in l.weight.iter().chain(&l.bias) {
+            eat(&w.to_bits().to_le_bytes());
+        }
+    }
+    format!("{h:016x}")
 }
 
 /// Whether a candidate is adopted over the local model: no worse on the node's own held-out

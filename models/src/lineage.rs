@@ -44,6 +44,10 @@ pub struct Lineage {
     /// after adopting those its history accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patterns: Option<PartDecision>,
+    /// A fingerprint of the merged network's weights (`crate::federated::fingerprint`): nodes
+    /// that merged the same updates show the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// How a merged part (the forest, the calibration) did against the one in use on this node's

@@ -457,3 +457,78 @@ async fn robust_merges_hold_against_a_byzantine_peer_and_a_new_node_starts_from_
         assert!(p.0.is_finite() && p.1.is_finite());
     }
 }
+
+/// Three nodes with different data of one kind (levels, noise and phases differ) train, share
+/// and merge for three rounds, each round training from the merge it adopted. In every round
+/// every node merges the three models of that round into the very same model (one fingerprint):
+/// gossip without a server still agrees on one shared model. (How the shared model's error
+/// settles over rounds is measured on SMD, docs/BENCHMARKS.md, and in `models::federated`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_different_data_agree_on_one_shared_model_every_round() {
+    let mut fleet = SimFleet::new(
+        83,
+        SimConfig {
+            gossip_interval: Duration::from_millis(100),
+            ..SimConfig::default()
+        },
+    );
+    let names = ["n1", "n2", "n3"];
+    fleet.join_all(names).await;
+    fleet.converge().await.expect("the fleet converges");
+    fleet
+        .until(Duration::from_secs(60), |f| {
+            names
+                .iter()
+                .all(|x| names.iter().all(|y| x == y || f.connected(x, y)))
+        })
+        .await
+        .expect("every pair connected");
+    let nodes: Vec<Node> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let data = series(
+                &format!("svc-{n}"),
+                1_800,
+                48.0 + 2.0 * i as f64,
+                60.0,
+                i as u64 + 11,
+            );
+            start(&fleet, n, config(1), &data, i as u64 + 11)
+        })
+        .collect();
+    for round in 1..=3u64 {
+        let trainings = nodes.iter().map(|n| n.trainer.train_now());
+        for t in futures::future::join_all(trainings).await {
+            assert!(
+                t.expect("the trainer answers")
+                    .iter()
+                    .all(|o| o.trained.is_some())
+            );
+        }
+        // Every node merges all three of this round's models (each author's round is its
+        // model's version): one shared model.
+        let versions: BTreeMap<String, u64> = names
+            .iter()
+            .zip(&nodes)
+            .map(|(name, n)| {
+                let v = n.models.own("service").expect("own").meta.version;
+                (fleet.peer_id(name), v)
+            })
+            .collect();
+        let mut digests = std::collections::BTreeSet::new();
+        for (name, n) in names.iter().zip(&nodes) {
+            let me = fleet.peer_id(name);
+            let d = decision(n, 60, |d| {
+                d.lineage.contributors.len() == 3
+                    && d.lineage.contributors.iter().all(|c| {
+                        let author = if c.author == "self" { &me } else { &c.author };
+                        versions.get(author) == Some(&c.round)
+                    })
+            })
+            .await;
+            digests.insert(d.lineage.digest.clone().expect("a fingerprint"));
+        }
+        assert_eq!(digests.len(), 1, "round {round}: {digests:?}");
+    }
+}
