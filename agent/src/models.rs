@@ -541,9 +541,15 @@ pub fn train_type(
     let version = store.next_version(resource_type);
     // A model merged from the fleet is the start of this node's next local round (federated
     // averaging); otherwise the shared seeded start.
-    let base_mlp = store
-        .get(resource_type)
-        .filter(|m| m.meta.federation.is_some())
+    let base = store.get(resource_type).filter(|m| {
+        m.mlp.is_some()
+            && m.meta
+                .federation
+                .as_ref()
+                .is_some_and(augur_models::lineage::Lineage::network_merged)
+    });
+    let base_version = base.as_ref().map(|m| m.meta.version);
+    let base_mlp = base
         .and_then(|m| m.mlp.clone())
         .map(augur_models::forecast::mlp::MlpWeights::from);
     let train = augur_models::training::TrainConfig {
@@ -553,7 +559,8 @@ pub fn train_type(
         ..train_config(cfg)
     };
     match augur_models::training::train(resource_type, &data, version, &engine, &train) {
-        Ok(models) => {
+        Ok(mut models) => {
+            models.meta.base_version = base_version;
             let meta = models.meta.clone();
             match store.install(models, cfg.models.keep_versions) {
                 Ok(()) => outcome(Some(meta), None),
@@ -885,7 +892,7 @@ pub fn own_update(m: &TrainedModels) -> Option<augur_models::federated::ModelUpd
     Some(augur_models::federated::ModelUpdate {
         resource_type: m.meta.resource_type.clone(),
         engine: m.meta.engine.clone(),
-        base_round: 0,
+        base_round: m.meta.base_version.unwrap_or(0),
         round: m.meta.version,
         samples: m.meta.rows as u64,
         validation: augur_models::federated::Validation {

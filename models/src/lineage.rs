@@ -50,6 +50,16 @@ pub struct Lineage {
     pub digest: Option<String>,
 }
 
+impl Lineage {
+    /// Whether the network in use is the merged one (adopted, or a cold start), not the node's
+    /// own kept beside merged parts.
+    pub fn network_merged(&self) -> bool {
+        self.cold_start
+            || matches!((self.mse_local, self.mse_candidate),
+                (Some(local), Some(merged)) if merged <= local * (1.0 + 1e-9))
+    }
+}
+
 /// How a merged part (the forest, the calibration) did against the one in use on this node's
 /// history: the forest by [`crate::training::forest_separation`] (higher is better), the
 /// calibration by its Brier score (lower is better). `adopted` false keeps the local part.

@@ -98,6 +98,10 @@ pub struct ModelMeta {
     /// was merged, and how it did against the local model on this node's held-out history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub federation: Option<crate::lineage::Lineage>,
+    /// The merged model's version this one was trained from (federated averaging's next round);
+    /// absent when trained from the shared seeded start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_version: Option<u64>,
 }
 
 /// The MLP against Holt on the last fifth of each series, at the MLP's horizon (mean squared error
@@ -158,6 +162,7 @@ impl TrainedModels {
                 calibration: None,
                 patterns: None,
                 federation: None,
+                base_version: None,
             },
             mlp: None,
             forest: None,

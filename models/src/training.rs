@@ -483,6 +483,7 @@ pub fn train(
             calibration: None,
             patterns: None,
             federation: None,
+            base_version: None,
         },
         mlp: mlp.map(|m| m.0),
         forest,

@@ -498,6 +498,21 @@ async fn nodes_with_different_data_agree_on_one_shared_model_every_round() {
         })
         .collect();
     for round in 1..=3u64 {
+        // A node whose network in use is a merge trains its next round from it, and says so.
+        let bases: Vec<Option<u64>> = nodes
+            .iter()
+            .map(|n| {
+                n.models
+                    .get("service")
+                    .filter(|m| {
+                        m.meta
+                            .federation
+                            .as_ref()
+                            .is_some_and(augur_models::lineage::Lineage::network_merged)
+                    })
+                    .map(|m| m.meta.version)
+            })
+            .collect();
         let trainings = nodes.iter().map(|n| n.trainer.train_now());
         for t in futures::future::join_all(trainings).await {
             assert!(
@@ -505,6 +520,12 @@ async fn nodes_with_different_data_agree_on_one_shared_model_every_round() {
                     .iter()
                     .all(|o| o.trained.is_some())
             );
+        }
+        for (n, base) in nodes.iter().zip(&bases) {
+            let own = n.models.own("service").expect("own");
+            assert_eq!(own.meta.base_version, *base, "round {round}");
+            let update = crate::models::own_update(&own).expect("an update");
+            assert_eq!(update.base_round, base.unwrap_or(0));
         }
         // Every node merges all three of this round's models (each author's round is its
         // model's version): one shared model.
