@@ -1107,12 +1107,32 @@ fn lineage(l: &augur_models::federated::Lineage) -> String {
         (None, Some(b)) => format!("; MSE here {b:.3}"),
         _ => String::new(),
     };
+    let part = |name: &str, p: &Option<augur_models::federated::PartDecision>| {
+        p.as_ref().map(|p| {
+            format!(
+                "; {name} {} ({} contributors{})",
+                if p.adopted { "kept" } else { "refused" },
+                p.contributors,
+                match (p.local, p.candidate) {
+                    (Some(a), Some(b)) => format!(", {a:.3} here vs {b:.3} merged"),
+                    _ => String::new(),
+                }
+            )
+        })
+    };
     format!(
-        "{:?} of {}{}{}",
+        "{:?} of {}{}{}{}{}{}{}",
         l.rule,
         who.join(", "),
         if l.cold_start { "; cold start" } else { "" },
-        judged
+        judged,
+        part("forest", &l.forest).unwrap_or_default(),
+        part("calibration", &l.calibration).unwrap_or_default(),
+        part("learned limits", &l.patterns).unwrap_or_default(),
+        l.digest
+            .as_ref()
+            .map(|d| format!("; network {d}"))
+            .unwrap_or_default()
     )
 }
 
