@@ -271,12 +271,39 @@ pub async fn migrate(s: &Setup, coordinator: &str, args: &[&str]) -> anyhow::Res
     augur(s, coordinator, all).await
 }
 
-/// Starts a migration through `coordinator` (answered once its lease is granted); its id.
+/// Starts a migration through `coordinator` (answered once its lease is granted); its id. A
+/// service that moved (or rolled back) a moment ago is refused for its hold-down: the refusal
+/// says how long is left, which is waited out before asking again.
 pub async fn start_migration(s: &Setup, coordinator: &str, args: &[&str]) -> String {
     let mut all = owned(&["migrate", "echo"]);
     all.extend(owned(args));
-    let j = augur(s, coordinator, all).await.expect("migration started");
-    j["id"].as_str().expect("an id").to_owned()
+    for _ in 0..5 {
+        match augur(s, coordinator, all.clone()).await {
+            Ok(j) => return j["id"].as_str().expect("an id").to_owned(),
+            Err(e) => match hold_down_left(&format!("{e:#}")) {
+                Some(left) => tokio::time::sleep(left + Duration::from_millis(50)).await,
+                None => panic!("migration started: {e:#}"),
+            },
+        }
+    }
+    panic!("migration started: still held down after five tries");
+}
+
+/// The time a hold-down refusal says is left (`... its hold-down has 589.9ms left`).
+fn hold_down_left(error: &str) -> Option<Duration> {
+    let rest = &error[error.find("hold-down has ")? + "hold-down has ".len()..];
+    let value = &rest[..rest.find(" left")?];
+    let (number, scale) = if let Some(ms) = value.strip_suffix("ms") {
+        (ms, 1e-3)
+    } else if let Some(us) = value.strip_suffix("µs") {
+        (us, 1e-6)
+    } else {
+        (value.strip_suffix('s')?, 1.0)
+    };
+    let secs = number.parse::<f64>().ok()? * scale;
+    (0.0..60.0)
+        .contains(&secs)
+        .then(|| Duration::from_secs_f64(secs))
 }
 
 /// The migration's journal on `coordinator`, once `f` holds of it.
