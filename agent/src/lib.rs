@@ -21,6 +21,7 @@ pub mod net;
 pub mod predict;
 pub mod replay;
 pub mod sample;
+pub mod scores;
 pub mod services;
 pub mod stats;
 pub mod systemd;

@@ -50,15 +50,89 @@ impl PredictionView {
     }
 }
 
-/// Read handle on the latest predictions; only the prediction stage writes.
+/// Read handle on the latest predictions, each resource's recent scores, and its engine's
+/// forecasts on request; only the prediction stage writes.
 #[derive(Clone, Debug, Default)]
 pub struct Predictions {
     latest: Arc<RwLock<HashMap<ResourceId, PredictionView>>>,
+    scores: Arc<RwLock<HashMap<ResourceId, crate::scores::ScoreRing>>>,
+    /// Where forecast requests go (the running stage answers them between batches).
+    asks: Arc<parking_lot::Mutex<Option<mpsc::Sender<ForecastAsk>>>>,
+}
+
+/// A request for one resource's forecasts, answered by the stage.
+type ForecastAsk = (
+    ResourceId,
+    tokio::sync::oneshot::Sender<Option<Vec<augur_models::engine::MetricForecast>>>,
+);
+
+/// How many forecast requests may wait for the stage; more are refused (busy).
+const FORECAST_ASKS: usize = 32;
+
+/// Why a forecast could not be had.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ForecastError {
+    /// No engine for this resource (unknown, or refused by the memory budget).
+    NoEngine,
+    /// The prediction stage is not running or has too many requests waiting.
+    Busy,
+}
+
+/// A resource's forecasts with its latest prediction (`GET /v1/resources/{id}/forecast`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForecastView {
+    pub prediction: PredictionView,
+    /// Each metric's forecast over the horizon, metrics with a limit first.
+    pub metrics: Vec<augur_models::engine::MetricForecast>,
+}
+
+/// A resource's recent scores (`GET /v1/resources/{id}/scores`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoresView {
+    pub resource_id: ResourceId,
+    /// The coarsest resolution among the points, seconds (1, or 60 for older ones).
+    pub resolution_s: u32,
+    /// The anomaly score at and above which the engine reports an anomaly.
+    pub report_score: f64,
+    /// The failure probability at and above which the resource is predicted to fail.
+    pub threshold: Option<f64>,
+    pub points: Vec<crate::scores::ScorePoint>,
 }
 
 impl Predictions {
     pub fn get(&self, id: &ResourceId) -> Option<PredictionView> {
         self.latest.read().get(id).cloned()
+    }
+
+    /// The resource's scores at or after `since`; None for a resource without predictions.
+    pub fn scores(&self, id: &ResourceId, since: UnixMicros) -> Option<ScoresView> {
+        let threshold = self.latest.read().get(id).map(|p| p.threshold);
+        let (points, resolution_s) = self.scores.read().get(id)?.since(since.0 / 1000);
+        Some(ScoresView {
+            resource_id: id.clone(),
+            resolution_s,
+            report_score: augur_models::anomaly::novelty::ALARM_SCORE,
+            threshold,
+            points,
+        })
+    }
+
+    /// The resource's forecasts, from its engine as it is now.
+    pub async fn forecast(&self, id: &ResourceId) -> Result<ForecastView, ForecastError> {
+        let prediction = self.get(id).ok_or(ForecastError::NoEngine)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sender = self.asks.lock().clone().ok_or(ForecastError::Busy)?;
+        sender
+            .try_send((id.clone(), tx))
+            .map_err(|_| ForecastError::Busy)?;
+        let metrics = rx
+            .await
+            .map_err(|_| ForecastError::Busy)?
+            .ok_or(ForecastError::NoEngine)?;
+        Ok(ForecastView {
+            prediction,
+            metrics,
+        })
     }
 
     /// Every resource's latest prediction, riskiest first.
@@ -380,7 +454,13 @@ impl Stage {
         let mut crossings = Vec::new();
         {
             let mut latest = self.predictions.latest.write();
+            let mut scores = self.predictions.scores.write();
             for u in updates {
+                scores.entry(u.resource_id.clone()).or_default().record(
+                    u.ts.0 / 1000,
+                    u.prediction.failure_probability,
+                    u.prediction.anomaly_score,
+                );
                 // A first prediction counts as coming from below.
                 let was = latest
                     .get(&u.resource_id)
@@ -492,10 +572,12 @@ impl Stage {
             return 0;
         }
         let mut latest = self.predictions.latest.write();
+        let mut scores = self.predictions.scores.write();
         for id in &gone {
             self.engines.remove(id);
             self.alarms.remove(id);
             latest.remove(id);
+            scores.remove(id);
             self.budget.remove(id);
         }
         self.stats
@@ -524,6 +606,9 @@ pub async fn run(
     }: StageSetup,
     stop: CancellationToken,
 ) {
+    let (tx_asks, mut rx_asks) = mpsc::channel::<ForecastAsk>(FORECAST_ASKS);
+    *predictions.asks.lock() = Some(tx_asks);
+    let asks = predictions.asks.clone();
     let h = history.clone();
     let restore_from = snapshot.clone();
     let start = tokio::task::spawn_blocking(move || {
@@ -591,6 +676,11 @@ pub async fn run(
     loop {
         let batch = tokio::select! {
             () = stop.cancelled() => break,
+            Some((id, answer)) = rx_asks.recv() => {
+                // A few metrics times the horizon's points: microseconds, answered in place.
+                let _ = answer.send(stage.engines.get(&id).map(ResourceEngine::forecasts));
+                continue;
+            }
             b = rx_committed.recv() => match b {
                 Some(b) => b,
                 None => break,
@@ -627,6 +717,7 @@ pub async fn run(
             last_save = Instant::now();
         }
     }
+    *asks.lock() = None;
     let _ = save(stage).await;
     tracing::debug!("prediction stage stopped");
 }

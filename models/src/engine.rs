@@ -173,6 +173,74 @@ impl MetricState {
     }
 }
 
+/// Walks a metric's Holt forecast over the horizon's `points`: `at(ahead_s, mean, sd)` for each
+/// point, nearest first, until the first without a forecast or without a learned spread (the
+/// spread this forecaster has actually shown on this metric at that horizon). The metric steps at
+/// its own sampling interval, or the resource's (`fallback_interval_s`) before it has one.
+fn walk_horizon(
+    horizon_s: f64,
+    points: u32,
+    fallback_interval_s: f64,
+    st: &MetricState,
+    mut at: impl FnMut(f64, f64, f64),
+) {
+    let interval_s = if st.interval_s > 0.0 {
+        st.interval_s
+    } else {
+        fallback_interval_s
+    };
+    let steps_total = (horizon_s / interval_s.max(1e-3)).max(1.0);
+    for k in 1..=points {
+        let steps = (steps_total * f64::from(k) / f64::from(points))
+            .ceil()
+            .max(1.0);
+        let Some(f) = st.scorer.holt.forecast(steps as u32) else {
+            break;
+        };
+        let Some(variance) = st.errors.variance(steps) else {
+            break;
+        };
+        at(steps * interval_s, f.mean, variance.sqrt().max(1e-9));
+    }
+}
+
+/// One metric's forecast over the horizon, as the failure probability reads it (the dashboard's
+/// forecast plot and `augur forecast`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricForecast {
+    pub metric: String,
+    /// The forecaster's smoothed value now (None before it has seen two samples).
+    pub level: Option<f64>,
+    /// The metric's own anomaly score on its last sample.
+    pub anomaly_score: f64,
+    /// Its limits: the configured one and one learned from labelled failures, if any.
+    pub limits: Vec<LimitView>,
+    /// The forecast at each point of the horizon, nearest first; empty while the forecaster warms
+    /// up (its spread is not known yet).
+    pub points: Vec<ForecastPoint>,
+}
+
+/// A limit as [`MetricForecast`] shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LimitView {
+    pub value: f64,
+    pub direction: Direction,
+    /// Learned from labelled failures (`crate::patterns`) rather than configured.
+    pub learned: bool,
+}
+
+/// The forecast at one point of the horizon.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForecastPoint {
+    /// Seconds after the metric's last sample.
+    pub ahead_s: f64,
+    pub mean: f64,
+    /// The standard deviation of the forecaster's errors at this distance.
+    pub sd: f64,
+    /// The probability that the metric is beyond its riskiest limit there (0 without a limit).
+    pub failure_probability: f64,
+}
+
 /// How often (in samples) an engine forgets metrics not seen for `metric_ttl_samples`.
 const SWEEP_EVERY: u64 = 256;
 
@@ -308,6 +376,69 @@ impl ResourceEngine {
             .find(|l| name.starts_with(l.prefix.as_str()))
     }
 
+    /// Every tracked metric's forecast over the horizon (the same points, spreads and limits the
+    /// failure probability is computed from), metrics with a limit first, then by name.
+    pub fn forecasts(&self) -> Vec<MetricForecast> {
+        let points = self.config.horizon_points.max(1);
+        let mut out: Vec<MetricForecast> = self
+            .metrics
+            .iter()
+            .map(|(name, st)| {
+                let mut limits: Vec<LimitView> = Vec::new();
+                if let Some(l) = self.limit_of(name) {
+                    limits.push(LimitView {
+                        value: l.value,
+                        direction: l.direction,
+                        learned: false,
+                    });
+                }
+                if let Some(l) = self.models.as_ref().and_then(|m| m.learned_limit(name)) {
+                    limits.push(LimitView {
+                        value: l.value,
+                        direction: l.direction,
+                        learned: true,
+                    });
+                }
+                let mut path = Vec::with_capacity(points as usize);
+                walk_horizon(
+                    self.config.horizon_s,
+                    points,
+                    self.interval_s,
+                    st,
+                    |ahead_s, mean, sd| {
+                        let failure_probability = limits
+                            .iter()
+                            .map(|l| match l.direction {
+                                Direction::Above => normal_tail((l.value - mean) / sd),
+                                Direction::Below => normal_tail((mean - l.value) / sd),
+                            })
+                            .fold(0.0, f64::max);
+                        path.push(ForecastPoint {
+                            ahead_s,
+                            mean,
+                            sd,
+                            failure_probability,
+                        });
+                    },
+                );
+                MetricForecast {
+                    metric: name.clone(),
+                    level: st.scorer.holt.forecast(1).map(|_| st.scorer.holt.level()),
+                    anomaly_score: st.anomaly,
+                    limits,
+                    points: path,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            a.limits
+                .is_empty()
+                .cmp(&b.limits.is_empty())
+                .then_with(|| a.metric.cmp(&b.metric))
+        });
+        out
+    }
+
     /// Takes the sample at `ts_s` (seconds) and returns the prediction made with it.
     pub fn observe(&mut self, ts_s: f64, metrics: &BTreeMap<String, f64>) -> Prediction {
         let mut p = self.step(ts_s, metrics);
@@ -432,31 +563,21 @@ impl ResourceEngine {
                     })
                     .fold(0.0, f64::max)
             };
-            let interval_s = if st.interval_s > 0.0 {
-                st.interval_s
-            } else {
-                self.interval_s
-            };
-            let steps_total = (self.config.horizon_s / interval_s.max(1e-3)).max(1.0);
             let mut p_max: f64 = 0.0;
             let mut eta = None;
-            for k in 1..=points {
-                let steps = (steps_total * f64::from(k) / f64::from(points))
-                    .ceil()
-                    .max(1.0);
-                let Some(f) = st.scorer.holt.forecast(steps as u32) else {
-                    break;
-                };
-                // The spread this forecaster has actually shown on this metric at this horizon.
-                let Some(variance) = st.errors.variance(steps) else {
-                    break;
-                };
-                let p = tail(f.mean, variance.sqrt().max(1e-9));
-                if eta.is_none() && p >= 0.5 {
-                    eta = Some(steps * interval_s);
-                }
-                p_max = p_max.max(p);
-            }
+            walk_horizon(
+                self.config.horizon_s,
+                points,
+                self.interval_s,
+                st,
+                |ahead_s, mean, sd| {
+                    let p = tail(mean, sd);
+                    if eta.is_none() && p >= 0.5 {
+                        eta = Some(ahead_s);
+                    }
+                    p_max = p_max.max(p);
+                },
+            );
             // The MLP's forecast at its own horizon, where it beat Holt on this type's history.
             if let (Some(h), Some(f)) = (mlp_horizon, mlp_forecasts.get(name.as_str()))
                 && st.scorer.holt.seen() >= WARM_UP
@@ -695,6 +816,56 @@ mod tests {
         }
         let t = flagged_at.expect("flagged before the limit");
         assert!(t <= 450 - 30, "flagged only {} s ahead", 450 - t);
+    }
+
+    #[test]
+    fn the_forecast_path_is_what_the_failure_probability_is_read_from() {
+        let mut e = ResourceEngine::new(EngineConfig::default());
+        let mut last = None;
+        for t in 0..300 {
+            let mut m = sample("mem_used_ratio", 0.5 + 0.001 * f64::from(t));
+            m.insert("cpu".to_owned(), 0.3);
+            last = Some(e.observe(f64::from(t), &m));
+        }
+        let p = last.expect("a prediction");
+        let paths = e.forecasts();
+        assert_eq!(paths.len(), 3, "cpu, mem_used_ratio, queue_len");
+        // Metrics with a limit first.
+        let mem = &paths[0];
+        assert_eq!(mem.metric, "mem_used_ratio");
+        assert_eq!(mem.limits.len(), 1);
+        assert!(!mem.limits[0].learned);
+        // As far over the horizon as the forecaster's spread has been learned (300 samples: not
+        // all of it yet).
+        let horizon = EngineConfig::default().horizon_s;
+        assert!(!mem.points.is_empty());
+        assert!(mem.points.len() <= EngineConfig::default().horizon_points as usize);
+        let far = mem.points.last().expect("points");
+        assert!(far.ahead_s <= horizon + 1.0, "{far:?}");
+        assert!(
+            mem.points
+                .windows(2)
+                .all(|w| w[0].mean < w[1].mean && w[0].ahead_s < w[1].ahead_s)
+        );
+        let p_max = mem
+            .points
+            .iter()
+            .map(|x| x.failure_probability)
+            .fold(0.0, f64::max);
+        assert!(
+            (p_max - p.failure_probability).abs() < 1e-12,
+            "{p_max} vs {p:?}"
+        );
+        let level = mem.level.expect("a level");
+        assert!((level - 0.799).abs() < 0.01, "{level}");
+        // Metrics without a limit have a path but no probability, by name.
+        assert_eq!(paths[1].metric, "cpu");
+        assert_eq!(paths[2].metric, "queue_len");
+        for m in &paths[1..] {
+            assert!(m.limits.is_empty());
+            assert!(!m.points.is_empty());
+            assert!(m.points.iter().all(|x| x.failure_probability == 0.0));
+        }
     }
 
     #[test]

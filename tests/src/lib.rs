@@ -858,6 +858,30 @@ pub fn haproxy_bin() -> Option<PathBuf> {
     found
 }
 
+/// Debian's Chromium and its ChromeDriver (`$CHROMIUM`, `$CHROMEDRIVER`, else /usr/bin), for the
+/// dashboard's browser test and `augur-bench dashboard`. Missing: the test is skipped, unless
+/// `AUGUR_REQUIRE_BROWSER` is set (`.ci/run` installs both and sets it), when it fails.
+pub fn browser_bins() -> Option<(PathBuf, PathBuf)> {
+    let find = |var: &str, names: &[&str]| {
+        std::env::var_os(var).map(PathBuf::from).or_else(|| {
+            names
+                .iter()
+                .map(|n| Path::new("/usr/bin").join(n))
+                .find(|p| p.exists())
+        })
+    };
+    let found = find("CHROMIUM", &["chromium", "chromium-browser"])
+        .zip(find("CHROMEDRIVER", &["chromedriver"]));
+    if found.is_none() {
+        assert!(
+            std::env::var_os("AUGUR_REQUIRE_BROWSER").is_none(),
+            "chromium or chromedriver not found; install Debian's packages together (apt-get install chromium chromium-driver) or set CHROMIUM and CHROMEDRIVER"
+        );
+        eprintln!("skipped: chromium and chromium-driver not installed");
+    }
+    found
+}
+
 /// A real HAProxy in TCP mode: one frontend on `front`, whose backend (`balance roundrobin`,
 /// connect retries redispatched to another server) starts empty for augur to fill through the
 /// admin socket.

@@ -61,6 +61,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/resources", get(resources))
         .route("/v1/resources/{id}", get(resource))
         .route("/v1/resources/{id}/telemetry", get(telemetry))
+        .route("/v1/resources/{id}/series", get(series))
+        .route("/v1/resources/{id}/forecast", get(forecast))
+        .route("/v1/resources/{id}/scores", get(scores))
+        .route("/ui", get(super::ui::root_redirect))
+        .route("/ui/", get(super::ui::index))
+        .route("/ui/{file}", get(super::ui::asset))
         .route("/v1/telemetry", post(push))
         .route("/predict_failure", get(predict_get).post(predict_post))
         .route("/v1/predictions", get(predictions))
@@ -217,6 +223,126 @@ async fn telemetry(
         records: result.samples.iter().map(|s| s.to_record()).collect(),
         truncated: result.truncated,
     }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeriesQuery {
+    since: Option<String>,
+    until: Option<String>,
+    points: Option<usize>,
+}
+
+/// The window a query names: `since` (default an hour before `until`) to `until` (default now).
+fn window(since: Option<&str>, until: Option<&str>) -> Result<(UnixMicros, UnixMicros), ApiError> {
+    let now = UnixMicros::now();
+    let until = match until {
+        Some(s) => parse_time(s, now).map_err(|e| ApiError::BadRequest(format!("until: {e}")))?,
+        None => UnixMicros(now.0.saturating_add(1)),
+    };
+    let since = match since {
+        Some(s) => parse_time(s, now).map_err(|e| ApiError::BadRequest(format!("since: {e}")))?,
+        None => until.saturating_sub_micros(3_600_000_000),
+    };
+    Ok((since, until))
+}
+
+/// A resource's telemetry over a window in columns, at most `points` per metric (averaged per
+/// bucket): what plots read.
+async fn series(
+    State(history): State<History>,
+    Path(id): Path<String>,
+    q: Result<Query<SeriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<super::series::Series>, ApiError> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{}; use ?since=1h&points=600 (since/until: RFC 3339 or a duration)",
+            e.body_text()
+        ))
+    })?;
+    let id = parse_id(&id)?;
+    let (since, until) = window(q.since.as_deref(), q.until.as_deref())?;
+    let points = q.points.unwrap_or(super::series::DEFAULT_POINTS);
+    let qid = id.clone();
+    let series = tokio::task::spawn_blocking(move || {
+        let Some(result) = history
+            .query(&qid, since, until, MAX_QUERY_LIMIT)
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let (bucket_s, ts, metrics) = super::series::bucket(&result.samples, since, until, points);
+        let events = result
+            .samples
+            .iter()
+            .filter_map(|s| {
+                s.event.map(|e| super::series::SeriesEvent {
+                    ts: s.ts.0 as f64 / 1e6,
+                    event: e.as_str().to_owned(),
+                })
+            })
+            .collect();
+        Ok::<_, ApiError>(Some(super::series::Series {
+            resource_id: qid.to_string(),
+            since: since.to_rfc3339(),
+            until: until.to_rfc3339(),
+            bucket_s,
+            ts,
+            metrics,
+            events,
+            samples: result.samples.len(),
+            truncated: result.truncated,
+        }))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??
+    .ok_or_else(|| unknown(&id))?;
+    Ok(Json(series))
+}
+
+/// A resource's latest prediction and each metric's forecast over the horizon, with its spread
+/// and limits (the figures the failure probability is read from).
+async fn forecast(
+    State(predictions): State<Predictions>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::predict::ForecastView>, ApiError> {
+    let id = parse_id(&id)?;
+    predictions.forecast(&id).await.map(Json).map_err(|e| match e {
+        crate::predict::ForecastError::NoEngine => ApiError::NotFound(format!(
+            "no forecast for {id}: it is unknown or not predicted yet; GET /v1/predictions lists the predicted resources"
+        )),
+        crate::predict::ForecastError::Busy => ApiError::Unavailable(
+            "the prediction stage is busy or stopped; try again shortly".to_owned(),
+        ),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScoresQuery {
+    since: Option<String>,
+}
+
+/// A resource's failure probability and anomaly score over time (the last 15 minutes per
+/// second, the last day per minute).
+async fn scores(
+    State(predictions): State<Predictions>,
+    Path(id): Path<String>,
+    q: Result<Query<ScoresQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<crate::predict::ScoresView>, ApiError> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{}; use ?since=1h (RFC 3339 or a duration)",
+            e.body_text()
+        ))
+    })?;
+    let id = parse_id(&id)?;
+    let (since, _) = window(q.since.as_deref(), None)?;
+    predictions.scores(&id, since).map(Json).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no scores for {id}: it is unknown or not predicted yet; GET /v1/predictions lists the predicted resources"
+        ))
+    })
 }
 
 #[derive(Debug, Deserialize)]

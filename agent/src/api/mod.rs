@@ -8,6 +8,8 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod migrations;
+pub mod series;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -91,6 +91,17 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show a resource's forecast over the horizon, metric by metric: the path the failure
+    /// probability is read from, with its 90 % band and the limits (what the dashboard plots).
+    Forecast {
+        /// The resource id.
+        resource: String,
+        /// Also list metrics without a limit.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Create a fleet key and issue join tokens (admission to the mesh).
     #[command(subcommand)]
     Fleet(FleetCommand),
@@ -744,6 +755,23 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             println!("  at {} by {}", v.ts.to_rfc3339(), p.model_version);
             Ok(())
         }
+        Command::Forecast {
+            resource,
+            all,
+            client,
+        } => {
+            let v: crate::predict::ForecastView = Agent::new(&client.api)?
+                .get(
+                    &format!("/v1/resources/{}/forecast", urlencode(&resource)),
+                    &[],
+                )
+                .await?;
+            if client.json {
+                return print_json(&v);
+            }
+            print!("{}", forecast_text(&v, all));
+            Ok(())
+        }
         Command::Fleet(FleetCommand::Apply {
             file,
             credential,
@@ -1134,6 +1162,95 @@ fn lineage(l: &augur_models::federated::Lineage) -> String {
             .map(|d| format!("; network {d}"))
             .unwrap_or_default()
     )
+}
+
+/// A resource id as one path segment (ids may hold `/`, `:` and `@`).
+fn urlencode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// `augur forecast`'s text: per metric its limits, its level now, and the forecast at a few
+/// points of the horizon with its 90 % band and the probability of being past the limit there.
+fn forecast_text(v: &crate::predict::ForecastView, all: bool) -> String {
+    use std::fmt::Write as _;
+    let p = &v.prediction;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}  failure probability {:.3} within {} s (threshold {}){}",
+        p.resource_id,
+        p.prediction.failure_probability,
+        p.prediction.horizon_s,
+        p.threshold,
+        p.prediction
+            .eta_s
+            .map(|e| format!(", expected in {e:.0} s"))
+            .unwrap_or_default()
+    );
+    let shown: Vec<_> = v
+        .metrics
+        .iter()
+        .filter(|m| all || !m.limits.is_empty())
+        .collect();
+    if shown.is_empty() {
+        let _ = writeln!(
+            out,
+            "  no metric has a limit (configured or learned); --all lists the others"
+        );
+    }
+    for m in shown {
+        let limits: Vec<String> = m
+            .limits
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {}{}",
+                    match l.direction {
+                        augur_models::engine::Direction::Above => ">=",
+                        augur_models::engine::Direction::Below => "<=",
+                    },
+                    l.value,
+                    if l.learned { " (learned)" } else { "" }
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {}  now {}  limit {}  anomaly {:.2}",
+            m.metric,
+            m.level.map_or("-".to_owned(), |x| format!("{x:.4}")),
+            if limits.is_empty() {
+                "none".to_owned()
+            } else {
+                limits.join(", ")
+            },
+            m.anomaly_score
+        );
+        if m.points.is_empty() {
+            let _ = writeln!(
+                out,
+                "    no forecast yet: the forecaster is still learning its spread"
+            );
+            continue;
+        }
+        // At most five rows: evenly spaced, the last point always.
+        let step = m.points.len().div_ceil(5).max(1);
+        for (i, pt) in m.points.iter().enumerate() {
+            if i % step != step - 1 && i + 1 != m.points.len() {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "    +{:>6.0} s  {:>12.4}  90 % [{:.4}, {:.4}]  p {:.3}",
+                pt.ahead_s,
+                pt.mean,
+                pt.mean - 1.645 * pt.sd,
+                pt.mean + 1.645 * pt.sd,
+                pt.failure_probability
+            );
+        }
+    }
+    out
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {

@@ -72,6 +72,11 @@ impl Holt {
         }
     }
 
+    /// The smoothed level (the forecast of the current sample's value).
+    pub fn level(&self) -> f64 {
+        self.level
+    }
+
     /// Samples seen so far.
     pub fn seen(&self) -> u64 {
         self.seen

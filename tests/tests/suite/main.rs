@@ -3,6 +3,7 @@
 
 mod autonomy;
 mod crash;
+mod dashboard;
 mod demo;
 mod doctor;
 mod federation;
