@@ -2,6 +2,7 @@
 //! processes on loopback (ports chosen by the kernel), read their JSON logs as events, signal them,
 //! and talk to their HTTP and gRPC APIs.
 
+pub mod dashboard_bench;
 pub mod fuzz;
 pub mod migrate_bench;
 pub mod migration_fleet;

@@ -4,6 +4,8 @@
 //! - `augur-bench ingest`: samples per second accepted into durable history over HTTP and gRPC.
 //! - `augur-bench mesh`: a fleet of N agents on loopback: join convergence, failure detection after
 //!   SIGKILL, gossip bandwidth and CPU per node, and false deaths while one node is starved of CPU.
+//! - `augur-bench dashboard`: a fleet of N agents; one node's CPU with no browser, and with
+//!   headless Chromium following its dashboard (fleet view, resource view), in alternating turns.
 //! - `augur-bench fuzz`: hostile datagrams at one agent's gossip and QUIC ports for minutes, in a
 //!   fleet; no task may be lost and no verdict change.
 //!
@@ -111,6 +113,18 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "7")]
         voters: Vec<usize>,
     },
+    /// What a browser following the dashboard costs the agent serving it (a fleet of real agents;
+    /// needs Debian's chromium).
+    Dashboard {
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// Rounds of the three phases (no browser, fleet view, resource view).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Ingestion throughput into durable history.
     Ingest {
         #[arg(long, value_enum, default_value_t = Transport::Both)]
@@ -207,6 +221,28 @@ async fn main() -> anyhow::Result<()> {
                 "{}",
                 serde_json::to_string_pretty(&json!({"proxies": proxies, "removal": removal}))?
             );
+            Ok(())
+        }
+        Cmd::Dashboard {
+            nodes,
+            secs,
+            rounds,
+        } => {
+            let settings = augur_tests::dashboard_bench::Settings {
+                nodes,
+                secs,
+                rounds,
+            };
+            let pb = bar(secs * rounds as u64 * 3, "dashboard");
+            let out = augur_tests::dashboard_bench::run(&settings, |m| {
+                if m.starts_with("round") {
+                    pb.inc(1);
+                }
+                pb.set_message(m.to_owned());
+            })
+            .await?;
+            pb.finish_and_clear();
+            println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
         Cmd::Migrate {
