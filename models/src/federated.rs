@@ -833,6 +833,59 @@ mod tests {
             positives: 1,
         });
         assert_eq!(refused(u), "non_finite");
+
+        // Learned limits: at most MAX_SHARED_LIMITS, each with a sane metric name and finite
+        // figures.
+        let limit = |metric: &str, value: f64| crate::trained::LearnedLimit {
+            metric: metric.to_owned(),
+            value,
+            direction: crate::limits::Direction::Above,
+            failures: 1,
+            usual_median: 0.2,
+            usual_spread: 0.05,
+            caught_with: 1,
+            caught_without: 0,
+            false_alarms_with: 0,
+            false_alarms_without: 0,
+            held_out: None,
+            used: true,
+        };
+        let with = |patterns: Vec<crate::trained::LearnedLimit>| {
+            let mut u = update(own.clone());
+            u.patterns = patterns;
+            u
+        };
+        assert_eq!(
+            check(&with(vec![limit("latency_ms", 900.0)]), engine, Some(&own)),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                &with(vec![limit("latency_ms", 900.0); MAX_SHARED_LIMITS]),
+                engine,
+                Some(&own)
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            refused(with(vec![
+                limit("latency_ms", 900.0);
+                MAX_SHARED_LIMITS + 1
+            ])),
+            "oversized"
+        );
+        assert_eq!(refused(with(vec![limit("", 900.0)])), "shape");
+        assert_eq!(refused(with(vec![limit(&"m".repeat(257), 900.0)])), "shape");
+        assert_eq!(
+            refused(with(vec![limit("latency_ms", f64::NAN)])),
+            "non_finite"
+        );
+        let mut l = limit("latency_ms", 900.0);
+        l.usual_spread = f64::INFINITY;
+        assert_eq!(refused(with(vec![l])), "non_finite");
+        let mut l = limit("latency_ms", 900.0);
+        l.usual_median = f64::NEG_INFINITY;
+        assert_eq!(refused(with(vec![l])), "non_finite");
     }
 
     /// `n` honest networks near 0.1, `f` Byzantine ones made by `attack`: how far each rule's merge
