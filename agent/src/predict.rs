@@ -172,7 +172,8 @@ impl Budget {
             .or_insert((0, ESTIMATE_EVERY, usize::MAX));
         e.1 += 1;
         if e.1 >= ESTIMATE_EVERY || e.2 != engine.metric_count() {
-            let bytes = engine.approx_bytes();
+            // The engine, and the resource's recent scores kept beside it.
+            let bytes = engine.approx_bytes() + crate::scores::ScoreRing::MAX_BYTES;
             self.total = self.total.saturating_sub(e.0) + bytes;
             *e = (bytes, 0, engine.metric_count());
         }
@@ -182,7 +183,16 @@ impl Budget {
     fn recount(&mut self, engines: &HashMap<ResourceId, ResourceEngine>) {
         self.per_engine = engines
             .iter()
-            .map(|(id, e)| (id.clone(), (e.approx_bytes(), 0, e.metric_count())))
+            .map(|(id, e)| {
+                (
+                    id.clone(),
+                    (
+                        e.approx_bytes() + crate::scores::ScoreRing::MAX_BYTES,
+                        0,
+                        e.metric_count(),
+                    ),
+                )
+            })
             .collect();
         self.total = self.per_engine.values().map(|e| e.0).sum();
     }

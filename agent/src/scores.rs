@@ -30,11 +30,21 @@ impl ScorePoint {
     }
 }
 
-/// One resource's scores over time.
-#[derive(Clone, Debug, Default)]
+/// One resource's scores over time. Both rings are allocated at their full size once (about
+/// 37 KB), so they never grow past it.
+#[derive(Clone, Debug)]
 pub struct ScoreRing {
     fine: VecDeque<ScorePoint>,
     coarse: VecDeque<ScorePoint>,
+}
+
+impl Default for ScoreRing {
+    fn default() -> Self {
+        Self {
+            fine: VecDeque::with_capacity(FINE_POINTS),
+            coarse: VecDeque::with_capacity(COARSE_POINTS),
+        }
+    }
 }
 
 fn floor_to(ts_ms: i64, step_ms: i64) -> i64 {
@@ -54,14 +64,15 @@ impl ScoreRing {
             match ring.back_mut() {
                 Some(last) if last.ts_ms >= at => last.merge(p, a),
                 _ => {
+                    // Room first, so the ring never holds more than `cap` (and never grows).
+                    while ring.len() >= cap {
+                        ring.pop_front();
+                    }
                     ring.push_back(ScorePoint {
                         ts_ms: at,
                         failure_probability: p,
                         anomaly_score: a,
                     });
-                    while ring.len() > cap {
-                        ring.pop_front();
-                    }
                 }
             }
         }
@@ -117,6 +128,9 @@ mod tests {
         }
         assert_eq!(r.fine.len(), FINE_POINTS);
         assert_eq!(r.coarse.len(), COARSE_POINTS);
+        // Never grown past what it was given.
+        assert_eq!(r.fine.capacity(), FINE_POINTS);
+        assert_eq!(r.coarse.capacity(), COARSE_POINTS);
     }
 
     #[test]
