@@ -521,14 +521,31 @@
           el("td", { text: new Date(m.data_until_s * 1000).toLocaleString() + " (" + m.rows + " rows, " + m.resources + " resources)" }),
           el("td", { class: "num", text: mlp ? num(mlp.mse_mlp) + " vs " + num(mlp.mse_holt) : "–" }),
           el("td", { text: mlp ? (mlp.preferred ? "yes" : "no (Holt is better)") : "–" }),
-          el("td", { text: cal ? (cal.used ? "used" : "not used") + " (Brier " + num(cal.brier_raw) + " → " + num(cal.brier_calibrated) + ")" : "–" }),
+          el("td", { text: cal ? (cal.used ? "used" : "not used") + " (Brier " + num(cal.brier_raw) + " → " + num(cal.brier_calibrated) + ")" : "not fitted (no labelled failures)" }),
           el("td", { text: list.pinned && list.pinned[m.resource_type] !== undefined ? "pinned" : "–" }),
           el("td", { text: fed ? fed.rule + ", " + fed.contributors.length + " contributors" + (fed.digest ? ", " + fed.digest : "") : "local" })
         )
       );
+      const limits = (m.patterns && m.patterns.limits) || [];
+      if (limits.length) {
+        tbody.append(
+          el(
+            "tr",
+            {},
+            el("td", {}),
+            el("td", { colSpan: 7, class: "muted", text: "learned limits: " + limits.map((l) => l.metric + (l.direction === "above" ? " ≥ " : " ≤ ") + num(l.value) + (l.used ? "" : " (not used)")).join(", ") })
+          )
+        );
+      }
+    }
+    if (!list.models.length) {
+      tbody.append(el("tr", {}, el("td", { colSpan: 8, class: "muted", text: "No trained models yet: types are trained from the history every models.retrain_interval, or now with augur models train." })));
     }
     const db = $("#decisions tbody");
     clear(db);
+    if (!(list.federation || []).length) {
+      db.append(el("tr", {}, el("td", { colSpan: 6, class: "muted", text: "No merges yet: outside a fleet, or no peer has shared a model of these types." })));
+    }
     for (const d of (list.federation || []).slice().reverse()) {
       db.append(
         el(

@@ -108,6 +108,7 @@ pub async fn run(s: &Settings, mut tick: impl FnMut(&str)) -> anyhow::Result<Val
     })
     .await?;
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); PHASES.len()];
+    let mut connections: Vec<Vec<f64>> = vec![Vec::new(); PHASES.len()];
     for round in 0..s.rounds {
         for (i, phase) in PHASES.iter().enumerate() {
             let browser = match i {
@@ -128,6 +129,17 @@ pub async fn run(s: &Settings, mut tick: impl FnMut(&str)) -> anyhow::Result<Val
             }
             let (c1, _) = proc_usage(pid)?;
             cpu[i].push(100.0 * (c1 - c0) / t0.elapsed().as_secs_f64());
+            // The browser really follows the page: its event stream is open (this request's
+            // own connection is the other one counted).
+            let open = crate::metric(
+                &agent.get_text("/metrics").await?,
+                "augur_api_connections{listener=\"http\"}",
+            );
+            anyhow::ensure!(
+                (open >= 2.0) == browser.is_some(),
+                "{phase}: {open} HTTP connections open on n1; the browser did not load the page as expected"
+            );
+            connections[i].push(open);
             drop(browser);
         }
     }
@@ -141,6 +153,7 @@ pub async fn run(s: &Settings, mut tick: impl FnMut(&str)) -> anyhow::Result<Val
                 "cpu_percent_of_one_core": cpu[i],
                 "median": medians[i],
                 "cost_over_no_browser": medians[i] - medians[0],
+                "http_connections_open_at_end": connections[i],
             })
         })
         .collect();
