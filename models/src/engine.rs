@@ -204,6 +204,14 @@ fn walk_horizon(
     }
 }
 
+/// The probability that a value forecast at `mean` with spread `sd` is past `limit`.
+fn beyond(limit: f64, direction: Direction, mean: f64, sd: f64) -> f64 {
+    match direction {
+        Direction::Above => normal_tail((limit - mean) / sd),
+        Direction::Below => normal_tail((mean - limit) / sd),
+    }
+}
+
 /// One metric's forecast over the horizon, as the failure probability reads it (the dashboard's
 /// forecast plot and `augur forecast`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -408,10 +416,7 @@ impl ResourceEngine {
                     |ahead_s, mean, sd| {
                         let failure_probability = limits
                             .iter()
-                            .map(|l| match l.direction {
-                                Direction::Above => normal_tail((l.value - mean) / sd),
-                                Direction::Below => normal_tail((mean - l.value) / sd),
-                            })
+                            .map(|l| beyond(l.value, l.direction, mean, sd))
                             .fold(0.0, f64::max);
                         path.push(ForecastPoint {
                             ahead_s,
@@ -557,10 +562,7 @@ impl ResourceEngine {
                 limits
                     .iter()
                     .flatten()
-                    .map(|&(value, direction)| match direction {
-                        Direction::Above => normal_tail((value - mean) / sd),
-                        Direction::Below => normal_tail((mean - value) / sd),
-                    })
+                    .map(|&(value, direction)| beyond(value, direction, mean, sd))
                     .fold(0.0, f64::max)
             };
             let mut p_max: f64 = 0.0;

@@ -197,15 +197,7 @@ async fn telemetry(
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<TelemetryPage>, ApiError> {
     let id = parse_id(&id)?;
-    let now = UnixMicros::now();
-    let until = match &q.until {
-        Some(s) => parse_time(s, now).map_err(|e| ApiError::BadRequest(format!("until: {e}")))?,
-        None => UnixMicros(now.0.saturating_add(1)),
-    };
-    let since = match &q.since {
-        Some(s) => parse_time(s, now).map_err(|e| ApiError::BadRequest(format!("since: {e}")))?,
-        None => until.saturating_sub_micros(3_600_000_000),
-    };
+    let (since, until) = window(q.since.as_deref(), q.until.as_deref())?;
     let limit = q
         .limit
         .unwrap_or(DEFAULT_QUERY_LIMIT)
