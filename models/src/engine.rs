@@ -42,6 +42,13 @@ pub struct EngineConfig {
     /// default).
     #[serde(default = "default_clip")]
     pub forecast_clip: f64,
+    /// How far (in spreads of the forecaster's own errors) a trend must carry a forecast from the
+    /// level before the forecast is discounted by how much of such drifts has come true on this
+    /// metric (`forecast::empirical`; 0: never, every trend taken at its word). A step or burst
+    /// that reverts stops raising the failure probability once the metric has shown it reverts;
+    /// a climb that keeps going keeps its full forecast.
+    #[serde(default = "default_trend_credibility")]
+    pub trend_credibility: f64,
     /// The novelty detectors' settings.
     #[serde(default)]
     pub novelty: NoveltyConfig,
@@ -76,6 +83,13 @@ fn default_clip() -> f64 {
     HOLT_CLIP
 }
 
+/// Chosen on the classic failure family's tuning seed (docs/BENCHMARKS.md, issue 15).
+pub const DEFAULT_TREND_CREDIBILITY: f64 = 3.0;
+
+fn default_trend_credibility() -> f64 {
+    DEFAULT_TREND_CREDIBILITY
+}
+
 fn default_trend_damping() -> f64 {
     HOLT_PHI
 }
@@ -94,6 +108,7 @@ impl Default for EngineConfig {
             novelty: NoveltyConfig::default(),
             trend_damping: HOLT_PHI,
             forecast_clip: HOLT_CLIP,
+            trend_credibility: DEFAULT_TREND_CREDIBILITY,
             max_metrics: DEFAULT_MAX_METRICS,
             metric_ttl_samples: DEFAULT_METRIC_TTL_SAMPLES,
         }
@@ -167,6 +182,7 @@ impl MetricState {
         64 + name.len()
             + self.scorer.max_bytes()
             + std::mem::size_of::<EmpiricalErrors>()
+            + EmpiricalErrors::max_heap_bytes()
             + 16 * 64
             + 8 * self.recent.capacity()
             + 40 * self.pending.capacity()
@@ -176,7 +192,8 @@ impl MetricState {
 /// Walks a metric's Holt forecast over the horizon's `points`: `at(ahead_s, mean, sd)` for each
 /// point, nearest first, until the first without a forecast or without a learned spread (the
 /// spread this forecaster has actually shown on this metric at that horizon). The metric steps at
-/// its own sampling interval, or the resource's (`fallback_interval_s`) before it has one.
+/// its own sampling interval, or the resource's (`fallback_interval_s`) before it has one. The
+/// trend's drift from the level is discounted by its credibility on this metric.
 fn walk_horizon(
     horizon_s: f64,
     points: u32,
@@ -200,7 +217,10 @@ fn walk_horizon(
         let Some(variance) = st.errors.variance(steps) else {
             break;
         };
-        at(steps * interval_s, f.mean, variance.sqrt().max(1e-9));
+        let level = st.scorer.holt.level();
+        let drift = f.mean - level;
+        let mean = level + st.errors.credibility(steps, drift, variance) * drift;
+        at(steps * interval_s, mean, variance.sqrt().max(1e-9));
     }
 }
 
@@ -497,7 +517,7 @@ impl ResourceEngine {
                         self.config.anomaly_learning,
                         self.config.novelty,
                     ),
-                    errors: EmpiricalErrors::default(),
+                    errors: EmpiricalErrors::new(self.config.trend_credibility),
                     anomaly: 0.0,
                     recent: VecDeque::new(),
                     pending: VecDeque::new(),
@@ -523,7 +543,8 @@ impl ResourceEngine {
             // that no longer apply (they raised false alarms right after warm-up).
             let holt = &st.scorer.holt;
             if holt.seen() >= WARM_UP {
-                st.errors.remember(|h| holt.forecast(h).map(|f| f.mean));
+                st.errors
+                    .remember(holt.level(), |h| holt.forecast(h).map(|f| f.mean));
             }
         }
         let models = self.models.clone();

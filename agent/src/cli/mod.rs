@@ -414,6 +414,10 @@ pub enum EvalCommand {
         /// The forecaster's residual clipping for augur's rows, in standard deviations (0: none).
         #[arg(long, default_value_t = augur_models::engine::HOLT_CLIP)]
         clip: f64,
+        /// Spreads past which augur's forecasts discount a trend by how much of such trends has
+        /// come true on the metric (0: never).
+        #[arg(long, default_value_t = augur_models::engine::DEFAULT_TREND_CREDIBILITY)]
+        trend_credibility: f64,
         /// A limited metric whose limit no detector is told (`queue_len`, `cpu_util`,
         /// `error_rate`, ...): its failures still happen, and the trained models' history holds
         /// one of them, to show a failure mode learned from its first labelled occurrence.
@@ -606,13 +610,18 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             family,
             damping,
             clip,
+            trend_credibility,
             withhold,
             keep_firing,
             json,
         }) => {
             let run = crate::eval::FailureRun {
                 keep_firing_s: keep_firing,
-                forecaster: augur_models::eval::failures::Forecaster { damping, clip },
+                forecaster: augur_models::eval::failures::Forecaster {
+                    damping,
+                    clip,
+                    credibility: trend_credibility,
+                },
                 family,
                 seed,
                 per_scenario,

@@ -353,6 +353,9 @@ pub struct Forecaster {
     pub damping: f64,
     /// Residual clipping in standard deviations ([`crate::engine::HOLT_CLIP`]).
     pub clip: f64,
+    /// Spreads past which a trend is discounted by its credibility
+    /// ([`crate::engine::DEFAULT_TREND_CREDIBILITY`]).
+    pub credibility: f64,
 }
 
 impl Default for Forecaster {
@@ -360,6 +363,7 @@ impl Default for Forecaster {
         Self {
             damping: crate::engine::HOLT_PHI,
             clip: crate::engine::HOLT_CLIP,
+            credibility: crate::engine::DEFAULT_TREND_CREDIBILITY,
         }
     }
 }
@@ -370,6 +374,7 @@ impl Forecaster {
         EngineConfig {
             trend_damping: self.damping,
             forecast_clip: self.clip,
+            trend_credibility: self.credibility,
             ..config
         }
     }

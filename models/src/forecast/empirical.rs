@@ -4,6 +4,12 @@
 //! metric, not from the textbook variance of a model the series may not follow (Holt's formula
 //! assumes a randomly walking trend and overstates the spread of a stationary noisy metric by an
 //! order of magnitude at a 300-step horizon, which raised false alarms).
+//!
+//! The same bookkeeping measures how much of the trend's extrapolation has come true: for the
+//! forecasts whose trend moved them far from the level (more than `credible_after` spreads), the
+//! realised change is regressed on the forecast drift, per horizon. A metric whose climbs keep
+//! going scores near 1; one whose steps and bursts revert scores near 0, and its forecasts are
+//! pulled back towards the level by that much (`credibility`).
 
 use std::collections::VecDeque;
 
@@ -16,19 +22,43 @@ const DECAY: f64 = 0.005;
 
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct EmpiricalErrors {
-    /// Per horizon, (due sample index, forecast mean), in due order (one queue per horizon keeps
-    /// every push and pop O(1)).
-    pending: [VecDeque<(u64, f64)>; HORIZONS.len()],
+    /// Per horizon, (due sample index, forecast mean, drift counted for credibility or 0), in due
+    /// order (one queue per horizon keeps every push and pop O(1)).
+    pending: [VecDeque<(u64, f64, f64)>; HORIZONS.len()],
     mse: [f64; HORIZONS.len()],
     n: [u64; HORIZONS.len()],
     index: u64,
+    /// Per horizon, over the forecasts whose drift was counted: their number, and the decayed
+    /// means of realised change times drift and of drift squared.
+    n_drift: [u64; HORIZONS.len()],
+    change_drift: [f64; HORIZONS.len()],
+    drift2: [f64; HORIZONS.len()],
+    /// A forecast's drift is counted, and discounted, when it exceeds this many spreads of the
+    /// horizon's errors (0: never; every trend is taken at its word).
+    credible_after: f64,
 }
 
 impl EmpiricalErrors {
+    /// Errors that also learn the trend's credibility past `credible_after` spreads (0: off).
+    pub fn new(credible_after: f64) -> Self {
+        Self {
+            credible_after: credible_after.max(0.0),
+            ..Self::default()
+        }
+    }
+
+    /// Heap bytes of the pending forecasts at most (one queue per horizon, `h` deep).
+    pub fn max_heap_bytes() -> usize {
+        HORIZONS
+            .iter()
+            .map(|h| 24 * (*h as usize + 1).next_power_of_two())
+            .sum()
+    }
+
     /// Takes the value observed now, scoring the forecasts that were due.
     pub fn observe(&mut self, x: f64) {
         for h in 0..HORIZONS.len() {
-            while let Some(&(due, mean)) = self.pending[h].front() {
+            while let Some(&(due, mean, drift)) = self.pending[h].front() {
                 if due > self.index {
                     break;
                 }
@@ -38,19 +68,62 @@ impl EmpiricalErrors {
                     self.n[h] += 1;
                     let w = (1.0 / self.n[h] as f64).max(DECAY);
                     self.mse[h] += w * (e2 - self.mse[h]);
+                    if drift != 0.0 {
+                        // The change from the level the forecast started at, against its drift.
+                        let change = x - (mean - drift);
+                        self.n_drift[h] += 1;
+                        let w = (1.0 / self.n_drift[h] as f64).max(DECAY);
+                        self.change_drift[h] += w * (change * drift - self.change_drift[h]);
+                        self.drift2[h] += w * (drift * drift - self.drift2[h]);
+                    }
                 }
             }
         }
     }
 
-    /// Remembers the forecasts made now (`forecast(h)` gives the mean h samples ahead), then moves on.
-    pub fn remember(&mut self, mut forecast: impl FnMut(u32) -> Option<f64>) {
+    /// Remembers the forecasts made now from `level` (`forecast(h)` gives the mean h samples
+    /// ahead), then moves on.
+    pub fn remember(&mut self, level: f64, mut forecast: impl FnMut(u32) -> Option<f64>) {
         for (hi, &h) in HORIZONS.iter().enumerate() {
             if let Some(mean) = forecast(h) {
-                self.pending[hi].push_back((self.index + u64::from(h), mean));
+                let drift = mean - level;
+                let counted = self.credible_after > 0.0
+                    && self.n[hi] >= MIN_ERRORS
+                    && drift.abs() > self.credible_after * self.mse[hi].sqrt();
+                let drift = if counted { drift } else { 0.0 };
+                self.pending[hi].push_back((self.index + u64::from(h), mean, drift));
             }
         }
         self.index += 1;
+    }
+
+    /// The share (0 to 1) of a forecast's `drift` from the level `steps` ahead to believe, given
+    /// the error `variance` there: 1 while the drift is within `credible_after` spreads, or before
+    /// 60 such forecasts have come due at a horizon; otherwise what such drifts have come to on
+    /// this metric, interpolated between horizons and held past the longest.
+    pub fn credibility(&self, steps: f64, drift: f64, variance: f64) -> f64 {
+        if self.credible_after <= 0.0 || drift.abs() <= self.credible_after * variance.sqrt() {
+            return 1.0;
+        }
+        // Interpolated between the warm horizons, held before the first and past the last.
+        let mut below: Option<(f64, f64)> = None;
+        for (i, h) in HORIZONS.iter().enumerate() {
+            if self.n_drift[i] < MIN_ERRORS || self.drift2[i] <= 0.0 {
+                continue;
+            }
+            let (h, c) = (
+                f64::from(*h),
+                (self.change_drift[i] / self.drift2[i]).clamp(0.0, 1.0),
+            );
+            if steps <= h {
+                return match below {
+                    Some((a, ca)) => ca + (c - ca) * (steps - a) / (h - a),
+                    None => c,
+                };
+            }
+            below = Some((h, c));
+        }
+        below.map_or(1.0, |(_, c)| c)
     }
 
     /// The error variance `steps` ahead: interpolated between warm horizons. Past the longest warm
@@ -58,23 +131,21 @@ impl EmpiricalErrors {
     /// linearly in steps. Guessing the spread far ahead from the spread one step ahead is exactly
     /// the over- or under-statement this type exists to avoid.
     pub fn variance(&self, steps: f64) -> Option<f64> {
-        let warm: Vec<(f64, f64)> = HORIZONS
-            .iter()
-            .zip(self.mse.iter().zip(&self.n))
-            .filter(|(_, (_, n))| **n >= MIN_ERRORS)
-            .map(|(h, (m, _))| (f64::from(*h), *m))
-            .collect();
-        let &(h0, v0) = warm.first()?;
-        if steps <= h0 {
-            return Some(v0);
-        }
-        for w in warm.windows(2) {
-            let ((a, va), (b, vb)) = (w[0], w[1]);
-            if steps <= b {
-                return Some(va + (vb - va) * (steps - a) / (b - a));
+        let mut below: Option<(f64, f64)> = None;
+        for (i, h) in HORIZONS.iter().enumerate() {
+            if self.n[i] < MIN_ERRORS {
+                continue;
             }
+            let (h, v) = (f64::from(*h), self.mse[i]);
+            if steps <= h {
+                return Some(match below {
+                    Some((a, va)) => va + (v - va) * (steps - a) / (h - a),
+                    None => v,
+                });
+            }
+            below = Some((h, v));
         }
-        let &(hl, vl) = warm.last()?;
+        let (hl, vl) = below?;
         let longest = f64::from(HORIZONS[HORIZONS.len() - 1]);
         (hl == longest).then(|| vl * steps / hl)
     }
@@ -91,7 +162,7 @@ mod tests {
         for _ in 0..5000 {
             let x = rng.next_f64(); // variance 1/12
             e.observe(x);
-            e.remember(|_| Some(0.5));
+            e.remember(0.5, |_| Some(0.5));
         }
         for steps in [1.0, 10.0, 100.0, 300.0] {
             let v = e.variance(steps).expect("warm");
@@ -108,14 +179,49 @@ mod tests {
         let mut e = EmpiricalErrors::default();
         for _ in 0..10 {
             e.observe(1.0);
-            e.remember(|_| Some(1.0));
+            e.remember(1.0, |_| Some(1.0));
         }
         assert_eq!(e.variance(1.0), None);
         for _ in 0..70 {
             e.observe(1.0);
-            e.remember(|_| Some(1.0));
+            e.remember(1.0, |_| Some(1.0));
         }
         assert!(e.variance(5.0).is_some());
         assert_eq!(e.variance(300.0), None);
+    }
+
+    #[test]
+    fn a_trend_that_never_comes_true_loses_its_credibility_and_one_that_does_keeps_it() {
+        // Noise around 0.5; one forecast in 20 claims a climb of 2 that never happens.
+        let mut e = EmpiricalErrors::new(3.0);
+        let mut rng = crate::anomaly::iforest::SplitMix64::new(2);
+        for t in 0..20_000u64 {
+            let x = rng.next_f64();
+            e.observe(x);
+            let drift = if t % 20 == 0 { 2.0 } else { 0.0 };
+            e.remember(0.5, |_| Some(0.5 + drift));
+        }
+        for steps in [1.0, 60.0, 300.0, 1200.0] {
+            let c = e.credibility(steps, 5.0, e.variance(steps).expect("warm"));
+            assert!(c < 0.05, "{steps}: {c}");
+        }
+        // A drift within the spread is believed whatever the history.
+        assert_eq!(e.credibility(300.0, 0.01, 0.3), 1.0);
+
+        // A ramp whose forecasts come true.
+        let mut e = EmpiricalErrors::new(3.0);
+        let slope = 0.001;
+        for t in 0..20_000u64 {
+            let level = slope * t as f64;
+            e.observe(level + 0.01 * rng.next_f64());
+            e.remember(level, |h| Some(level + slope * f64::from(h)));
+        }
+        let c = e.credibility(300.0, 0.3, e.variance(300.0).expect("warm"));
+        assert!((c - 1.0).abs() < 0.05, "{c}");
+        // Off: every trend is taken at its word.
+        assert_eq!(
+            EmpiricalErrors::default().credibility(300.0, 100.0, 1.0),
+            1.0
+        );
     }
 }
