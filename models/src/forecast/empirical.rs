@@ -108,13 +108,12 @@ impl EmpiricalErrors {
         // Interpolated between the warm horizons, held before the first and past the last.
         let mut below: Option<(f64, f64)> = None;
         for (i, h) in HORIZONS.iter().enumerate() {
-            if self.n_drift[i] < MIN_ERRORS || self.drift2[i] <= 0.0 {
+            let ratio = self.change_drift[i] / self.drift2[i];
+            // Not warm, or values so large that their squares overflowed: not known.
+            if self.n_drift[i] < MIN_ERRORS || self.drift2[i] <= 0.0 || !ratio.is_finite() {
                 continue;
             }
-            let (h, c) = (
-                f64::from(*h),
-                (self.change_drift[i] / self.drift2[i]).clamp(0.0, 1.0),
-            );
+            let (h, c) = (f64::from(*h), ratio.clamp(0.0, 1.0));
             if steps <= h {
                 return match below {
                     Some((a, ca)) => ca + (c - ca) * (steps - a) / (h - a),
@@ -223,5 +222,22 @@ mod tests {
             EmpiricalErrors::default().credibility(300.0, 100.0, 1.0),
             1.0
         );
+    }
+
+    #[test]
+    fn values_whose_squares_overflow_leave_the_credibility_a_number() {
+        // A climb of 2^560 (about 4e168) per sample, forecast exactly (powers of two: no
+        // rounding): the drifts' squares overflow.
+        let mut e = EmpiricalErrors::new(3.0);
+        let step = 2f64.powi(560);
+        for t in 0..2_000u64 {
+            let level = step * t as f64;
+            e.observe(level);
+            e.remember(level, |h| Some(level + step * f64::from(h)));
+        }
+        for steps in [1.0, 60.0, 300.0] {
+            let c = e.credibility(steps, 1e300, 1.0);
+            assert!((0.0..=1.0).contains(&c), "{steps}: {c}");
+        }
     }
 }
