@@ -207,6 +207,7 @@ fn walk_horizon(
         fallback_interval_s
     };
     let steps_total = (horizon_s / interval_s.max(1e-3)).max(1.0);
+    let level = st.scorer.holt.level();
     for k in 1..=points {
         let steps = (steps_total * f64::from(k) / f64::from(points))
             .ceil()
@@ -217,7 +218,6 @@ fn walk_horizon(
         let Some(variance) = st.errors.variance(steps) else {
             break;
         };
-        let level = st.scorer.holt.level();
         let drift = f.mean - level;
         let mean = level + st.errors.credibility(steps, drift, variance) * drift;
         at(steps * interval_s, mean, variance.sqrt().max(1e-9));

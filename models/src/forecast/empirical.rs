@@ -105,24 +105,18 @@ impl EmpiricalErrors {
         if self.credible_after <= 0.0 || drift.abs() <= self.credible_after * variance.sqrt() {
             return 1.0;
         }
-        // Interpolated between the warm horizons, held before the first and past the last.
-        let mut below: Option<(f64, f64)> = None;
-        for (i, h) in HORIZONS.iter().enumerate() {
+        let warm = HORIZONS.iter().enumerate().filter_map(|(i, h)| {
             let ratio = self.change_drift[i] / self.drift2[i];
             // Not warm, or values so large that their squares overflowed: not known.
-            if self.n_drift[i] < MIN_ERRORS || self.drift2[i] <= 0.0 || !ratio.is_finite() {
-                continue;
-            }
-            let (h, c) = (f64::from(*h), ratio.clamp(0.0, 1.0));
-            if steps <= h {
-                return match below {
-                    Some((a, ca)) => ca + (c - ca) * (steps - a) / (h - a),
-                    None => c,
-                };
-            }
-            below = Some((h, c));
+            (self.n_drift[i] >= MIN_ERRORS && self.drift2[i] > 0.0 && ratio.is_finite())
+                .then(|| (f64::from(*h), ratio.clamp(0.0, 1.0)))
+        });
+        // Held past the longest warm horizon.
+        match interpolate(warm, steps) {
+            Interpolated::At(c) => c,
+            Interpolated::Past(_, c) => c,
+            Interpolated::Unknown => 1.0,
         }
-        below.map_or(1.0, |(_, c)| c)
     }
 
     /// The error variance `steps` ahead: interpolated between warm horizons. Past the longest warm
@@ -130,24 +124,45 @@ impl EmpiricalErrors {
     /// linearly in steps. Guessing the spread far ahead from the spread one step ahead is exactly
     /// the over- or under-statement this type exists to avoid.
     pub fn variance(&self, steps: f64) -> Option<f64> {
-        let mut below: Option<(f64, f64)> = None;
-        for (i, h) in HORIZONS.iter().enumerate() {
-            if self.n[i] < MIN_ERRORS {
-                continue;
+        let warm = HORIZONS
+            .iter()
+            .zip(self.mse.iter().zip(&self.n))
+            .filter(|(_, (_, n))| **n >= MIN_ERRORS)
+            .map(|(h, (m, _))| (f64::from(*h), *m));
+        match interpolate(warm, steps) {
+            Interpolated::At(v) => Some(v),
+            Interpolated::Past(hl, vl) => {
+                let longest = f64::from(HORIZONS[HORIZONS.len() - 1]);
+                (hl == longest).then(|| vl * steps / hl)
             }
-            let (h, v) = (f64::from(*h), self.mse[i]);
-            if steps <= h {
-                return Some(match below {
-                    Some((a, va)) => va + (v - va) * (steps - a) / (h - a),
-                    None => v,
-                });
-            }
-            below = Some((h, v));
+            Interpolated::Unknown => None,
         }
-        let (hl, vl) = below?;
-        let longest = f64::from(HORIZONS[HORIZONS.len() - 1]);
-        (hl == longest).then(|| vl * steps / hl)
     }
+}
+
+/// A per-horizon estimate at `steps`.
+enum Interpolated {
+    /// Between two warm horizons (linear), or at or before the first.
+    At(f64),
+    /// Past the last warm horizon: that horizon and its estimate.
+    Past(f64, f64),
+    /// No horizon is warm.
+    Unknown,
+}
+
+/// Interpolates `steps` between the `warm` (horizon, estimate) points, in horizon order.
+fn interpolate(warm: impl Iterator<Item = (f64, f64)>, steps: f64) -> Interpolated {
+    let mut below: Option<(f64, f64)> = None;
+    for (h, v) in warm {
+        if steps <= h {
+            return Interpolated::At(match below {
+                Some((a, va)) => va + (v - va) * (steps - a) / (h - a),
+                None => v,
+            });
+        }
+        below = Some((h, v));
+    }
+    below.map_or(Interpolated::Unknown, |(h, v)| Interpolated::Past(h, v))
 }
 
 #[cfg(test)]
