@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::anomaly::scorer::surprise;
 use crate::anomaly::{AnomalyLikelihood, MetricScorer, NoveltyConfig, normal_tail};
-use crate::forecast::empirical::EmpiricalErrors;
+use crate::forecast::empirical::{CredibilityPrior, CredibilityTally, EmpiricalErrors};
 use crate::forecast::{Forecast, Holt};
 use crate::trained::TrainedModels;
 
@@ -193,12 +193,14 @@ impl MetricState {
 /// point, nearest first, until the first without a forecast or without a learned spread (the
 /// spread this forecaster has actually shown on this metric at that horizon). The metric steps at
 /// its own sampling interval, or the resource's (`fallback_interval_s`) before it has one. The
-/// trend's drift from the level is discounted by its credibility on this metric.
+/// trend's drift from the level is discounted by its credibility on this metric (or on the type's
+/// history, `prior`, until the metric's own is known).
 fn walk_horizon(
     horizon_s: f64,
     points: u32,
     fallback_interval_s: f64,
     st: &MetricState,
+    prior: Option<&CredibilityPrior>,
     mut at: impl FnMut(f64, f64, f64),
 ) {
     let interval_s = if st.interval_s > 0.0 {
@@ -219,7 +221,7 @@ fn walk_horizon(
             break;
         };
         let drift = f.mean - level;
-        let mean = level + st.errors.credibility(steps, drift, variance) * drift;
+        let mean = level + st.errors.credibility(steps, drift, variance, prior) * drift;
         at(steps * interval_s, mean, variance.sqrt().max(1e-9));
     }
 }
@@ -277,6 +279,37 @@ const LIKELIHOOD_LEARNING: usize = 60;
 
 fn likelihood() -> AnomalyLikelihood {
     AnomalyLikelihood::new(8640, 2, LIKELIHOOD_LEARNING)
+}
+
+/// The trend's credibility on a resource type's history, per metric: every resource's metrics
+/// replayed through the forecaster and its error model as the engine runs them (`config`'s
+/// forecaster settings), the far-carried forecasts that came due pooled over resources.
+pub fn credibility_tally(
+    data: &[crate::history::ResourceHistory],
+    config: &EngineConfig,
+) -> BTreeMap<String, CredibilityTally> {
+    let mut out: BTreeMap<String, CredibilityTally> = BTreeMap::new();
+    if config.trend_credibility <= 0.0 {
+        return out;
+    }
+    for r in data {
+        for name in r.names() {
+            let Some(col) = r.column(name) else { continue };
+            let tally = out.entry(name.clone()).or_default();
+            let mut holt = Holt::new(HOLT_ALPHA, HOLT_BETA)
+                .damped(config.trend_damping)
+                .clipped(config.forecast_clip);
+            let mut errors = EmpiricalErrors::new(config.trend_credibility);
+            for &x in col.iter().filter(|x| x.is_finite()) {
+                errors.observe_tallied(x, Some(tally));
+                holt.update(x);
+                if holt.seen() >= WARM_UP {
+                    errors.remember(holt.level(), |h| holt.forecast(h).map(|f| f.mean));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Online engine of one resource. Serialisable, so the agent can save its learned state and resume
@@ -433,6 +466,7 @@ impl ResourceEngine {
                     points,
                     self.interval_s,
                     st,
+                    self.models.as_ref().and_then(|m| m.credibility.get(name)),
                     |ahead_s, mean, sd| {
                         let failure_probability = limits
                             .iter()
@@ -593,6 +627,7 @@ impl ResourceEngine {
                 points,
                 self.interval_s,
                 st,
+                models.as_ref().and_then(|m| m.credibility.get(name)),
                 |ahead_s, mean, sd| {
                     let p = tail(mean, sd);
                     if eta.is_none() && p >= 0.5 {
@@ -774,6 +809,82 @@ mod tests {
             crossed |= a >= 0.75;
         }
         assert!(crossed, "the ramp is predicted to cross");
+    }
+
+    /// An error rate near 0.005 with noise, and from `burst_from` a burst to 3x for 30 s (which
+    /// reverts), or from `climb_from` a climb of 0.0001 a second (which keeps going).
+    fn errors(seed: u64, len: u32, burst_from: Option<u32>, climb_from: Option<u32>) -> Vec<f64> {
+        let mut rng = crate::anomaly::iforest::SplitMix64::new(seed);
+        (0..len)
+            .map(|t| {
+                let burst = burst_from.is_some_and(|b| (b..b + 30).contains(&t));
+                let climb = climb_from.map_or(0.0, |c| 0.0001 * f64::from(t.saturating_sub(c)));
+                0.005 * (0.75 + 0.5 * rng.next_f64()) * if burst { 3.0 } else { 1.0 } + climb
+            })
+            .collect()
+    }
+
+    fn highest(engine: &mut ResourceEngine, values: &[f64]) -> f64 {
+        values
+            .iter()
+            .enumerate()
+            .map(|(t, &v)| {
+                engine
+                    .observe(t as f64, &sample("error_rate", v))
+                    .failure_probability
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// The trend's credibility learned on a type's history is what a new resource's far-carried
+    /// trends are believed by until its own have come due: where the type's bursts reverted, a
+    /// new resource's first burst raises no alarm (it does without the history); where the type's
+    /// climbs came true, a new resource's climb is still predicted.
+    #[test]
+    fn a_types_history_tells_a_new_resource_how_far_to_believe_a_trend() {
+        let config = EngineConfig::default();
+        let history = |shape: &dyn Fn(u64) -> Vec<f64>| -> Vec<crate::history::ResourceHistory> {
+            (0..12u64)
+                .map(|k| {
+                    let mut h = crate::history::ResourceHistory::default();
+                    for (t, v) in shape(k).into_iter().enumerate() {
+                        h.push(t as f64, [("error_rate", v)]);
+                    }
+                    h
+                })
+                .collect()
+        };
+        let with_prior = |data: &[crate::history::ResourceHistory]| {
+            let mut models = TrainedModels::empty("service");
+            models.credibility = crate::training::credibility_priors(data, &config);
+            let mut e = ResourceEngine::new(config.clone());
+            e.set_models(Some(Arc::new(models)));
+            (e, data.len())
+        };
+
+        // Bursts that revert, one in each resource's history, at different times.
+        let bursts = history(&|k| errors(k, 3000, Some(800 + 150 * k as u32), None));
+        let prior = crate::training::credibility_priors(&bursts, &config);
+        let c300 = prior["error_rate"][6].expect("enough far-carried forecasts came due");
+        assert!(c300 < 0.3, "bursts that revert: {c300}");
+        let burst = errors(99, 1500, Some(1200), None);
+        let alone = highest(&mut ResourceEngine::new(config.clone()), &burst);
+        assert!(
+            alone >= 0.75,
+            "without the history the burst alarms: {alone}"
+        );
+        let (mut e, _) = with_prior(&bursts);
+        let told = highest(&mut e, &burst);
+        assert!(told < 0.75, "with it, it does not: {told}");
+
+        // Climbs that came true: a new resource's climb is predicted as before.
+        let climbs = history(&|k| errors(k, 1200 + 40 * k as u32, None, Some(700)));
+        let prior = crate::training::credibility_priors(&climbs, &config);
+        let c300 = prior["error_rate"][6].expect("enough far-carried forecasts came due");
+        assert!(c300 > 0.7, "climbs that came true: {c300}");
+        let climb = errors(98, 1050, None, Some(600));
+        let (mut e, _) = with_prior(&climbs);
+        assert!(highest(&mut e, &climb) >= 0.75, "the climb is predicted");
     }
 
     fn sample(name: &str, v: f64) -> BTreeMap<String, f64> {

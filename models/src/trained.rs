@@ -102,6 +102,10 @@ pub struct ModelMeta {
     /// absent when trained from the shared seeded start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_version: Option<u64>,
+    /// Per metric, the trend's credibility on the history 300 samples ahead (where known): the
+    /// share of a far-carried trend a new resource's forecasts believe until their own is known.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trend_credibility: BTreeMap<String, f64>,
 }
 
 /// The MLP against Holt on the last fifth of each series, at the MLP's horizon (mean squared error
@@ -143,6 +147,10 @@ pub struct TrainedModels {
     pub mlp: Option<MlpForecaster>,
     pub forest: Option<FeatureForest>,
     pub calibration: Option<Platt>,
+    /// Per metric, the trend's credibility on the type's history: what a metric's far-carried
+    /// trends are believed by until its own have come due (`forecast::empirical`).
+    #[serde(default)]
+    pub credibility: BTreeMap<String, crate::forecast::empirical::CredibilityPrior>,
 }
 
 impl TrainedModels {
@@ -163,10 +171,12 @@ impl TrainedModels {
                 patterns: None,
                 federation: None,
                 base_version: None,
+                trend_credibility: BTreeMap::new(),
             },
             mlp: None,
             forest: None,
             calibration: None,
+            credibility: BTreeMap::new(),
         }
     }
 

@@ -440,6 +440,21 @@ pub fn forest_separation(
 }
 
 /// Trains the models of one resource type from its resources' histories.
+/// Per metric, the trend's credibility on the history, where any horizon had enough far-carried
+/// forecasts come due ([`crate::engine::credibility_tally`]).
+pub fn credibility_priors(
+    data: &[ResourceHistory],
+    engine: &EngineConfig,
+) -> BTreeMap<String, crate::forecast::empirical::CredibilityPrior> {
+    crate::engine::credibility_tally(data, engine)
+        .into_iter()
+        .filter_map(|(name, t)| {
+            let p = t.prior();
+            p.iter().any(Option::is_some).then_some((name, p))
+        })
+        .collect()
+}
+
 pub fn train(
     resource_type: &str,
     data: &[ResourceHistory],
@@ -484,11 +499,22 @@ pub fn train(
             patterns: None,
             federation: None,
             base_version: None,
+            trend_credibility: BTreeMap::new(),
         },
         mlp: mlp.map(|m| m.0),
         forest,
         calibration: None,
+        credibility: credibility_priors(data, engine),
     };
+    let at_300 = crate::forecast::empirical::HORIZONS
+        .iter()
+        .position(|h| *h == 300)
+        .unwrap_or(0);
+    models.meta.trend_credibility = models
+        .credibility
+        .iter()
+        .filter_map(|(name, p)| Some((name.clone(), p[at_300]?)))
+        .collect();
     // Learned limits are checked with the MLP and the forest in the engine; calibration is
     // fitted on the probability they make (learned limits included).
     models.meta.patterns = crate::patterns::train_patterns(

@@ -1027,6 +1027,18 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 for l in m.patterns.iter().flat_map(|p| &p.limits) {
                     println!("{:<16} learned limit: {}", "", l.describe());
                 }
+                if !m.trend_credibility.is_empty() {
+                    let each: Vec<String> = m
+                        .trend_credibility
+                        .iter()
+                        .map(|(k, c)| format!("{k} {c:.2}"))
+                        .collect();
+                    println!(
+                        "{:<16} trend credibility 300 samples ahead: {}",
+                        "",
+                        each.join(", ")
+                    );
+                }
                 if let Some(f) = &m.federation {
                     println!("{:<16} merged from the fleet: {}", "", lineage(f));
                 }

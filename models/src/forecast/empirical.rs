@@ -57,6 +57,11 @@ impl EmpiricalErrors {
 
     /// Takes the value observed now, scoring the forecasts that were due.
     pub fn observe(&mut self, x: f64) {
+        self.observe_tallied(x, None);
+    }
+
+    /// [`observe`](Self::observe), also adding each counted forecast that came due to `tally`.
+    pub fn observe_tallied(&mut self, x: f64, mut tally: Option<&mut CredibilityTally>) {
         for h in 0..HORIZONS.len() {
             while let Some(&(due, mean, drift)) = self.pending[h].front() {
                 if due > self.index {
@@ -75,6 +80,14 @@ impl EmpiricalErrors {
                         let w = (1.0 / self.n_drift[h] as f64).max(DECAY);
                         self.change_drift[h] += w * (change * drift - self.change_drift[h]);
                         self.drift2[h] += w * (drift * drift - self.drift2[h]);
+                        if let Some(t) = tally.as_deref_mut()
+                            && self.mse[h] > 0.0
+                        {
+                            // In units of the horizon's spread, so metrics of any scale pool.
+                            t.n[h] += 1;
+                            t.change_drift[h] += change * drift / self.mse[h];
+                            t.drift2[h] += drift * drift / self.mse[h];
+                        }
                     }
                 }
             }
@@ -98,18 +111,27 @@ impl EmpiricalErrors {
     }
 
     /// The share (0 to 1) of a forecast's `drift` from the level `steps` ahead to believe, given
-    /// the error `variance` there: 1 while the drift is within `credible_after` spreads, or before
-    /// 60 such forecasts have come due at a horizon; otherwise what such drifts have come to on
-    /// this metric, interpolated between horizons and held past the longest.
-    pub fn credibility(&self, steps: f64, drift: f64, variance: f64) -> f64 {
+    /// the error `variance` there: 1 while the drift is within `credible_after` spreads;
+    /// otherwise what such drifts have come to on this metric, per horizon once 60 have come due
+    /// there, else what they came to on the type's history (`prior`, [`CredibilityTally`]), else
+    /// 1; interpolated between horizons and held past the longest.
+    pub fn credibility(
+        &self,
+        steps: f64,
+        drift: f64,
+        variance: f64,
+        prior: Option<&CredibilityPrior>,
+    ) -> f64 {
         if self.credible_after <= 0.0 || drift.abs() <= self.credible_after * variance.sqrt() {
             return 1.0;
         }
         let warm = HORIZONS.iter().enumerate().filter_map(|(i, h)| {
             let ratio = self.change_drift[i] / self.drift2[i];
             // Not warm, or values so large that their squares overflowed: not known.
-            (self.n_drift[i] >= MIN_ERRORS && self.drift2[i] > 0.0 && ratio.is_finite())
-                .then(|| (f64::from(*h), ratio.clamp(0.0, 1.0)))
+            let own = (self.n_drift[i] >= MIN_ERRORS && self.drift2[i] > 0.0 && ratio.is_finite())
+                .then_some(ratio);
+            own.or_else(|| prior.and_then(|p| p[i]))
+                .map(|c| (f64::from(*h), c.clamp(0.0, 1.0)))
         });
         // Held past the longest warm horizon.
         match interpolate(warm, steps) {
@@ -137,6 +159,31 @@ impl EmpiricalErrors {
             }
             Interpolated::Unknown => None,
         }
+    }
+}
+
+/// Per horizon, the credibility of far-carried trends on a resource type's history (None where
+/// too few came due).
+pub type CredibilityPrior = [Option<f64>; HORIZONS.len()];
+
+/// The trend's credibility pooled over many series (a resource type's history, in training):
+/// per horizon, the counted forecasts that came due, and the sums of realised change times drift
+/// and of drift squared, each in units of that series' spread at the horizon.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CredibilityTally {
+    pub n: [u64; HORIZONS.len()],
+    pub change_drift: [f64; HORIZONS.len()],
+    pub drift2: [f64; HORIZONS.len()],
+}
+
+impl CredibilityTally {
+    /// The pooled credibility per horizon, where at least 60 forecasts came due.
+    pub fn prior(&self) -> CredibilityPrior {
+        std::array::from_fn(|i| {
+            let ratio = self.change_drift[i] / self.drift2[i];
+            (self.n[i] >= MIN_ERRORS && self.drift2[i] > 0.0 && ratio.is_finite())
+                .then(|| ratio.clamp(0.0, 1.0))
+        })
     }
 }
 
@@ -216,11 +263,11 @@ mod tests {
             e.remember(0.5, |_| Some(0.5 + drift));
         }
         for steps in [1.0, 60.0, 300.0, 1200.0] {
-            let c = e.credibility(steps, 5.0, e.variance(steps).expect("warm"));
+            let c = e.credibility(steps, 5.0, e.variance(steps).expect("warm"), None);
             assert!(c < 0.05, "{steps}: {c}");
         }
         // A drift within the spread is believed whatever the history.
-        assert_eq!(e.credibility(300.0, 0.01, 0.3), 1.0);
+        assert_eq!(e.credibility(300.0, 0.01, 0.3, None), 1.0);
 
         // A ramp whose forecasts come true.
         let mut e = EmpiricalErrors::new(3.0);
@@ -230,11 +277,11 @@ mod tests {
             e.observe(level + 0.01 * rng.next_f64());
             e.remember(level, |h| Some(level + slope * f64::from(h)));
         }
-        let c = e.credibility(300.0, 0.3, e.variance(300.0).expect("warm"));
+        let c = e.credibility(300.0, 0.3, e.variance(300.0).expect("warm"), None);
         assert!((c - 1.0).abs() < 0.05, "{c}");
         // Off: every trend is taken at its word.
         assert_eq!(
-            EmpiricalErrors::default().credibility(300.0, 100.0, 1.0),
+            EmpiricalErrors::default().credibility(300.0, 100.0, 1.0, None),
             1.0
         );
     }
@@ -251,7 +298,7 @@ mod tests {
             e.remember(level, |h| Some(level + step * f64::from(h)));
         }
         for steps in [1.0, 60.0, 300.0] {
-            let c = e.credibility(steps, 1e300, 1.0);
+            let c = e.credibility(steps, 1e300, 1.0, None);
             assert!((0.0..=1.0).contains(&c), "{steps}: {c}");
         }
     }
