@@ -281,6 +281,13 @@ fn likelihood() -> AnomalyLikelihood {
     AnomalyLikelihood::new(8640, 2, LIKELIHOOD_LEARNING)
 }
 
+/// A metric's forecaster as `config` sets it.
+fn forecaster(config: &EngineConfig) -> Holt {
+    Holt::new(HOLT_ALPHA, HOLT_BETA)
+        .damped(config.trend_damping)
+        .clipped(config.forecast_clip)
+}
+
 /// The trend's credibility on a resource type's history, per metric: every resource's metrics
 /// replayed through the forecaster and its error model as the engine runs them (`config`'s
 /// forecaster settings), the far-carried forecasts that came due pooled over resources.
@@ -296,9 +303,7 @@ pub fn credibility_tally(
         for name in r.names() {
             let Some(col) = r.column(name) else { continue };
             let tally = out.entry(name.clone()).or_default();
-            let mut holt = Holt::new(HOLT_ALPHA, HOLT_BETA)
-                .damped(config.trend_damping)
-                .clipped(config.forecast_clip);
+            let mut holt = forecaster(config);
             let mut errors = EmpiricalErrors::new(config.trend_credibility);
             for &x in col.iter().filter(|x| x.is_finite()) {
                 errors.observe_tallied(x, Some(tally));
@@ -545,9 +550,7 @@ impl ResourceEngine {
                 .entry(name.clone())
                 .or_insert_with(|| MetricState {
                     scorer: MetricScorer::new(
-                        Holt::new(HOLT_ALPHA, HOLT_BETA)
-                            .damped(self.config.trend_damping)
-                            .clipped(self.config.forecast_clip),
+                        forecaster(&self.config),
                         self.config.anomaly_learning,
                         self.config.novelty,
                     ),
@@ -859,7 +862,7 @@ mod tests {
             models.credibility = crate::training::credibility_priors(data, &config);
             let mut e = ResourceEngine::new(config.clone());
             e.set_models(Some(Arc::new(models)));
-            (e, data.len())
+            e
         };
 
         // Bursts that revert, one in each resource's history, at different times.
@@ -873,7 +876,7 @@ mod tests {
             alone >= 0.75,
             "without the history the burst alarms: {alone}"
         );
-        let (mut e, _) = with_prior(&bursts);
+        let mut e = with_prior(&bursts);
         let told = highest(&mut e, &burst);
         assert!(told < 0.75, "with it, it does not: {told}");
 
@@ -883,7 +886,7 @@ mod tests {
         let c300 = prior["error_rate"][6].expect("enough far-carried forecasts came due");
         assert!(c300 > 0.7, "climbs that came true: {c300}");
         let climb = errors(98, 1050, None, Some(600));
-        let (mut e, _) = with_prior(&climbs);
+        let mut e = with_prior(&climbs);
         assert!(highest(&mut e, &climb) >= 0.75, "the climb is predicted");
     }
 

@@ -126,11 +126,8 @@ impl EmpiricalErrors {
             return 1.0;
         }
         let warm = HORIZONS.iter().enumerate().filter_map(|(i, h)| {
-            let ratio = self.change_drift[i] / self.drift2[i];
-            // Not warm, or values so large that their squares overflowed: not known.
-            let own = (self.n_drift[i] >= MIN_ERRORS && self.drift2[i] > 0.0 && ratio.is_finite())
-                .then_some(ratio);
-            own.or_else(|| prior.and_then(|p| p[i]))
+            known_ratio(self.n_drift[i], self.change_drift[i], self.drift2[i])
+                .or_else(|| prior.and_then(|p| p[i]))
                 .map(|c| (f64::from(*h), c.clamp(0.0, 1.0)))
         });
         // Held past the longest warm horizon.
@@ -180,11 +177,16 @@ impl CredibilityTally {
     /// The pooled credibility per horizon, where at least 60 forecasts came due.
     pub fn prior(&self) -> CredibilityPrior {
         std::array::from_fn(|i| {
-            let ratio = self.change_drift[i] / self.drift2[i];
-            (self.n[i] >= MIN_ERRORS && self.drift2[i] > 0.0 && ratio.is_finite())
-                .then(|| ratio.clamp(0.0, 1.0))
+            known_ratio(self.n[i], self.change_drift[i], self.drift2[i]).map(|c| c.clamp(0.0, 1.0))
         })
     }
+}
+
+/// The regression of change on drift from `n` forecasts' sums: None when fewer than 60 came due,
+/// or when values so large that their squares overflowed leave it unknown.
+fn known_ratio(n: u64, change_drift: f64, drift2: f64) -> Option<f64> {
+    let ratio = change_drift / drift2;
+    (n >= MIN_ERRORS && drift2 > 0.0 && ratio.is_finite()).then_some(ratio)
 }
 
 /// A per-horizon estimate at `steps`.
