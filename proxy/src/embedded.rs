@@ -1,10 +1,11 @@
 //! The embedded proxy of one service: accepts connections on the service's port and relays each
-//! (L4, [`Proxy::serve`]) or each HTTP/1.1 request (`crate::http`, [`Proxy::serve_http`]) to a
-//! backend chosen by smooth weighted round-robin among the usable ones. The backend table is
-//! replaced whole (readers see the old table or the new, never a mix); a backend that refuses the
-//! connection is skipped for the next one, so a dead instance costs a retry, not a failed request;
-//! a draining backend takes no new connections and its open ones are cut after a grace period.
-//! Bounded: at most `max_connections` at once, more are closed on arrival (counted).
+//! (L4, on an event loop of its own: `crate::l4loop`) or each HTTP/1.1 request (`crate::http`,
+//! [`Proxy::serve_http`]) to a backend chosen by smooth weighted round-robin among the usable
+//! ones. The backend table is replaced whole (readers see the old table or the new, never a mix);
+//! a backend that refuses the connection is skipped for the next one, so a dead instance costs a
+//! retry, not a failed request; a draining backend takes no new connections and its open ones are
+//! cut after a grace period. Bounded: at most `max_connections` at once, more are closed on
+//! arrival (counted).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -173,21 +174,7 @@ impl Proxy {
             .map_or(0, |r| r.state.open.load(Ordering::Relaxed))
     }
 
-    /// Accepts on `listener` until `stop`, relaying each connection to a backend (L4), then
-    /// closes what is open and returns.
-    pub async fn serve(&self, listener: TcpListener, limits: Limits, stop: CancellationToken) {
-        self.accept(
-            listener,
-            limits,
-            stop,
-            |proxy, client, _, stop| async move {
-                proxy.relay(client, limits, stop).await;
-            },
-        )
-        .await;
-    }
-
-    /// The accept loop of both modes: each connection, unless `max_connections` are open, is
+    /// The accept loop of the HTTP mode: each connection, unless `max_connections` are open, is
     /// handed to `handle` on its own task; on `stop`, waits for them to end.
     pub(crate) async fn accept<F, Fut>(
         &self,
@@ -240,55 +227,33 @@ impl Proxy {
         // connections it would cut are closed already.
         self.timers.close();
     }
-
-    /// Connects to a backend (the next one when a connect fails) and relays both ways.
-    async fn relay(&self, mut client: TcpStream, limits: Limits, stop: CancellationToken) {
-        let table = self.table.read().clone();
-        let mut tried = vec![false; table.len()];
-        let mut upstream = None;
-        for _ in 0..limits.max_attempts.max(1) {
-            let Some(i) = self.pick(&table, &tried) else {
-                break;
-            };
-            tried[i] = true;
-            let row = &table[i];
-            match tokio::time::timeout(limits.connect_timeout, TcpStream::connect(row.addr)).await {
-                Ok(Ok(s)) => {
-                    upstream = Some((s, row.state.clone()));
-                    break;
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(backend = %row.addr, error = %e, "backend refused; trying the next");
-                    self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => {
-                    tracing::debug!(backend = %row.addr, "backend connect timed out; trying the next");
-                    self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        let Some((mut server, state)) = upstream else {
-            self.stats.no_backend.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let _ = server.set_nodelay(true);
-        state.open.fetch_add(1, Ordering::Relaxed);
-        tokio::select! {
-            biased;
-            _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, RELAY_BUFFER, RELAY_BUFFER) => {}
-            () = state.cut.cancelled() => {
-                self.stats.cut_by_drain.fetch_add(1, Ordering::Relaxed);
-            }
-            () = stop.cancelled() => {}
-        }
-        state.open.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
-/// Binds `shards` listeners on `addr` sharing the port (`SO_REUSEPORT`: the kernel spreads new
-/// connections over them), for [`Proxy::serve_shards`]. An address in use by another program
-/// (without `SO_REUSEPORT`) fails here.
-pub fn bind_shards(addr: SocketAddr, shards: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+/// Binds `shards` listeners on `addr` for [`Proxy::serve_shards`]: descriptors of one socket if
+/// `shared` (every shard woken by every arrival, the L4 mode's: see `crate::l4loop`), else
+/// sockets sharing the port (`SO_REUSEPORT`: the kernel spreads new connections over them by a
+/// hash, the HTTP mode's). An address in use by another program (without `SO_REUSEPORT`) fails
+/// here.
+pub fn bind_shards(
+    addr: SocketAddr,
+    shards: usize,
+    shared: bool,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if shared {
+        let one = bind_shards_reuse(addr, 1)?.remove(0);
+        let mut all = (1..shards.max(1))
+            .map(|_| one.try_clone())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        all.push(one);
+        return Ok(all);
+    }
+    bind_shards_reuse(addr, shards)
+}
+
+fn bind_shards_reuse(
+    addr: SocketAddr,
+    shards: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
     (0..shards.max(1))
         .map(|_| {
             let s = socket2::Socket::new(
@@ -307,9 +272,10 @@ pub fn bind_shards(addr: SocketAddr, shards: usize) -> std::io::Result<Vec<std::
 }
 
 impl Proxy {
-    /// Serves each listener on its own thread with its own current-thread runtime, so that a
-    /// connection stays on one thread from accept to close; in HTTP mode if `http`. Returns once
-    /// `stop` is cancelled and every shard has closed its connections.
+    /// Serves each listener on its own thread, so that a connection stays on one thread from
+    /// accept to close: in L4 mode on an event loop of its own (`crate::l4loop`), in HTTP mode
+    /// (`http`) on a current-thread tokio runtime. Returns once `stop` is cancelled and every
+    /// shard has closed its connections.
     pub async fn serve_shards(
         &self,
         listeners: Vec<std::net::TcpListener>,
@@ -318,6 +284,9 @@ impl Proxy {
         stop: CancellationToken,
     ) {
         let mut done = Vec::new();
+        let loads: Arc<[std::sync::atomic::AtomicUsize]> = (0..listeners.len())
+            .map(|_| std::sync::atomic::AtomicUsize::new(0))
+            .collect();
         for (i, l) in listeners.into_iter().enumerate() {
             // Each shard picks on its own: the table is shared, the round-robin state is not,
             // so no two threads contend for it on every connection (each shard still follows
@@ -328,40 +297,42 @@ impl Proxy {
             };
             let stop = stop.clone();
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let spawned = std::thread::Builder::new()
-                .name(format!("augur-proxy-{i}"))
-                .spawn(move || {
-                    // Sockets and timers only: no signal or process driver to visit on every
-                    // turn of the loop.
-                    let rt = match tokio::runtime::Builder::new_current_thread()
-                        .enable_io()
-                        .enable_time()
-                        .build()
-                    {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            tracing::error!(error = %e, "no runtime for a proxy shard");
-                            return;
-                        }
-                    };
-                    rt.block_on(async move {
-                        let serve = async move {
-                            match TcpListener::from_std(l) {
-                                Ok(l) if http => proxy.serve_http(l, limits, stop).await,
-                                Ok(l) => proxy.serve(l, limits, stop).await,
-                                Err(e) => {
-                                    tracing::error!(error = %e, "proxy shard without a listener");
-                                }
-                            }
-                        };
-                        tokio::select! {
-                            () = serve => {}
-                            () = keep_a_timer_ahead(limits.connect_timeout) => {}
-                        }
-                    });
+            let shard: Box<dyn FnOnce() + Send> = if http {
+                Box::new(move || {
+                    http_shard(proxy, l, limits, stop);
                     let _ = tx.send(());
+                })
+            } else {
+                let (poll, waker) = match crate::l4loop::poll_and_waker() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(error = %e, "no poll for a proxy shard");
+                        continue;
+                    }
+                };
+                // The waker lives as long as the shard: a closed eventfd leaves the poll, and a
+                // wake-up still pending with it.
+                let waker = Arc::new(waker);
+                let (s, w) = (stop.clone(), waker.clone());
+                self.timers.spawn(async move {
+                    s.cancelled().await;
+                    if let Err(e) = w.wake() {
+                        tracing::error!(error = %e, "a proxy shard could not be told to stop");
+                    }
                 });
-            match spawned {
+                let loads = (loads.clone(), i);
+                Box::new(move || {
+                    let _waker = waker;
+                    if let Err(e) = crate::l4loop::serve(proxy, l, poll, limits, loads, &stop) {
+                        tracing::error!(error = %e, "proxy shard failed");
+                    }
+                    let _ = tx.send(());
+                })
+            };
+            match std::thread::Builder::new()
+                .name(format!("augur-proxy-{i}"))
+                .spawn(shard)
+            {
                 Ok(_) => done.push(rx),
                 Err(e) => tracing::error!(error = %e, "no thread for a proxy shard"),
             }
@@ -369,7 +340,38 @@ impl Proxy {
         for rx in done {
             let _ = rx.await;
         }
+        // Drains still pending finish on their own: each only cancels a token, and the
+        // connections it would cut are closed already.
+        self.timers.close();
     }
+}
+
+/// One HTTP-mode shard: a current-thread runtime with sockets and timers only (no signal or
+/// process driver to visit on every turn of the loop), serving `l` until `stop`.
+fn http_shard(proxy: Proxy, l: std::net::TcpListener, limits: Limits, stop: CancellationToken) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "no runtime for a proxy shard");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let serve = async move {
+            match TcpListener::from_std(l) {
+                Ok(l) => proxy.serve_http(l, limits, stop).await,
+                Err(e) => tracing::error!(error = %e, "proxy shard without a listener"),
+            }
+        };
+        tokio::select! {
+            () = serve => {}
+            () = keep_a_timer_ahead(limits.connect_timeout) => {}
+        }
+    });
 }
 
 /// Keeps a timer pending in the shard's runtime that expires before any connect's deadline
@@ -434,7 +436,7 @@ mod tests {
             .expect("free")
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let listeners = bind_shards(addr, 2).expect("two shards");
+        let listeners = bind_shards(addr, 2, true).expect("two shards");
         assert_eq!(listeners.len(), 2);
         assert_eq!(
             std::net::TcpListener::bind(addr)
@@ -460,11 +462,90 @@ mod tests {
             assert_eq!(&buf, b"a");
         }
         assert_eq!(proxy.stats.accepted.load(Ordering::Relaxed), 20);
+        let mut held = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 1];
+        held.read_exact(&mut buf).await.expect("read");
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(5), serving)
             .await
             .expect("every shard ends")
             .expect("joined");
+        assert_eq!(held.read(&mut buf).await.ok(), Some(0), "closed on stop");
+        assert_eq!(proxy.stats.open.load(Ordering::Relaxed), 0);
+        assert_eq!(proxy.open_to(a), 0);
+    }
+
+    /// Each direction's end is passed on by itself: the client stops sending and still gets the
+    /// backend's answer to the end, and the backend sees the client's end.
+    #[tokio::test]
+    async fn a_half_close_is_passed_on_and_the_answer_still_arrives() {
+        let a = backend("a").await;
+        let proxy = Proxy::default();
+        proxy.set_backends(&[(a, 1)], Duration::from_secs(1));
+        let (addr, stop) = start(&proxy, Limits::default()).await;
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        // More than a relay buffer, so that the relay waits for a writable socket on the way.
+        let sent: Vec<u8> = (0..3 * RELAY_BUFFER).map(|i| (i % 251) as u8).collect();
+        c.write_all(&sent).await.expect("write");
+        c.shutdown().await.expect("half-close");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got))
+            .await
+            .expect("the backend ended too")
+            .expect("read");
+        assert_eq!(got[0], b'a');
+        assert_eq!(&got[1..], &sent[..]);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while proxy.stats.open.load(Ordering::Relaxed) > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the relay closes both sockets");
+        stop.cancel();
+    }
+
+    /// A backend that takes the connect but never completes it (its accept queue is full, so
+    /// the kernel drops the handshake): after the connect timeout the next backend serves.
+    #[tokio::test]
+    async fn a_connect_that_hangs_moves_to_the_next_backend_after_the_timeout() {
+        let a = backend("a").await;
+        let stuck = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        stuck
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        stuck.listen(0).expect("listen");
+        let hung = stuck.local_addr().expect("addr").as_socket().expect("inet");
+        // Fill its queue: these are never accepted.
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(hung)).await
+            {
+                fillers.push(s);
+            }
+        }
+        let proxy = Proxy::default();
+        // The hung backend first in the rotation (the higher weight goes first).
+        proxy.set_backends(&[(hung, 2), (a, 1)], Duration::from_secs(1));
+        let limits = Limits {
+            connect_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let (addr, stop) = start(&proxy, limits).await;
+        let t = std::time::Instant::now();
+        let (name, _c) = tokio::time::timeout(Duration::from_secs(5), who(addr))
+            .await
+            .expect("served");
+        assert_eq!(name, "a");
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(proxy.stats.connect_failures.load(Ordering::Relaxed), 1);
+        stop.cancel();
     }
 
     /// The proxy sets TCP_NODELAY once, on its listener: accepted sockets must inherit it.
@@ -480,12 +561,13 @@ mod tests {
         assert!(s.nodelay().expect("read back"));
     }
 
+    /// The L4 proxy on one shard, on a free port.
     async fn start(proxy: &Proxy, limits: Limits) -> (SocketAddr, CancellationToken) {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = l.local_addr().expect("addr");
+        let l = bind_shards(SocketAddr::from(([127, 0, 0, 1], 0)), 1, true).expect("bind");
+        let addr = l[0].local_addr().expect("addr");
         let stop = CancellationToken::new();
         let (p, s) = (proxy.clone(), stop.clone());
-        TaskTracker::new().spawn(async move { p.serve(l, limits, s).await });
+        TaskTracker::new().spawn(async move { p.serve_shards(l, false, limits, s).await });
         (addr, stop)
     }
 

@@ -289,9 +289,11 @@ impl Traffic {
                 continue;
             }
             let addr = SocketAddr::new(self.settings.proxy_ip, port);
-            // One listener and thread per core (the kernel spreads connections over them).
+            // One thread per core: in L4 mode all on one listening socket (the shards balance
+            // among themselves), in HTTP mode one socket each (the kernel spreads connections).
             let shards = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
-            match augur_proxy::embedded::bind_shards(addr, shards) {
+            let shared = protocol != Protocol::Http;
+            match augur_proxy::embedded::bind_shards(addr, shards, shared) {
                 Ok(listener) => {
                     unbound.remove(name);
                     let proxy = Proxy::default();
