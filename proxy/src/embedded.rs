@@ -1,5 +1,5 @@
 //! The embedded proxy of one service: accepts connections on the service's port and relays each
-//! (L4, on an event loop of its own: `crate::l4loop`) or each HTTP/1.1 request (`crate::http`,
+//! (L4, on an event loop of its own: `l4loop`) or each HTTP/1.1 request (`crate::http`,
 //! [`Proxy::serve_http`]) to a backend chosen by smooth weighted round-robin among the usable
 //! ones. The backend table is replaced whole (readers see the old table or the new, never a mix);
 //! a backend that refuses the connection is skipped for the next one, so a dead instance costs a
@@ -20,6 +20,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::Weight;
 use crate::pick::SmoothWrr;
+
+mod l4loop;
 
 /// The relay's buffer in each direction of an L4 connection: 2 x 4 KiB per open connection (a
 /// full buffer is written out before more is read, so it bounds memory, not throughput, for
@@ -230,7 +232,7 @@ impl Proxy {
 }
 
 /// Binds `shards` listeners on `addr` for [`Proxy::serve_shards`]: descriptors of one socket if
-/// `shared` (every shard woken by every arrival, the L4 mode's: see `crate::l4loop`), else
+/// `shared` (every shard woken by every arrival, the L4 mode's: see `l4loop`), else
 /// sockets sharing the port (`SO_REUSEPORT`: the kernel spreads new connections over them by a
 /// hash, the HTTP mode's). An address in use by another program (without `SO_REUSEPORT`) fails
 /// here.
@@ -273,7 +275,7 @@ fn bind_shards_reuse(
 
 impl Proxy {
     /// Serves each listener on its own thread, so that a connection stays on one thread from
-    /// accept to close: in L4 mode on an event loop of its own (`crate::l4loop`), in HTTP mode
+    /// accept to close: in L4 mode on an event loop of its own (`l4loop`), in HTTP mode
     /// (`http`) on a current-thread tokio runtime. Returns once `stop` is cancelled and every
     /// shard has closed its connections.
     pub async fn serve_shards(
@@ -303,7 +305,7 @@ impl Proxy {
                     let _ = tx.send(());
                 })
             } else {
-                let (poll, waker) = match crate::l4loop::poll_and_waker() {
+                let (poll, waker) = match l4loop::poll_and_waker() {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::error!(error = %e, "no poll for a proxy shard");
@@ -323,7 +325,7 @@ impl Proxy {
                 let loads = (loads.clone(), i);
                 Box::new(move || {
                     let _waker = waker;
-                    if let Err(e) = crate::l4loop::serve(proxy, l, poll, limits, loads, &stop) {
+                    if let Err(e) = l4loop::serve(proxy, l, poll, limits, loads, &stop) {
                         tracing::error!(error = %e, "proxy shard failed");
                     }
                     let _ = tx.send(());

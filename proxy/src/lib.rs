@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 pub mod embedded;
 pub mod haproxy;
 pub mod http;
-mod l4loop;
 pub mod pick;
 
 use serde::{Deserialize, Serialize};

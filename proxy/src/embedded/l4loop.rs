@@ -19,7 +19,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::embedded::{BackendState, Limits, Proxy, RELAY_BUFFER, Row};
+use super::{BackendState, Limits, Proxy, RELAY_BUFFER, Row};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
