@@ -16,6 +16,9 @@ use crate::migrate::executor::{Journal, MigrationRequest, RequestError};
 pub const KIND_MIGRATION: &str = "migration";
 /// How long the answer waits for the lease to be decided.
 const LEASE_WAIT: Duration = Duration::from_secs(10);
+/// How long a request waits for this node's own lease on the service, from a move that just
+/// finished here, to be given back.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
@@ -64,6 +67,7 @@ pub async fn start(st: &ApiState, document: &str) -> Result<Journal, ApiError> {
             "this node is not in a mesh, and migrations need one (leases from a majority)".into(),
         )
     })?;
+    migrations.released(&req.service, RELEASE_WAIT).await;
     let id = migrations.request(&id_of(document), req)?;
     migrations
         .past_lease(&id, LEASE_WAIT)

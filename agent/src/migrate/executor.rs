@@ -253,6 +253,36 @@ impl Migrations {
         }
     }
 
+    /// Waits (at most `within`) while this node's voter still shows a lease on `service` held by
+    /// this node although no move of it runs here: a move that just finished reads finished a
+    /// moment before its release has reached the voters, and a request in that moment would be
+    /// refused as busy "held by" this very node. A lease left by a crash stays until it expires,
+    /// and the request is then refused naming it, as before.
+    pub async fn released(&self, service: &str, within: Duration) {
+        let key = augur_orchestrate::lease::wire::service_key(service);
+        let me = self.inner.mesh.swarm.peer_id.to_string();
+        let until = Instant::now() + within;
+        loop {
+            let ours = self
+                .inner
+                .leases
+                .view()
+                .open
+                .iter()
+                .any(|o| o.key == key && o.holder == me);
+            let running = self
+                .inner
+                .journals
+                .read()
+                .values()
+                .any(|j| j.record.plan.service == service && j.outcome().is_none());
+            if !ours || running || Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Asks a running migration to roll back.
     pub async fn cancel(&self, id: &str, reason: &str) -> bool {
         let tx = self.inner.cancels.read().get(id).cloned();
