@@ -54,6 +54,8 @@ pub struct Stats {
     pub accepted: AtomicU64,
     /// Closed on arrival: `max_connections` were open.
     pub over_capacity: AtomicU64,
+    /// Accepts that failed for want of a resource (descriptors, memory); tried again shortly.
+    pub accept_failures: AtomicU64,
     /// Connects to a backend that failed (the next backend was tried).
     pub connect_failures: AtomicU64,
     /// Connections closed because no backend could be reached.
@@ -202,6 +204,9 @@ impl Proxy {
                     Err(e) => {
                         // Out of descriptors, or the peer reset before accept: keep serving.
                         tracing::debug!(error = %e, "accept failed");
+                        if e.kind() != std::io::ErrorKind::ConnectionAborted {
+                            self.stats.accept_failures.fetch_add(1, Ordering::Relaxed);
+                        }
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }

@@ -370,6 +370,13 @@ fn encode_services(enc: &mut DescriptorEncoder, s: &crate::services::ServiceStat
     )?;
     family(
         enc,
+        "proxy_accept_failures",
+        "Accepts that failed for want of a resource (file descriptors, memory); the waiting connections are tried again 10 ms later",
+        Counter,
+        each(&|st, _| load(&st.accept_failures)),
+    )?;
+    family(
+        enc,
         "proxy_backend_connect_failures",
         "Connects to a backend that failed or timed out (the next backend was tried)",
         Counter,

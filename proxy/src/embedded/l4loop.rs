@@ -34,6 +34,9 @@ const SLACK: usize = 2;
 /// How long a shard that left a connection to the others waits before it takes what they left.
 const LEFTOVERS: Duration = Duration::from_millis(1);
 
+/// How long after a failed accept (out of descriptors) the waiting connections are tried again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+
 /// One direction of a connection.
 struct Pipe {
     buf: Box<[u8]>,
@@ -140,7 +143,8 @@ struct Shard {
     /// Every shard's open connections, this one's at `me`.
     loads: Arc<[AtomicUsize]>,
     me: usize,
-    /// Set when this shard left arrivals to the others: then it accepts whatever is left.
+    /// Set when this shard left arrivals to the others, or an accept failed: then it accepts
+    /// whatever is waiting.
     leftovers_at: Option<Instant>,
 }
 
@@ -233,11 +237,25 @@ impl Shard {
             let client = match listener.accept() {
                 Ok((c, _)) => c,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // The peer reset before accept: the next one.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue;
+                }
                 Err(e) => {
-                    // Out of descriptors, or the peer reset before accept: the next readiness
-                    // tries again.
+                    // Out of descriptors (or memory): the socket will not report the waiting
+                    // connections again until another arrives, so try again a little later.
                     tracing::debug!(error = %e, "accept failed");
+                    self.proxy
+                        .stats
+                        .accept_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.leftovers_at
+                        .get_or_insert_with(|| Instant::now() + ACCEPT_RETRY);
                     return;
                 }
             };
@@ -544,5 +562,116 @@ mod tests {
             t.join().expect("joined");
         }
         assert_eq!(proxy.stats.open.load(Ordering::Relaxed), 0);
+    }
+    /// Out of file descriptors, a shard keeps the connections waiting and takes them once
+    /// descriptors are free again, with no new arrival to wake it (`epoll` reports the listening
+    /// socket once per arrival). A descriptor limit is the whole process's, so the proxy runs in
+    /// a child: this test binary again, under `prlimit`, running only the test below.
+    #[tokio::test]
+    async fn connections_waiting_while_out_of_descriptors_are_taken_once_some_are_free() {
+        use tokio::io::AsyncBufReadExt;
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let b = backend.local_addr().expect("addr");
+        tokio_util::task::TaskTracker::new().spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = backend.accept().await {
+                let _ = s.write_all(b"a").await;
+                held.push(s);
+            }
+        });
+        let exe = std::env::current_exe().expect("the test binary");
+        let mut child = tokio::process::Command::new("prlimit")
+            .arg("--nofile=256:256")
+            .arg(exe)
+            .args([
+                "--exact",
+                "embedded::l4loop::tests::out_of_descriptors_child",
+            ])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env(CHILD_BACKEND, b.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("prlimit (util-linux) runs the child");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut next = async || -> String {
+            let within = Duration::from_secs(30);
+            let line = tokio::time::timeout(within, lines.next_line()).await;
+            line.expect("the child answers")
+                .expect("read")
+                .expect("a line")
+        };
+        let addr = loop {
+            // Libtest's "test NAME ... " comes first on the line.
+            if let Some((_, a)) = next().await.split_once("listening ") {
+                break a.trim().parse::<SocketAddr>().expect("an address");
+            }
+        };
+        assert_eq!(next().await, "full");
+        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(next().await, "accept failed");
+        stdin.write_all(b"free\n").await.expect("told");
+        let mut one = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut one))
+            .await
+            .expect("the waiting connection is taken without another arrival")
+            .expect("relayed");
+        assert_eq!(&one, b"a");
+        drop(stdin);
+        assert_eq!(next().await, "open 1");
+        assert!(child.wait().await.expect("exit").success());
+    }
+
+    const CHILD_BACKEND: &str = "L4LOOP_TEST_BACKEND";
+
+    /// The child of the test above (does nothing when run otherwise).
+    #[test]
+    #[ignore = "run by connections_waiting_while_out_of_descriptors_are_taken_once_some_are_free"]
+    fn out_of_descriptors_child() {
+        use std::io::BufRead;
+        let Ok(b) = std::env::var(CHILD_BACKEND) else {
+            return;
+        };
+        let proxy = Proxy::default();
+        proxy.set_backends(&[(b.parse().expect("backend"), 1)], Duration::from_secs(1));
+        let mut listeners =
+            bind_shards(SocketAddr::from(([127, 0, 0, 1], 0)), 1, true).expect("bind");
+        let l = listeners.pop().expect("one");
+        println!("listening {}", l.local_addr().expect("addr"));
+        let (poll, waker) = poll_and_waker().expect("poll");
+        let stop = CancellationToken::new();
+        let loads: Arc<[AtomicUsize]> = Arc::new([AtomicUsize::new(0)]);
+        let (p, s) = (proxy.clone(), stop.clone());
+        let shard = std::thread::spawn(move || {
+            serve(p, l, poll, Limits::default(), (loads, 0), &s).expect("served")
+        });
+        let mut fillers = Vec::new();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            fillers.push(f);
+        }
+        println!("full");
+        let waited = Instant::now();
+        while proxy.stats.accept_failures.load(Ordering::Relaxed) == 0 {
+            assert!(
+                waited.elapsed() < Duration::from_secs(30),
+                "no accept failed"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        println!("accept failed");
+        let mut stdin = std::io::stdin().lock();
+        let mut line = String::new();
+        stdin.read_line(&mut line).expect("read");
+        assert_eq!(line.trim(), "free");
+        drop(fillers);
+        while stdin.read_line(&mut line).expect("read") > 0 {}
+        println!("open {}", proxy.stats.open.load(Ordering::Relaxed));
+        stop.cancel();
+        waker.wake().expect("wake");
+        shard.join().expect("joined");
     }
 }
