@@ -3,11 +3,12 @@
 //! socket reports readiness. No task, waker or timer per connection: the loop reads what is
 //! ready, writes it on, and closes both sockets when both directions have ended.
 //!
-//! Same behaviour as the tokio relay ([`Proxy::serve`]): smooth weighted round-robin over the
-//! usable backends, a refused or timed-out connect tried on the next backend (at most
-//! `max_attempts`; nothing has reached a backend until a write to it succeeded), half-close passed
-//! on in each direction, at most `max_connections` open (more closed on arrival), a draining
-//! backend's connections cut when its grace ends, and on stop every connection closed.
+//! The behaviour is that of the tokio relay it replaced (docs/ARCHITECTURE.md says why):
+//! smooth weighted round-robin over the usable backends, a refused or timed-out connect tried on
+//! the next backend (at most `max_attempts`; nothing has reached a backend until a write to it
+//! succeeded), half-close passed on in each direction, at most `max_connections` open (more
+//! closed on arrival), a draining backend's connections cut when its grace ends, an accept that
+//! fails for want of descriptors tried again shortly, and on stop every connection closed.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
