@@ -70,7 +70,6 @@ impl Tailer {
 
     /// Reads what was appended since the last poll and returns the number of matching lines.
     pub fn poll(&mut self) -> std::io::Result<u64> {
-        let mut matched = 0;
         let current = match std::fs::metadata(&self.path) {
             Ok(m) => Some(m),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -80,26 +79,36 @@ impl Tailer {
             }
             Err(e) => return Err(e),
         };
+        self.poll_seen(current)
+    }
+
+    /// [`Tailer::poll`] with the path's metadata as seen at the start: the file may have grown
+    /// since, and what it holds beyond that length is not a sign of truncation.
+    fn poll_seen(&mut self, current: Option<std::fs::Metadata>) -> std::io::Result<u64> {
+        let mut matched = 0;
         let rotated = match (&current, self.identity) {
             (Some(meta), Some(id)) => identity(meta) != id,
             _ => false,
         };
         if self.file.is_some() {
-            // Whatever the old file still holds comes first (rename rotation keeps it readable).
-            matched += self.read_available()?;
             if rotated {
+                // Whatever the old file still holds comes first (rename rotation keeps it
+                // readable).
+                matched += self.read_available()?;
                 matched += self.flush_partial();
                 self.file = None;
                 self.identity = None;
             } else if let Some(meta) = &current
                 && meta.len() < self.offset
             {
-                // Truncated in place: start over.
+                // Truncated in place (shorter than what was read before this poll): start over.
                 self.offset = 0;
                 self.partial.clear();
                 if let Some(f) = self.file.as_mut() {
                     f.seek(SeekFrom::Start(0))?;
                 }
+                matched += self.read_available()?;
+            } else {
                 matched += self.read_available()?;
             }
         }
@@ -303,6 +312,23 @@ mod tests {
             1,
             "a line split across polls counts once"
         );
+    }
+
+    /// A line appended between the poll's look at the file and its read is counted once: the
+    /// file is then longer than the length seen, which is not a truncation (CI once counted the
+    /// whole file again: 7 lines for 3).
+    #[test]
+    fn a_line_appended_while_polling_is_counted_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("app.log");
+        append(&log, "ERROR before start\n");
+        let mut t = Tailer::new(&log, &["ERROR".into()]).expect("tailer");
+        assert_eq!(t.poll().expect("poll"), 0);
+        append(&log, "ERROR one\n");
+        let seen = std::fs::metadata(&log).expect("metadata");
+        append(&log, "ERROR two\n");
+        assert_eq!(t.poll_seen(Some(seen)).expect("poll"), 2);
+        assert_eq!(t.poll().expect("poll"), 0, "nothing is read twice");
     }
 
     #[test]
