@@ -509,10 +509,8 @@ mod tests {
     use super::*;
     use crate::embedded::bind_shards;
 
-    /// Two shards on one socket: a burst of long-lived connections is spread over both (the
-    /// first shard to wake does not take them all), and each is relayed.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn shards_on_one_socket_share_a_burst_of_long_lived_connections() {
+    /// A backend that writes `a` to each connection and holds it open; its address.
+    async fn greeting_backend() -> SocketAddr {
         let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -524,6 +522,14 @@ mod tests {
                 held.push(s);
             }
         });
+        b
+    }
+
+    /// Two shards on one socket: a burst of long-lived connections is spread over both (the
+    /// first shard to wake does not take them all), and each is relayed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shards_on_one_socket_share_a_burst_of_long_lived_connections() {
+        let b = greeting_backend().await;
         let proxy = Proxy::default();
         proxy.set_backends(&[(b, 1)], Duration::from_secs(1));
         let listeners =
@@ -564,6 +570,7 @@ mod tests {
         }
         assert_eq!(proxy.stats.open.load(Ordering::Relaxed), 0);
     }
+
     /// Out of file descriptors, a shard keeps the connections waiting and takes them once
     /// descriptors are free again, with no new arrival to wake it (`epoll` reports the listening
     /// socket once per arrival). A descriptor limit is the whole process's, so the proxy runs in
@@ -571,17 +578,7 @@ mod tests {
     #[tokio::test]
     async fn connections_waiting_while_out_of_descriptors_are_taken_once_some_are_free() {
         use tokio::io::AsyncBufReadExt;
-        let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let b = backend.local_addr().expect("addr");
-        tokio_util::task::TaskTracker::new().spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((mut s, _)) = backend.accept().await {
-                let _ = s.write_all(b"a").await;
-                held.push(s);
-            }
-        });
+        let b = greeting_backend().await;
         let exe = std::env::current_exe().expect("the test binary");
         let mut child = tokio::process::Command::new("prlimit")
             .arg("--nofile=256:256")
